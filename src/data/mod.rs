@@ -1,0 +1,89 @@
+//! Datasets: reading labelled text, tokenizing it, and batching it.
+
+pub mod batch;
+pub mod text;
+pub mod tokenizer;
+
+use crate::io::hub::{self, RepoKind};
+use crate::recipe::DataConfig;
+use anyhow::Result;
+use std::path::PathBuf;
+use text::{LabelSet, LabeledSplit, label_rows, read_rows};
+use tokenizer::{Encoded, TextTokenizer};
+
+/// A tokenized split ready for batching.
+#[derive(Debug, Clone)]
+pub struct TokenizedSplit {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub texts: Vec<String>,
+    pub encoded: Vec<Encoded>,
+    pub labels: Vec<usize>,
+    pub skipped: usize,
+}
+
+impl TokenizedSplit {
+    pub fn len(&self) -> usize {
+        self.encoded.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
+    }
+}
+
+/// Train / validation / test splits of a text-classification task and their label set.
+#[derive(Debug, Clone)]
+pub struct TextData {
+    pub labels: LabelSet,
+    pub train: TokenizedSplit,
+    pub validation: Option<TokenizedSplit>,
+    pub test: Option<TokenizedSplit>,
+}
+
+/// The directory the split files of `cfg` are relative to.
+pub fn dataset_dir(cfg: &DataConfig) -> Result<PathBuf> {
+    let mut files = vec![cfg.train.as_str()];
+    files.extend(cfg.validation.as_deref());
+    files.extend(cfg.test.as_deref());
+    hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &files)
+}
+
+/// Read, label and tokenize the splits named in `cfg`. `labels` fixes the label set (e.g. the
+/// one stored with a fine-tuned model); otherwise `cfg.labels` or the training split decides.
+pub fn load_text_data(cfg: &DataConfig, labels: Option<LabelSet>, tokenizer: &TextTokenizer) -> Result<TextData> {
+    let dir = dataset_dir(cfg)?;
+    let columns = cfg.columns();
+    let raw_train = read_rows(&dir.join(&cfg.train), &columns, cfg.skip_bad_rows)?;
+    let labels = match (labels, &cfg.labels) {
+        (Some(l), _) => l,
+        (None, Some(names)) => LabelSet::new(names.clone())?,
+        (None, None) => LabelSet::infer(&raw_train.rows)?,
+    };
+    let tokenize = |name: &'static str, split: LabeledSplit| -> Result<TokenizedSplit> {
+        let texts: Vec<&str> = split.texts.iter().map(String::as_str).collect();
+        let encoded = tokenizer.encode_all(&texts)?;
+        if !split.skipped.is_empty() {
+            tracing::warn!("{}: skipped {} bad row(s)", split.path.display(), split.skipped.len());
+        }
+        Ok(TokenizedSplit {
+            name,
+            path: split.path,
+            encoded,
+            labels: split.labels,
+            skipped: split.skipped.len(),
+            texts: split.texts,
+        })
+    };
+    let train = tokenize("train", label_rows(raw_train, &labels, cfg.skip_bad_rows)?)?;
+    let other = |file: &Option<String>, name: &'static str| -> Result<Option<TokenizedSplit>> {
+        file.as_ref()
+            .map(|f| {
+                let raw = read_rows(&dir.join(f), &columns, cfg.skip_bad_rows)?;
+                tokenize(name, label_rows(raw, &labels, cfg.skip_bad_rows)?)
+            })
+            .transpose()
+    };
+    let validation = other(&cfg.validation, "validation")?;
+    let test = other(&cfg.test, "test")?;
+    Ok(TextData { labels, train, validation, test })
+}

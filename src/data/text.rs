@@ -1,0 +1,315 @@
+//! Text-classification datasets in CSV/TSV and JSON Lines, with named text and label columns.
+//!
+//! A bad row (a malformed CSV line, a missing column, an empty text, a label outside the label
+//! set) is an error naming the file and line, unless the user asked to skip such rows; then it
+//! is skipped and counted.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Which columns hold the text and the label.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Columns {
+    pub text: String,
+    pub label: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self { text: "text".into(), label: "label".into() }
+    }
+}
+
+/// One usable row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub text: String,
+    pub label: String,
+    /// 1-based line number in the source file.
+    pub line: usize,
+}
+
+/// A row that could not be used, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRow {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The rows of one file.
+#[derive(Debug, Clone)]
+pub struct RawSplit {
+    pub path: PathBuf,
+    pub rows: Vec<Row>,
+    pub skipped: Vec<BadRow>,
+}
+
+/// A split with labels mapped to ids.
+#[derive(Debug, Clone)]
+pub struct LabeledSplit {
+    pub path: PathBuf,
+    pub texts: Vec<String>,
+    pub labels: Vec<usize>,
+    pub skipped: Vec<BadRow>,
+}
+
+impl LabeledSplit {
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+}
+
+/// The label vocabulary: names in id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSet {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl LabelSet {
+    pub fn new(names: Vec<String>) -> Result<Self> {
+        let mut index = HashMap::new();
+        for (i, n) in names.iter().enumerate() {
+            if index.insert(n.clone(), i).is_some() {
+                bail!("label '{n}' is listed twice");
+            }
+        }
+        if names.len() < 2 {
+            bail!("a classification task needs at least 2 labels, found {:?}", names);
+        }
+        Ok(Self { names, index })
+    }
+
+    /// All labels seen in `rows`, sorted (numerically when every label is an integer).
+    pub fn infer(rows: &[Row]) -> Result<Self> {
+        let set: BTreeSet<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+        let mut names: Vec<String> = set.into_iter().map(String::from).collect();
+        if names.iter().all(|n| n.parse::<i64>().is_ok()) {
+            names.sort_by_key(|n| n.parse::<i64>().unwrap_or_default());
+        }
+        Self::new(names)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    pub fn id(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+}
+
+enum Format {
+    Delimited(u8),
+    JsonLines,
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => Ok(Format::Delimited(b',')),
+        Some("tsv") => Ok(Format::Delimited(b'\t')),
+        Some("jsonl") | Some("ndjson") => Ok(Format::JsonLines),
+        _ => bail!("{}: unknown dataset format (use .csv, .tsv or .jsonl)", path.display()),
+    }
+}
+
+/// Read the rows of a CSV/TSV/JSONL file.
+pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<RawSplit> {
+    let format = format_of(path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading dataset {}", path.display()))?;
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let mut bad = |line: usize, reason: String| -> Result<()> {
+        if skip_bad_rows {
+            skipped.push(BadRow { line, reason });
+            Ok(())
+        } else {
+            bail!("{}:{line}: {reason} (set skip_bad_rows = true to skip and count such rows)", path.display())
+        }
+    };
+    match format {
+        Format::Delimited(delimiter) => {
+            let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
+            let header = reader.headers().with_context(|| format!("{}: cannot read header", path.display()))?.clone();
+            let find = |name: &str| {
+                header.iter().position(|h| h == name).with_context(|| {
+                    format!(
+                        "{}: no column '{name}' in header (columns: {})",
+                        path.display(),
+                        header.iter().collect::<Vec<_>>().join(", ")
+                    )
+                })
+            };
+            let (ti, li) = (find(&columns.text)?, find(&columns.label)?);
+            for record in reader.records() {
+                match record {
+                    Err(e) => {
+                        let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+                        bad(line, format!("malformed row: {}", csv_error_reason(&e)))?;
+                    }
+                    Ok(r) => {
+                        let line = r.position().map(|p| p.line() as usize).unwrap_or(0);
+                        match row_from_fields(r.get(ti), r.get(li), columns, line) {
+                            Ok(row) => rows.push(row),
+                            Err(reason) => bad(line, reason)?,
+                        }
+                    }
+                }
+            }
+        }
+        Format::JsonLines => {
+            for (i, raw) in text.lines().enumerate() {
+                let line = i + 1;
+                if raw.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = match serde_json::from_str(raw) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        bad(line, format!("malformed JSON: {e}"))?;
+                        continue;
+                    }
+                };
+                let field = |name: &str| -> Option<String> {
+                    match value.get(name)? {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Null => None,
+                        other => Some(other.to_string()),
+                    }
+                };
+                let (t, l) = (field(&columns.text), field(&columns.label));
+                match row_from_fields(t.as_deref(), l.as_deref(), columns, line) {
+                    Ok(row) => rows.push(row),
+                    Err(reason) => bad(line, reason)?,
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        bail!("{}: no usable rows (empty dataset)", path.display());
+    }
+    Ok(RawSplit { path: path.to_path_buf(), rows, skipped })
+}
+
+fn csv_error_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            format!("expected {expected_len} fields, found {len}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn row_from_fields(text: Option<&str>, label: Option<&str>, cols: &Columns, line: usize) -> Result<Row, String> {
+    let text = text.ok_or_else(|| format!("missing column '{}'", cols.text))?;
+    let label = label.ok_or_else(|| format!("missing column '{}'", cols.label))?;
+    if text.trim().is_empty() {
+        return Err(format!("empty text in column '{}'", cols.text));
+    }
+    if label.trim().is_empty() {
+        return Err(format!("empty label in column '{}'", cols.label));
+    }
+    Ok(Row { text: text.to_string(), label: label.trim().to_string(), line })
+}
+
+/// Map labels to ids; a label outside `labels` is a bad row.
+pub fn label_rows(raw: RawSplit, labels: &LabelSet, skip_bad_rows: bool) -> Result<LabeledSplit> {
+    let mut out = LabeledSplit { path: raw.path, texts: Vec::new(), labels: Vec::new(), skipped: raw.skipped };
+    for row in raw.rows {
+        match labels.id(&row.label) {
+            Some(id) => {
+                out.texts.push(row.text);
+                out.labels.push(id);
+            }
+            None if skip_bad_rows => {
+                out.skipped.push(BadRow { line: row.line, reason: format!("unknown label '{}'", row.label) })
+            }
+            None => bail!(
+                "{}:{}: unknown label '{}' (labels: {}) (set skip_bad_rows = true to skip and count such rows)",
+                out.path.display(),
+                row.line,
+                row.label,
+                labels.names().join(", ")
+            ),
+        }
+    }
+    if out.texts.is_empty() {
+        bail!("{}: no usable rows after label mapping", out.path.display());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn csv_with_quotes_and_labels() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "a.csv", "id,text,label\n1,\"Hello, world\",pos\n2,bad,neg\n");
+        let raw = read_rows(&p, &Columns::default(), false).unwrap();
+        assert_eq!(raw.rows[0].text, "Hello, world");
+        assert_eq!(raw.rows[1].line, 3);
+        let labels = LabelSet::infer(&raw.rows).unwrap();
+        assert_eq!(labels.names(), ["neg", "pos"]);
+        let s = label_rows(raw, &labels, false).unwrap();
+        assert_eq!(s.labels, vec![1, 0]);
+    }
+
+    #[test]
+    fn malformed_csv_line_names_file_and_line_or_is_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "m.csv", "text,label\nok,1\nthis row,has,too many\nfine,0\n");
+        let err = read_rows(&p, &Columns::default(), false).unwrap_err().to_string();
+        assert!(err.contains("m.csv:3") && err.contains("expected 2 fields, found 3"), "{err}");
+        let raw = read_rows(&p, &Columns::default(), true).unwrap();
+        assert_eq!(raw.rows.len(), 2);
+        assert_eq!(raw.skipped, vec![BadRow { line: 3, reason: "malformed row: expected 2 fields, found 3".into() }]);
+    }
+
+    #[test]
+    fn jsonl_missing_column_empty_text_and_unknown_label() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "x.jsonl",
+            "{\"text\":\"good\",\"label\":1}\n{\"label\":0}\n{\"text\":\"  \",\"label\":0}\nnot json\n{\"text\":\"meh\",\"label\":7}\n",
+        );
+        let err = read_rows(&p, &Columns::default(), false).unwrap_err().to_string();
+        assert!(err.contains("x.jsonl:2") && err.contains("missing column 'text'"), "{err}");
+        let raw = read_rows(&p, &Columns::default(), true).unwrap();
+        assert_eq!(raw.skipped.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2, 3, 4]);
+        let labels = LabelSet::new(vec!["0".into(), "1".into()]).unwrap();
+        let err = label_rows(raw.clone(), &labels, false).unwrap_err().to_string();
+        assert!(err.contains("x.jsonl:5") && err.contains("unknown label '7'"), "{err}");
+        let s = label_rows(raw, &labels, true).unwrap();
+        assert_eq!((s.len(), s.skipped.len()), (1, 4));
+    }
+
+    #[test]
+    fn missing_header_column_and_empty_file_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "h.csv", "sentence,label\na,1\n");
+        let err = read_rows(&p, &Columns::default(), true).unwrap_err().to_string();
+        assert!(err.contains("no column 'text'") && err.contains("sentence, label"), "{err}");
+        let p = write(d.path(), "e.csv", "text,label\n");
+        let err = read_rows(&p, &Columns::default(), true).unwrap_err().to_string();
+        assert!(err.contains("empty dataset"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! File formats and storage: safetensors, the hub cache, atomic writes, parameter mapping.
+
+pub mod atomic;
+pub mod hub;
+pub mod params;
+pub mod safetensors;

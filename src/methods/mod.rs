@@ -1,0 +1,13 @@
+//! Fine-tuning methods: which parameters train, when, and at what learning rate.
+//!
+//! - `full`: everything trains.
+//! - `transfer`: the head and the top `trainable_layers` encoder layers train from the start;
+//!   gradual unfreezing adds one layer group at a time, top-down (embeddings last), and
+//!   layer-wise learning-rate decay scales each group's rate by its distance from the head.
+//! - `feature-extraction`: the encoder never trains; its features are computed once and cached
+//!   ([`feature_extraction`]), and only the head is trained on them.
+
+pub mod feature_extraction;
+pub mod transfer;
+
+pub use transfer::{LayerGroup, TrainPlan};

@@ -1,0 +1,335 @@
+//! BERT-family encoder (BERT, MiniLM and other `model_type = "bert"` checkpoints).
+//!
+//! Field names follow the Hugging Face module tree so that a parameter's burn path maps onto its
+//! checkpoint key with three renames (see [`hf_key`]): `self_attn` ↔ `self` (a Rust keyword) and
+//! `layer_norm.{gamma,beta}` ↔ `LayerNorm.{weight,bias}`; `Linear` weights are transposed.
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
+use serde::{Deserialize, Serialize};
+
+/// Mirrors the fields of a BERT `config.json` that the architecture needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_pos_type")]
+    pub position_embedding_type: String,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_pos_type() -> String {
+    "absolute".into()
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+
+impl BertConfig {
+    /// Check the combinations this implementation supports, with a message a user can act on.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.hidden_size % self.num_attention_heads == 0,
+            "hidden_size {} is not a multiple of num_attention_heads {}",
+            self.hidden_size,
+            self.num_attention_heads
+        );
+        anyhow::ensure!(
+            self.position_embedding_type == "absolute",
+            "position_embedding_type '{}' is not supported (only 'absolute')",
+            self.position_embedding_type
+        );
+        Activation::parse(&self.hidden_act)?;
+        Ok(())
+    }
+}
+
+/// The feed-forward activation named by `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// Exact (erf) GELU, `hidden_act = "gelu"`.
+    Gelu,
+    /// tanh approximation, `gelu_new` / `gelu_pytorch_tanh`.
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        Ok(match name {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            other => anyhow::bail!("hidden_act '{other}' is not supported (gelu, gelu_new, relu)"),
+        })
+    }
+    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Gelu => gelu(x),
+            Self::GeluTanh => gelu_approximate(x),
+            Self::Relu => relu(x),
+        }
+    }
+}
+
+/// Token ids, segment ids and a 1/0 attention mask, all `[batch, seq]`.
+#[derive(Debug, Clone)]
+pub struct EncoderInput {
+    pub input_ids: Tensor<2, Int>,
+    pub token_type_ids: Tensor<2, Int>,
+    pub attention_mask: Tensor<2>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub token_type_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+#[derive(Module, Debug)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub dropout: Dropout,
+    pub num_heads: usize,
+}
+
+/// Dense projection, dropout, residual add and LayerNorm (`BertSelfOutput` and `BertOutput`).
+#[derive(Module, Debug)]
+pub struct BertResidualOutput {
+    pub dense: Linear,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+#[derive(Module, Debug)]
+pub struct BertAttention {
+    pub self_attn: BertSelfAttention,
+    pub output: BertResidualOutput,
+}
+
+#[derive(Module, Debug)]
+pub struct BertIntermediate {
+    pub dense: Linear,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    pub intermediate: BertIntermediate,
+    pub output: BertResidualOutput,
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder {
+    pub layer: Vec<BertLayer>,
+}
+
+/// `tanh(dense(h_CLS))`, the pooler of `BertModel`.
+#[derive(Module, Debug)]
+pub struct BertPooler {
+    pub dense: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct BertModel {
+    pub embeddings: BertEmbeddings,
+    pub encoder: BertEncoder,
+    pub pooler: Option<BertPooler>,
+}
+
+fn linear(cfg: &BertConfig, d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::Normal { mean: 0.0, std: cfg.initializer_range })
+        .init(device)
+}
+
+fn layer_norm(cfg: &BertConfig, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(cfg.hidden_size).with_epsilon(cfg.layer_norm_eps).init(device)
+}
+
+fn embedding(cfg: &BertConfig, n: usize, device: &Device) -> Embedding {
+    EmbeddingConfig::new(n, cfg.hidden_size)
+        .with_initializer(Initializer::Normal { mean: 0.0, std: cfg.initializer_range })
+        .init(device)
+}
+
+fn residual_output(cfg: &BertConfig, d_in: usize, device: &Device) -> BertResidualOutput {
+    BertResidualOutput {
+        dense: linear(cfg, d_in, cfg.hidden_size, device),
+        layer_norm: layer_norm(cfg, device),
+        dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+    }
+}
+
+impl BertModel {
+    /// A randomly initialised model (HF's init: N(0, initializer_range), zero bias, unit LayerNorm).
+    /// Parameters are lazy, so loading a checkpoint afterwards never pays for this init.
+    pub fn new(cfg: &BertConfig, with_pooler: bool, device: &Device) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        let activation = Activation::parse(&cfg.hidden_act)?;
+        let layer = (0..cfg.num_hidden_layers)
+            .map(|_| BertLayer {
+                attention: BertAttention {
+                    self_attn: BertSelfAttention {
+                        query: linear(cfg, h, h, device),
+                        key: linear(cfg, h, h, device),
+                        value: linear(cfg, h, h, device),
+                        dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+                        num_heads: cfg.num_attention_heads,
+                    },
+                    output: residual_output(cfg, h, device),
+                },
+                intermediate: BertIntermediate { dense: linear(cfg, h, cfg.intermediate_size, device), activation },
+                output: residual_output(cfg, cfg.intermediate_size, device),
+            })
+            .collect();
+        Ok(Self {
+            embeddings: BertEmbeddings {
+                word_embeddings: embedding(cfg, cfg.vocab_size, device),
+                position_embeddings: embedding(cfg, cfg.max_position_embeddings, device),
+                token_type_embeddings: embedding(cfg, cfg.type_vocab_size, device),
+                layer_norm: layer_norm(cfg, device),
+                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            },
+            encoder: BertEncoder { layer },
+            pooler: with_pooler.then(|| BertPooler { dense: linear(cfg, h, h, device) }),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+
+    /// Last hidden states `[batch, seq, hidden]`.
+    pub fn forward(&self, input: &EncoderInput) -> Tensor<3> {
+        let words = self.embeddings.word_embeddings.forward(input.input_ids.clone());
+        let x = self.embeddings.forward_from_words(words, input.token_type_ids.clone());
+        self.encoder.forward(x, input.attention_mask.clone())
+    }
+
+    /// The pooler output `tanh(W h_CLS + b)`; `None` when the checkpoint has no pooler.
+    pub fn pool(&self, hidden: &Tensor<3>) -> Option<Tensor<2>> {
+        let pooler = self.pooler.as_ref()?;
+        let [b, _, h] = hidden.dims();
+        let cls = hidden.clone().slice(s![.., 0..1, ..]).reshape([b, h]);
+        Some(tanh(pooler.dense.forward(cls)))
+    }
+}
+
+impl BertEmbeddings {
+    /// Add position and segment embeddings to word (or soft-prompt) embeddings `[b, l, h]`.
+    pub fn forward_from_words(&self, words: Tensor<3>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, l, _] = words.dims();
+        let device = words.device();
+        let positions = Tensor::<1, Int>::arange(0..l as i64, &device).unsqueeze::<2>().expand([b, l]);
+        let x = words
+            + self.position_embeddings.forward(positions)
+            + self.token_type_embeddings.forward(token_type_ids);
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+impl BertEncoder {
+    /// `mask` is `[batch, seq]` with 1 for real tokens and 0 for padding.
+    pub fn forward(&self, mut x: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+        let [b, l] = mask.dims();
+        // Additive bias: 0 where attended, a large negative number on padding keys.
+        let bias = (mask - 1.0).mul_scalar(1e9).reshape([b, 1, 1, l]);
+        for layer in &self.layer {
+            x = layer.forward(x, bias.clone());
+        }
+        x
+    }
+}
+
+impl BertLayer {
+    pub fn forward(&self, x: Tensor<3>, attention_bias: Tensor<4>) -> Tensor<3> {
+        let context = self.attention.self_attn.forward(x.clone(), attention_bias);
+        let attended = self.attention.output.forward(context, x);
+        let inner = self.intermediate.activation.apply(self.intermediate.dense.forward(attended.clone()));
+        self.output.forward(inner, attended)
+    }
+}
+
+impl BertSelfAttention {
+    pub fn forward(&self, x: Tensor<3>, attention_bias: Tensor<4>) -> Tensor<3> {
+        let [b, l, h] = x.dims();
+        let heads = self.num_heads;
+        let dh = h / heads;
+        let split = |t: Tensor<3>| t.reshape([b, l, heads, dh]).swap_dims(1, 2);
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt()) + attention_bias;
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs.matmul(v).swap_dims(1, 2).reshape([b, l, h])
+    }
+}
+
+impl BertResidualOutput {
+    pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        self.layer_norm.forward(self.dropout.forward(self.dense.forward(x)) + residual)
+    }
+}
+
+/// The Hugging Face key of a parameter given its path inside [`BertModel`].
+pub fn hf_key(path: &str) -> String {
+    path.replace("self_attn.", "self.")
+        .replace("layer_norm.gamma", "LayerNorm.weight")
+        .replace("layer_norm.beta", "LayerNorm.bias")
+}
+
+/// The key older (TF-converted) BERT checkpoints use for the same parameter, if it differs.
+pub fn legacy_hf_key(path: &str) -> Option<String> {
+    path.contains("layer_norm.").then(|| {
+        path.replace("self_attn.", "self.")
+            .replace("layer_norm.gamma", "LayerNorm.gamma")
+            .replace("layer_norm.beta", "LayerNorm.beta")
+    })
+}

@@ -1,0 +1,178 @@
+//! Model architectures and loading them from Hugging Face model directories.
+
+pub mod bert;
+pub mod text_classifier;
+
+use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};
+use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use anyhow::{Context, Result, bail};
+use bert::BertConfig;
+use burn::prelude::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use text_classifier::{Pooling, TextClassifier};
+
+/// The files of a Hugging Face model directory that we use.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl ModelDir {
+    /// Locate `config.json`, `model.safetensors` and `tokenizer.json` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            bail!("{}: no config.json; is this a Hugging Face model directory?", dir.display());
+        }
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            if dir.join("pytorch_model.bin").is_file() {
+                bail!(
+                    "{}: only pytorch_model.bin is present; finetune reads model.safetensors \
+                     (convert with `transformers` save_pretrained(safe_serialization=True))",
+                    dir.display()
+                );
+            }
+            bail!("{}: no model.safetensors", dir.display());
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, weights, tokenizer: dir.join("tokenizer.json") })
+    }
+
+    /// The raw `config.json` as JSON.
+    pub fn raw_config(&self) -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.config).with_context(|| format!("reading {}", self.config.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", self.config.display()))
+    }
+
+    pub fn bert_config(&self) -> Result<BertConfig> {
+        let raw = self.raw_config()?;
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert");
+        if model_type != "bert" {
+            bail!(
+                "{}: model_type '{model_type}' is not supported yet; finetune loads BERT-family encoders (model_type = \"bert\")",
+                self.config.display()
+            );
+        }
+        let cfg: BertConfig = serde_json::from_value(raw).with_context(|| format!("{}: not a BERT config", self.config.display()))?;
+        cfg.validate().with_context(|| format!("{}", self.config.display()))?;
+        Ok(cfg)
+    }
+
+    /// Labels stored by a fine-tuned model (`id2label`), in id order; `None` for a base model.
+    pub fn labels(&self) -> Result<Option<Vec<String>>> {
+        let raw = self.raw_config()?;
+        let has_head = raw
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))));
+        let Some(map) = raw.get("id2label").and_then(|m| m.as_object()).filter(|_| has_head) else {
+            return Ok(None);
+        };
+        let mut pairs: Vec<(usize, String)> = map
+            .iter()
+            .map(|(k, v)| {
+                let id = k.parse::<usize>().with_context(|| format!("{}: id2label key '{k}'", self.config.display()))?;
+                Ok((id, v.as_str().unwrap_or_default().to_string()))
+            })
+            .collect::<Result<_>>()?;
+        pairs.sort();
+        Ok(Some(pairs.into_iter().map(|(_, l)| l).collect()))
+    }
+}
+
+/// What loading a checkpoint into a model did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Parameters the checkpoint lacked that were freshly initialised (a new head, a pooler).
+    pub initialized: Vec<String>,
+    /// Checkpoint tensors the model did not use.
+    pub unused: Vec<String>,
+}
+
+/// Build a [`TextClassifier`] from a model directory: the encoder (and, for a fine-tuned model,
+/// the head) from `model.safetensors`, a fresh head otherwise.
+pub fn load_text_classifier(
+    files: &ModelDir,
+    num_labels: usize,
+    pooling: Pooling,
+    head_dropout: f64,
+    device: &Device,
+) -> Result<(TextClassifier, LoadReport)> {
+    let cfg = files.bert_config()?;
+    let weights = SafetensorsFile::open(&files.weights)?;
+    let model = TextClassifier::new(&cfg, num_labels, pooling, head_dropout, device)?;
+    load_weights(model, &weights, |info| {
+        let key = text_classifier::hf_key(&info.path);
+        let mut candidates = vec![key.clone()];
+        if let Some(bare) = key.strip_prefix("bert.") {
+            candidates.push(bare.to_string());
+            if let Some(legacy) = bert::legacy_hf_key(bare) {
+                candidates.push(format!("bert.{legacy}"));
+                candidates.push(legacy);
+            }
+        }
+        let optional = info.path.starts_with("head.") || info.path.starts_with("bert.pooler.");
+        (candidates, optional)
+    })
+}
+
+/// Load every parameter of `model` from `file`. `keys(info)` gives the candidate checkpoint keys
+/// (first match wins) and whether the parameter may be absent (then it keeps its initialisation).
+pub fn load_weights<M: burn::module::Module>(
+    model: M,
+    file: &SafetensorsFile,
+    keys: impl Fn(&ParamInfo) -> (Vec<String>, bool),
+) -> Result<(M, LoadReport)> {
+    let mut report = LoadReport::default();
+    let mut missing = Vec::new();
+    let mut used = BTreeSet::new();
+    let model = import_params(model, |info| {
+        let (candidates, optional) = keys(info);
+        let Some(key) = candidates.iter().find(|k| file.contains(k)) else {
+            if optional {
+                report.initialized.push(info.path.clone());
+            } else {
+                missing.push(candidates[0].clone());
+            }
+            return Ok(None);
+        };
+        used.insert(key.clone());
+        let expected = checkpoint_shape(info);
+        let t = file.tensor_with_shape(key, &expected)?;
+        report.loaded += 1;
+        Ok(Some(if info.is_linear_weight() { t.transpose2() } else { t }))
+    })?;
+    require_all_present(&file.path().display().to_string(), &missing)?;
+    report.unused = file.names().into_iter().filter(|n| !used.contains(n)).collect();
+    Ok((model, report))
+}
+
+/// The shape a parameter has in a PyTorch-convention checkpoint.
+pub fn checkpoint_shape(info: &ParamInfo) -> Vec<usize> {
+    if info.is_linear_weight() { vec![info.shape[1], info.shape[0]] } else { info.shape.clone() }
+}
+
+/// The parameters of `model` as PyTorch-convention tensors keyed by `key(path)`.
+pub fn checkpoint_tensors<M: burn::module::Module>(
+    model: &M,
+    key: impl Fn(&str) -> String,
+    keep: impl Fn(&ParamInfo) -> bool,
+) -> Vec<(String, HostTensor)> {
+    crate::io::params::export_params(model, keep)
+        .into_iter()
+        .map(|(info, t)| (key(&info.path), if info.is_linear_weight() { t.transpose2() } else { t }))
+        .collect()
+}
+
+/// Parameter counts of a model, total and trainable.
+pub fn count_params<M: burn::module::Module>(model: &M) -> (usize, usize) {
+    let params = list_params(model);
+    let total = params.iter().map(ParamInfo::numel).sum();
+    let trainable = params.iter().filter(|p| p.trainable).map(ParamInfo::numel).sum();
+    (total, trainable)
+}

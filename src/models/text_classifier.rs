@@ -1,0 +1,111 @@
+//! A BERT encoder with a pooling step and a classification head
+//! (`BertForSequenceClassification` in Hugging Face terms, plus CLS and mean pooling).
+
+use super::bert::{BertConfig, BertModel, EncoderInput};
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// How a sequence of hidden states becomes one feature vector.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The `[CLS]` hidden state as is.
+    Cls,
+    /// Mean over real (unpadded) tokens; what sentence-transformers models are trained for.
+    Mean,
+    /// `BertPooler`: tanh(dense(h_CLS)), as `BertForSequenceClassification` does.
+    Pooler,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "cls" => Self::Cls,
+            "mean" => Self::Mean,
+            "pooler" => Self::Pooler,
+            other => anyhow::bail!("unknown pooling '{other}' (cls, mean, pooler)"),
+        })
+    }
+}
+
+/// Dropout then a linear layer from features to label logits.
+#[derive(Module, Debug)]
+pub struct ClassificationHead {
+    pub dropout: Dropout,
+    pub classifier: Linear,
+}
+
+impl ClassificationHead {
+    pub fn new(hidden: usize, num_labels: usize, dropout: f64, init_std: f64, device: &Device) -> Self {
+        Self {
+            dropout: DropoutConfig::new(dropout).init(),
+            classifier: LinearConfig::new(hidden, num_labels)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: init_std })
+                .init(device),
+        }
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.weight.lazy_shape().as_slice()[1]
+    }
+
+    /// `features [batch, hidden]` → logits `[batch, labels]`.
+    pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
+        self.classifier.forward(self.dropout.forward(features))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct TextClassifier {
+    pub bert: BertModel,
+    pub head: ClassificationHead,
+    #[module(skip)]
+    pub pooling: Pooling,
+}
+
+impl TextClassifier {
+    pub fn new(cfg: &BertConfig, num_labels: usize, pooling: Pooling, dropout: f64, device: &Device) -> anyhow::Result<Self> {
+        Ok(Self {
+            bert: BertModel::new(cfg, pooling == Pooling::Pooler, device)?,
+            head: ClassificationHead::new(cfg.hidden_size, num_labels, dropout, cfg.initializer_range, device),
+            pooling,
+        })
+    }
+
+    /// Pooled features `[batch, hidden]`: what feature extraction caches.
+    pub fn features(&self, input: &EncoderInput) -> Tensor<2> {
+        let hidden = self.bert.forward(input);
+        pool(&self.bert, hidden, input.attention_mask.clone(), self.pooling)
+    }
+
+    pub fn forward(&self, input: &EncoderInput) -> Tensor<2> {
+        self.head.forward(self.features(input))
+    }
+}
+
+/// Reduce hidden states `[b, l, h]` to `[b, h]` with the given pooling.
+pub fn pool(bert: &BertModel, hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooling) -> Tensor<2> {
+    let [b, _, h] = hidden.dims();
+    match pooling {
+        Pooling::Cls => hidden.slice(s![.., 0..1, ..]).reshape([b, h]),
+        Pooling::Pooler => bert.pool(&hidden).expect("pooling = pooler needs a model with a pooler"),
+        Pooling::Mean => {
+            let weights = mask.unsqueeze_dim::<3>(2);
+            let summed = (hidden * weights.clone()).sum_dim(1).reshape([b, h]);
+            let counts = weights.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
+            summed / counts
+        }
+    }
+}
+
+/// Hugging Face key for a parameter path of [`TextClassifier`] (`BertForSequenceClassification`
+/// names: `bert.…` for the encoder, `classifier.…` for the head).
+pub fn hf_key(path: &str) -> String {
+    match path.strip_prefix("head.") {
+        Some(rest) => rest.to_string(),
+        None => super::bert::hf_key(path),
+    }
+}

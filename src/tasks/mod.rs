@@ -1,0 +1,3 @@
+//! Tasks: each wires a model family, its data and the methods into runnable jobs.
+
+pub mod text_classification;

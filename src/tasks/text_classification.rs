@@ -1,0 +1,436 @@
+//! Text classification with a BERT-family encoder: the recipe for `feature-extraction`, `full`
+//! and `transfer`, plus evaluation and prediction with a fine-tuned model directory.
+
+use crate::data::batch::{collate, length_sorted};
+use crate::data::text::LabelSet;
+use crate::data::tokenizer::TextTokenizer;
+use crate::data::{TextData, TokenizedSplit, load_text_data};
+use crate::io::hub::{self, RepoKind};
+use crate::io::safetensors::{HostTensor, write_safetensors};
+use crate::methods::feature_extraction::{self, Features};
+use crate::methods::TrainPlan;
+use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
+use crate::models::{ModelDir, checkpoint_tensors, count_params, load_text_classifier};
+use crate::recipe::{Method, Recipe};
+use crate::training::checkpoint::{BestSoFar, RunDir};
+use crate::training::metrics::{EvalMetrics, read_log};
+use crate::training::optimizer::AdamWConfig;
+use crate::training::schedule::LrSchedule;
+use crate::training::trainer::{Examples, MethodHooks, Split, TrainerConfig, evaluate, train};
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+/// Files a model directory needs for text classification.
+pub const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// What a training run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub method: String,
+    pub model: String,
+    pub labels: Vec<String>,
+    pub train_examples: usize,
+    pub skipped_rows: usize,
+    pub total_params: usize,
+    pub trainable_params: usize,
+    pub optimizer_steps: usize,
+    pub epochs_run: usize,
+    pub stopped_early: bool,
+    pub best: Option<BestSoFar>,
+    pub test: Option<EvalMetrics>,
+    /// Seconds of optimizer steps (forward, backward, update), excluding evaluation.
+    pub train_seconds: f64,
+    /// Seconds spent computing (or loading) cached features; feature extraction only.
+    pub feature_seconds: Option<f64>,
+    pub feature_cache_hit: Option<bool>,
+    pub run_dir: PathBuf,
+    pub model_dir: PathBuf,
+}
+
+/// Settings that finetune stores in a fine-tuned model's `config.json` under `"finetune"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneMeta {
+    pub pooling: Pooling,
+    pub max_length: usize,
+    pub method: String,
+    pub base_model: String,
+}
+
+/// Token batches for a model that runs the whole encoder.
+struct TokenExamples<'a> {
+    data: &'a TextData,
+    pad_id: u32,
+    device: Device,
+}
+
+impl TokenExamples<'_> {
+    fn split(&self, split: Split) -> Option<&TokenizedSplit> {
+        match split {
+            Split::Train => Some(&self.data.train),
+            Split::Validation => self.data.validation.as_ref(),
+            Split::Test => self.data.test.as_ref(),
+        }
+    }
+}
+
+impl Examples<TextClassifier> for TokenExamples<'_> {
+    fn len(&self, split: Split) -> usize {
+        self.split(split).map_or(0, TokenizedSplit::len)
+    }
+    fn labels(&self, split: Split) -> &[usize] {
+        self.split(split).map_or(&[], |s| &s.labels)
+    }
+    fn logits(&self, model: &TextClassifier, split: Split, indices: &[usize]) -> Tensor<2> {
+        let s = self.split(split).expect("split present");
+        model.forward(&collate(&s.encoded, indices, self.pad_id, &self.device))
+    }
+    fn eval_order(&self, split: Split) -> Vec<usize> {
+        self.split(split).map_or_else(Vec::new, |s| length_sorted(&s.encoded))
+    }
+}
+
+/// Cached features for a head trained alone.
+struct FeatureExamples {
+    features: [Option<Tensor<2>>; 3],
+    labels: [Vec<usize>; 3],
+}
+
+fn slot(split: Split) -> usize {
+    match split {
+        Split::Train => 0,
+        Split::Validation => 1,
+        Split::Test => 2,
+    }
+}
+
+impl Examples<ClassificationHead> for FeatureExamples {
+    fn len(&self, split: Split) -> usize {
+        self.labels[slot(split)].len()
+    }
+    fn labels(&self, split: Split) -> &[usize] {
+        &self.labels[slot(split)]
+    }
+    fn logits(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> Tensor<2> {
+        let features = self.features[slot(split)].as_ref().expect("split present");
+        let device = features.device();
+        let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [indices.len()]), &device);
+        head.forward(features.clone().select(0, idx))
+    }
+}
+
+fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), device)
+}
+
+/// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.
+pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainReport> {
+    let base = crate::device::select(&recipe.device)?;
+    let train_device = crate::device::training(&base);
+    let model_dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &MODEL_FILES)?)?;
+    let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer, recipe.data.max_length)?;
+    let data = load_text_data(&recipe.data, None, &tokenizer)?;
+    let skipped_rows = data.train.skipped
+        + data.validation.as_ref().map_or(0, |s| s.skipped)
+        + data.test.as_ref().map_or(0, |s| s.skipped);
+    tracing::info!(
+        "{} labels {:?}; {} train / {} validation / {} test examples",
+        data.labels.len(),
+        data.labels.names(),
+        data.train.len(),
+        data.validation.as_ref().map_or(0, TokenizedSplit::len),
+        data.test.as_ref().map_or(0, TokenizedSplit::len)
+    );
+
+    let run = RunDir::new(&recipe.output_dir)?;
+    if !resume && run.latest_checkpoint().is_some() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another output_dir",
+            run.root.display()
+        );
+    }
+    crate::io::atomic::write_atomic(&run.root.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+
+    // Seed before building the model: the new head's initialisation is part of the run.
+    base.seed(recipe.seed);
+    train_device.seed(recipe.seed);
+    let num_labels = data.labels.len();
+    let trainer_cfg = trainer_config(recipe, num_labels, data.train.len(), show_progress);
+
+    let (classifier, state, feature_info) = match recipe.method {
+        Method::FeatureExtraction => {
+            let (encoder, _) = load_text_classifier(&model_dir, num_labels, recipe.head.pooling, 0.0, &base)?;
+            let encoder = encoder.valid();
+            let splits: Vec<&TokenizedSplit> =
+                [Some(&data.train), data.validation.as_ref(), data.test.as_ref()].into_iter().flatten().collect();
+            let key = feature_extraction::cache_key(
+                &model_dir.weights,
+                &model_dir.config,
+                &format!("{:?}/{}", recipe.head.pooling, recipe.data.max_length),
+                &splits,
+            )?;
+            let cache_dir = recipe.feature_extraction.cache_dir.clone().unwrap_or_else(feature_extraction::default_cache_dir);
+            let cached = feature_extraction::load_or_compute(
+                &encoder,
+                &splits,
+                &key,
+                &cache_dir,
+                recipe.training.eval_batch_size,
+                tokenizer.pad_id(),
+                &base,
+                show_progress,
+            )?;
+            let mut by_split: [Option<&Features>; 3] = [None, None, None];
+            for (s, f) in splits.iter().zip(&cached.splits) {
+                by_split[match s.name {
+                    "train" => 0,
+                    "validation" => 1,
+                    _ => 2,
+                }] = Some(f);
+            }
+            let examples = FeatureExamples {
+                features: by_split.map(|f| f.map(|f| to_tensor(f, &base))),
+                labels: [
+                    data.train.labels.clone(),
+                    data.validation.as_ref().map_or_else(Vec::new, |s| s.labels.clone()),
+                    data.test.as_ref().map_or_else(Vec::new, |s| s.labels.clone()),
+                ],
+            };
+            let hidden = encoder.bert.embeddings.word_embeddings.weight.lazy_shape().as_slice()[1];
+            let head = ClassificationHead::new(hidden, num_labels, recipe.head.dropout, 0.02, &train_device);
+            let set_trainable = |m: ClassificationHead, _: usize, _: usize| (m, Vec::new());
+            let lr_scale = |_: &str| 1.0;
+            let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
+            let outcome = train(head, &examples, &trainer_cfg, hooks, &run, resume, &train_device)?;
+            let mut classifier = encoder;
+            classifier.head = outcome.best_model.valid();
+            (classifier, outcome.state, Some((cached.seconds, cached.cache_hit)))
+        }
+        Method::Full | Method::Transfer => {
+            let (model, report) =
+                load_text_classifier(&model_dir, num_labels, recipe.head.pooling, recipe.head.dropout, &train_device)?;
+            if !report.initialized.is_empty() {
+                tracing::info!("newly initialised: {}", report.initialized.join(", "));
+            }
+            let plan = TrainPlan::new(recipe, model.bert.num_layers());
+            let unfrozen = Cell::new(0usize);
+            let set_trainable = |m: TextClassifier, epoch: usize, step: usize| {
+                let k = plan.unfrozen(epoch, step);
+                let previous = unfrozen.replace(k);
+                if previous == k {
+                    return (m, Vec::new());
+                }
+                let newly = plan.order[previous.min(k)..k].iter().map(|g| g.name()).collect();
+                (crate::io::params::set_trainable(m, |p| plan.is_trainable(p, k)), newly)
+            };
+            let lr_scale = |p: &str| plan.lr_scale(p);
+            let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
+            let examples = TokenExamples { data: &data, pad_id: tokenizer.pad_id(), device: base.clone() };
+            let outcome = train(model, &examples, &trainer_cfg, hooks, &run, resume, &train_device)?;
+            (outcome.best_model.valid(), outcome.state, None)
+        }
+    };
+
+    let test = data.test.as_ref().map(|_| {
+        let examples = TokenExamples { data: &data, pad_id: tokenizer.pad_id(), device: base.clone() };
+        evaluate(&classifier, &examples, Split::Test, recipe.training.eval_batch_size, num_labels)
+    });
+    if let Some(t) = &test {
+        tracing::info!("test: loss {:.4} accuracy {:.4} macro-F1 {:.4}", t.loss, t.accuracy, t.macro_f1);
+    }
+
+    let meta = FinetuneMeta {
+        pooling: recipe.head.pooling,
+        max_length: recipe.data.max_length,
+        method: recipe.method.name().into(),
+        base_model: recipe.model.clone(),
+    };
+    export_model(&classifier, &model_dir, &data.labels, &meta, &run.model())?;
+    let records = read_log(&run.metrics())?;
+    if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
+        tracing::warn!("could not draw curves: {e:#}");
+    }
+    let (total_params, trainable_params) = trainable_counts(recipe, &classifier, &model_dir)?;
+    let report = TrainReport {
+        method: recipe.method.name().into(),
+        model: recipe.model.clone(),
+        labels: data.labels.names().to_vec(),
+        train_examples: data.train.len(),
+        skipped_rows,
+        total_params,
+        trainable_params,
+        optimizer_steps: state.step,
+        epochs_run: state.epoch.max(1),
+        stopped_early: state.stopped_early,
+        best: state.best.clone(),
+        test,
+        train_seconds: state.train_seconds,
+        feature_seconds: feature_info.map(|f| f.0),
+        feature_cache_hit: feature_info.map(|f| f.1),
+        run_dir: run.root.clone(),
+        model_dir: run.model(),
+    };
+    crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(report)
+}
+
+fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize, show_progress: bool) -> TrainerConfig {
+    let t = &recipe.training;
+    let per_epoch = TrainerConfig::steps_per_epoch(t.batch_size, t.grad_accum_steps, n_train);
+    let total = t.max_steps.map_or(per_epoch * t.epochs, |m| m.min(per_epoch * t.epochs));
+    let warmup = t.warmup_steps.unwrap_or_else(|| (t.warmup_ratio * total as f64).ceil() as usize);
+    TrainerConfig {
+        epochs: t.epochs,
+        batch_size: t.batch_size,
+        eval_batch_size: t.eval_batch_size,
+        grad_accum_steps: t.grad_accum_steps,
+        max_grad_norm: t.max_grad_norm,
+        schedule: LrSchedule { kind: t.schedule, peak: t.learning_rate, warmup_steps: warmup, total_steps: total },
+        adamw: AdamWConfig {
+            beta1: t.adam_beta1,
+            beta2: t.adam_beta2,
+            epsilon: t.adam_epsilon,
+            weight_decay: t.weight_decay,
+        },
+        seed: recipe.seed,
+        checkpoint_every_steps: t.checkpoint_every_steps,
+        max_steps: t.max_steps,
+        metric: t.metric,
+        early_stopping: t.early_stopping.clone(),
+        num_labels,
+        show_progress,
+    }
+}
+
+/// Parameter counts for the report: what the method trains at its widest point.
+fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier, _model: &ModelDir) -> Result<(usize, usize)> {
+    let (total, _) = count_params(classifier);
+    let plan = TrainPlan::new(recipe, classifier.bert.num_layers());
+    let widest = plan.unfrozen(recipe.training.epochs.saturating_sub(1), usize::MAX / 2);
+    let trainable = crate::io::params::list_params(classifier)
+        .iter()
+        .filter(|p| match recipe.method {
+            Method::FeatureExtraction => p.path.starts_with("head."),
+            _ => plan.is_trainable(&p.path, widest),
+        })
+        .map(|p| p.numel())
+        .sum();
+    Ok((total, trainable))
+}
+
+/// Write a fine-tuned model directory: `model.safetensors` with `BertForSequenceClassification`
+/// keys, `config.json` with `id2label`/`label2id` (and our pooling under `"finetune"`), and the
+/// tokenizer files of the base model.
+pub fn export_model(model: &TextClassifier, base: &ModelDir, labels: &LabelSet, meta: &FinetuneMeta, out: &Path) -> Result<()> {
+    let tensors = checkpoint_tensors(model, text_classifier::hf_key, |_| true);
+    let mut config = base.raw_config()?;
+    let obj = config.as_object_mut().context("config.json is not an object")?;
+    let id2label: serde_json::Map<String, serde_json::Value> =
+        labels.names().iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+    let label2id: serde_json::Map<String, serde_json::Value> =
+        labels.names().iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+    obj.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+    obj.insert("id2label".into(), id2label.into());
+    obj.insert("label2id".into(), label2id.into());
+    obj.insert("num_labels".into(), labels.len().into());
+    obj.insert("finetune".into(), serde_json::to_value(meta)?);
+    crate::io::atomic::replace_dir_atomic(out, |dir| {
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        write_safetensors(&dir.join("model.safetensors"), &tensors, Some(metadata))?;
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+            let src = base.dir.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A fine-tuned classifier ready for inference.
+pub struct FinetunedClassifier {
+    pub model: TextClassifier,
+    pub labels: LabelSet,
+    pub tokenizer: TextTokenizer,
+    pub meta: Option<FinetuneMeta>,
+    device: Device,
+}
+
+/// One prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub text: String,
+    pub label: String,
+    pub probabilities: Vec<(String, f32)>,
+}
+
+impl FinetunedClassifier {
+    /// Load a fine-tuned model directory (or hub id) written by `finetune train` or by
+    /// `transformers` (`BertForSequenceClassification` with `id2label`).
+    pub fn load(spec: &str, device_name: &str, max_length: Option<usize>) -> Result<Self> {
+        let device = crate::device::select(device_name)?;
+        let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
+        let names = files.labels()?.with_context(|| {
+            format!("{}: not a fine-tuned classifier (config.json has no id2label for a *ForSequenceClassification)", files.dir.display())
+        })?;
+        let labels = LabelSet::new(names)?;
+        let meta: Option<FinetuneMeta> =
+            files.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?;
+        let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
+        let max_len = max_length.or(meta.as_ref().map(|m| m.max_length)).unwrap_or(512);
+        let tokenizer = TextTokenizer::from_file(&files.tokenizer, max_len)?;
+        let (model, report) = load_text_classifier(&files, labels.len(), pooling, 0.0, &device)?;
+        if report.initialized.iter().any(|p| p.starts_with("head.")) {
+            bail!("{}: the classifier head is missing from model.safetensors", files.weights.display());
+        }
+        Ok(Self { model: model.valid(), labels, tokenizer, meta, device })
+    }
+
+    pub fn predict(&self, texts: &[String], batch_size: usize) -> Result<Vec<Prediction>> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let encoded = self.tokenizer.encode_all(&refs)?;
+        let mut out = Vec::with_capacity(texts.len());
+        let order: Vec<usize> = (0..texts.len()).collect();
+        for batch in crate::data::batch::chunk(&order, batch_size) {
+            let input = collate(&encoded, &batch, self.tokenizer.pad_id(), &self.device);
+            let probs = burn::tensor::activation::softmax(self.model.forward(&input), 1);
+            let values: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec().expect("f32");
+            let k = self.labels.len();
+            for (row, &i) in batch.iter().enumerate() {
+                let p = &values[row * k..(row + 1) * k];
+                let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
+                out.push(Prediction {
+                    text: texts[i].clone(),
+                    label: self.labels.names()[best].clone(),
+                    probabilities: self.labels.names().iter().cloned().zip(p.iter().copied()).collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Metrics on a labelled file (CSV/TSV/JSONL) with the given columns.
+    pub fn evaluate_file(&self, path: &Path, columns: &crate::data::text::Columns, batch_size: usize, skip_bad_rows: bool) -> Result<EvalMetrics> {
+        let raw = crate::data::text::read_rows(path, columns, skip_bad_rows)?;
+        let split = crate::data::text::label_rows(raw, &self.labels, skip_bad_rows)?;
+        let refs: Vec<&str> = split.texts.iter().map(String::as_str).collect();
+        let encoded = self.tokenizer.encode_all(&refs)?;
+        let tokenized = TokenizedSplit {
+            name: "test",
+            path: split.path,
+            texts: split.texts.clone(),
+            encoded,
+            labels: split.labels,
+            skipped: split.skipped.len(),
+        };
+        let data = TextData { labels: self.labels.clone(), train: tokenized.clone(), validation: None, test: Some(tokenized) };
+        let examples = TokenExamples { data: &data, pad_id: self.tokenizer.pad_id(), device: self.device.clone() };
+        Ok(evaluate(&self.model, &examples, Split::Test, batch_size, self.labels.len()))
+    }
+}

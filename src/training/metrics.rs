@@ -1,0 +1,128 @@
+//! Classification metrics and the JSON-lines metrics log.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Metrics of one evaluation pass.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct EvalMetrics {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub examples: usize,
+}
+
+impl EvalMetrics {
+    pub fn get(&self, metric: crate::recipe::Metric) -> f64 {
+        match metric {
+            crate::recipe::Metric::Accuracy => self.accuracy,
+            crate::recipe::Metric::MacroF1 => self.macro_f1,
+            crate::recipe::Metric::Loss => self.loss,
+        }
+    }
+}
+
+/// Accuracy and macro-averaged F1 of `predicted` against `actual` over `num_labels` classes.
+/// A class that is neither predicted nor present scores F1 = 0, as scikit-learn does with
+/// `labels=range(num_labels)` (it contributes to the average).
+pub fn accuracy_and_macro_f1(predicted: &[usize], actual: &[usize], num_labels: usize) -> (f64, f64) {
+    assert_eq!(predicted.len(), actual.len());
+    if actual.is_empty() {
+        return (0.0, 0.0);
+    }
+    let correct = predicted.iter().zip(actual).filter(|(p, a)| p == a).count();
+    let mut f1_sum = 0.0;
+    for c in 0..num_labels {
+        let tp = predicted.iter().zip(actual).filter(|&(&p, &a)| p == c && a == c).count() as f64;
+        let fp = predicted.iter().zip(actual).filter(|&(&p, &a)| p == c && a != c).count() as f64;
+        let fn_ = predicted.iter().zip(actual).filter(|&(&p, &a)| p != c && a == c).count() as f64;
+        let denom = 2.0 * tp + fp + fn_;
+        f1_sum += if denom > 0.0 { 2.0 * tp / denom } else { 0.0 };
+    }
+    (correct as f64 / actual.len() as f64, f1_sum / num_labels as f64)
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogRecord {
+    /// A training step: mean loss over the logged interval.
+    Train { step: usize, epoch: usize, loss: f64, lr: f64, grad_norm: f64, examples_per_s: f64 },
+    /// An evaluation at the end of an epoch.
+    Eval { step: usize, epoch: usize, split: String, metrics: EvalMetrics },
+    /// A layer group became trainable.
+    Unfreeze { step: usize, epoch: usize, group: String },
+}
+
+impl LogRecord {
+    pub fn step(&self) -> usize {
+        match self {
+            Self::Train { step, .. } | Self::Eval { step, .. } | Self::Unfreeze { step, .. } => *step,
+        }
+    }
+}
+
+/// Appends records to `metrics.jsonl`, one JSON object per line.
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Open the log; with `keep_up_to_step = Some(s)` (a resumed run) records after step `s`,
+    /// written by the interrupted run after its last checkpoint, are dropped first.
+    pub fn open(path: &Path, keep_up_to_step: Option<usize>) -> Result<Self> {
+        match keep_up_to_step {
+            None => crate::io::atomic::write_atomic(path, b"")?,
+            Some(s) => {
+                let kept: Vec<LogRecord> = read_log(path).unwrap_or_default().into_iter().filter(|r| r.step() <= s).collect();
+                let mut text = String::new();
+                for r in kept {
+                    text.push_str(&serde_json::to_string(&r)?);
+                    text.push('\n');
+                }
+                crate::io::atomic::write_atomic(path, text.as_bytes())?;
+            }
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    pub fn append(&self, record: &LogRecord) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        writeln!(f, "{}", serde_json::to_string(record)?)?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub fn read_log(path: &Path) -> Result<Vec<LogRecord>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: bad record", path.display(), i + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macro_f1_matches_hand_computation() {
+        // class 0: tp=2 fp=1 fn=0 -> f1=0.8; class 1: tp=1 fp=0 fn=1 -> 0.6667; class 2: absent -> 0
+        let (acc, f1) = accuracy_and_macro_f1(&[0, 0, 0, 1], &[0, 0, 1, 1], 2);
+        assert!((acc - 0.75).abs() < 1e-12);
+        assert!((f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        let (_, f1_3) = accuracy_and_macro_f1(&[0, 0, 0, 1], &[0, 0, 1, 1], 3);
+        assert!((f1_3 - (0.8 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+}

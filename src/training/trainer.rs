@@ -1,0 +1,315 @@
+//! The training loop shared by every method: batches, loss, accumulation, clipping, AdamW,
+//! schedule, evaluation, best-checkpoint selection, early stopping, checkpoints and resume.
+//!
+//! It is generic over the model and over where logits come from ([`Examples`]), so training a
+//! whole encoder on token batches and training a head on cached features use the same loop.
+
+use crate::data::batch::{chunk, epoch_order};
+use crate::recipe::{EarlyStopping, Metric};
+use crate::training::checkpoint::{BestSoFar, RunDir, TrainState};
+use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog, accuracy_and_macro_f1};
+use crate::training::optimizer::{AdamW, AdamWConfig, GradStore};
+use crate::training::schedule::LrSchedule;
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Validation,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Validation => "validation",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// Labelled examples a model turns into logits.
+pub trait Examples<M> {
+    /// Number of examples in `split` (0 when the split is absent).
+    fn len(&self, split: Split) -> usize;
+    fn labels(&self, split: Split) -> &[usize];
+    /// Logits `[indices.len(), num_labels]` of the given examples.
+    fn logits(&self, model: &M, split: Split, indices: &[usize]) -> Tensor<2>;
+    /// The order in which to evaluate a split (any order gives the same metrics).
+    fn eval_order(&self, split: Split) -> Vec<usize> {
+        (0..self.len(split)).collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainerConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub grad_accum_steps: usize,
+    pub max_grad_norm: f64,
+    pub schedule: LrSchedule,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    pub checkpoint_every_steps: Option<usize>,
+    pub max_steps: Option<usize>,
+    pub metric: Metric,
+    pub early_stopping: Option<EarlyStopping>,
+    pub num_labels: usize,
+    pub show_progress: bool,
+}
+
+impl TrainerConfig {
+    /// Optimizer steps per epoch for `n` training examples.
+    pub fn steps_per_epoch(batch_size: usize, grad_accum: usize, n: usize) -> usize {
+        n.div_ceil(batch_size).div_ceil(grad_accum)
+    }
+}
+
+/// What the method controls during training.
+pub struct MethodHooks<'a, M> {
+    /// Make the right parameters trainable for (epoch, step); return the names of groups that
+    /// became trainable at this call (for the log).
+    pub set_trainable: &'a dyn Fn(M, usize, usize) -> (M, Vec<String>),
+    /// Learning-rate multiplier per parameter path.
+    pub lr_scale: &'a dyn Fn(&str) -> f64,
+}
+
+pub struct TrainOutcome<M> {
+    pub best_model: M,
+    pub state: TrainState,
+}
+
+/// Mean cross-entropy of `logits [b, c]` against `labels [b]`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    let logp = log_softmax(logits, 1);
+    logp.gather(1, labels.reshape([b, 1])).neg().mean()
+}
+
+fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let mut rng = crate::data::batch::SplitMix64::new(seed ^ ((step as u64) << 16) ^ micro as u64);
+    rng.next_u64()
+}
+
+/// Evaluate `model` (in validation mode: no dropout, no autodiff) on a split.
+pub fn evaluate<M, E: Examples<M>>(model: &M, data: &E, split: Split, batch_size: usize, num_labels: usize) -> EvalMetrics {
+    let order = data.eval_order(split);
+    let labels = data.labels(split);
+    let mut predicted = vec![0usize; order.len()];
+    let mut loss_sum = 0.0;
+    for batch in chunk(&order, batch_size) {
+        let logits = data.logits(model, split, &batch);
+        let device = logits.device();
+        let y = crate::data::batch::label_tensor(labels, &batch, &device);
+        let loss: f32 = cross_entropy(logits.clone(), y).into_scalar();
+        loss_sum += loss as f64 * batch.len() as f64;
+        let argmax: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_into_vec().expect("int data");
+        for (&i, p) in batch.iter().zip(argmax) {
+            predicted[i] = p as usize;
+        }
+    }
+    let actual: Vec<usize> = labels.to_vec();
+    let indices: Vec<usize> = (0..labels.len()).collect();
+    let predicted_in_order: Vec<usize> = indices.iter().map(|&i| predicted[i]).collect();
+    let (accuracy, macro_f1) = accuracy_and_macro_f1(&predicted_in_order, &actual, num_labels);
+    EvalMetrics { loss: loss_sum / order.len().max(1) as f64, accuracy, macro_f1, examples: order.len() }
+}
+
+/// Train `model` on `data`. With `resume`, continue from the run directory's latest checkpoint.
+pub fn train<M, E>(
+    model: M,
+    data: &E,
+    cfg: &TrainerConfig,
+    hooks: MethodHooks<'_, M>,
+    run: &RunDir,
+    resume: bool,
+    device: &Device,
+) -> Result<TrainOutcome<M>>
+where
+    M: Module,
+    E: Examples<M>,
+{
+    let n = data.len(Split::Train);
+    if n == 0 {
+        bail!("the training split is empty");
+    }
+    let steps_per_epoch = TrainerConfig::steps_per_epoch(cfg.batch_size, cfg.grad_accum_steps, n);
+    let mut optim = AdamW::new(cfg.adamw);
+    let (mut model, mut state) = match run.latest_checkpoint().filter(|_| resume) {
+        Some(dir) => {
+            tracing::info!("resuming from {}", dir.display());
+            let state = RunDir::read_state(&dir)?;
+            // Trainability must match the checkpoint before its parameters are loaded.
+            let (m, _) = (hooks.set_trainable)(model, state.epoch, state.step);
+            (run.load_checkpoint(&dir, m, &mut optim, &state, device)?, state)
+        }
+        None if resume => bail!("--resume: no checkpoint in {}", run.checkpoints().display()),
+        None => {
+            let (m, _) = (hooks.set_trainable)(model, 0, 0);
+            (m, TrainState::default())
+        }
+    };
+    let log = MetricsLog::open(&run.metrics(), resume.then_some(state.step))?;
+    let mut best_model = if state.best.is_some() { run.load_best(model.clone())? } else { model.clone() };
+    if state.finished {
+        return Ok(TrainOutcome { best_model, state });
+    }
+
+    let total_steps = cfg.max_steps.map_or(steps_per_epoch * cfg.epochs, |m| m.min(steps_per_epoch * cfg.epochs));
+    let progress = progress_bar(cfg.show_progress, total_steps as u64, state.step as u64);
+    let labels = data.labels(Split::Train);
+    let (mut window_loss, mut window_examples, mut window_start) = (0.0f64, 0usize, Instant::now());
+
+    'epochs: for epoch in state.epoch..cfg.epochs {
+        let batches = chunk(&epoch_order(n, cfg.seed, epoch), cfg.batch_size);
+        let steps: Vec<&[Vec<usize>]> = batches.chunks(cfg.grad_accum_steps).collect();
+        for group in steps.iter().skip(state.step_in_epoch) {
+            let (m, newly) = (hooks.set_trainable)(model, epoch, state.step);
+            model = m;
+            for g in newly {
+                tracing::info!("unfreezing {g} at epoch {epoch}, step {}", state.step);
+                log.append(&LogRecord::Unfreeze { step: state.step, epoch, group: g })?;
+            }
+            let step_start = Instant::now();
+            let group_examples: usize = group.iter().map(Vec::len).sum();
+            let mut grads = GradStore::default();
+            let mut group_loss = 0.0;
+            for (micro, batch) in group.iter().enumerate() {
+                device.seed(step_seed(cfg.seed, state.step, micro));
+                let logits = data.logits(&model, Split::Train, batch);
+                let y = crate::data::batch::label_tensor(labels, batch, device);
+                let loss = cross_entropy(logits, y).mul_scalar(batch.len() as f64 / group_examples as f64);
+                let value: f32 = loss.clone().into_scalar();
+                if !value.is_finite() {
+                    bail!(
+                        "loss is {value} at epoch {epoch}, step {} (learning rate {:.3e}); the last checkpoint \
+                         in {} is intact — lower the learning rate or check the data, then --resume",
+                        state.step,
+                        cfg.schedule.at(state.step),
+                        run.checkpoints().display()
+                    );
+                }
+                group_loss += value as f64;
+                grads.accumulate(&model, loss.backward());
+            }
+            if grads.is_empty() {
+                bail!("no parameter received a gradient: nothing is trainable");
+            }
+            let grad_norm = grads.clip_global_norm(cfg.max_grad_norm);
+            let lr = cfg.schedule.at(state.step);
+            model = optim.step(model, &grads, &|p| lr * (hooks.lr_scale)(p));
+            state.step += 1;
+            state.step_in_epoch += 1;
+            state.train_seconds += step_start.elapsed().as_secs_f64();
+            window_loss += group_loss * group_examples as f64;
+            window_examples += group_examples;
+            progress.set_position(state.step as u64);
+            progress.set_message(format!("epoch {} loss {:.4}", epoch + 1, group_loss));
+            if state.step % 10 == 0 || state.step_in_epoch == steps.len() {
+                let secs = window_start.elapsed().as_secs_f64();
+                log.append(&LogRecord::Train {
+                    step: state.step,
+                    epoch,
+                    loss: window_loss / window_examples as f64,
+                    lr,
+                    grad_norm,
+                    examples_per_s: window_examples as f64 / secs.max(1e-9),
+                })?;
+                (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
+            }
+            let at_max = cfg.max_steps.is_some_and(|m| state.step >= m);
+            if cfg.checkpoint_every_steps.is_some_and(|k| state.step % k == 0) && !at_max && state.step_in_epoch < steps.len() {
+                run.save_checkpoint(&model, &optim, &state)?;
+            }
+            if at_max {
+                end_of_epoch(&model, &mut best_model, data, cfg, &mut state, run, &log, epoch)?;
+                break 'epochs;
+            }
+        }
+        let stop = end_of_epoch(&model, &mut best_model, data, cfg, &mut state, run, &log, epoch)?;
+        state.epoch = epoch + 1;
+        state.step_in_epoch = 0;
+        if stop {
+            state.stopped_early = true;
+            break;
+        }
+        if epoch + 1 < cfg.epochs {
+            run.save_checkpoint(&model, &optim, &state)?;
+        }
+    }
+    progress.finish_and_clear();
+    state.finished = true;
+    run.save_checkpoint(&model, &optim, &state)?;
+    Ok(TrainOutcome { best_model, state })
+}
+
+/// Validate, keep the best model, decide on early stopping. Returns whether to stop.
+#[allow(clippy::too_many_arguments)]
+fn end_of_epoch<M, E>(
+    model: &M,
+    best_model: &mut M,
+    data: &E,
+    cfg: &TrainerConfig,
+    state: &mut TrainState,
+    run: &RunDir,
+    log: &MetricsLog,
+    epoch: usize,
+) -> Result<bool>
+where
+    M: Module,
+    E: Examples<M>,
+{
+    if data.len(Split::Validation) == 0 {
+        // Without validation data the last model is the one we keep.
+        *best_model = model.clone();
+        run.save_best(model)?;
+        return Ok(false);
+    }
+    let metrics = evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels);
+    tracing::info!(
+        "epoch {}: validation loss {:.4} accuracy {:.4} macro-F1 {:.4}",
+        epoch + 1,
+        metrics.loss,
+        metrics.accuracy,
+        metrics.macro_f1
+    );
+    log.append(&LogRecord::Eval { step: state.step, epoch, split: "validation".into(), metrics })?;
+    let value = metrics.get(cfg.metric);
+    let min_delta = cfg.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+    let improved = match &state.best {
+        None => true,
+        Some(b) if cfg.metric.higher_is_better() => value > b.value + min_delta,
+        Some(b) => value < b.value - min_delta,
+    };
+    if improved {
+        state.best = Some(BestSoFar { epoch, step: state.step, value, metrics });
+        state.evals_without_improvement = 0;
+        *best_model = model.clone();
+        run.save_best(model)?;
+    } else {
+        state.evals_without_improvement += 1;
+    }
+    Ok(cfg.early_stopping.as_ref().is_some_and(|e| state.evals_without_improvement >= e.patience))
+}
+
+fn progress_bar(show: bool, total: u64, position: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar.reset_eta();
+    bar
+}
