@@ -3,7 +3,7 @@
 use crate::io::hub::{self, RepoKind};
 use crate::methods::{LayerGroup, TrainPlan};
 use crate::models::text_classifier::Pooling;
-use crate::models::{ModelDir, load_text_classifier};
+use crate::models::{Head, ModelDir, load_text_classifier};
 use crate::recipe::{Method, Recipe};
 use crate::tasks::text_classification::MODEL_FILES;
 use anyhow::Result;
@@ -15,7 +15,7 @@ pub fn run(spec: &str, method: &str, trainable_layers: usize) -> Result<()> {
     let labels = files.labels()?;
     let num_labels = labels.as_ref().map_or(2, Vec::len);
     let device = crate::device::select("cpu")?;
-    let (model, report) = load_text_classifier(&files, num_labels, Pooling::Mean, 0.1, &device)?;
+    let (model, report) = load_text_classifier(&files, num_labels, Pooling::Mean, 0.1, Head::FromCheckpoint, &device)?;
     println!("model:       {}", files.dir.display());
     println!(
         "arch:        BERT encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}, max positions {}",

@@ -94,19 +94,32 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// Build a [`TextClassifier`] from a model directory: the encoder (and, for a fine-tuned model,
-/// the head) from `model.safetensors`, a fresh head otherwise.
+/// Which classification head to use when loading a [`TextClassifier`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// The checkpoint's head if it has one (a fine-tuned model), else a fresh one.
+    FromCheckpoint,
+    /// A freshly initialised head, whatever the checkpoint holds (a new task).
+    New,
+}
+
+/// Build a [`TextClassifier`] from a model directory: the encoder from `model.safetensors`,
+/// and the head per `head`.
 pub fn load_text_classifier(
     files: &ModelDir,
     num_labels: usize,
     pooling: Pooling,
     head_dropout: f64,
+    head: Head,
     device: &Device,
 ) -> Result<(TextClassifier, LoadReport)> {
     let cfg = files.bert_config()?;
     let weights = SafetensorsFile::open(&files.weights)?;
     let model = TextClassifier::new(&cfg, num_labels, pooling, head_dropout, device)?;
     load_weights(model, &weights, |info| {
+        if head == Head::New && info.path.starts_with("head.") {
+            return (Vec::new(), true);
+        }
         let key = text_classifier::hf_key(&info.path);
         let mut candidates = vec![key.clone()];
         if let Some(bare) = key.strip_prefix("bert.") {
@@ -137,7 +150,7 @@ pub fn load_weights<M: burn::module::Module>(
             if optional {
                 report.initialized.push(info.path.clone());
             } else {
-                missing.push(candidates[0].clone());
+                missing.push(candidates.first().cloned().unwrap_or_else(|| info.path.clone()));
             }
             return Ok(None);
         };

@@ -10,7 +10,7 @@ use crate::io::safetensors::{HostTensor, write_safetensors};
 use crate::methods::feature_extraction::{self, Features};
 use crate::methods::TrainPlan;
 use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
-use crate::models::{ModelDir, checkpoint_tensors, count_params, load_text_classifier};
+use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
 use crate::recipe::{Method, Recipe};
 use crate::training::checkpoint::{BestSoFar, RunDir};
 use crate::training::metrics::{EvalMetrics, read_log};
@@ -159,11 +159,13 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     base.seed(recipe.seed);
     train_device.seed(recipe.seed);
     let num_labels = data.labels.len();
+    // Keep a fine-tuned checkpoint's head only when it was trained for exactly these labels.
+    let head = if model_dir.labels()?.as_deref() == Some(data.labels.names()) { Head::FromCheckpoint } else { Head::New };
     let trainer_cfg = trainer_config(recipe, num_labels, data.train.len(), show_progress);
 
     let (classifier, state, feature_info) = match recipe.method {
         Method::FeatureExtraction => {
-            let (encoder, _) = load_text_classifier(&model_dir, num_labels, recipe.head.pooling, 0.0, &base)?;
+            let (encoder, _) = load_text_classifier(&model_dir, num_labels, recipe.head.pooling, 0.0, head, &base)?;
             let encoder = encoder.valid();
             let splits: Vec<&TokenizedSplit> =
                 [Some(&data.train), data.validation.as_ref(), data.test.as_ref()].into_iter().flatten().collect();
@@ -212,7 +214,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         }
         Method::Full | Method::Transfer => {
             let (model, report) =
-                load_text_classifier(&model_dir, num_labels, recipe.head.pooling, recipe.head.dropout, &train_device)?;
+                load_text_classifier(&model_dir, num_labels, recipe.head.pooling, recipe.head.dropout, head, &train_device)?;
             if !report.initialized.is_empty() {
                 tracing::info!("newly initialised: {}", report.initialized.join(", "));
             }
@@ -385,7 +387,7 @@ impl FinetunedClassifier {
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
         let max_len = max_length.or(meta.as_ref().map(|m| m.max_length)).unwrap_or(512);
         let tokenizer = TextTokenizer::from_file(&files.tokenizer, max_len)?;
-        let (model, report) = load_text_classifier(&files, labels.len(), pooling, 0.0, &device)?;
+        let (model, report) = load_text_classifier(&files, labels.len(), pooling, 0.0, Head::FromCheckpoint, &device)?;
         if report.initialized.iter().any(|p| p.starts_with("head.")) {
             bail!("{}: the classifier head is missing from model.safetensors", files.weights.display());
         }

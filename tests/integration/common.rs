@@ -1,0 +1,79 @@
+//! Shared helpers: fixture paths, small datasets, recipes.
+
+use burn::prelude::*;
+use finetune::io::safetensors::{HostTensor, SafetensorsFile};
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn tiny_bert() -> PathBuf {
+    fixtures().join("tiny-bert")
+}
+
+pub fn reference(name: &str) -> HostTensor {
+    SafetensorsFile::open(&fixtures().join("tiny-bert-reference.safetensors")).unwrap().tensor(name).unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// Write train/validation/test CSVs from the committed UCI sample (200 real sentences):
+/// 120 / 40 / 40 rows.
+pub fn uci_splits(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(fixtures().join("uci-sample.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, range) in [("train", 0..120), ("validation", 120..160), ("test", 160..200)] {
+        let body: Vec<&str> = std::iter::once(header).chain(rows[range].iter().copied()).collect();
+        std::fs::write(data.join(format!("{name}.csv")), body.join("\n") + "\n").unwrap();
+    }
+    data
+}
+
+/// A recipe for the tiny model on the UCI sample; `extra` is appended TOML.
+pub fn tiny_recipe(dir: &Path, method: &str, out: &str, training_extra: &str) -> PathBuf {
+    let data = uci_splits(dir);
+    let text = format!(
+        r#"method = "{method}"
+model = "{model}"
+seed = 7
+output_dir = "{out}"
+[data]
+dataset = "{data}"
+train = "train.csv"
+validation = "validation.csv"
+test = "test.csv"
+max_length = 32
+[head]
+pooling = "mean"
+dropout = 0.1
+[training]
+epochs = 3
+batch_size = 16
+eval_batch_size = 32
+learning_rate = 1e-3
+warmup_ratio = 0.1
+{training_extra}
+[feature_extraction]
+cache_dir = "{cache}"
+"#,
+        model = tiny_bert().display(),
+        data = data.display(),
+        out = dir.join(out).display(),
+        cache = dir.join("features").display(),
+    );
+    let path = dir.join(format!("{out}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -1,0 +1,7 @@
+//! Integration tests (one binary, to keep link time down).
+
+mod common;
+mod errors;
+mod hub;
+mod numerics;
+mod training;

@@ -1,0 +1,154 @@
+//! Numerics against PyTorch/transformers (fixtures made by scripts/make_fixtures.py).
+
+use super::common::*;
+use burn::prelude::*;
+use finetune::data::tokenizer::TextTokenizer;
+use finetune::io::safetensors::{HostTensor, SafetensorsFile, write_safetensors};
+use finetune::models::bert::EncoderInput;
+use finetune::models::text_classifier::{Pooling, TextClassifier, pool};
+use finetune::models::{Head, ModelDir, load_text_classifier};
+use finetune::training::trainer::cross_entropy;
+
+fn reference_input(device: &Device) -> EncoderInput {
+    let ids = reference("input_ids");
+    let types = reference("token_type_ids");
+    let mask = reference("attention_mask");
+    let [b, l] = [ids.shape[0], ids.shape[1]];
+    let as_int = |t: &HostTensor| t.data.iter().map(|&v| v as i64).collect::<Vec<_>>();
+    EncoderInput {
+        input_ids: Tensor::from_data(TensorData::new(as_int(&ids), [b, l]), device),
+        token_type_ids: Tensor::from_data(TensorData::new(as_int(&types), [b, l]), device),
+        attention_mask: Tensor::from_data(TensorData::new(mask.data, [b, l]), device),
+    }
+}
+
+fn load_tiny(pooling: Pooling, device: &Device) -> TextClassifier {
+    let dir = ModelDir::open(&tiny_bert()).unwrap();
+    let (model, report) = load_text_classifier(&dir, 3, pooling, 0.1, Head::FromCheckpoint, device).unwrap();
+    assert!(report.initialized.is_empty(), "fixture has every weight: {:?}", report.initialized);
+    model
+}
+
+/// Hidden states, pooler output, mean pooling and logits of the tiny random BERT match
+/// transformers to 1e-4 (inputs include padding and token_type_ids).
+#[test]
+fn tiny_bert_matches_transformers() {
+    let device = Device::flex();
+    let model = load_tiny(Pooling::Pooler, &device).valid();
+    let input = reference_input(&device);
+    let hidden = model.bert.forward(&input);
+    let tol = 1e-4;
+    let d = max_abs_diff(&values(hidden.clone()), &reference("last_hidden_state").data);
+    assert!(d < tol, "last_hidden_state differs by {d}");
+    let d = max_abs_diff(&values(model.bert.pool(&hidden).unwrap()), &reference("pooler_output").data);
+    assert!(d < tol, "pooler_output differs by {d}");
+    let mean = pool(&model.bert, hidden, input.attention_mask.clone(), Pooling::Mean);
+    let d = max_abs_diff(&values(mean), &reference("mean_pooled").data);
+    assert!(d < tol, "mean pooling differs by {d}");
+    let d = max_abs_diff(&values(model.forward(&input)), &reference("logits").data);
+    assert!(d < tol, "logits differ by {d}");
+}
+
+/// Gradients of the cross-entropy loss w.r.t. weights match PyTorch autograd.
+#[test]
+fn tiny_bert_gradients_match_pytorch() {
+    let device = Device::flex().autodiff();
+    let mut model = load_tiny(Pooling::Pooler, &device);
+    // Dropout off (transformers computed the reference in eval mode) but autodiff on.
+    model.head.dropout.prob = 0.0;
+    model.bert.embeddings.dropout.prob = 0.0;
+    for l in model.bert.encoder.layer.iter_mut() {
+        l.attention.self_attn.dropout.prob = 0.0;
+        l.attention.output.dropout.prob = 0.0;
+        l.output.dropout.prob = 0.0;
+    }
+    let input = reference_input(&device);
+    let labels: Vec<i64> = reference("labels").data.iter().map(|&v| v as i64).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [3]), &device);
+    let loss = cross_entropy(model.forward(&input), labels);
+    let loss_value: f32 = loss.clone().into_scalar();
+    assert!((loss_value - reference("loss").data[0]).abs() < 1e-5, "loss {loss_value}");
+    let grads = loss.backward();
+    let check = |name: &str, g: Tensor<2>, transpose: bool| {
+        let r = reference(name);
+        let r = if transpose { r.transpose2() } else { r };
+        let d = max_abs_diff(&values(g), &r.data);
+        assert!(d < 1e-5, "{name}: gradient differs by {d}");
+    };
+    check("grad.classifier.weight", model.head.classifier.weight.val().grad(&grads).unwrap(), true);
+    let q = &model.bert.encoder.layer[0].attention.self_attn.query.weight;
+    check("grad.bert.encoder.layer.0.attention.self.query.weight", q.val().grad(&grads).unwrap(), true);
+    let ln = model.bert.embeddings.layer_norm.gamma.val().grad(&grads).unwrap();
+    let d = max_abs_diff(&values(ln), &reference("grad.bert.embeddings.LayerNorm.weight").data);
+    assert!(d < 1e-5, "embeddings LayerNorm gradient differs by {d}");
+}
+
+/// A checkpoint with bare keys (`embeddings.…`, as sentence-transformers saves) loads the same
+/// encoder as one with `bert.`-prefixed keys.
+#[test]
+fn bare_and_prefixed_keys_load_the_same_encoder() {
+    let device = Device::flex();
+    let src = SafetensorsFile::open(&tiny_bert().join("model.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bare: Vec<(String, HostTensor)> = src
+        .names()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix("bert.").map(|b| (b.to_string(), src.tensor(&k).unwrap())))
+        .collect();
+    write_safetensors(&dir.path().join("model.safetensors"), &bare, None).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny_bert().join(f), dir.path().join(f)).unwrap();
+    }
+    let (model, report) = load_text_classifier(&ModelDir::open(dir.path()).unwrap(), 3, Pooling::Mean, 0.0, Head::FromCheckpoint, &device).unwrap();
+    assert_eq!(report.initialized, vec!["head.classifier.weight", "head.classifier.bias"]);
+    let model = model.valid();
+    let input = reference_input(&device);
+    let d = max_abs_diff(&values(model.bert.forward(&input)), &reference("last_hidden_state").data);
+    assert!(d < 1e-4, "bare-key model differs by {d}");
+}
+
+/// The real all-MiniLM-L6-v2: token ids and mean-pooled embeddings of five sentences match
+/// transformers (reference in tests/fixtures/minilm-reference.json). Needs the asset
+/// (scripts/fetch-assets.sh model); set FINETUNE_REQUIRE_ASSETS=1 to make its absence a failure.
+#[test]
+fn real_minilm_matches_transformers() {
+    let Ok(dir) = finetune::io::hub::resolve(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        finetune::io::hub::RepoKind::Model,
+        "main",
+        &["config.json", "model.safetensors", "tokenizer.json"],
+    ) else {
+        assert!(
+            std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
+            "MiniLM is not in the hub cache: run scripts/fetch-assets.sh model"
+        );
+        eprintln!("SKIPPED real_minilm_matches_transformers: MiniLM not in the hub cache");
+        return;
+    };
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm-reference.json")).unwrap()).unwrap();
+    let sentences: Vec<String> =
+        reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let files = ModelDir::open(&dir).unwrap();
+    let tok = TextTokenizer::from_file(&files.tokenizer, 128).unwrap();
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let encoded = tok.encode_all(&refs).unwrap();
+    for (e, r) in encoded.iter().zip(reference["input_ids"].as_array().unwrap()) {
+        let r: Vec<u32> = r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(e.ids, r, "token ids differ from transformers");
+    }
+    let device = Device::flex();
+    let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.0, Head::New, &device).unwrap();
+    let model = model.valid();
+    let order: Vec<usize> = (0..sentences.len()).collect();
+    let input = finetune::data::batch::collate(&encoded, &order, tok.pad_id(), &device);
+    let got = values(model.features(&input));
+    let want: Vec<f32> = reference["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<_>>())
+        .collect();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-4, "MiniLM mean-pooled embeddings differ by {d}");
+}
