@@ -211,7 +211,12 @@ where
             window_examples += group_examples;
             progress.set_position(state.step as u64);
             progress.set_message(format!("epoch {} loss {:.4}", epoch + 1, group_loss));
-            if state.step % 10 == 0 || state.step_in_epoch == steps.len() {
+            let at_max = cfg.max_steps.is_some_and(|m| state.step >= m);
+            let end_of_epoch_step = state.step_in_epoch == steps.len();
+            let checkpoint_now =
+                cfg.checkpoint_every_steps.is_some_and(|k| state.step % k == 0) && !at_max && !end_of_epoch_step;
+            // Windows also close at checkpoints, so a resumed run logs exactly the same records.
+            if state.step % 10 == 0 || end_of_epoch_step || checkpoint_now || at_max {
                 let secs = window_start.elapsed().as_secs_f64();
                 log.append(&LogRecord::Train {
                     step: state.step,
@@ -223,8 +228,7 @@ where
                 })?;
                 (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
             }
-            let at_max = cfg.max_steps.is_some_and(|m| state.step >= m);
-            if cfg.checkpoint_every_steps.is_some_and(|k| state.step % k == 0) && !at_max && state.step_in_epoch < steps.len() {
+            if checkpoint_now {
                 run.save_checkpoint(&model, &optim, &state)?;
             }
             if at_max {

@@ -3,6 +3,7 @@
 use burn::prelude::*;
 use finetune::io::safetensors::{HostTensor, SafetensorsFile};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -76,4 +77,12 @@ cache_dir = "{cache}"
     let path = dir.join(format!("{out}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// burn's random number generator is process-wide: two trainings running at once in one process
+/// would interleave their draws (initialisation, dropout). Tests that check reproducibility take
+/// this lock for the duration of their in-process training.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

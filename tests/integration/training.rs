@@ -1,0 +1,245 @@
+//! Training behaviour on the tiny model and 200 real sentences: what trains and what does not,
+//! early stopping, gradual unfreezing, determinism, kill-and-resume, the feature cache, and
+//! using the exported model.
+
+use super::common::*;
+use finetune::io::safetensors::SafetensorsFile;
+use finetune::recipe::Recipe;
+use finetune::tasks::text_classification::{TrainReport, run};
+use finetune::training::metrics::{LogRecord, read_log};
+use std::path::Path;
+use std::process::Command;
+
+fn train(recipe: &Path, overrides: &[&str]) -> TrainReport {
+    let _guard = serial();
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    run(&Recipe::load(recipe, &overrides).unwrap(), false, false).unwrap()
+}
+
+/// Compare every tensor of the exported model with the base checkpoint: returns the keys whose
+/// values changed.
+fn changed_keys(model_dir: &Path) -> Vec<String> {
+    let base = SafetensorsFile::open(&tiny_bert().join("model.safetensors")).unwrap();
+    let tuned = SafetensorsFile::open(&model_dir.join("model.safetensors")).unwrap();
+    tuned
+        .names()
+        .into_iter()
+        .filter(|k| !k.starts_with("classifier."))
+        .filter(|k| base.tensor(k).unwrap().data != tuned.tensor(k).unwrap().data)
+        .collect()
+}
+
+fn optimizer_state_params(run_dir: &Path) -> Vec<String> {
+    let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
+    let f = SafetensorsFile::open(&run_dir.join("checkpoints").join(latest.trim()).join("optimizer.safetensors")).unwrap();
+    let mut params: Vec<String> =
+        f.names().into_iter().filter_map(|k| k.strip_suffix(".exp_avg").map(String::from)).collect();
+    params.sort();
+    params
+}
+
+fn train_losses(run_dir: &Path) -> Vec<f64> {
+    read_log(&run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Train { loss, .. } => Some(loss),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Transfer with only the top layer trainable: embeddings and layer 0 stay bit-identical, the top
+/// layer and the head change, and frozen parameters have no optimizer state.
+#[test]
+fn transfer_trains_top_layer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "transfer", "run", "");
+    let report = train(&recipe, &["transfer.trainable_layers=1", "training.epochs=1"]);
+    let changed = changed_keys(&report.model_dir);
+    assert!(!changed.is_empty());
+    for k in &changed {
+        assert!(k.starts_with("bert.encoder.layer.1."), "frozen parameter {k} changed");
+    }
+    assert!(changed.contains(&"bert.encoder.layer.1.attention.self.query.weight".to_string()));
+    let tuned = SafetensorsFile::open(&report.model_dir.join("model.safetensors")).unwrap();
+    assert!(tuned.contains("classifier.weight"));
+    let state = optimizer_state_params(&report.run_dir);
+    assert!(state.iter().all(|p| p.starts_with("bert.encoder.layer.1.") || p.starts_with("head.")), "{state:?}");
+    assert_eq!(state.len(), 16 + 2, "16 tensors in a BERT layer plus the classifier's two");
+}
+
+/// Feature extraction: the encoder is untouched, only the head has optimizer state, and a second
+/// run reads the cached features instead of running the encoder.
+#[test]
+fn feature_extraction_trains_head_on_cached_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "feature-extraction", "fe", "");
+    let first = train(&recipe, &[]);
+    assert_eq!(first.feature_cache_hit, Some(false));
+    assert!(changed_keys(&first.model_dir).is_empty(), "feature extraction changed the encoder");
+    assert_eq!(optimizer_state_params(&first.run_dir), vec!["classifier.bias", "classifier.weight"]);
+    let second_dir = format!("output_dir=\"{}\"", dir.path().join("fe-again").display());
+    let again = train(&recipe, &[second_dir.as_str()]);
+    assert_eq!(again.feature_cache_hit, Some(true));
+    assert_eq!(train_losses(&first.run_dir), train_losses(&again.run_dir), "cached features must give the same run");
+    assert_eq!(first.test, again.test);
+}
+
+/// Full fine-tuning changes the encoder's lowest layer too.
+#[test]
+fn full_trains_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "");
+    let report = train(&recipe, &["training.epochs=1"]);
+    let changed = changed_keys(&report.model_dir);
+    for k in ["bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight"] {
+        assert!(changed.iter().any(|c| c == k), "{k} did not change");
+    }
+    assert_eq!(report.trainable_params, report.total_params);
+}
+
+/// Early stopping ends the run after `patience` evaluations without improvement.
+#[test]
+fn early_stopping_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(
+        dir.path(),
+        "feature-extraction",
+        "run",
+        "epochs = 10\n[training.early_stopping]\npatience = 2\nmin_delta = 1.0",
+    );
+    // 10 epochs are asked for, but no evaluation can beat the first by min_delta = 1.0.
+    let recipe_text = std::fs::read_to_string(&recipe).unwrap().replace("epochs = 3\n", "");
+    std::fs::write(&recipe, recipe_text).unwrap();
+    let report = train(&recipe, &[]);
+    assert!(report.stopped_early);
+    assert_eq!(report.epochs_run, 3);
+    assert_eq!(report.best.as_ref().unwrap().epoch, 0);
+    let evals = read_log(&report.run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r, LogRecord::Eval { .. }))
+        .count();
+    assert_eq!(evals, 3);
+}
+
+/// Gradual unfreezing: groups unfreeze top-down, one per epoch, and a group never reached stays
+/// bit-identical.
+#[test]
+fn gradual_unfreezing_goes_top_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "transfer", "run", "");
+    let report = train(&recipe, &["transfer.unfreeze_every_epochs=1", "transfer.layer_lr_decay=0.9"]);
+    let unfrozen: Vec<(usize, String)> = read_log(&report.run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Unfreeze { epoch, group, .. } => Some((epoch, group)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unfrozen, vec![(1, "layer.1".to_string()), (2, "layer.0".to_string())]);
+    let changed = changed_keys(&report.model_dir);
+    assert!(changed.iter().any(|k| k.starts_with("bert.encoder.layer.0.")));
+    assert!(!changed.iter().any(|k| k.starts_with("bert.embeddings.")), "embeddings were never unfrozen");
+}
+
+/// The same seed gives the same losses and results; another seed does not.
+#[test]
+fn same_seed_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "a", "");
+    let out = |name: &str| format!("output_dir=\"{}\"", dir.path().join(name).display());
+    let a = train(&recipe, &[out("a").as_str(), "training.epochs=2"]);
+    let b = train(&recipe, &[out("b").as_str(), "training.epochs=2"]);
+    let c = train(&recipe, &[out("c").as_str(), "training.epochs=2", "seed=8"]);
+    assert_eq!(train_losses(&a.run_dir), train_losses(&b.run_dir));
+    assert_eq!(a.test, b.test);
+    assert_ne!(train_losses(&a.run_dir), train_losses(&c.run_dir));
+    let weights = |r: &TrainReport| std::fs::read(r.model_dir.join("model.safetensors")).unwrap();
+    assert!(weights(&a) == weights(&b), "same seed must give bit-identical weights");
+}
+
+/// Kill a training process (SIGKILL) after it has checkpointed, resume it, and get bit-identical
+/// final weights and the same loss curve as an uninterrupted run.
+#[test]
+fn kill_and_resume_matches_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "checkpoint_every_steps = 3";
+    let recipe = tiny_recipe(dir.path(), "full", "whole", extra);
+    let long = ["training.epochs=12", "transfer.trainable_layers=1"];
+    let whole = train(&recipe, &long);
+
+    let killed_dir = dir.path().join("killed");
+    let mut args: Vec<String> = vec!["train".into(), recipe.display().to_string(), "--no-progress".into()];
+    for o in long.iter().map(|s| s.to_string()).chain([format!("output_dir=\"{}\"", killed_dir.display())]) {
+        args.push("--set".into());
+        args.push(o);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = killed_dir.join("checkpoints/LATEST");
+    let started = std::time::Instant::now();
+    loop {
+        let step = std::fs::read_to_string(&latest)
+            .ok()
+            .and_then(|s| s.trim().trim_start_matches("step-").parse::<usize>().ok())
+            .unwrap_or(0);
+        if step >= 12 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "training finished before it could be killed");
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed_dir.join("results.json").exists(), "the run was killed before finishing");
+
+    args.push("--resume".into());
+    let status = Command::new(env!("CARGO_BIN_EXE_finetune")).args(&args).output().unwrap();
+    assert!(status.status.success(), "resume failed: {}", String::from_utf8_lossy(&status.stderr));
+    let weights = |d: &Path| std::fs::read(d.join("model/model.safetensors")).unwrap();
+    assert!(weights(&whole.run_dir) == weights(&killed_dir), "resumed weights differ from an uninterrupted run");
+    assert_eq!(train_losses(&whole.run_dir), train_losses(&killed_dir));
+}
+
+/// `finetune eval` and `finetune predict` on the exported model agree with the run's own test
+/// evaluation.
+#[test]
+fn exported_model_evaluates_and_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "feature-extraction", "run", "");
+    let report = train(&recipe, &[]);
+    let model = report.model_dir.display().to_string();
+    let test_csv = dir.path().join("data/test.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["eval", "--model", &model, "--data", &test_csv.display().to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let test = report.test.unwrap();
+    assert!((metrics["accuracy"].as_f64().unwrap() - test.accuracy).abs() < 1e-9);
+    assert!((metrics["loss"].as_f64().unwrap() - test.loss).abs() < 1e-4);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["predict", "--model", &model, "--json", "What a great phone.", "Terrible, it broke."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let p = l["probabilities"].as_object().unwrap();
+        let sum: f64 = p.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+        assert!(p.contains_key(l["label"].as_str().unwrap()));
+    }
+}
