@@ -47,7 +47,7 @@ impl SafetensorsFile {
         // truncated underneath us is a user error we cannot defend against without copying.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
         let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+            .map_err(|e| anyhow!("{}: corrupt or not a safetensors file ({e})", path.display()))?;
         let data_start = 8 + header_len;
         let data_len = mmap.len() - data_start;
         if metadata.data_len() != data_len {
@@ -181,6 +181,6 @@ mod tests {
         assert!(err.contains("w.safetensors"), "{err}");
         std::fs::write(&p, b"garbage").unwrap();
         let err = SafetensorsFile::open(&p).err().unwrap().to_string();
-        assert!(err.contains("not a valid safetensors file"), "{err}");
+        assert!(err.contains("corrupt or not a safetensors file"), "{err}");
     }
 }

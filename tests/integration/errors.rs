@@ -1,0 +1,111 @@
+//! Bad input gets a clear error naming the file, key or line — through the real CLI.
+
+use super::common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// Run `finetune train` and return (success, stderr).
+fn train_cli(recipe: &Path, overrides: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_finetune"));
+    cmd.args(["train", &recipe.display().to_string(), "--no-progress"]);
+    for o in overrides {
+        cmd.args(["--set", o]);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A copy of the tiny model that a test may damage, and a recipe pointing at it.
+fn damaged_model(dir: &Path, damage: impl FnOnce(&Path)) -> String {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny_bert().join(f), model.join(f)).unwrap();
+    }
+    damage(&model);
+    format!("model=\"{}\"", model.display())
+}
+
+#[test]
+fn corrupt_safetensors_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "");
+    let model = damaged_model(dir.path(), |m| {
+        let p = m.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    let (ok, err) = train_cli(&recipe, &[&model]);
+    assert!(!ok);
+    assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn shape_mismatch_names_the_key_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "");
+    let model = damaged_model(dir.path(), |m| {
+        let p = m.join("config.json");
+        let text = std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
+        std::fs::write(&p, text).unwrap();
+    });
+    let (ok, err) = train_cli(&recipe, &[&model]);
+    assert!(!ok);
+    assert!(
+        err.contains("shape mismatch for 'bert.encoder.layer.0.intermediate.dense.weight'")
+            && err.contains("[48, 32]")
+            && err.contains("[64, 32]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_tokenizer_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "");
+    let model = damaged_model(dir.path(), |m| std::fs::remove_file(m.join("tokenizer.json")).unwrap());
+    let (ok, err) = train_cli(&recipe, &[&model]);
+    assert!(!ok);
+    assert!(err.contains("missing tokenizer") && err.contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn malformed_csv_line_is_an_error_or_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "feature-extraction", "run", "");
+    let train_csv = dir.path().join("data/train.csv");
+    let mut text = std::fs::read_to_string(&train_csv).unwrap();
+    text.push_str("an extra, unquoted comma,positive,oops\n\"\",negative\n");
+    std::fs::write(&train_csv, &text).unwrap();
+    let line = text.lines().count() - 1;
+    let (ok, err) = train_cli(&recipe, &[]);
+    assert!(!ok);
+    assert!(err.contains(&format!("train.csv:{line}")) && err.contains("expected 2 fields, found 4"), "{err}");
+    let (ok, err) = train_cli(&recipe, &["data.skip_bad_rows=true"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("skipped 2 bad row(s)"), "{err}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/results.json")).unwrap()).unwrap();
+    assert_eq!(results["skipped_rows"], 2);
+}
+
+#[test]
+fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "checkpoint_every_steps = 1");
+    let (ok, err) = train_cli(&recipe, &["training.learning_rate=1e30", "training.warmup_ratio=0.0", "training.max_grad_norm=0"]);
+    assert!(!ok);
+    assert!(err.contains("loss is") && err.contains("--resume"), "{err}");
+    assert!(dir.path().join("run/checkpoints/LATEST").is_file(), "the last good checkpoint is kept");
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "feature-extraction", "run", "");
+    let (ok, err) = train_cli(&recipe, &["training.epochs=1"]);
+    assert!(ok, "{err}");
+    let (ok, err) = train_cli(&recipe, &["training.epochs=1"]);
+    assert!(!ok);
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+}
