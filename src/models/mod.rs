@@ -1,6 +1,7 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
 pub mod bert;
+pub mod dropout;
 pub mod text_classifier;
 
 use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};

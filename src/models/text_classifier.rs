@@ -54,7 +54,7 @@ impl ClassificationHead {
 
     /// `features [batch, hidden]` → logits `[batch, labels]`.
     pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
-        self.classifier.forward(self.dropout.forward(features))
+        self.classifier.forward(super::dropout::dropout(&self.dropout, features))
     }
 }
 

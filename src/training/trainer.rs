@@ -181,7 +181,9 @@ where
             let mut grads = GradStore::default();
             let mut group_loss = 0.0;
             for (micro, batch) in group.iter().enumerate() {
-                device.seed(step_seed(cfg.seed, state.step, micro));
+                let seed = step_seed(cfg.seed, state.step, micro);
+                device.seed(seed);
+                crate::models::dropout::seed(seed);
                 let logits = data.logits(&model, Split::Train, batch);
                 let y = crate::data::batch::label_tensor(labels, batch, device);
                 let loss = cross_entropy(logits, y).mul_scalar(batch.len() as f64 / group_examples as f64);
