@@ -147,11 +147,15 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     );
 
     let run = RunDir::new(&recipe.output_dir)?;
-    if !resume && run.latest_checkpoint().is_some() {
-        bail!(
-            "{} already holds a run; pass --resume to continue it or choose another output_dir",
-            run.root.display()
-        );
+    if !resume && let Some(dir) = run.latest_checkpoint() {
+        if !RunDir::read_state(&dir)?.finished {
+            bail!(
+                "{} holds an unfinished run; pass --resume to continue it or choose another output_dir",
+                run.root.display()
+            );
+        }
+        let kept = run.archive()?;
+        tracing::info!("moved the previous (finished) run to {}", kept.display());
     }
     crate::io::atomic::write_atomic(&run.root.join("recipe.toml"), recipe.to_toml().as_bytes())?;
 

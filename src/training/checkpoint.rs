@@ -53,6 +53,18 @@ impl RunDir {
         std::fs::create_dir_all(root).with_context(|| format!("creating run directory {}", root.display()))?;
         Ok(Self { root: root.to_path_buf() })
     }
+    /// Move this run directory aside (to `<dir>.1`, `<dir>.2`, ...) and start an empty one.
+    pub fn archive(&self) -> Result<PathBuf> {
+        let name = self.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let target = (1..)
+            .map(|i| self.root.with_file_name(format!("{name}.{i}")))
+            .find(|p| !p.exists())
+            .expect("some suffix is free");
+        std::fs::rename(&self.root, &target).with_context(|| format!("moving {} aside", self.root.display()))?;
+        std::fs::create_dir_all(&self.root)?;
+        Ok(target)
+    }
+
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
     }

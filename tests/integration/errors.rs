@@ -99,13 +99,25 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     assert!(dir.path().join("run/checkpoints/LATEST").is_file(), "the last good checkpoint is kept");
 }
 
+/// A finished run is moved aside, never overwritten; an unfinished one must be resumed.
 #[test]
 fn an_existing_run_is_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(dir.path(), "feature-extraction", "run", "");
     let (ok, err) = train_cli(&recipe, &["training.epochs=1"]);
     assert!(ok, "{err}");
+    let first = std::fs::read(dir.path().join("run/results.json")).unwrap();
+    let (ok, err) = train_cli(&recipe, &["training.epochs=1"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("moved the previous (finished) run"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("run.1/results.json")).unwrap(), first);
+    // Make the latest run look interrupted: a fresh start must refuse.
+    let state = dir.path().join("run/checkpoints").join(
+        std::fs::read_to_string(dir.path().join("run/checkpoints/LATEST")).unwrap().trim().to_string(),
+    );
+    let text = std::fs::read_to_string(state.join("state.json")).unwrap().replace("\"finished\": true", "\"finished\": false");
+    std::fs::write(state.join("state.json"), text).unwrap();
     let (ok, err) = train_cli(&recipe, &["training.epochs=1"]);
     assert!(!ok);
-    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+    assert!(err.contains("unfinished run") && err.contains("--resume"), "{err}");
 }
