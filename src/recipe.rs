@@ -317,9 +317,8 @@ impl Recipe {
 
 /// Apply one `dotted.key=value` override; the value is parsed as TOML, else taken as a string.
 pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("override '{assignment}' is not of the form key=value"))?;
+    let (key, raw) =
+        assignment.split_once('=').with_context(|| format!("override '{assignment}' is not of the form key=value"))?;
     let value = parse_value(raw.trim());
     let parts: Vec<&str> = key.trim().split('.').collect();
     let mut node = root;

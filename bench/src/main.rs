@@ -34,17 +34,33 @@ fn main() -> anyhow::Result<()> {
                 t.push(s.elapsed().as_secs_f64());
             }
             let flops = 2.0 * (batch * seq * n * n) as f64;
-            println!("matmul [{}x{n}]x[{n}x{n}]: {:.2} ms, {:.1} GFLOP/s", batch * seq, median(t.clone()) * 1e3, flops / median(t) / 1e9);
+            println!(
+                "matmul [{}x{n}]x[{n}x{n}]: {:.2} ms, {:.1} GFLOP/s",
+                batch * seq,
+                median(t.clone()) * 1e3,
+                flops / median(t) / 1e9
+            );
         }
         return Ok(());
     }
-    let dir = resolve("sentence-transformers/all-MiniLM-L6-v2", RepoKind::Model, "main", &["config.json", "model.safetensors"])?;
+    let dir = resolve(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        RepoKind::Model,
+        "main",
+        &["config.json", "model.safetensors"],
+    )?;
     let files = ModelDir::open(&dir)?;
     let encoded: Vec<Encoded> = (0..batch)
-        .map(|i| Encoded { ids: (0..seq).map(|j| (1000 + (i * 31 + j * 7) % 20000) as u32).collect(), type_ids: vec![0; seq] })
+        .map(|i| Encoded {
+            ids: (0..seq).map(|j| (1000 + (i * 31 + j * 7) % 20000) as u32).collect(),
+            type_ids: vec![0; seq],
+        })
         .collect();
     let order: Vec<usize> = (0..batch).collect();
-    let labels = Tensor::<1, Int>::from_data(TensorData::new((0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(), [batch]), &device);
+    let labels = Tensor::<1, Int>::from_data(
+        TensorData::new((0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(), [batch]),
+        &device,
+    );
     match what {
         "forward" => {
             let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.0, Head::New, &device)?;
@@ -60,16 +76,8 @@ fn main() -> anyhow::Result<()> {
         }
         "train" => {
             let ad = device.clone().autodiff();
-            let (mut model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.1, Head::New, &ad)?;
-            if std::env::var("NO_DROPOUT").is_ok() {
-                model.head.dropout.prob = 0.0;
-                model.bert.embeddings.dropout.prob = 0.0;
-                for l in model.bert.encoder.layer.iter_mut() {
-                    l.attention.self_attn.dropout.prob = 0.0;
-                    l.attention.output.dropout.prob = 0.0;
-                    l.output.dropout.prob = 0.0;
-                }
-            }
+            let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.1, Head::New, &ad)?;
+            let model = if std::env::var("NO_DROPOUT").is_ok() { model.without_dropout() } else { model };
             let input = collate(&encoded, &order, 0, &device);
             let (mut tf, mut tb) = (vec![], vec![]);
             for _ in 0..4 {
@@ -82,7 +90,11 @@ fn main() -> anyhow::Result<()> {
                 drop(grads);
                 tb.push(s.elapsed().as_secs_f64());
             }
-            println!("batch {batch} seq {seq}: forward {:.1} ms, backward {:.1} ms", median(tf) * 1e3, median(tb) * 1e3);
+            println!(
+                "batch {batch} seq {seq}: forward {:.1} ms, backward {:.1} ms",
+                median(tf) * 1e3,
+                median(tb) * 1e3
+            );
         }
         other => anyhow::bail!("unknown benchmark {other}"),
     }

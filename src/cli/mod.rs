@@ -88,17 +88,33 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("method:        {}", report.method);
                 println!("model:         {}", report.model);
                 println!("trainable:     {} of {} parameters", report.trainable_params, report.total_params);
-                println!("steps:         {} ({} epochs{})", report.optimizer_steps, report.epochs_run,
-                    if report.stopped_early { ", stopped early" } else { "" });
+                println!(
+                    "steps:         {} ({} epochs{})",
+                    report.optimizer_steps,
+                    report.epochs_run,
+                    if report.stopped_early { ", stopped early" } else { "" }
+                );
                 println!("train time:    {:.1} s", report.train_seconds);
                 if let Some(s) = report.feature_seconds {
-                    println!("features:      {:.1} s ({})", s, if report.feature_cache_hit == Some(true) { "cache hit" } else { "computed" });
+                    println!(
+                        "features:      {:.1} s ({})",
+                        s,
+                        if report.feature_cache_hit == Some(true) { "cache hit" } else { "computed" }
+                    );
                 }
                 if let Some(b) = &report.best {
-                    println!("best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})", b.epoch + 1, b.metrics.accuracy, b.metrics.macro_f1);
+                    println!(
+                        "best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})",
+                        b.epoch + 1,
+                        b.metrics.accuracy,
+                        b.metrics.macro_f1
+                    );
                 }
                 if let Some(t) = &report.test {
-                    println!("test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)", t.accuracy, t.macro_f1, t.loss, t.examples);
+                    println!(
+                        "test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)",
+                        t.accuracy, t.macro_f1, t.loss, t.examples
+                    );
                 }
                 println!("model saved:   {}", report.model_dir.display());
                 println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", report.run_dir.display());
@@ -111,14 +127,23 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&metrics)?);
             } else {
-                println!("examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}", metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss);
+                println!(
+                    "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
+                    metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
+                );
             }
         }
         Command::Predict { model, texts, device, json } => {
             let m = FinetunedClassifier::load(&model, &device, None)?;
             let texts = if texts.is_empty() {
-                std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?
-                    .into_iter().filter(|l| !l.trim().is_empty()).collect()
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .context("reading stdin")?
+                    .into_iter()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect()
             } else {
                 texts
             };

@@ -21,9 +21,13 @@ impl TextTokenizer {
     /// Load `tokenizer.json`; `max_length` truncates (keeping `[CLS]`/`[SEP]`).
     pub fn from_file(path: &Path, max_length: usize) -> Result<Self> {
         if !path.is_file() {
-            anyhow::bail!("missing tokenizer: {} not found (the model directory needs a tokenizer.json)", path.display());
+            anyhow::bail!(
+                "missing tokenizer: {} not found (the model directory needs a tokenizer.json)",
+                path.display()
+            );
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {

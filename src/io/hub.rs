@@ -41,7 +41,10 @@ pub fn hub_cache() -> PathBuf {
 }
 
 pub fn endpoint() -> String {
-    std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "https://huggingface.co".into())
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
         .trim_end_matches('/')
         .to_string()
 }
@@ -137,7 +140,8 @@ pub fn download(
         .body_mut()
         .read_json()
         .with_context(|| format!("GET {api}: invalid JSON"))?;
-    let commit = info["sha"].as_str().filter(|s| is_commit_hash(s)).with_context(|| format!("GET {api}: no commit sha"))?;
+    let commit =
+        info["sha"].as_str().filter(|s| is_commit_hash(s)).with_context(|| format!("GET {api}: no commit sha"))?;
     let listed: Vec<&str> = info["siblings"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s["rfilename"].as_str()).collect())
@@ -226,7 +230,10 @@ mod tests {
         assert!(!looks_like_repo_id("./models/x"));
         assert!(!looks_like_repo_id("/abs/path"));
         assert!(!looks_like_repo_id("a/b/c"));
-        assert_eq!(repo_folder(RepoKind::Dataset, "finetune/movie-review-polarity"), "datasets--finetune--movie-review-polarity");
+        assert_eq!(
+            repo_folder(RepoKind::Dataset, "finetune/movie-review-polarity"),
+            "datasets--finetune--movie-review-polarity"
+        );
     }
 
     #[test]
@@ -241,7 +248,10 @@ mod tests {
             cached_snapshot(d.path(), RepoKind::Model, "org/m", "main"),
             Some(repo.join("snapshots").join(commit))
         );
-        assert_eq!(cached_snapshot(d.path(), RepoKind::Model, "org/m", commit), Some(repo.join("snapshots").join(commit)));
+        assert_eq!(
+            cached_snapshot(d.path(), RepoKind::Model, "org/m", commit),
+            Some(repo.join("snapshots").join(commit))
+        );
         assert_eq!(cached_snapshot(d.path(), RepoKind::Model, "org/m", "v2"), None);
     }
 }

@@ -53,6 +53,15 @@ impl PathTracker {
     fn owner(&self) -> String {
         self.owners.last().cloned().unwrap_or_default()
     }
+    /// The info of `param`, found at the current path.
+    fn info<const D: usize>(&self, param: &Param<Tensor<D>>) -> ParamInfo {
+        ParamInfo {
+            path: self.path(),
+            owner: self.owner(),
+            shape: param.lazy_shape().to_vec(),
+            trainable: param.is_require_grad(),
+        }
+    }
 }
 
 /// List every float parameter of `module` with its path, owner, shape and trainability.
@@ -69,12 +78,7 @@ pub fn list_params<M: Module>(module: &M) -> Vec<ParamInfo> {
             self.at.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.out.push(ParamInfo {
-                path: self.at.path(),
-                owner: self.at.owner(),
-                shape: param.lazy_shape().to_vec(),
-                trainable: param.is_require_grad(),
-            });
+            self.out.push(self.at.info(param));
         }
     }
     let mut v = Lister { at: PathTracker::default(), out: Vec::new() };
@@ -97,12 +101,7 @@ pub fn export_params<M: Module>(module: &M, keep: impl Fn(&ParamInfo) -> bool) -
             self.at.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let info = ParamInfo {
-                path: self.at.path(),
-                owner: self.at.owner(),
-                shape: param.lazy_shape().to_vec(),
-                trainable: param.is_require_grad(),
-            };
+            let info = self.at.info(&param);
             if (self.keep)(&info) {
                 let data = param.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor");
                 let t = HostTensor::new(info.shape.clone(), data);
@@ -138,12 +137,7 @@ pub fn import_params<M: Module>(
             if self.error.is_some() {
                 return param;
             }
-            let info = ParamInfo {
-                path: self.at.path(),
-                owner: self.at.owner(),
-                shape: param.lazy_shape().to_vec(),
-                trainable: param.is_require_grad(),
-            };
+            let info = self.at.info(&param);
             match (self.source)(&info) {
                 Ok(None) => param,
                 Ok(Some(t)) if t.shape != info.shape => {
@@ -204,9 +198,5 @@ pub fn require_all_present(file: &str, missing: &[String]) -> Result<()> {
         return Ok(());
     }
     let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
-    bail!(
-        "{file}: {} weight(s) the model needs are missing, e.g. {}",
-        missing.len(),
-        shown.join(", ")
-    )
+    bail!("{file}: {} weight(s) the model needs are missing, e.g. {}", missing.len(), shown.join(", "))
 }

@@ -85,14 +85,12 @@ impl SafetensorsFile {
 
     /// Read one tensor as f32 (F32, F16 and BF16 are converted).
     pub fn tensor(&self, name: &str) -> Result<HostTensor> {
-        let info = self
-            .metadata
-            .info(name)
-            .ok_or_else(|| anyhow!("{}: missing tensor '{name}'", self.path.display()))?;
+        let info =
+            self.metadata.info(name).ok_or_else(|| anyhow!("{}: missing tensor '{name}'", self.path.display()))?;
         let (start, end) = info.data_offsets;
         let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        let data = decode_f32(bytes, info.dtype)
-            .with_context(|| format!("{}: tensor '{name}'", self.path.display()))?;
+        let data =
+            decode_f32(bytes, info.dtype).with_context(|| format!("{}: tensor '{name}'", self.path.display()))?;
         Ok(HostTensor::new(info.shape.clone(), data))
     }
 
@@ -116,10 +114,9 @@ fn decode_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
+        Dtype::F64 => {
+            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+        }
         other => bail!("dtype {other:?} is not a floating-point type"),
     })
 }
@@ -142,8 +139,8 @@ pub fn write_safetensors(
                 .map_err(|e| anyhow!("tensor '{name}': {e}"))
         })
         .collect::<Result<_>>()?;
-    let serialized = safetensors::tensor::serialize(views, metadata)
-        .map_err(|e| anyhow!("serializing {}: {e}", path.display()))?;
+    let serialized =
+        safetensors::tensor::serialize(views, metadata).map_err(|e| anyhow!("serializing {}: {e}", path.display()))?;
     write_atomic_with(path, |f| {
         use std::io::Write;
         f.write_all(&serialized).map_err(Into::into)

@@ -114,8 +114,10 @@ pub fn load_or_compute(
     let progress = if show_progress {
         let p = indicatif::ProgressBar::new(total as u64);
         p.set_style(
-            indicatif::ProgressStyle::with_template("features [{elapsed_precise}] {bar:30} {pos}/{len} {per_sec} eta {eta}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "features [{elapsed_precise}] {bar:30} {pos}/{len} {per_sec} eta {eta}",
+            )
+            .expect("valid template"),
         );
         p
     } else {

@@ -6,8 +6,7 @@
 
 use burn::module::Module;
 use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
@@ -280,9 +279,8 @@ impl BertEmbeddings {
         let [b, l, _] = words.dims();
         let device = words.device();
         let positions = Tensor::<1, Int>::arange(0..l as i64, &device).unsqueeze::<2>().expand([b, l]);
-        let x = words
-            + self.position_embeddings.forward(positions)
-            + self.token_type_embeddings.forward(token_type_ids);
+        let x =
+            words + self.position_embeddings.forward(positions) + self.token_type_embeddings.forward(token_type_ids);
         dropout(&self.dropout, self.layer_norm.forward(x))
     }
 }

@@ -45,7 +45,8 @@ impl ModelDir {
 
     /// The raw `config.json` as JSON.
     pub fn raw_config(&self) -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.config).with_context(|| format!("reading {}", self.config.display()))?;
+        let text =
+            std::fs::read_to_string(&self.config).with_context(|| format!("reading {}", self.config.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", self.config.display()))
     }
 
@@ -58,7 +59,8 @@ impl ModelDir {
                 self.config.display()
             );
         }
-        let cfg: BertConfig = serde_json::from_value(raw).with_context(|| format!("{}: not a BERT config", self.config.display()))?;
+        let cfg: BertConfig =
+            serde_json::from_value(raw).with_context(|| format!("{}: not a BERT config", self.config.display()))?;
         cfg.validate().with_context(|| format!("{}", self.config.display()))?;
         Ok(cfg)
     }
@@ -76,7 +78,8 @@ impl ModelDir {
         let mut pairs: Vec<(usize, String)> = map
             .iter()
             .map(|(k, v)| {
-                let id = k.parse::<usize>().with_context(|| format!("{}: id2label key '{k}'", self.config.display()))?;
+                let id =
+                    k.parse::<usize>().with_context(|| format!("{}: id2label key '{k}'", self.config.display()))?;
                 Ok((id, v.as_str().unwrap_or_default().to_string()))
             })
             .collect::<Result<_>>()?;

@@ -67,7 +67,13 @@ pub struct TextClassifier {
 }
 
 impl TextClassifier {
-    pub fn new(cfg: &BertConfig, num_labels: usize, pooling: Pooling, dropout: f64, device: &Device) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: &BertConfig,
+        num_labels: usize,
+        pooling: Pooling,
+        dropout: f64,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             bert: BertModel::new(cfg, pooling == Pooling::Pooler, device)?,
             head: ClassificationHead::new(cfg.hidden_size, num_labels, dropout, cfg.initializer_range, device),
@@ -83,6 +89,19 @@ impl TextClassifier {
 
     pub fn forward(&self, input: &EncoderInput) -> Tensor<2> {
         self.head.forward(self.features(input))
+    }
+
+    /// Turn every dropout off while keeping autodiff (for gradient checks against references
+    /// computed in eval mode).
+    pub fn without_dropout(mut self) -> Self {
+        self.head.dropout.prob = 0.0;
+        self.bert.embeddings.dropout.prob = 0.0;
+        for layer in self.bert.encoder.layer.iter_mut() {
+            layer.attention.self_attn.dropout.prob = 0.0;
+            layer.attention.output.dropout.prob = 0.0;
+            layer.output.dropout.prob = 0.0;
+        }
+        self
     }
 }
 

@@ -7,8 +7,8 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::data::{TextData, TokenizedSplit, load_text_data};
 use crate::io::hub::{self, RepoKind};
 use crate::io::safetensors::{HostTensor, write_safetensors};
-use crate::methods::feature_extraction::{self, Features};
 use crate::methods::TrainPlan;
+use crate::methods::feature_extraction::{self, Features};
 use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
 use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
 use crate::recipe::{Method, Recipe};
@@ -164,7 +164,8 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     train_device.seed(recipe.seed);
     let num_labels = data.labels.len();
     // Keep a fine-tuned checkpoint's head only when it was trained for exactly these labels.
-    let head = if model_dir.labels()?.as_deref() == Some(data.labels.names()) { Head::FromCheckpoint } else { Head::New };
+    let head =
+        if model_dir.labels()?.as_deref() == Some(data.labels.names()) { Head::FromCheckpoint } else { Head::New };
     let trainer_cfg = trainer_config(recipe, num_labels, data.train.len(), show_progress);
 
     let (classifier, state, feature_info) = match recipe.method {
@@ -179,7 +180,8 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 &format!("{:?}/{}", recipe.head.pooling, recipe.data.max_length),
                 &splits,
             )?;
-            let cache_dir = recipe.feature_extraction.cache_dir.clone().unwrap_or_else(feature_extraction::default_cache_dir);
+            let cache_dir =
+                recipe.feature_extraction.cache_dir.clone().unwrap_or_else(feature_extraction::default_cache_dir);
             let cached = feature_extraction::load_or_compute(
                 &encoder,
                 &splits,
@@ -217,8 +219,14 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             (classifier, outcome.state, Some((cached.seconds, cached.cache_hit)))
         }
         Method::Full | Method::Transfer => {
-            let (model, report) =
-                load_text_classifier(&model_dir, num_labels, recipe.head.pooling, recipe.head.dropout, head, &train_device)?;
+            let (model, report) = load_text_classifier(
+                &model_dir,
+                num_labels,
+                recipe.head.pooling,
+                recipe.head.dropout,
+                head,
+                &train_device,
+            )?;
             if !report.initialized.is_empty() {
                 tracing::info!("newly initialised: {}", report.initialized.join(", "));
             }
@@ -331,7 +339,13 @@ fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier, _model: &Model
 /// Write a fine-tuned model directory: `model.safetensors` with `BertForSequenceClassification`
 /// keys, `config.json` with `id2label`/`label2id` (and our pooling under `"finetune"`), and the
 /// tokenizer files of the base model.
-pub fn export_model(model: &TextClassifier, base: &ModelDir, labels: &LabelSet, meta: &FinetuneMeta, out: &Path) -> Result<()> {
+pub fn export_model(
+    model: &TextClassifier,
+    base: &ModelDir,
+    labels: &LabelSet,
+    meta: &FinetuneMeta,
+    out: &Path,
+) -> Result<()> {
     let tensors = checkpoint_tensors(model, text_classifier::hf_key, |_| true);
     let mut config = base.raw_config()?;
     let obj = config.as_object_mut().context("config.json is not an object")?;
@@ -383,7 +397,10 @@ impl FinetunedClassifier {
         let device = crate::device::select(device_name)?;
         let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
         let names = files.labels()?.with_context(|| {
-            format!("{}: not a fine-tuned classifier (config.json has no id2label for a *ForSequenceClassification)", files.dir.display())
+            format!(
+                "{}: not a fine-tuned classifier (config.json has no id2label for a *ForSequenceClassification)",
+                files.dir.display()
+            )
         })?;
         let labels = LabelSet::new(names)?;
         let meta: Option<FinetuneMeta> =
@@ -422,7 +439,13 @@ impl FinetunedClassifier {
     }
 
     /// Metrics on a labelled file (CSV/TSV/JSONL) with the given columns.
-    pub fn evaluate_file(&self, path: &Path, columns: &crate::data::text::Columns, batch_size: usize, skip_bad_rows: bool) -> Result<EvalMetrics> {
+    pub fn evaluate_file(
+        &self,
+        path: &Path,
+        columns: &crate::data::text::Columns,
+        batch_size: usize,
+        skip_bad_rows: bool,
+    ) -> Result<EvalMetrics> {
         let raw = crate::data::text::read_rows(path, columns, skip_bad_rows)?;
         let split = crate::data::text::label_rows(raw, &self.labels, skip_bad_rows)?;
         let refs: Vec<&str> = split.texts.iter().map(String::as_str).collect();
@@ -435,7 +458,8 @@ impl FinetunedClassifier {
             labels: split.labels,
             skipped: split.skipped.len(),
         };
-        let data = TextData { labels: self.labels.clone(), train: tokenized.clone(), validation: None, test: Some(tokenized) };
+        let data =
+            TextData { labels: self.labels.clone(), train: tokenized.clone(), validation: None, test: Some(tokenized) };
         let examples = TokenExamples { data: &data, pad_id: self.tokenizer.pad_id(), device: self.device.clone() };
         Ok(evaluate(&self.model, &examples, Split::Test, batch_size, self.labels.len()))
     }

@@ -76,7 +76,8 @@ impl MetricsLog {
         match keep_up_to_step {
             None => crate::io::atomic::write_atomic(path, b"")?,
             Some(s) => {
-                let kept: Vec<LogRecord> = read_log(path).unwrap_or_default().into_iter().filter(|r| r.step() <= s).collect();
+                let kept: Vec<LogRecord> =
+                    read_log(path).unwrap_or_default().into_iter().filter(|r| r.step() <= s).collect();
                 let mut text = String::new();
                 for r in kept {
                     text.push_str(&serde_json::to_string(&r)?);

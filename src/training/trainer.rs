@@ -98,7 +98,13 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
 }
 
 /// Evaluate `model` (in validation mode: no dropout, no autodiff) on a split.
-pub fn evaluate<M, E: Examples<M>>(model: &M, data: &E, split: Split, batch_size: usize, num_labels: usize) -> EvalMetrics {
+pub fn evaluate<M, E: Examples<M>>(
+    model: &M,
+    data: &E,
+    split: Split,
+    batch_size: usize,
+    num_labels: usize,
+) -> EvalMetrics {
     let order = data.eval_order(split);
     let labels = data.labels(split);
     let mut predicted = vec![0usize; order.len()];

@@ -46,7 +46,8 @@ fn shape_mismatch_names_the_key_and_shapes() {
     let recipe = tiny_recipe(dir.path(), "full", "run", "");
     let model = damaged_model(dir.path(), |m| {
         let p = m.join("config.json");
-        let text = std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
+        let text =
+            std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
         std::fs::write(&p, text).unwrap();
     });
     let (ok, err) = train_cli(&recipe, &[&model]);
@@ -93,7 +94,8 @@ fn malformed_csv_line_is_an_error_or_skipped_and_counted() {
 fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(dir.path(), "full", "run", "checkpoint_every_steps = 1");
-    let (ok, err) = train_cli(&recipe, &["training.learning_rate=1e30", "training.warmup_ratio=0.0", "training.max_grad_norm=0"]);
+    let (ok, err) =
+        train_cli(&recipe, &["training.learning_rate=1e30", "training.warmup_ratio=0.0", "training.max_grad_norm=0"]);
     assert!(!ok);
     assert!(err.contains("loss is") && err.contains("--resume"), "{err}");
     assert!(dir.path().join("run/checkpoints/LATEST").is_file(), "the last good checkpoint is kept");
@@ -112,10 +114,12 @@ fn an_existing_run_is_not_overwritten() {
     assert!(err.contains("moved the previous (finished) run"), "{err}");
     assert_eq!(std::fs::read(dir.path().join("run.1/results.json")).unwrap(), first);
     // Make the latest run look interrupted: a fresh start must refuse.
-    let state = dir.path().join("run/checkpoints").join(
-        std::fs::read_to_string(dir.path().join("run/checkpoints/LATEST")).unwrap().trim().to_string(),
-    );
-    let text = std::fs::read_to_string(state.join("state.json")).unwrap().replace("\"finished\": true", "\"finished\": false");
+    let state = dir
+        .path()
+        .join("run/checkpoints")
+        .join(std::fs::read_to_string(dir.path().join("run/checkpoints/LATEST")).unwrap().trim().to_string());
+    let text =
+        std::fs::read_to_string(state.join("state.json")).unwrap().replace("\"finished\": true", "\"finished\": false");
     std::fs::write(state.join("state.json"), text).unwrap();
     let (ok, err) = train_cli(&recipe, &["training.epochs=1"]);
     assert!(!ok);

@@ -72,9 +72,16 @@ fn hub_routes(model_bytes: Vec<u8>) -> HashMap<String, Reply> {
         .collect();
     r.insert(
         "GET /api/models/org/tiny-bert/revision/main".into(),
-        Reply { status: 200, headers: vec![], body: serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string().into_bytes() },
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string().into_bytes(),
+        },
     );
-    for (name, etag) in [("config.json", "1111111111111111111111111111111111111111"), ("tokenizer.json", "2222222222222222222222222222222222222222")] {
+    for (name, etag) in [
+        ("config.json", "1111111111111111111111111111111111111111"),
+        ("tokenizer.json", "2222222222222222222222222222222222222222"),
+    ] {
         r.insert(
             format!("GET /org/tiny-bert/resolve/{COMMIT}/{name}"),
             Reply {
@@ -131,8 +138,8 @@ fn corrupted_download_is_rejected() {
     bytes[n - 1] ^= 0xff;
     let (base, _) = serve(hub_routes(bytes));
     let cache = tempfile::tempdir().unwrap();
-    let err = download(&base, cache.path(), RepoKind::Model, "org/tiny-bert", "main", &["model.safetensors"])
-        .unwrap_err();
+    let err =
+        download(&base, cache.path(), RepoKind::Model, "org/tiny-bert", "main", &["model.safetensors"]).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("sha256"), "{msg}");
     assert!(!cache.path().join("models--org--tiny-bert/snapshots").join(COMMIT).join("model.safetensors").exists());

@@ -53,15 +53,8 @@ fn tiny_bert_matches_transformers() {
 #[test]
 fn tiny_bert_gradients_match_pytorch() {
     let device = Device::flex().autodiff();
-    let mut model = load_tiny(Pooling::Pooler, &device);
     // Dropout off (transformers computed the reference in eval mode) but autodiff on.
-    model.head.dropout.prob = 0.0;
-    model.bert.embeddings.dropout.prob = 0.0;
-    for l in model.bert.encoder.layer.iter_mut() {
-        l.attention.self_attn.dropout.prob = 0.0;
-        l.attention.output.dropout.prob = 0.0;
-        l.output.dropout.prob = 0.0;
-    }
+    let model = load_tiny(Pooling::Pooler, &device).without_dropout();
     let input = reference_input(&device);
     let labels: Vec<i64> = reference("labels").data.iter().map(|&v| v as i64).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [3]), &device);
@@ -99,7 +92,15 @@ fn bare_and_prefixed_keys_load_the_same_encoder() {
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(tiny_bert().join(f), dir.path().join(f)).unwrap();
     }
-    let (model, report) = load_text_classifier(&ModelDir::open(dir.path()).unwrap(), 3, Pooling::Mean, 0.0, Head::FromCheckpoint, &device).unwrap();
+    let (model, report) = load_text_classifier(
+        &ModelDir::open(dir.path()).unwrap(),
+        3,
+        Pooling::Mean,
+        0.0,
+        Head::FromCheckpoint,
+        &device,
+    )
+    .unwrap();
     assert_eq!(report.initialized, vec!["head.classifier.weight", "head.classifier.bias"]);
     let model = model.valid();
     let input = reference_input(&device);

@@ -31,7 +31,8 @@ fn changed_keys(model_dir: &Path) -> Vec<String> {
 
 fn optimizer_state_params(run_dir: &Path) -> Vec<String> {
     let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
-    let f = SafetensorsFile::open(&run_dir.join("checkpoints").join(latest.trim()).join("optimizer.safetensors")).unwrap();
+    let f =
+        SafetensorsFile::open(&run_dir.join("checkpoints").join(latest.trim()).join("optimizer.safetensors")).unwrap();
     let mut params: Vec<String> =
         f.names().into_iter().filter_map(|k| k.strip_suffix(".exp_avg").map(String::from)).collect();
     params.sort();
