@@ -78,6 +78,15 @@ fn main() -> anyhow::Result<()> {
             let ad = device.clone().autodiff();
             let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.1, Head::New, &ad)?;
             let model = if std::env::var("NO_DROPOUT").is_ok() { model.without_dropout() } else { model };
+            // TOP_LAYERS=k: only the head and the top k encoder layers train (the transfer method).
+            let model = match std::env::var("TOP_LAYERS").ok().and_then(|v| v.parse::<usize>().ok()) {
+                Some(k) => finetune::io::params::set_trainable(model, |p| {
+                    let g = finetune::methods::LayerGroup::of_path(p);
+                    matches!(g, finetune::methods::LayerGroup::Head)
+                        || matches!(g, finetune::methods::LayerGroup::Layer(i) if i + k >= 6)
+                }),
+                None => model,
+            };
             let input = collate(&encoded, &order, 0, &device);
             let (mut tf, mut tb) = (vec![], vec![]);
             for _ in 0..4 {

@@ -8,7 +8,7 @@ use crate::data::{TextData, TokenizedSplit, load_text_data};
 use crate::io::hub::{self, RepoKind};
 use crate::io::safetensors::{HostTensor, write_safetensors};
 use crate::methods::TrainPlan;
-use crate::methods::feature_extraction::{self, Features};
+use crate::methods::feature_extraction;
 use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
 use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
 use crate::recipe::{Method, Recipe};
@@ -168,23 +168,24 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         if model_dir.labels()?.as_deref() == Some(data.labels.names()) { Head::FromCheckpoint } else { Head::New };
     let trainer_cfg = trainer_config(recipe, num_labels, data.train.len(), show_progress);
 
-    let (classifier, state, feature_info) = match recipe.method {
+    let eval_batch = recipe.training.eval_batch_size;
+    let (classifier, state, feature_info, test) = match recipe.method {
         Method::FeatureExtraction => {
             let (encoder, _) = load_text_classifier(&model_dir, num_labels, recipe.head.pooling, 0.0, head, &base)?;
             let encoder = encoder.valid();
-            let splits: Vec<&TokenizedSplit> =
-                [Some(&data.train), data.validation.as_ref(), data.test.as_ref()].into_iter().flatten().collect();
+            let slots = [Some(&data.train), data.validation.as_ref(), data.test.as_ref()];
+            let present: Vec<&TokenizedSplit> = slots.iter().flatten().copied().collect();
             let key = feature_extraction::cache_key(
                 &model_dir.weights,
                 &model_dir.config,
                 &format!("{:?}/{}", recipe.head.pooling, recipe.data.max_length),
-                &splits,
+                &present,
             )?;
             let cache_dir =
                 recipe.feature_extraction.cache_dir.clone().unwrap_or_else(feature_extraction::default_cache_dir);
             let cached = feature_extraction::load_or_compute(
                 &encoder,
-                &splits,
+                &present,
                 &key,
                 &cache_dir,
                 recipe.training.eval_batch_size,
@@ -192,21 +193,10 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 &base,
                 show_progress,
             )?;
-            let mut by_split: [Option<&Features>; 3] = [None, None, None];
-            for (s, f) in splits.iter().zip(&cached.splits) {
-                by_split[match s.name {
-                    "train" => 0,
-                    "validation" => 1,
-                    _ => 2,
-                }] = Some(f);
-            }
+            let mut features = cached.splits.iter();
             let examples = FeatureExamples {
-                features: by_split.map(|f| f.map(|f| to_tensor(f, &base))),
-                labels: [
-                    data.train.labels.clone(),
-                    data.validation.as_ref().map_or_else(Vec::new, |s| s.labels.clone()),
-                    data.test.as_ref().map_or_else(Vec::new, |s| s.labels.clone()),
-                ],
+                features: slots.map(|s| s.map(|_| to_tensor(features.next().expect("one per split"), &base))),
+                labels: slots.map(|s| s.map_or_else(Vec::new, |s| s.labels.clone())),
             };
             let hidden = encoder.bert.embeddings.word_embeddings.weight.lazy_shape().as_slice()[1];
             let head = ClassificationHead::new(hidden, num_labels, recipe.head.dropout, 0.02, &train_device);
@@ -214,9 +204,12 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             let lr_scale = |_: &str| 1.0;
             let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
             let outcome = train(head, &examples, &trainer_cfg, hooks, &run, resume, &train_device)?;
+            let head = outcome.best_model.valid();
+            // The test split is scored on its cached features too: the encoder never runs again.
+            let test = data.test.as_ref().map(|_| evaluate(&head, &examples, Split::Test, eval_batch, num_labels));
             let mut classifier = encoder;
-            classifier.head = outcome.best_model.valid();
-            (classifier, outcome.state, Some((cached.seconds, cached.cache_hit)))
+            classifier.head = head;
+            (classifier, outcome.state, Some((cached.seconds, cached.cache_hit)), test)
         }
         Method::Full | Method::Transfer => {
             let (model, report) = load_text_classifier(
@@ -245,14 +238,12 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
             let examples = TokenExamples { data: &data, pad_id: tokenizer.pad_id(), device: base.clone() };
             let outcome = train(model, &examples, &trainer_cfg, hooks, &run, resume, &train_device)?;
-            (outcome.best_model.valid(), outcome.state, None)
+            let classifier = outcome.best_model.valid();
+            let test =
+                data.test.as_ref().map(|_| evaluate(&classifier, &examples, Split::Test, eval_batch, num_labels));
+            (classifier, outcome.state, None, test)
         }
     };
-
-    let test = data.test.as_ref().map(|_| {
-        let examples = TokenExamples { data: &data, pad_id: tokenizer.pad_id(), device: base.clone() };
-        evaluate(&classifier, &examples, Split::Test, recipe.training.eval_batch_size, num_labels)
-    });
     if let Some(t) = &test {
         tracing::info!("test: loss {:.4} accuracy {:.4} macro-F1 {:.4}", t.loss, t.accuracy, t.macro_f1);
     }
@@ -268,7 +259,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
         tracing::warn!("could not draw curves: {e:#}");
     }
-    let (total_params, trainable_params) = trainable_counts(recipe, &classifier, &model_dir)?;
+    let (total_params, trainable_params) = trainable_counts(recipe, &classifier);
     let report = TrainReport {
         method: recipe.method.name().into(),
         model: recipe.model.clone(),
@@ -321,7 +312,7 @@ fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize, show_progr
 }
 
 /// Parameter counts for the report: what the method trains at its widest point.
-fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier, _model: &ModelDir) -> Result<(usize, usize)> {
+fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier) -> (usize, usize) {
     let (total, _) = count_params(classifier);
     let plan = TrainPlan::new(recipe, classifier.bert.num_layers());
     let widest = plan.unfrozen(recipe.training.epochs.saturating_sub(1), usize::MAX / 2);
@@ -333,7 +324,7 @@ fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier, _model: &Model
         })
         .map(|p| p.numel())
         .sum();
-    Ok((total, trainable))
+    (total, trainable)
 }
 
 /// Write a fine-tuned model directory: `model.safetensors` with `BertForSequenceClassification`
