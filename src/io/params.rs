@@ -26,9 +26,9 @@ impl ParamInfo {
         self.shape.iter().product()
     }
 
-    /// burn's `Linear` keeps `[in, out]`; checkpoints in the PyTorch convention keep `[out, in]`.
+    /// Linear layers keep `[in, out]` (burn's convention); PyTorch checkpoints keep `[out, in]`.
     pub fn is_linear_weight(&self) -> bool {
-        self.owner == "Linear" && self.path.ends_with("weight")
+        matches!(self.owner.as_str(), "Linear" | "Dense") && self.path.ends_with("weight")
     }
 }
 

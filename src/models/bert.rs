@@ -2,16 +2,15 @@
 //!
 //! Field names follow the Hugging Face module tree so that a parameter's burn path maps onto its
 //! checkpoint key with three renames (see [`hf_key`]): `self_attn` ↔ `self` (a Rust keyword) and
-//! `layer_norm.{gamma,beta}` ↔ `LayerNorm.{weight,bias}`; `Linear` weights are transposed.
+//! `layer_norm.{gamma,beta}` ↔ `LayerNorm.{weight,bias}`; dense weights are transposed.
 
 use burn::module::Module;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
 use serde::{Deserialize, Serialize};
 
+use super::dense::Dense;
 use super::dropout::dropout;
 
 /// Mirrors the fields of a BERT `config.json` that the architecture needs.
@@ -130,9 +129,9 @@ pub struct BertEmbeddings {
 
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    pub query: Dense,
+    pub key: Dense,
+    pub value: Dense,
     pub dropout: Dropout,
     pub num_heads: usize,
 }
@@ -140,7 +139,7 @@ pub struct BertSelfAttention {
 /// Dense projection, dropout, residual add and LayerNorm (`BertSelfOutput` and `BertOutput`).
 #[derive(Module, Debug)]
 pub struct BertResidualOutput {
-    pub dense: Linear,
+    pub dense: Dense,
     pub layer_norm: LayerNorm,
     pub dropout: Dropout,
 }
@@ -153,7 +152,7 @@ pub struct BertAttention {
 
 #[derive(Module, Debug)]
 pub struct BertIntermediate {
-    pub dense: Linear,
+    pub dense: Dense,
     #[module(skip)]
     pub activation: Activation,
 }
@@ -173,7 +172,7 @@ pub struct BertEncoder {
 /// `tanh(dense(h_CLS))`, the pooler of `BertModel`.
 #[derive(Module, Debug)]
 pub struct BertPooler {
-    pub dense: Linear,
+    pub dense: Dense,
 }
 
 #[derive(Module, Debug)]
@@ -183,20 +182,8 @@ pub struct BertModel {
     pub pooler: Option<BertPooler>,
 }
 
-/// `x [b, l, in] → [b, l, out]` as one `[b·l, in] × [in, out]` product. burn's `Linear` keeps
-/// the batch dimension for some shapes, which on the CPU backend becomes many small products that
-/// each re-pack the weight (measured 2× slower on MiniLM shapes).
-pub fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let [b, l, d_in] = x.dims();
-    let y = layer.forward(x.reshape([b * l, d_in]));
-    let d_out = y.dims()[1];
-    y.reshape([b, l, d_out])
-}
-
-fn linear(cfg: &BertConfig, d_in: usize, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out)
-        .with_initializer(Initializer::Normal { mean: 0.0, std: cfg.initializer_range })
-        .init(device)
+fn linear(cfg: &BertConfig, d_in: usize, d_out: usize, device: &Device) -> Dense {
+    Dense::new(d_in, d_out, cfg.initializer_range, true, device)
 }
 
 fn layer_norm(cfg: &BertConfig, device: &Device) -> LayerNorm {
@@ -302,7 +289,7 @@ impl BertLayer {
     pub fn forward(&self, x: Tensor<3>, attention_bias: Tensor<4>) -> Tensor<3> {
         let context = self.attention.self_attn.forward(x.clone(), attention_bias);
         let attended = self.attention.output.forward(context, x);
-        let inner = self.intermediate.activation.apply(dense(&self.intermediate.dense, attended.clone()));
+        let inner = self.intermediate.activation.apply(self.intermediate.dense.forward(attended.clone()));
         self.output.forward(inner, attended)
     }
 }
@@ -313,9 +300,9 @@ impl BertSelfAttention {
         let heads = self.num_heads;
         let dh = h / heads;
         let split = |t: Tensor<3>| t.reshape([b, l, heads, dh]).swap_dims(1, 2);
-        let q = split(dense(&self.query, x.clone()));
-        let k = split(dense(&self.key, x.clone()));
-        let v = split(dense(&self.value, x));
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x));
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt()) + attention_bias;
         let probs = dropout(&self.dropout, softmax(scores, 3));
         probs.matmul(v).swap_dims(1, 2).reshape([b, l, h])
@@ -324,7 +311,7 @@ impl BertSelfAttention {
 
 impl BertResidualOutput {
     pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        self.layer_norm.forward(dropout(&self.dropout, dense(&self.dense, x)) + residual)
+        self.layer_norm.forward(dropout(&self.dropout, self.dense.forward(x)) + residual)
     }
 }
 

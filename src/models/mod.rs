@@ -1,6 +1,7 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
 pub mod bert;
+pub mod dense;
 pub mod dropout;
 pub mod text_classifier;
 

@@ -2,8 +2,9 @@
 //! (`BertForSequenceClassification` in Hugging Face terms, plus CLS and mean pooling).
 
 use super::bert::{BertConfig, BertModel, EncoderInput};
+use super::dense::Dense;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -35,21 +36,19 @@ impl std::str::FromStr for Pooling {
 #[derive(Module, Debug)]
 pub struct ClassificationHead {
     pub dropout: Dropout,
-    pub classifier: Linear,
+    pub classifier: Dense,
 }
 
 impl ClassificationHead {
     pub fn new(hidden: usize, num_labels: usize, dropout: f64, init_std: f64, device: &Device) -> Self {
         Self {
             dropout: DropoutConfig::new(dropout).init(),
-            classifier: LinearConfig::new(hidden, num_labels)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: init_std })
-                .init(device),
+            classifier: Dense::new(hidden, num_labels, init_std, true, device),
         }
     }
 
     pub fn num_labels(&self) -> usize {
-        self.classifier.weight.lazy_shape().as_slice()[1]
+        self.classifier.d_out()
     }
 
     /// `features [batch, hidden]` → logits `[batch, labels]`.
