@@ -13,6 +13,10 @@ Outputs (all under tests/fixtures/):
   tiny-bert-reference.safetensors   fixed ids (with padding and token types) and transformers'
                          last_hidden_state, pooler_output, mean-pooled features and logits
   minilm-reference.json  sentences, their token ids and all-MiniLM-L6-v2 mean-pooled embeddings
+  peft/{lora,rslora,dora,prompt}/   adapters for tiny-bert written by Python peft (non-zero lora_B,
+                         trained-looking classifier in modules_to_save, DoRA magnitudes, a prompt)
+  peft-reference.safetensors       peft's logits for each adapter on the reference inputs, and
+                         merge_and_unload() weights of the adapted layers
 """
 import argparse
 import csv
@@ -131,6 +135,65 @@ def tiny_bert(sample):
     print("tiny-bert: vocab", tok.get_vocab_size(), "loss", float(loss))
 
 
+def reference_batch():
+    ids = torch.tensor([[2, 17, 45, 99, 130, 7, 3, 0, 0, 0],
+                        [2, 250, 31, 3, 60, 61, 62, 63, 64, 3],
+                        [2, 5, 3, 0, 0, 0, 0, 0, 0, 0]])
+    types = torch.tensor([[0] * 10, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1], [0] * 10])
+    mask = (ids != 0).long()
+    mask[1] = 1
+    return ids, types, mask
+
+
+def peft_fixtures():
+    """Adapters written by peft for tiny-bert, with peft's logits (and merged weights)."""
+    from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
+    tiny = os.path.join(FIX, "tiny-bert")
+    out_root = os.path.join(FIX, "peft")
+    ids, types, mask = reference_batch()
+    ref = {}
+    variants = {
+        "lora": LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"],
+                           lora_dropout=0.1),
+        "rslora": LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, use_rslora=True,
+                             target_modules=r".*\.(key|output\.dense)", init_lora_weights="gaussian"),
+        "dora": LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, use_dora=True,
+                           target_modules=["query", "value", "intermediate.dense"]),
+        "prompt": PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4),
+    }
+    for name, cfg in variants.items():
+        torch.manual_seed(100 + len(name))
+        gen = torch.Generator().manual_seed(200 + len(name))
+        base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
+        model = get_peft_model(base, cfg)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if p.requires_grad:
+                    # As if trained: B non-zero, magnitudes and the classifier moved, prompt random.
+                    p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        model.eval()
+        out = os.path.join(out_root, name)
+        model.save_pretrained(out, safe_serialization=True)
+        os.remove(os.path.join(out, "README.md"))  # peft's model-card template
+        with open(os.path.join(out, "adapter_config.json")) as f:
+            c = json.load(f)
+        c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
+        with open(os.path.join(out, "adapter_config.json"), "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+        with torch.no_grad():
+            ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        ref[f"{name}.trainable_params"] = torch.tensor([float(trainable)])
+        if name != "prompt":
+            merged = model.merge_and_unload()
+            for k, v in merged.state_dict().items():
+                if any(t in k for t in ["query.weight", "value.weight", "key.weight", "output.dense.weight",
+                                        "intermediate.dense.weight"]):
+                    ref[f"{name}.merged.{k}"] = v
+        print(f"peft {name}: trainable {trainable}")
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "peft-reference.safetensors"))
+
+
 def minilm_reference(model_dir):
     sentences = [
         "A gorgeous, witty, seductive movie.",
@@ -158,10 +221,13 @@ def minilm_reference(model_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minilm", help="directory of sentence-transformers/all-MiniLM-L6-v2")
+    ap.add_argument("--only-peft", action="store_true", help="regenerate only the peft fixtures")
     args = ap.parse_args()
     os.makedirs(FIX, exist_ok=True)
-    sample = write_uci_sample(uci_sentences())
-    tiny_bert(sample)
+    if not args.only_peft:
+        sample = write_uci_sample(uci_sentences())
+        tiny_bert(sample)
+    peft_fixtures()
     if args.minilm:
         minilm_reference(args.minilm)
 

@@ -17,6 +17,10 @@ pub enum Method {
     Full,
     /// New head plus the top layers; more layers unfreeze over time; layer-wise learning rates.
     Transfer,
+    /// Low-rank adapters (LoRA/DoRA) on chosen layers; the base is frozen.
+    Lora,
+    /// A trainable soft prompt; the base is frozen.
+    PromptTuning,
 }
 
 impl Method {
@@ -25,16 +29,23 @@ impl Method {
             Self::FeatureExtraction => "feature-extraction",
             Self::Full => "full",
             Self::Transfer => "transfer",
+            Self::Lora => "lora",
+            Self::PromptTuning => "prompt-tuning",
         }
+    }
+
+    /// Methods whose result is an adapter on a frozen base rather than a whole model.
+    pub fn is_peft(self) -> bool {
+        matches!(self, Self::Lora | Self::PromptTuning)
     }
 }
 
 impl std::str::FromStr for Method {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        toml::Value::String(s.into())
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("unknown method '{s}' (feature-extraction, full, transfer)"))
+        toml::Value::String(s.into()).try_into().map_err(|_| {
+            anyhow::anyhow!("unknown method '{s}' (feature-extraction, full, transfer, lora, prompt-tuning)")
+        })
     }
 }
 
@@ -61,6 +72,10 @@ pub struct Recipe {
     pub transfer: TransferConfig,
     #[serde(default)]
     pub feature_extraction: FeatureExtractionConfig,
+    /// Settings of `method = "lora"` (peft's `LoraConfig` fields).
+    pub lora: Option<crate::methods::lora::LoraConfig>,
+    /// Settings of `method = "prompt-tuning"`.
+    pub prompt_tuning: Option<crate::methods::prompt_tuning::PromptTuningConfig>,
 }
 
 fn default_revision() -> String {
@@ -306,6 +321,12 @@ impl Recipe {
         }
         if self.data.max_length < 2 {
             bail!("data.max_length must be at least 2");
+        }
+        if self.method == Method::Lora && self.lora.is_none() {
+            bail!("method = \"lora\" needs a [lora] section (r, lora_alpha, target_modules, ...)");
+        }
+        if self.method == Method::PromptTuning && self.prompt_tuning.is_none() {
+            bail!("method = \"prompt-tuning\" needs a [prompt_tuning] section (num_virtual_tokens, ...)");
         }
         Ok(())
     }

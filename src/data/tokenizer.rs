@@ -54,6 +54,12 @@ impl TextTokenizer {
         Ok(Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
     }
 
+    /// Token ids of `text` without special tokens (`[CLS]`, `[SEP]`).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let e = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok(e.get_ids().to_vec())
+    }
+
     /// Tokenize many texts (in parallel inside the tokenizers crate).
     pub fn encode_all(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
         let inputs: Vec<tokenizers::EncodeInput> = texts.iter().map(|t| (*t).into()).collect();

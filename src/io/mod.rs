@@ -3,4 +3,5 @@
 pub mod atomic;
 pub mod hub;
 pub mod params;
+pub mod peft;
 pub mod safetensors;

@@ -6,8 +6,12 @@
 //!   layer-wise learning-rate decay scales each group's rate by its distance from the head.
 //! - `feature-extraction`: the encoder never trains; its features are computed once and cached
 //!   ([`feature_extraction`]), and only the head is trained on them.
+//! - `lora`: low-rank adapters on chosen linear layers ([`lora`]); the base stays frozen.
+//! - `prompt-tuning`: a trainable soft prompt before the input ([`prompt_tuning`]).
 
 pub mod feature_extraction;
+pub mod lora;
+pub mod prompt_tuning;
 pub mod transfer;
 
 pub use transfer::{LayerGroup, TrainPlan};

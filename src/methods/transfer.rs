@@ -61,7 +61,8 @@ impl TrainPlan {
                 order,
             },
             Method::Full => Self { initial: all, every_epochs: None, every_steps: None, layer_lr_decay: 1.0, order },
-            Method::FeatureExtraction => {
+            // The head-only plan; adapter methods decide trainability themselves.
+            Method::FeatureExtraction | Method::Lora | Method::PromptTuning => {
                 Self { initial: 1, every_epochs: None, every_steps: None, layer_lr_decay: 1.0, order }
             }
         }

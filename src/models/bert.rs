@@ -247,8 +247,13 @@ impl BertModel {
     /// Last hidden states `[batch, seq, hidden]`.
     pub fn forward(&self, input: &EncoderInput) -> Tensor<3> {
         let words = self.embeddings.word_embeddings.forward(input.input_ids.clone());
-        let x = self.embeddings.forward_from_words(words, input.token_type_ids.clone());
-        self.encoder.forward(x, input.attention_mask.clone())
+        self.forward_words(words, input.token_type_ids.clone(), input.attention_mask.clone())
+    }
+
+    /// Hidden states from word-level embeddings `[b, l, h]` (which may include soft-prompt rows).
+    pub fn forward_words(&self, words: Tensor<3>, token_type_ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<3> {
+        let x = self.embeddings.forward_from_words(words, token_type_ids);
+        self.encoder.forward(x, mask)
     }
 
     /// The pooler output `tanh(W h_CLS + b)`; `None` when the checkpoint has no pooler.
@@ -312,6 +317,41 @@ impl BertSelfAttention {
 impl BertResidualOutput {
     pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         self.layer_norm.forward(dropout(&self.dropout, self.dense.forward(x)) + residual)
+    }
+}
+
+impl super::DenseLayers for BertModel {
+    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layer.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            out.push((format!("{p}.attention.self.query"), &l.attention.self_attn.query));
+            out.push((format!("{p}.attention.self.key"), &l.attention.self_attn.key));
+            out.push((format!("{p}.attention.self.value"), &l.attention.self_attn.value));
+            out.push((format!("{p}.attention.output.dense"), &l.attention.output.dense));
+            out.push((format!("{p}.intermediate.dense"), &l.intermediate.dense));
+            out.push((format!("{p}.output.dense"), &l.output.dense));
+        }
+        if let Some(p) = &self.pooler {
+            out.push(("pooler.dense".into(), &p.dense));
+        }
+        out
+    }
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layer.iter_mut().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            out.push((format!("{p}.attention.self.query"), &mut l.attention.self_attn.query));
+            out.push((format!("{p}.attention.self.key"), &mut l.attention.self_attn.key));
+            out.push((format!("{p}.attention.self.value"), &mut l.attention.self_attn.value));
+            out.push((format!("{p}.attention.output.dense"), &mut l.attention.output.dense));
+            out.push((format!("{p}.intermediate.dense"), &mut l.intermediate.dense));
+            out.push((format!("{p}.output.dense"), &mut l.output.dense));
+        }
+        if let Some(p) = &mut self.pooler {
+            out.push(("pooler.dense".into(), &mut p.dense));
+        }
+        out
     }
 }
 

@@ -6,6 +6,7 @@
 //! becomes many small products that each re-pack the weight (2× slower on MiniLM shapes).
 //! Having our own type is also where parameter-efficient methods attach (LoRA wraps this layer).
 
+use crate::methods::lora::LoraAdapter;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
@@ -15,6 +16,8 @@ pub struct Dense {
     /// `[in, out]` (the transpose of PyTorch's `[out, in]`).
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
+    /// A LoRA/DoRA adapter, when one is attached (see `methods::lora`).
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Dense {
@@ -24,6 +27,7 @@ impl Dense {
         Self {
             weight: init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
             bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+            lora: None,
         }
     }
 
@@ -40,7 +44,12 @@ impl Dense {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product();
-        let mut y = x.reshape([rows, d_in]).matmul(self.weight.val());
+        let x = x.reshape([rows, d_in]);
+        let mut y = x.clone().matmul(self.weight.val());
+        if let Some(adapter) = &self.lora {
+            let base = y.clone();
+            y = y + adapter.forward(self, x, || base);
+        }
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze::<2>();
         }

@@ -14,6 +14,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use text_classifier::{Pooling, TextClassifier};
 
+/// A model whose linear layers adapters can attach to, listed by Hugging Face module name
+/// (`bert.encoder.layer.0.attention.self.query`, `classifier`, ...).
+pub trait DenseLayers {
+    fn dense_layers(&self) -> Vec<(String, &dense::Dense)>;
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut dense::Dense)>;
+}
+
 /// The files of a Hugging Face model directory that we use.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -168,6 +175,26 @@ pub fn load_weights<M: burn::module::Module>(
     require_all_present(&file.path().display().to_string(), &missing)?;
     report.unused = file.names().into_iter().filter(|n| !used.contains(n)).collect();
     Ok((model, report))
+}
+
+/// Load the parameters whose checkpoint key (`key(info)`) is present in `tensors` (PyTorch layout),
+/// recording the keys used; other parameters keep their values.
+pub fn import_by_key<M: burn::module::Module>(
+    model: M,
+    tensors: &std::collections::BTreeMap<String, HostTensor>,
+    key: impl Fn(&ParamInfo) -> String,
+    used: &mut BTreeSet<String>,
+) -> Result<M> {
+    import_params(model, |info| {
+        let k = key(info);
+        let Some(t) = tensors.get(&k) else { return Ok(None) };
+        let expected = checkpoint_shape(info);
+        if t.shape != expected {
+            bail!("shape mismatch for '{k}': file has {:?}, model expects {:?}", t.shape, expected);
+        }
+        used.insert(k);
+        Ok(Some(if info.is_linear_weight() { t.transpose2() } else { t.clone() }))
+    })
 }
 
 /// The shape a parameter has in a PyTorch-convention checkpoint.

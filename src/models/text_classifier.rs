@@ -3,6 +3,7 @@
 
 use super::bert::{BertConfig, BertModel, EncoderInput};
 use super::dense::Dense;
+use crate::methods::prompt_tuning::SoftPrompt;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
@@ -61,6 +62,8 @@ impl ClassificationHead {
 pub struct TextClassifier {
     pub bert: BertModel,
     pub head: ClassificationHead,
+    /// A soft prompt prepended to every input (prompt tuning), when attached.
+    pub prompt: Option<SoftPrompt>,
     #[module(skip)]
     pub pooling: Pooling,
 }
@@ -76,14 +79,28 @@ impl TextClassifier {
         Ok(Self {
             bert: BertModel::new(cfg, pooling == Pooling::Pooler, device)?,
             head: ClassificationHead::new(cfg.hidden_size, num_labels, dropout, cfg.initializer_range, device),
+            prompt: None,
             pooling,
         })
     }
 
     /// Pooled features `[batch, hidden]`: what feature extraction caches.
     pub fn features(&self, input: &EncoderInput) -> Tensor<2> {
-        let hidden = self.bert.forward(input);
-        pool(&self.bert, hidden, input.attention_mask.clone(), self.pooling)
+        let Some(prompt) = &self.prompt else {
+            let hidden = self.bert.forward(input);
+            return pool(&self.bert, hidden, input.attention_mask.clone(), self.pooling);
+        };
+        // peft: prompt rows before the word embeddings, mask extended with ones, token types with 0.
+        let [b, _] = input.input_ids.dims();
+        let p = prompt.embeddings.val();
+        let [n, h] = p.dims();
+        let device = input.attention_mask.device();
+        let words = self.bert.embeddings.word_embeddings.forward(input.input_ids.clone());
+        let words = Tensor::cat(vec![p.unsqueeze::<3>().expand([b, n, h]), words], 1);
+        let types = Tensor::cat(vec![Tensor::<2, Int>::zeros([b, n], &device), input.token_type_ids.clone()], 1);
+        let mask = Tensor::cat(vec![Tensor::<2>::ones([b, n], &device), input.attention_mask.clone()], 1);
+        let hidden = self.bert.forward_words(words, types, mask.clone());
+        pool(&self.bert, hidden, mask, self.pooling)
     }
 
     pub fn forward(&self, input: &EncoderInput) -> Tensor<2> {
@@ -125,5 +142,20 @@ pub fn hf_key(path: &str) -> String {
     match path.strip_prefix("head.") {
         Some(rest) => rest.to_string(),
         None => super::bert::hf_key(path),
+    }
+}
+
+impl super::DenseLayers for TextClassifier {
+    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+        let mut out: Vec<(String, &Dense)> =
+            self.bert.dense_layers().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();
+        out.push(("classifier".into(), &self.head.classifier));
+        out
+    }
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        let mut out: Vec<(String, &mut Dense)> =
+            self.bert.dense_layers_mut().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();
+        out.push(("classifier".into(), &mut self.head.classifier));
+        out
     }
 }

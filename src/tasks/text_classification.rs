@@ -6,9 +6,12 @@ use crate::data::text::LabelSet;
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::{TextData, TokenizedSplit, load_text_data};
 use crate::io::hub::{self, RepoKind};
+use crate::io::peft::AdapterFiles;
 use crate::io::safetensors::{HostTensor, write_safetensors};
 use crate::methods::TrainPlan;
 use crate::methods::feature_extraction;
+use crate::methods::lora::{self, LoraConfig};
+use crate::methods::prompt_tuning::{self, PromptInit, PromptTuningConfig, SoftPrompt};
 use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
 use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
 use crate::recipe::{Method, Recipe};
@@ -169,6 +172,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     let trainer_cfg = trainer_config(recipe, num_labels, data.train.len(), show_progress);
 
     let eval_batch = recipe.training.eval_batch_size;
+    let mut adapter: Option<AdapterSpec> = None;
     let (classifier, state, feature_info, test) = match recipe.method {
         Method::FeatureExtraction => {
             let (encoder, _) = load_text_classifier(&model_dir, num_labels, recipe.head.pooling, 0.0, head, &base)?;
@@ -211,8 +215,8 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             classifier.head = head;
             (classifier, outcome.state, Some((cached.seconds, cached.cache_hit)), test)
         }
-        Method::Full | Method::Transfer => {
-            let (model, report) = load_text_classifier(
+        Method::Full | Method::Transfer | Method::Lora | Method::PromptTuning => {
+            let (mut model, report) = load_text_classifier(
                 &model_dir,
                 num_labels,
                 recipe.head.pooling,
@@ -223,9 +227,17 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             if !report.initialized.is_empty() {
                 tracing::info!("newly initialised: {}", report.initialized.join(", "));
             }
+            adapter = attach_new_adapter(recipe, &mut model, &tokenizer, &train_device)?;
             let plan = TrainPlan::new(recipe, model.bert.num_layers());
             let unfrozen = Cell::new(0usize);
             let set_trainable = |m: TextClassifier, epoch: usize, step: usize| {
+                if let Some(a) = &adapter {
+                    // Adapter methods: one fixed set of trainable parameters, set on the first call.
+                    if unfrozen.replace(1) == 1 {
+                        return (m, Vec::new());
+                    }
+                    return (crate::io::params::set_trainable(m, |p| a.is_trainable(p)), Vec::new());
+                }
                 let k = plan.unfrozen(epoch, step);
                 let previous = unfrozen.replace(k);
                 if previous == k {
@@ -254,12 +266,21 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         method: recipe.method.name().into(),
         base_model: recipe.model.clone(),
     };
-    export_model(&classifier, &model_dir, &data.labels, &meta, &run.model())?;
+    let output_dir = match &adapter {
+        Some(a) => {
+            export_adapter(&classifier, a, &recipe.model, &data.labels, &meta, &run.adapter())?;
+            run.adapter()
+        }
+        None => {
+            export_model(&classifier, &model_dir, &data.labels, &meta, &run.model())?;
+            run.model()
+        }
+    };
     let records = read_log(&run.metrics())?;
     if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
         tracing::warn!("could not draw curves: {e:#}");
     }
-    let (total_params, trainable_params) = trainable_counts(recipe, &classifier);
+    let (total_params, trainable_params) = trainable_counts(recipe, &classifier, adapter.as_ref());
     let report = TrainReport {
         method: recipe.method.name().into(),
         model: recipe.model.clone(),
@@ -277,7 +298,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         feature_seconds: feature_info.map(|f| f.0),
         feature_cache_hit: feature_info.map(|f| f.1),
         run_dir: run.root.clone(),
-        model_dir: run.model(),
+        model_dir: output_dir,
     };
     crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(report)
@@ -311,9 +332,172 @@ fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize, show_progr
     }
 }
 
+/// A parameter-efficient method's adapter, as configured.
+#[derive(Debug, Clone)]
+pub enum AdapterSpec {
+    Lora(LoraConfig),
+    Prompt(PromptTuningConfig),
+}
+
+impl AdapterSpec {
+    /// Does the parameter at `path` (burn path in a [`TextClassifier`]) train?
+    pub fn is_trainable(&self, path: &str) -> bool {
+        let key = text_classifier::hf_key(path);
+        let module = key.rsplit_once('.').map_or("", |(m, _)| m);
+        match self {
+            Self::Lora(cfg) => lora::is_trainable(cfg, path, module),
+            Self::Prompt(cfg) => path.starts_with("prompt.") || lora::in_modules(module, &cfg.modules_to_save),
+        }
+    }
+}
+
+/// Attach the fresh adapter (LoRA or soft prompt) that `recipe` asks for, if any.
+fn attach_new_adapter(
+    recipe: &Recipe,
+    model: &mut TextClassifier,
+    tokenizer: &TextTokenizer,
+    device: &Device,
+) -> Result<Option<AdapterSpec>> {
+    match recipe.method {
+        Method::Lora => {
+            let mut cfg = recipe.lora.clone().context("method = \"lora\" needs a [lora] section")?;
+            // As peft does for sequence classification: the new head always trains and is saved.
+            if !cfg.saves("classifier") {
+                cfg.modules_to_save.push("classifier".into());
+            }
+            let targeted = lora::inject(model, &cfg, device)?;
+            tracing::info!("LoRA r={} on {} layers", cfg.r, targeted.len());
+            Ok(Some(AdapterSpec::Lora(cfg)))
+        }
+        Method::PromptTuning => {
+            let cfg =
+                recipe.prompt_tuning.clone().context("method = \"prompt-tuning\" needs a [prompt_tuning] section")?;
+            let hidden = model.bert.embeddings.word_embeddings.weight.lazy_shape().as_slice()[1];
+            let prompt = match cfg.init {
+                PromptInit::Random => SoftPrompt::random(cfg.num_virtual_tokens, hidden, device),
+                PromptInit::Text => {
+                    let text = cfg.init_text.as_deref().context("prompt_tuning.init = \"text\" needs init_text")?;
+                    // peft tokenizes the init text without special tokens.
+                    let ids = tokenizer.encode_plain(text)?;
+                    SoftPrompt::from_tokens(
+                        model.bert.embeddings.word_embeddings.weight.val(),
+                        &ids,
+                        cfg.num_virtual_tokens,
+                    )?
+                }
+            };
+            model.prompt = Some(prompt);
+            Ok(Some(AdapterSpec::Prompt(cfg)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Write the adapter of a PEFT run in peft's format, plus `finetune.json` (labels, pooling).
+pub fn export_adapter(
+    model: &TextClassifier,
+    spec: &AdapterSpec,
+    base_model: &str,
+    labels: &LabelSet,
+    meta: &FinetuneMeta,
+    dir: &Path,
+) -> Result<()> {
+    let (config, tensors) = match spec {
+        AdapterSpec::Lora(cfg) => (
+            lora::adapter_config_json(cfg, base_model, "SEQ_CLS"),
+            lora::adapter_tensors(model, text_classifier::hf_key),
+        ),
+        AdapterSpec::Prompt(cfg) => {
+            let prompt = model.prompt.as_ref().context("no soft prompt attached")?;
+            let p = prompt.embeddings.val();
+            let [n, h] = p.dims();
+            let data = p.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+            let mut tensors = vec![(prompt_tuning::PROMPT_KEY.to_string(), HostTensor::new(vec![n, h], data))];
+            let saved = checkpoint_tensors(model, text_classifier::hf_key, |p| {
+                spec.is_trainable(&p.path) && !p.path.starts_with("prompt.")
+            });
+            tensors.extend(saved.into_iter().map(|(k, t)| (format!("{}{k}", prompt_tuning::KEY_PREFIX), t)));
+            let cfg_json = prompt_tuning::adapter_config_json(
+                cfg,
+                h,
+                model.bert.num_layers(),
+                model.bert.encoder.layer[0].attention.self_attn.num_heads,
+                base_model,
+            );
+            (cfg_json, tensors)
+        }
+    };
+    AdapterFiles::write(dir, &config, tensors)?;
+    let extra = serde_json::json!({ "labels": labels.names(), "finetune": meta });
+    crate::io::atomic::write_atomic(&dir.join(FINETUNE_ADAPTER_FILE), serde_json::to_string_pretty(&extra)?.as_bytes())
+}
+
+/// finetune's own notes beside a peft adapter (label names, pooling); peft ignores the file.
+pub const FINETUNE_ADAPTER_FILE: &str = "finetune.json";
+
+/// Attach an adapter written by finetune or by Python peft (LoRA, DoRA, prompt tuning).
+pub fn attach_adapter(
+    model: TextClassifier,
+    files: &AdapterFiles,
+    device: &Device,
+) -> Result<(TextClassifier, AdapterSpec)> {
+    match files.peft_type()? {
+        "LORA" => {
+            let (model, cfg) = lora::load_adapter(model, files, text_classifier::hf_key, device)?;
+            Ok((model, AdapterSpec::Lora(cfg)))
+        }
+        "PROMPT_TUNING" => {
+            let n = files.config["num_virtual_tokens"].as_u64().context("adapter_config.json: no num_virtual_tokens")?
+                as usize;
+            let t = files.tensor(prompt_tuning::PROMPT_KEY)?;
+            let hidden = model.bert.embeddings.word_embeddings.weight.lazy_shape().as_slice()[1];
+            if t.shape != [n, hidden] {
+                bail!("{}: prompt_embeddings has shape {:?}, expected [{n}, {hidden}]", files.dir.display(), t.shape);
+            }
+            let modules_to_save: Vec<String> =
+                serde_json::from_value(files.config["modules_to_save"].clone()).unwrap_or_default();
+            let cfg = PromptTuningConfig {
+                num_virtual_tokens: n,
+                init: PromptInit::Random,
+                init_text: None,
+                modules_to_save: modules_to_save.clone(),
+            };
+            let mut model = model;
+            model.prompt = Some(SoftPrompt {
+                embeddings: burn::module::Param::from_tensor(Tensor::from_data(
+                    TensorData::new(t.data.clone(), [n, hidden]),
+                    device,
+                )),
+            });
+            let mut used = std::collections::BTreeSet::from([prompt_tuning::PROMPT_KEY.to_string()]);
+            let model = crate::models::import_by_key(
+                model,
+                &files.tensors,
+                |i| format!("{}{}", prompt_tuning::KEY_PREFIX, text_classifier::hf_key(&i.path)),
+                &mut used,
+            )
+            .with_context(|| format!("{}", files.dir.display()))?;
+            let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
+            if !unused.is_empty() {
+                bail!("{}: tensors that match no layer of the model: {:?}", files.dir.display(), unused);
+            }
+            Ok((model, AdapterSpec::Prompt(cfg)))
+        }
+        other => bail!("{}: peft_type {other} is not supported (LORA, PROMPT_TUNING)", files.dir.display()),
+    }
+}
+
 /// Parameter counts for the report: what the method trains at its widest point.
-fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier) -> (usize, usize) {
+fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier, adapter: Option<&AdapterSpec>) -> (usize, usize) {
     let (total, _) = count_params(classifier);
+    if let Some(a) = adapter {
+        let trainable = crate::io::params::list_params(classifier)
+            .iter()
+            .filter(|p| a.is_trainable(&p.path))
+            .map(|p| p.numel())
+            .sum();
+        return (total, trainable);
+    }
     let plan = TrainPlan::new(recipe, classifier.bert.num_layers());
     let widest = plan.unfrozen(recipe.training.epochs.saturating_sub(1), usize::MAX / 2);
     let trainable = crate::io::params::list_params(classifier)

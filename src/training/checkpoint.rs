@@ -77,6 +77,9 @@ impl RunDir {
     pub fn model(&self) -> PathBuf {
         self.root.join("model")
     }
+    pub fn adapter(&self) -> PathBuf {
+        self.root.join("adapter")
+    }
     pub fn results(&self) -> PathBuf {
         self.root.join("results.json")
     }

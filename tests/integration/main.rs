@@ -4,4 +4,5 @@ mod common;
 mod errors;
 mod hub;
 mod numerics;
+mod peft;
 mod training;

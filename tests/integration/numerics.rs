@@ -9,7 +9,7 @@ use finetune::models::text_classifier::{Pooling, TextClassifier, pool};
 use finetune::models::{Head, ModelDir, load_text_classifier};
 use finetune::training::trainer::cross_entropy;
 
-fn reference_input(device: &Device) -> EncoderInput {
+pub fn reference_input(device: &Device) -> EncoderInput {
     let ids = reference("input_ids");
     let types = reference("token_type_ids");
     let mask = reference("attention_mask");
