@@ -36,10 +36,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate a fine-tuned model on a labelled CSV/TSV/JSONL file.
+    /// Evaluate a fine-tuned model (or a base model plus an adapter) on a labelled CSV/TSV/JSONL file.
     Eval {
+        /// A fine-tuned model, or the base model of `--adapter`.
         #[arg(long)]
-        model: String,
+        model: Option<String>,
+        /// A PEFT adapter directory (finetune's or Python peft's).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "text")]
@@ -57,13 +61,27 @@ pub enum Command {
     },
     /// Predict labels for texts (arguments, or one per line on stdin).
     Predict {
+        /// A fine-tuned model, or the base model of `--adapter`.
         #[arg(long)]
-        model: String,
+        model: Option<String>,
+        /// A PEFT adapter directory (finetune's or Python peft's).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         texts: Vec<String>,
         #[arg(long, default_value = "cpu")]
         device: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Fold a LoRA adapter into its base model and write a plain fine-tuned model directory.
+    Merge {
+        /// The base model (default: the adapter's base_model_name_or_path).
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Describe a model: architecture, parameters, and what a method would train.
     Inspect {
@@ -120,8 +138,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", report.run_dir.display());
             }
         }
-        Command::Eval { model, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
-            let m = FinetunedClassifier::load(&model, &device, None)?;
+        Command::Eval { model, adapter, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
+            let m = FinetunedClassifier::load(model.as_deref(), adapter.as_deref(), &device, None)?;
             let cols = crate::data::text::Columns { text: text_column, label: label_column };
             let metrics = m.evaluate_file(&data, &cols, batch_size, skip_bad_rows)?;
             if json {
@@ -133,8 +151,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Predict { model, texts, device, json } => {
-            let m = FinetunedClassifier::load(&model, &device, None)?;
+        Command::Predict { model, adapter, texts, device, json } => {
+            let m = FinetunedClassifier::load(model.as_deref(), adapter.as_deref(), &device, None)?;
             let texts = if texts.is_empty() {
                 std::io::stdin()
                     .lock()
@@ -151,12 +169,21 @@ pub fn run(cli: Cli) -> Result<()> {
                 if json {
                     let probs: serde_json::Map<String, serde_json::Value> =
                         p.probabilities.iter().map(|(l, v)| (l.clone(), (*v as f64).into())).collect();
-                    println!("{}", serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs, "logits": p.logits})
+                    );
                 } else {
                     let probs: Vec<String> = p.probabilities.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
                     println!("{}\t{}\t{}", p.label, probs.join(" "), p.text);
                 }
             }
+        }
+        Command::Merge { base, adapter, out } => {
+            let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
+            let n = m.merge_adapter()?;
+            m.save(&out)?;
+            println!("merged {n} adapted layers into {}", out.display());
         }
         Command::Inspect { model, method, trainable_layers } => inspect::run(&model, &method, trainable_layers)?,
     }

@@ -405,7 +405,7 @@ pub fn export_adapter(
     let (config, tensors) = match spec {
         AdapterSpec::Lora(cfg) => (
             lora::adapter_config_json(cfg, base_model, "SEQ_CLS"),
-            lora::adapter_tensors(model, text_classifier::hf_key),
+            lora::adapter_tensors(model, text_classifier::hf_key, |p| spec.is_trainable(p)),
         ),
         AdapterSpec::Prompt(cfg) => {
             let prompt = model.prompt.as_ref().context("no soft prompt attached")?;
@@ -548,12 +548,16 @@ pub fn export_model(
     })
 }
 
-/// A fine-tuned classifier ready for inference.
+/// A fine-tuned classifier ready for inference: a fine-tuned model directory, or a base model
+/// plus an adapter.
 pub struct FinetunedClassifier {
     pub model: TextClassifier,
     pub labels: LabelSet,
     pub tokenizer: TextTokenizer,
     pub meta: Option<FinetuneMeta>,
+    /// The model directory the weights (or the adapter's base) came from.
+    pub base: ModelDir,
+    pub adapter: Option<AdapterSpec>,
     device: Device,
 }
 
@@ -563,31 +567,111 @@ pub struct Prediction {
     pub text: String,
     pub label: String,
     pub probabilities: Vec<(String, f32)>,
+    pub logits: Vec<f32>,
+}
+
+/// What `finetune.json` beside an adapter holds.
+#[derive(Debug, Clone, Deserialize)]
+struct AdapterNotes {
+    labels: Vec<String>,
+    finetune: FinetuneMeta,
 }
 
 impl FinetunedClassifier {
     /// Load a fine-tuned model directory (or hub id) written by `finetune train` or by
-    /// `transformers` (`BertForSequenceClassification` with `id2label`).
-    pub fn load(spec: &str, device_name: &str, max_length: Option<usize>) -> Result<Self> {
+    /// `transformers` (`BertForSequenceClassification` with `id2label`); with `adapter`, `model`
+    /// is the base (default: the adapter's `base_model_name_or_path`) and the adapter (finetune's
+    /// or Python peft's) is attached.
+    pub fn load(
+        model: Option<&str>,
+        adapter: Option<&Path>,
+        device_name: &str,
+        max_length: Option<usize>,
+    ) -> Result<Self> {
         let device = crate::device::select(device_name)?;
-        let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
-        let names = files.labels()?.with_context(|| {
-            format!(
+        let adapter_files = adapter.map(AdapterFiles::read).transpose()?;
+        let notes: Option<AdapterNotes> = match adapter {
+            Some(dir) if dir.join(FINETUNE_ADAPTER_FILE).is_file() => {
+                let path = dir.join(FINETUNE_ADAPTER_FILE);
+                Some(
+                    serde_json::from_str(&std::fs::read_to_string(&path)?)
+                        .with_context(|| format!("{}", path.display()))?,
+                )
+            }
+            _ => None,
+        };
+        let spec = model
+            .map(str::to_string)
+            .or_else(|| adapter_files.as_ref().and_then(|f| f.base_model().map(str::to_string)))
+            .context("no model given (and the adapter names no base_model_name_or_path)")?;
+        let base = ModelDir::open(&hub::resolve(&spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
+        let base_labels = base.labels()?;
+        let names = match (&notes, &base_labels, &adapter_files) {
+            (Some(n), _, _) => n.labels.clone(),
+            (None, Some(l), _) => l.clone(),
+            (None, None, Some(files)) => {
+                let head = ["base_model.model.classifier.weight", "base_model.classifier.weight"]
+                    .iter()
+                    .find_map(|k| files.tensors.get(*k))
+                    .context("the adapter has no classifier and the base model has no id2label")?;
+                (0..head.shape[0]).map(|i| format!("LABEL_{i}")).collect()
+            }
+            (None, None, None) => bail!(
                 "{}: not a fine-tuned classifier (config.json has no id2label for a *ForSequenceClassification)",
-                files.dir.display()
-            )
-        })?;
+                base.dir.display()
+            ),
+        };
         let labels = LabelSet::new(names)?;
-        let meta: Option<FinetuneMeta> =
-            files.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?;
+        let meta: Option<FinetuneMeta> = match &notes {
+            Some(n) => Some(n.finetune.clone()),
+            None => base.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?,
+        };
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
         let max_len = max_length.or(meta.as_ref().map(|m| m.max_length)).unwrap_or(512);
-        let tokenizer = TextTokenizer::from_file(&files.tokenizer, max_len)?;
-        let (model, report) = load_text_classifier(&files, labels.len(), pooling, 0.0, Head::FromCheckpoint, &device)?;
-        if report.initialized.iter().any(|p| p.starts_with("head.")) {
-            bail!("{}: the classifier head is missing from model.safetensors", files.weights.display());
+        let tokenizer = TextTokenizer::from_file(&base.tokenizer, max_len)?;
+        let head = if base_labels.as_deref() == Some(labels.names()) { Head::FromCheckpoint } else { Head::New };
+        let (model, report) = load_text_classifier(&base, labels.len(), pooling, 0.0, head, &device)?;
+        let head_from_base = !report.initialized.iter().any(|p| p.starts_with("head."));
+        let (model, adapter) = match &adapter_files {
+            Some(files) => {
+                let (m, a) = attach_adapter(model, files, &device)?;
+                (m, Some(a))
+            }
+            None => (model, None),
+        };
+        let head_from_adapter =
+            adapter_files.as_ref().is_some_and(|f| f.tensors.keys().any(|k| k.ends_with("classifier.weight")));
+        if !head_from_base && !head_from_adapter {
+            bail!("{}: no trained classifier head in the model or the adapter", base.dir.display());
         }
-        Ok(Self { model: model.valid(), labels, tokenizer, meta, device })
+        Ok(Self { model: model.valid(), labels, tokenizer, meta, base, adapter, device })
+    }
+
+    /// Fold a LoRA/DoRA adapter into the base weights (prompt tuning cannot be merged).
+    pub fn merge_adapter(&mut self) -> Result<usize> {
+        match &self.adapter {
+            Some(AdapterSpec::Lora(_)) => {
+                let n = lora::merge(&mut self.model);
+                self.adapter = None;
+                Ok(n)
+            }
+            Some(AdapterSpec::Prompt(_)) => bail!("a prompt-tuning adapter cannot be merged into the weights"),
+            None => bail!("no adapter to merge"),
+        }
+    }
+
+    /// Write the model as a plain fine-tuned model directory (Hugging Face layout).
+    pub fn save(&self, out: &Path) -> Result<()> {
+        if self.adapter.is_some() {
+            bail!("the model carries an adapter; merge it first");
+        }
+        let meta = self.meta.clone().unwrap_or(FinetuneMeta {
+            pooling: self.model.pooling,
+            max_length: 512,
+            method: "merged".into(),
+            base_model: self.base.dir.display().to_string(),
+        });
+        export_model(&self.model, &self.base, &self.labels, &meta, out)
     }
 
     pub fn predict(&self, texts: &[String], batch_size: usize) -> Result<Vec<Prediction>> {
@@ -597,7 +681,9 @@ impl FinetunedClassifier {
         let order: Vec<usize> = (0..texts.len()).collect();
         for batch in crate::data::batch::chunk(&order, batch_size) {
             let input = collate(&encoded, &batch, self.tokenizer.pad_id(), &self.device);
-            let probs = burn::tensor::activation::softmax(self.model.forward(&input), 1);
+            let logits = self.model.forward(&input);
+            let raw: Vec<f32> = logits.clone().into_data().convert::<f32>().try_into_vec().expect("f32");
+            let probs = burn::tensor::activation::softmax(logits, 1);
             let values: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec().expect("f32");
             let k = self.labels.len();
             for (row, &i) in batch.iter().enumerate() {
@@ -607,6 +693,7 @@ impl FinetunedClassifier {
                     text: texts[i].clone(),
                     label: self.labels.names()[best].clone(),
                     probabilities: self.labels.names().iter().cloned().zip(p.iter().copied()).collect(),
+                    logits: raw[row * k..(row + 1) * k].to_vec(),
                 });
             }
         }

@@ -51,3 +51,130 @@ fn trainable_parameter_counts_match_peft() {
         assert_eq!(count as f32, peft_reference(&format!("{name}.trainable_params"))[0], "{name}");
     }
 }
+
+fn load_with_adapter(name: &str) -> finetune::tasks::text_classification::FinetunedClassifier {
+    let base = tiny_bert().display().to_string();
+    let adapter = fixtures().join("peft").join(name);
+    finetune::tasks::text_classification::FinetunedClassifier::load(Some(&base), Some(&adapter), "cpu", None).unwrap()
+}
+
+/// `merge` folds LoRA/rsLoRA/DoRA into the base exactly as peft's `merge_and_unload` (1e-6), the
+/// merged model's forward equals the adapted one's, and the saved merged model gives peft's logits.
+#[test]
+fn merge_matches_peft_merge_and_unload() {
+    use finetune::models::DenseLayers;
+    let device = Device::flex();
+    let input = super::numerics::reference_input(&device);
+    for name in ["lora", "rslora", "dora"] {
+        let mut m = load_with_adapter(name);
+        let before = values(m.model.forward(&input));
+        m.merge_adapter().unwrap();
+        let after = values(m.model.forward(&input));
+        assert!(max_abs_diff(&before, &after) < 1e-5, "{name}: merged forward differs");
+        let reference = SafetensorsFile::open(&fixtures().join("peft-reference.safetensors")).unwrap();
+        let mut compared = 0;
+        for (module, dense) in m.model.dense_layers() {
+            let key = format!("{name}.merged.{module}.weight");
+            if !reference.contains(&key) {
+                continue;
+            }
+            let ours = values(dense.weight.val().transpose());
+            let d = max_abs_diff(&ours, &reference.tensor(&key).unwrap().data);
+            assert!(d < 1e-6, "{key}: merged weight differs from peft by {d}");
+            compared += 1;
+        }
+        assert!(compared >= 4, "{name}: only {compared} merged weights compared");
+        let out = tempfile::tempdir().unwrap();
+        m.save(out.path()).unwrap();
+        let plain = finetune::tasks::text_classification::FinetunedClassifier::load(
+            Some(&out.path().display().to_string()),
+            None,
+            "cpu",
+            None,
+        )
+        .unwrap();
+        let d = max_abs_diff(&values(plain.model.forward(&input)), &peft_reference(&format!("{name}.logits")));
+        assert!(d < 1e-5, "{name}: saved merged model differs from peft by {d}");
+    }
+}
+
+fn lora_recipe(dir: &std::path::Path, method: &str) -> std::path::PathBuf {
+    let extra = r#"
+[lora]
+r = 4
+lora_alpha = 8
+lora_dropout = 0.1
+target_modules = ["query", "value"]
+init_lora_weights = "gaussian"
+
+[prompt_tuning]
+num_virtual_tokens = 5
+init = "text"
+init_text = "great terrible review"
+"#;
+    let recipe = tiny_recipe(dir, method, "run", "learning_rate_unused = 0");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("learning_rate_unused = 0\n", "") + extra;
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
+/// LoRA training updates only the adapters and the head; the adapter is written in peft's format
+/// and `finetune eval --adapter` reproduces the run's test metrics.
+#[test]
+fn lora_training_updates_only_adapters_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = lora_recipe(dir.path(), "lora");
+    let report = {
+        let _guard = serial();
+        let r = finetune::recipe::Recipe::load(&recipe, &[]).unwrap();
+        finetune::tasks::text_classification::run(&r, false, false).unwrap()
+    };
+    let files = AdapterFiles::read(&report.model_dir).unwrap();
+    assert_eq!(files.peft_type().unwrap(), "LORA");
+    let keys: Vec<&String> = files.tensors.keys().collect();
+    assert_eq!(keys.len(), 2 * 2 * 2 + 2, "q,v lora_A/B in 2 layers + classifier: {keys:?}");
+    let b = files.tensor("base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight").unwrap();
+    assert!(b.data.iter().any(|&v| v != 0.0), "lora_B stayed zero: no gradient reached it");
+    // Only adapter and head parameters have optimizer state.
+    let latest = std::fs::read_to_string(report.run_dir.join("checkpoints/LATEST")).unwrap();
+    let opt =
+        SafetensorsFile::open(&report.run_dir.join("checkpoints").join(latest.trim()).join("optimizer.safetensors"))
+            .unwrap();
+    for k in opt.names() {
+        assert!(k.contains(".lora.") || k.starts_with("head.classifier."), "frozen parameter has state: {k}");
+    }
+    assert_eq!(report.trainable_params, 2 * 2 * (32 * 4 + 4 * 32) + 32 * 2 + 2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["eval", "--model", &tiny_bert().display().to_string(), "--adapter"])
+        .arg(&report.model_dir)
+        .args(["--data", &dir.path().join("data/test.csv").display().to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy).abs() < 1e-9);
+}
+
+/// Prompt tuning trains the prompt (initialised from a text's embeddings) and the head only.
+#[test]
+fn prompt_tuning_trains_prompt_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = lora_recipe(dir.path(), "prompt-tuning");
+    let report = {
+        let _guard = serial();
+        let r = finetune::recipe::Recipe::load(&recipe, &[]).unwrap();
+        finetune::tasks::text_classification::run(&r, false, false).unwrap()
+    };
+    let files = AdapterFiles::read(&report.model_dir).unwrap();
+    assert_eq!(files.peft_type().unwrap(), "PROMPT_TUNING");
+    let keys: Vec<&String> = files.tensors.keys().collect();
+    assert_eq!(keys, vec!["base_model.classifier.bias", "base_model.classifier.weight", "prompt_embeddings"]);
+    assert_eq!(report.trainable_params, 5 * 32 + 32 * 2 + 2);
+    let latest = std::fs::read_to_string(report.run_dir.join("checkpoints/LATEST")).unwrap();
+    let opt =
+        SafetensorsFile::open(&report.run_dir.join("checkpoints").join(latest.trim()).join("optimizer.safetensors"))
+            .unwrap();
+    for k in opt.names() {
+        assert!(k.starts_with("prompt.") || k.starts_with("head.classifier."), "frozen parameter has state: {k}");
+    }
+}

@@ -75,11 +75,12 @@ pub fn merge<M: DenseLayers>(model: &mut M) -> usize {
 pub const KEY_PREFIX: &str = "base_model.model.";
 
 /// The adapter's tensors in peft's layout and names: `lora_A`/`lora_B` (and DoRA's magnitude) of
-/// every adapted layer, plus every other trainable parameter (modules_to_save, trained biases)
-/// under its checkpoint key. `hf_key` maps a burn path to the model's checkpoint key.
+/// every adapted layer, plus the other parameters `saved` selects (modules_to_save, trained
+/// biases) under their checkpoint keys. `hf_key` maps a burn path to the model's checkpoint key.
 pub fn adapter_tensors<M: DenseLayers + burn::module::Module>(
     model: &M,
     hf_key: fn(&str) -> String,
+    saved: impl Fn(&str) -> bool,
 ) -> Vec<(String, crate::io::safetensors::HostTensor)> {
     use crate::io::safetensors::HostTensor;
     let host = |t: Tensor<2>| {
@@ -96,7 +97,7 @@ pub fn adapter_tensors<M: DenseLayers + burn::module::Module>(
             out.push((format!("{KEY_PREFIX}{name}.lora_magnitude_vector"), HostTensor::new(vec![v.len()], v)));
         }
     }
-    let others = crate::models::checkpoint_tensors(model, hf_key, |p| p.trainable && !p.path.contains(".lora."));
+    let others = crate::models::checkpoint_tensors(model, hf_key, |p| !p.path.contains(".lora.") && saved(&p.path));
     out.extend(others.into_iter().map(|(k, t)| (format!("{KEY_PREFIX}{k}"), t)));
     out
 }
