@@ -726,3 +726,47 @@ impl FinetunedClassifier {
         Ok(evaluate(&self.model, &examples, Split::Test, batch_size, self.labels.len()))
     }
 }
+
+/// Several adapters over one base model in one process: switching the active adapter attaches it
+/// to a clone of the base, which shares the base's tensors (nothing is reloaded or copied).
+pub struct AdapterSet {
+    base: TextClassifier,
+    adapters: std::collections::BTreeMap<String, AdapterFiles>,
+    active: Option<(String, TextClassifier)>,
+    device: Device,
+}
+
+impl AdapterSet {
+    pub fn new(base: TextClassifier, device: &Device) -> Self {
+        Self { base, adapters: Default::default(), active: None, device: device.clone() }
+    }
+
+    /// Register an adapter directory under `name` (read now, attached when activated).
+    pub fn add(&mut self, name: &str, dir: &Path) -> Result<()> {
+        self.adapters.insert(name.to_string(), AdapterFiles::read(dir)?);
+        Ok(())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.adapters.keys().map(String::as_str)
+    }
+
+    /// Make `name` the active adapter (`None`: the bare base model).
+    pub fn activate(&mut self, name: Option<&str>) -> Result<&TextClassifier> {
+        let Some(name) = name else {
+            self.active = None;
+            return Ok(&self.base);
+        };
+        if self.active.as_ref().is_none_or(|(n, _)| n != name) {
+            let files = self.adapters.get(name).with_context(|| format!("no adapter named '{name}'"))?;
+            let (model, _) = attach_adapter(self.base.clone(), files, &self.device)?;
+            self.active = Some((name.to_string(), model.valid()));
+        }
+        Ok(&self.active.as_ref().expect("just set").1)
+    }
+
+    /// The model with the active adapter (or the base model).
+    pub fn model(&self) -> &TextClassifier {
+        self.active.as_ref().map_or(&self.base, |(_, m)| m)
+    }
+}

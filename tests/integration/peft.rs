@@ -178,3 +178,24 @@ fn prompt_tuning_trains_prompt_and_head() {
         assert!(k.starts_with("prompt.") || k.starts_with("head.classifier."), "frozen parameter has state: {k}");
     }
 }
+
+/// Switching adapters over one base gives each adapter's own logits, and the bare base is intact.
+#[test]
+fn adapters_switch_without_reloading_the_base() {
+    use finetune::tasks::text_classification::AdapterSet;
+    let device = Device::flex();
+    let input = super::numerics::reference_input(&device);
+    let base = tiny(&device).valid();
+    let base_logits = values(base.forward(&input));
+    let mut set = AdapterSet::new(base, &device);
+    for name in ["lora", "dora", "prompt"] {
+        set.add(name, &fixtures().join("peft").join(name)).unwrap();
+    }
+    for name in ["dora", "lora", "prompt", "dora"] {
+        let logits = values(set.activate(Some(name)).unwrap().forward(&input));
+        let d = max_abs_diff(&logits, &peft_reference(&format!("{name}.logits")));
+        assert!(d < 1e-5, "{name} after switching: differs from peft by {d}");
+    }
+    let d = max_abs_diff(&values(set.activate(None).unwrap().forward(&input)), &base_logits);
+    assert_eq!(d, 0.0, "the base model changed");
+}

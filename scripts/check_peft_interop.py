@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Adapters saved by finetune load in Python peft and give finetune's logits.
+
+For LoRA, rsLoRA (regex targets), DoRA and prompt tuning: train an adapter with `finetune train`
+on the tiny test model and the committed 200 real sentences, ask `finetune predict --json` for
+logits, load the same adapter with `PeftModel.from_pretrained` on `BertForSequenceClassification`
+and compare logits (tolerance 1e-5). The recipes use `pooling = "pooler"`, the pooling
+`BertForSequenceClassification` applies.
+
+    python scripts/check_peft_interop.py [--finetune target/release/finetune]
+
+Needs torch, transformers and peft. Exits non-zero on a mismatch.
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from peft import PeftModel
+from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "fixtures", "tiny-bert")
+TEXTS = [
+    "Great phone, the battery lasts for days.",
+    "Terrible service and the food was cold.",
+    "It works.",
+    "I would not recommend this movie to anyone, it was far too long and boring.",
+]
+VARIANTS = {
+    "lora": '[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.1\ntarget_modules = ["query", "value"]\n',
+    "rslora": '[lora]\nr = 4\nlora_alpha = 8\nuse_rslora = true\ntarget_modules = ".*\\\\.(key|output\\\\.dense)"\n'
+              'init_lora_weights = "gaussian"\n',
+    "dora": '[lora]\nr = 4\nlora_alpha = 8\nuse_dora = true\ntarget_modules = ["query", "value", "intermediate.dense"]\n',
+    "prompt": '[prompt_tuning]\nnum_virtual_tokens = 4\ninit = "text"\ninit_text = "review sentiment"\n',
+}
+
+
+def write_data(d):
+    with open(os.path.join(ROOT, "tests", "fixtures", "uci-sample.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    for name, part in [("train", body[:160]), ("validation", body[160:])]:
+        with open(os.path.join(d, f"{name}.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(part)
+
+
+def recipe(d, name):
+    method = "prompt-tuning" if name == "prompt" else "lora"
+    text = f'''method = "{method}"
+model = "{TINY}"
+seed = 3
+output_dir = "{d}/run-{name}"
+[data]
+dataset = "{d}"
+train = "train.csv"
+validation = "validation.csv"
+max_length = 32
+[head]
+pooling = "pooler"
+[training]
+epochs = 2
+batch_size = 16
+learning_rate = 5e-3
+{VARIANTS[name]}'''
+    path = os.path.join(d, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--finetune", default=os.path.join(ROOT, "target", "release", "finetune"))
+    args = ap.parse_args()
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(TINY, "tokenizer.json"))
+    tok.backend_tokenizer.no_padding()
+    tok.backend_tokenizer.no_truncation()
+    failures = 0
+    with tempfile.TemporaryDirectory() as d:
+        write_data(d)
+        print("| adapter | texts | max abs logit difference (finetune vs peft) |")
+        print("|---|---|---|")
+        for name in VARIANTS:
+            subprocess.run([args.finetune, "train", recipe(d, name), "--no-progress"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            adapter = os.path.join(d, f"run-{name}", "adapter")
+            out = subprocess.run([args.finetune, "predict", "--model", TINY, "--adapter", adapter, "--json", *TEXTS],
+                                 check=True, capture_output=True, text=True).stdout
+            ours = torch.tensor([json.loads(line)["logits"] for line in out.splitlines()])
+            base = BertForSequenceClassification.from_pretrained(TINY, num_labels=ours.shape[1],
+                                                                 ignore_mismatched_sizes=True,
+                                                                 attn_implementation="eager")
+            model = PeftModel.from_pretrained(base, adapter).eval()
+            theirs = []
+            with torch.no_grad():
+                for t in TEXTS:
+                    enc = tok(t, truncation=True, max_length=32, return_tensors="pt")
+                    theirs.append(model(**enc).logits[0])
+            diff = (ours - torch.stack(theirs)).abs().max().item()
+            ok = diff < 1e-5
+            failures += not ok
+            print(f"| {name} | {len(TEXTS)} | {diff:.2e}{'' if ok else ' FAIL'} |")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
