@@ -94,6 +94,8 @@ def groups_top_down(num_layers):
 
 
 def group_of(name):
+    if name == "prompt" or ".lora_" in name:
+        return "head"
     if name.startswith("bert.encoder.layer."):
         return "layer." + name.split(".")[3]
     if name.startswith("bert.embeddings."):
@@ -144,6 +146,45 @@ def main():
 
     model = Classifier(model_dir, len(labels), head_cfg.get("pooling", "mean"), head_cfg.get("dropout", 0.1))
     n_layers = model.bert.config.num_hidden_layers
+    prompt = None
+    if method == "lora":
+        # Python peft on the same module tree; the new head trains in full (modules_to_save).
+        from peft import LoraConfig, get_peft_model
+        lc = dict(recipe["lora"])
+        lc.setdefault("modules_to_save", [])
+        if "classifier" not in lc["modules_to_save"]:
+            lc["modules_to_save"].append("classifier")
+        model = get_peft_model(model, LoraConfig(**lc)).base_model.model
+    elif method == "prompt-tuning":
+        # peft's prompt tuning only wraps transformers' *ForSequenceClassification models; the same
+        # semantics by hand: prompt rows before the word embeddings, mask ones, token types zeros.
+        pc = recipe["prompt_tuning"]
+        emb = model.bert.embeddings.word_embeddings.weight
+        if pc.get("init", "random") == "text":
+            ids = tok(pc["init_text"], add_special_tokens=False)["input_ids"]
+            rows = [ids[i % len(ids)] for i in range(pc["num_virtual_tokens"])]
+            prompt = torch.nn.Parameter(emb[rows].detach().clone())
+        else:
+            prompt = torch.nn.Parameter(torch.randn(pc["num_virtual_tokens"], emb.shape[1]))
+        model.register_parameter("prompt", prompt)
+        inner_features = model.features
+
+        def prompted(ids, types, mask):
+            b, n = ids.shape[0], prompt.shape[0]
+            words = torch.cat([prompt.unsqueeze(0).expand(b, -1, -1), model.bert.embeddings.word_embeddings(ids)], 1)
+            types = torch.cat([torch.zeros(b, n, dtype=types.dtype), types], 1)
+            mask = torch.cat([torch.ones(b, n, dtype=mask.dtype), mask], 1)
+            out = model.bert(inputs_embeds=words, token_type_ids=types, attention_mask=mask)
+            h = out.last_hidden_state
+            if model.pooling == "cls":
+                return h[:, 0]
+            if model.pooling == "pooler":
+                return out.pooler_output
+            m = mask.unsqueeze(-1).to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+        model.features = prompted
+        del inner_features
     order = groups_top_down(n_layers)
     bs, ebs = tr["batch_size"], tr.get("eval_batch_size", 64)
     accum = tr.get("grad_accum_steps", 1)
@@ -209,11 +250,17 @@ def main():
     opt = torch.optim.AdamW(param_groups, lr=lr, betas=(tr.get("adam_beta1", 0.9), tr.get("adam_beta2", 0.999)),
                             eps=tr.get("adam_epsilon", 1e-8))
 
+    peft_trainable = {name for name, p in named if p.requires_grad} if method == "lora" else None
+
     def set_trainable(k):
         allowed = set(order[:k])
         for name, p in named:
             if method == "feature-extraction":
                 p.requires_grad_(not name.startswith("bert."))
+            elif method == "lora":
+                p.requires_grad_(name in peft_trainable)
+            elif method == "prompt-tuning":
+                p.requires_grad_(name == "prompt" or name.startswith("classifier."))
             else:
                 p.requires_grad_(group_of(name) in allowed)
 
@@ -295,8 +342,10 @@ def main():
     if best_state is not None:
         model.load_state_dict(best_state)
     test = evaluate("test") if "test" in splits else None
+    trainable = sum(p.numel() for name, p in named if p.requires_grad)
     report = {
-        "framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(), "method": method,
+        "framework": f"torch {torch.__version__}",
+        "trainable_params": trainable, "threads": torch.get_num_threads(), "method": method,
         "recipe": args.recipe, "overrides": args.overrides, "optimizer_steps": step,
         "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, "feature_seconds": feature_seconds,
         "best_epoch": best[0] + 1 if best else None, "validation": history, "test": test,

@@ -125,3 +125,18 @@ fn an_existing_run_is_not_overwritten() {
     assert!(!ok);
     assert!(err.contains("unfinished run") && err.contains("--resume"), "{err}");
 }
+
+/// Every committed recipe parses and validates.
+#[test]
+fn committed_recipes_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            finetune::recipe::Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "found {n} recipes");
+}
