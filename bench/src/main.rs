@@ -1,14 +1,22 @@
-//! Micro-benchmarks: forward and training-step time of the MiniLM-shaped encoder on the real
-//! weights, and raw matmul throughput.
+//! Step-time benchmarks on the real all-MiniLM-L6-v2 weights (synthetic token ids, no padding):
+//! a training step is forward + backward + AdamW update, exactly what the trainer does.
 //!
-//!     cargo run --release -p finetune-bench -- [forward|train|matmul] [batch] [seq]
+//!     cargo run --release -p finetune-bench -- step METHOD [--batch 16] [--seq 128] [--steps 10]
+//!     cargo run --release -p finetune-bench -- matmul
+//!
+//! METHOD: full | lora | dora | prompt | transfer2 (head + top 2 layers) | head | infer.
+//! Prints one JSON line: ms/step (median after 3 warm-up steps), tokens/s, trainable parameters.
+//! Run it under `/usr/bin/time -v` for peak RSS (bench/steps.sh does, alternating with PyTorch).
 
 use burn::prelude::*;
 use finetune::data::batch::collate;
 use finetune::data::tokenizer::Encoded;
 use finetune::io::hub::{RepoKind, resolve};
-use finetune::models::text_classifier::Pooling;
+use finetune::methods::lora::{self, InitLoraWeights, LoraConfig, TargetModules};
+use finetune::methods::prompt_tuning::SoftPrompt;
+use finetune::models::text_classifier::{Pooling, TextClassifier};
 use finetune::models::{Head, ModelDir, load_text_classifier};
+use finetune::training::optimizer::{AdamW, AdamWConfig, GradStore};
 use finetune::training::trainer::cross_entropy;
 use std::time::Instant;
 
@@ -17,15 +25,54 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn lora_config(dora: bool) -> LoraConfig {
+    LoraConfig {
+        r: 8,
+        lora_alpha: 16.0,
+        lora_dropout: 0.1,
+        target_modules: TargetModules::Names(vec!["query".into(), "value".into()]),
+        use_rslora: false,
+        use_dora: dora,
+        init_lora_weights: InitLoraWeights::Flag(true),
+        modules_to_save: vec!["classifier".into()],
+        bias: lora::BiasMode::None,
+    }
+}
+
+/// The model for `method`, with the right parameters trainable.
+fn prepare(method: &str, files: &ModelDir, device: &Device) -> anyhow::Result<TextClassifier> {
+    let (mut model, _) = load_text_classifier(files, 2, Pooling::Mean, 0.1, Head::New, device)?;
+    let trainable: Box<dyn Fn(&str) -> bool> = match method {
+        "full" => Box::new(|_| true),
+        "lora" | "dora" => {
+            let cfg = lora_config(method == "dora");
+            lora::inject(&mut model, &cfg, device)?;
+            Box::new(move |p: &str| p.contains(".lora.") || p.starts_with("head."))
+        }
+        "prompt" => {
+            model.prompt = Some(SoftPrompt::random(20, 384, device));
+            Box::new(|p: &str| p.starts_with("prompt.") || p.starts_with("head."))
+        }
+        "transfer2" => Box::new(|p: &str| {
+            p.starts_with("head.") || p.starts_with("bert.encoder.layer.4.") || p.starts_with("bert.encoder.layer.5.")
+        }),
+        "head" => Box::new(|p: &str| p.starts_with("head.")),
+        other => anyhow::bail!("unknown method {other}"),
+    };
+    Ok(finetune::io::params::set_trainable(model, trainable))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let what = args.get(1).map(String::as_str).unwrap_or("forward");
-    let batch: usize = args.get(2).map_or(64, |s| s.parse().unwrap());
-    let seq: usize = args.get(3).map_or(32, |s| s.parse().unwrap());
+    let what = args.get(1).map(String::as_str).unwrap_or("step");
     let device = Device::flex();
     if what == "matmul" {
-        for n in [384usize, 1024, 2048] {
-            let a = Tensor::<2>::random([batch * seq, n], burn::tensor::Distribution::Default, &device);
+        for n in [384usize, 1536, 2048] {
+            let a = Tensor::<2>::random([2048, n], burn::tensor::Distribution::Default, &device);
             let b = Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &device);
             let mut t = vec![];
             for _ in 0..5 {
@@ -33,16 +80,17 @@ fn main() -> anyhow::Result<()> {
                 let _ = a.clone().matmul(b.clone()).into_data();
                 t.push(s.elapsed().as_secs_f64());
             }
-            let flops = 2.0 * (batch * seq * n * n) as f64;
+            let flops = 2.0 * (2048 * n * n) as f64;
             println!(
-                "matmul [{}x{n}]x[{n}x{n}]: {:.2} ms, {:.1} GFLOP/s",
-                batch * seq,
+                "{{\"matmul\":\"2048x{n}x{n}\",\"ms\":{:.2},\"gflops\":{:.1}}}",
                 median(t.clone()) * 1e3,
                 flops / median(t) / 1e9
             );
         }
         return Ok(());
     }
+    let method = args.get(2).map(String::as_str).unwrap_or("full");
+    let (batch, seq, steps) = (arg(&args, "--batch", 16), arg(&args, "--seq", 128), arg(&args, "--steps", 10));
     let dir = resolve(
         "sentence-transformers/all-MiniLM-L6-v2",
         RepoKind::Model,
@@ -57,55 +105,44 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let order: Vec<usize> = (0..batch).collect();
+    let input = collate(&encoded, &order, 0, &device);
     let labels = Tensor::<1, Int>::from_data(
         TensorData::new((0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(), [batch]),
         &device,
     );
-    match what {
-        "forward" => {
-            let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.0, Head::New, &device)?;
-            let model = model.valid();
-            let input = collate(&encoded, &order, 0, &device);
-            let mut t = vec![];
-            for _ in 0..5 {
-                let s = Instant::now();
-                let _ = model.forward(&input).into_data();
-                t.push(s.elapsed().as_secs_f64());
-            }
-            println!("forward batch {batch} seq {seq}: {:.1} ms", median(t) * 1e3);
+    let mut times = vec![];
+    let trainable;
+    if method == "infer" {
+        let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.0, Head::New, &device)?;
+        let model = model.valid();
+        trainable = 0;
+        for _ in 0..steps + 3 {
+            let s = Instant::now();
+            let _ = model.forward(&input).into_data();
+            times.push(s.elapsed().as_secs_f64());
         }
-        "train" => {
-            let ad = device.clone().autodiff();
-            let (model, _) = load_text_classifier(&files, 2, Pooling::Mean, 0.1, Head::New, &ad)?;
-            let model = if std::env::var("NO_DROPOUT").is_ok() { model.without_dropout() } else { model };
-            // TOP_LAYERS=k: only the head and the top k encoder layers train (the transfer method).
-            let model = match std::env::var("TOP_LAYERS").ok().and_then(|v| v.parse::<usize>().ok()) {
-                Some(k) => finetune::io::params::set_trainable(model, |p| {
-                    let g = finetune::methods::LayerGroup::of_path(p);
-                    matches!(g, finetune::methods::LayerGroup::Head)
-                        || matches!(g, finetune::methods::LayerGroup::Layer(i) if i + k >= 6)
-                }),
-                None => model,
-            };
-            let input = collate(&encoded, &order, 0, &device);
-            let (mut tf, mut tb) = (vec![], vec![]);
-            for _ in 0..4 {
-                let s = Instant::now();
-                let loss = cross_entropy(model.forward(&input), labels.clone());
-                let _: f32 = loss.clone().into_scalar();
-                tf.push(s.elapsed().as_secs_f64());
-                let s = Instant::now();
-                let grads = loss.backward();
-                drop(grads);
-                tb.push(s.elapsed().as_secs_f64());
-            }
-            println!(
-                "batch {batch} seq {seq}: forward {:.1} ms, backward {:.1} ms",
-                median(tf) * 1e3,
-                median(tb) * 1e3
-            );
+    } else {
+        let ad = device.clone().autodiff();
+        let mut model = prepare(method, &files, &ad)?;
+        trainable =
+            finetune::io::params::list_params(&model).iter().filter(|p| p.trainable).map(|p| p.numel()).sum::<usize>();
+        let mut optim = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.01 });
+        for step in 0..steps + 3 {
+            finetune::models::dropout::seed(step as u64);
+            let s = Instant::now();
+            let loss = cross_entropy(model.forward(&input), labels.clone());
+            let mut grads = GradStore::default();
+            grads.accumulate(&model, loss.backward());
+            grads.clip_global_norm(1.0);
+            model = optim.step(model, &grads, &|_| 1e-4);
+            let _: f32 = loss.into_scalar();
+            times.push(s.elapsed().as_secs_f64());
         }
-        other => anyhow::bail!("unknown benchmark {other}"),
     }
+    let ms = median(times[3..].to_vec()) * 1e3;
+    println!(
+        "{{\"framework\":\"finetune\",\"method\":\"{method}\",\"batch\":{batch},\"seq\":{seq},\"ms_per_step\":{ms:.1},\"tokens_per_s\":{:.0},\"trainable_params\":{trainable}}}",
+        (batch * seq) as f64 / (ms / 1e3)
+    );
     Ok(())
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Training-step time and peak memory, finetune vs PyTorch + transformers + peft, alternating in one
+# run (never concurrently), each step = forward + backward + AdamW on all-MiniLM-L6-v2.
+#
+#   bench/steps.sh [METHOD ...]    (default: full lora prompt infer); env BATCH (16), SEQ (128), STEPS (10)
+#
+# Needs scripts/fetch-assets.sh model and a Python with torch, transformers, peft ($PYTHON).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+BATCH="${BATCH:-16}" SEQ="${SEQ:-128}" STEPS="${STEPS:-10}"
+methods=("$@")
+[ ${#methods[@]} -gt 0 ] || methods=(full lora prompt infer)
+cargo build --release --quiet -p finetune-bench
+OUT=$(mktemp -d)
+rss() { awk -F': ' '/Maximum resident set size/ {printf "%.2f", $2 / 1048576}' "$1"; }
+echo "| method | framework | ms/step | tokens/s | peak RSS GB | trainable params |"
+echo "|---|---|---|---|---|---|"
+for m in "${methods[@]}"; do
+  /usr/bin/time -v -o "$OUT/f.time" ./target/release/finetune-bench step "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/f.json"
+  /usr/bin/time -v -o "$OUT/p.time" "$PYTHON" bench/step_time.py "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/p.json" 2>/dev/null
+  for side in f p; do
+    "$PYTHON" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"| {r[\"method\"]} | {r[\"framework\"]} | {r[\"ms_per_step\"]:.0f} | {r[\"tokens_per_s\"]:.0f} | {sys.argv[2]} | {r[\"trainable_params\"]} |")' "$OUT/$side.json" "$(rss "$OUT/$side.time")"
+  done
+done
+rm -rf "$OUT"
