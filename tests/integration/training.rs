@@ -172,7 +172,8 @@ fn kill_and_resume_matches_uninterrupted() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "checkpoint_every_steps = 3";
     let recipe = tiny_recipe(dir.path(), "full", "whole", extra);
-    let long = ["training.epochs=12", "transfer.trainable_layers=1"];
+    // Long enough (240 steps) that the poll below always catches it mid-run, even on a loaded machine.
+    let long = ["training.epochs=30", "transfer.trainable_layers=1"];
     let whole = train(&recipe, &long);
 
     let killed_dir = dir.path().join("killed");
