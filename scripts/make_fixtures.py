@@ -17,6 +17,9 @@ Outputs (all under tests/fixtures/):
                          trained-looking classifier in modules_to_save, DoRA magnitudes, a prompt)
   peft-reference.safetensors       peft's logits for each adapter on the reference inputs, and
                          merge_and_unload() weights of the adapted layers
+  nf4-reference.safetensors        bitsandbytes quantize_4bit (CPU) of real MiniLM weight matrices:
+                         packed NF4 codes, absmax (plain and double-quantized: codes, absmax2,
+                         offset), dequantized values (needs --minilm), and the dynamic map
 """
 import argparse
 import csv
@@ -194,6 +197,42 @@ def peft_fixtures():
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "peft-reference.safetensors"))
 
 
+def nf4_reference(model_dir):
+    """bitsandbytes' NF4 quantization (CPU) of real weight matrices. To keep the fixture small, the
+    query matrix is stored whole, the two 384x1536 ones by sha256 of their packed codes and
+    absmax codes (in the file's metadata) plus every 61st dequantized value."""
+    import hashlib
+    import bitsandbytes.functional as bnbf
+    from safetensors import safe_open
+    f = safe_open(os.path.join(model_dir, "model.safetensors"), "pt")
+    ref = {"dynamic_map": bnbf.create_dynamic_map(signed=True)}
+    meta = {}
+    names = {"q0": "encoder.layer.0.attention.self.query.weight",
+             "ffn3": "encoder.layer.3.intermediate.dense.weight",
+             "out5": "encoder.layer.5.output.dense.weight"}
+    sha = lambda t: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+    for short, key in names.items():
+        w = f.get_tensor(key).float().contiguous()
+        for double in [False, True]:
+            tag = f"{short}.{'dq' if double else 'plain'}"
+            q, st = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double)
+            packed = q.reshape(-1)
+            meta[f"{tag}.packed_sha256"] = sha(packed)
+            if short == "q0":
+                ref[f"{tag}.packed"] = packed
+            if double:
+                meta[f"{tag}.absmax_codes_sha256"] = sha(st.absmax)
+                ref[f"{tag}.absmax_codes"] = st.absmax
+                ref[f"{tag}.absmax2"] = st.state2.absmax
+                ref[f"{tag}.offset"] = st.offset.reshape(1)
+            else:
+                ref[f"{tag}.absmax"] = st.absmax
+            ref[f"{tag}.dequantized_every_61"] = bnbf.dequantize_4bit(q, st).reshape(-1)[::61]
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "nf4-reference.safetensors"),
+              metadata=meta)
+    print("nf4 reference written")
+
+
 def minilm_reference(model_dir):
     sentences = [
         "A gorgeous, witty, seductive movie.",
@@ -222,14 +261,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minilm", help="directory of sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--only-peft", action="store_true", help="regenerate only the peft fixtures")
+    ap.add_argument("--only-nf4", action="store_true", help="regenerate only the bitsandbytes fixtures (needs --minilm)")
     args = ap.parse_args()
     os.makedirs(FIX, exist_ok=True)
+    if args.only_nf4:
+        nf4_reference(args.minilm)
+        return
     if not args.only_peft:
         sample = write_uci_sample(uci_sentences())
         tiny_bert(sample)
     peft_fixtures()
     if args.minilm:
         minilm_reference(args.minilm)
+        nf4_reference(args.minilm)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ pub mod device;
 pub mod io;
 pub mod methods;
 pub mod models;
+pub mod quant;
 pub mod recipe;
 pub mod tasks;
 pub mod training;

@@ -83,7 +83,7 @@ impl SafetensorsFile {
         self.metadata.metadata().clone().unwrap_or_default()
     }
 
-    /// Read one tensor as f32 (F32, F16 and BF16 are converted).
+    /// Read one tensor as f32 (F16, BF16, F64 and small integer types are converted).
     pub fn tensor(&self, name: &str) -> Result<HostTensor> {
         let info =
             self.metadata.info(name).ok_or_else(|| anyhow!("{}: missing tensor '{name}'", self.path.display()))?;
@@ -117,7 +117,13 @@ fn decode_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
         Dtype::F64 => {
             bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
         }
-        other => bail!("dtype {other:?} is not a floating-point type"),
+        // Small integers (codes, ids) are exact in f32.
+        Dtype::U8 => bytes.iter().map(|&b| b as f32).collect(),
+        Dtype::I32 => bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        Dtype::I64 => {
+            bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+        }
+        other => bail!("dtype {other:?} is not supported"),
     })
 }
 

@@ -5,4 +5,5 @@ mod errors;
 mod hub;
 mod numerics;
 mod peft;
+mod quant;
 mod training;

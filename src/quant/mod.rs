@@ -1,0 +1,3 @@
+//! Quantized storage for frozen weights.
+
+pub mod nf4;

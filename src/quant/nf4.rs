@@ -1,0 +1,346 @@
+//! 4-bit NormalFloat (NF4) and FP4 blockwise quantization with double quantization, reproducing
+//! bitsandbytes (`bitsandbytes.functional.quantize_4bit` / `dequantize_4bit`, CPU) bit for bit:
+//!
+//! - values are taken in PyTorch's row-major `[out, in]` order, split into blocks of `blocksize`
+//!   (64 by default); each block is scaled by its absolute maximum;
+//! - each scaled value gets the index of its nearest code value (ties to the lower one, as
+//!   `torch.bucketize` against the midpoints does), two indices per byte, the first in the high
+//!   nibble;
+//! - double quantization stores the block maxima as 8-bit codes: their mean is subtracted
+//!   (`offset`) and the rest is quantized blockwise (blocks of 256) against bitsandbytes' signed
+//!   dynamic map, each block with its own f32 absmax.
+//!
+//! Memory per quantized parameter: 4 bits + 32/64 (absmax) = 4.5 bits, or with double
+//! quantization 4 + 8/64 + 32/(64·256) ≈ 4.127 bits.
+
+/// bitsandbytes' NF4 code (`get_4bit_type("nf4")`): quantiles of N(0, 1) scaled to [-1, 1].
+pub const NF4_CODE: [f32; 16] = [
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
+];
+
+/// bitsandbytes' FP4 code (`get_4bit_type("fp4")`, E2M1 with its own bias), by 4-bit index.
+pub const FP4_CODE: [f32; 16] = [
+    0.0,
+    0.005_208_333_3,
+    0.666_666_7,
+    1.0,
+    0.333_333_34,
+    0.5,
+    0.166_666_67,
+    0.25,
+    0.0,
+    -0.005_208_333_3,
+    -0.666_666_7,
+    -1.0,
+    -0.333_333_34,
+    -0.5,
+    -0.166_666_67,
+    -0.25,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantType {
+    Nf4,
+    Fp4,
+}
+
+impl QuantType {
+    pub fn code(self) -> &'static [f32; 16] {
+        match self {
+            Self::Nf4 => &NF4_CODE,
+            Self::Fp4 => &FP4_CODE,
+        }
+    }
+}
+
+/// bitsandbytes' `create_dynamic_map(signed=True)`: 256 values, 7 exponent bits, sorted.
+pub fn dynamic_map_signed() -> [f32; 256] {
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    let max_exponent_bits = 7i32;
+    for i in 0..max_exponent_bits {
+        let items = (1usize << i) + 1;
+        let bounds = linspace_f32(0.1, 1.0, items);
+        let scale = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
+        for w in bounds.windows(2) {
+            let mean = (w[0] + w[1]) / 2.0;
+            data.push(scale * mean);
+            data.push(-scale * mean);
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    data.sort_by(f32::total_cmp);
+    data.try_into().expect("256 values")
+}
+
+/// `torch.linspace(start, end, steps, dtype=float32)` exactly: the first half steps up from
+/// `start`, the second half steps down from `end`, each value one fused multiply-add (as the
+/// vectorised CPU kernel computes it).
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) })
+        .collect()
+}
+
+/// Block maxima, plain or double-quantized.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Absmax {
+    F32(Vec<f32>),
+    /// 8-bit codes of `absmax - offset`, quantized in blocks of `blocksize` against the dynamic map
+    /// with one f32 maximum per block (`absmax2`).
+    Double {
+        codes: Vec<u8>,
+        absmax2: Vec<f32>,
+        offset: f32,
+        blocksize: usize,
+    },
+}
+
+impl Absmax {
+    /// The block maxima as f32 (decoding the double quantization).
+    pub fn values(&self) -> Vec<f32> {
+        match self {
+            Self::F32(v) => v.clone(),
+            Self::Double { codes, absmax2, offset, blocksize } => {
+                let map = dynamic_map_signed();
+                codes.iter().enumerate().map(|(i, &c)| map[c as usize] * absmax2[i / blocksize] + offset).collect()
+            }
+        }
+    }
+
+    /// Bytes this representation occupies.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::F32(v) => 4 * v.len(),
+            Self::Double { codes, absmax2, .. } => codes.len() + 4 * absmax2.len() + 4,
+        }
+    }
+}
+
+/// A matrix quantized to 4 bits, in PyTorch's `[out, in]` row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantized4bit {
+    pub quant_type: QuantType,
+    /// `[rows, cols]` of the PyTorch-layout matrix.
+    pub shape: [usize; 2],
+    pub blocksize: usize,
+    /// Two 4-bit indices per byte, the first in the high nibble.
+    pub packed: Vec<u8>,
+    pub absmax: Absmax,
+}
+
+impl Quantized4bit {
+    /// Quantize `values` (`shape`, row-major) like `quantize_4bit(..., compress_statistics=double)`.
+    pub fn quantize(values: &[f32], shape: [usize; 2], quant_type: QuantType, blocksize: usize, double: bool) -> Self {
+        assert_eq!(values.len(), shape[0] * shape[1], "values do not match the shape");
+        let code = quant_type.code();
+        // Sorted code and midpoints: the index is the number of midpoints strictly below the value.
+        let mut order: Vec<usize> = (0..16).collect();
+        order.sort_by(|&a, &b| code[a].total_cmp(&code[b]));
+        let midpoints: Vec<f32> = order.windows(2).map(|w| (code[w[0]] + code[w[1]]) / 2.0).collect();
+        let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
+        let mut indices = Vec::with_capacity(values.len() + 1);
+        for block in values.chunks(blocksize) {
+            let m = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            absmax.push(m);
+            let inv = 1.0 / m.max(1e-38);
+            for &v in block {
+                let scaled = (v * inv).clamp(-1.0, 1.0);
+                let bucket = midpoints.partition_point(|&b| b < scaled);
+                indices.push(order[bucket] as u8);
+            }
+        }
+        if indices.len() % 2 == 1 {
+            // bitsandbytes pads an odd count with a zero value (whose index follows from 0.0).
+            let bucket = midpoints.partition_point(|&b| b < 0.0);
+            indices.push(order[bucket] as u8);
+        }
+        let packed = indices.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
+        let absmax = if double { double_quantize(&absmax, 256) } else { Absmax::F32(absmax) };
+        Self { quant_type, shape, blocksize, packed, absmax }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape[0] * self.shape[1]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The 4-bit index of element `i`.
+    pub fn index(&self, i: usize) -> u8 {
+        let byte = self.packed[i / 2];
+        if i % 2 == 0 { byte >> 4 } else { byte & 0x0F }
+    }
+
+    /// Dequantize to f32 in `[rows, cols]` order (`dequantize_4bit`: code × block absmax, in f32).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let code = self.quant_type.code();
+        let absmax = self.absmax.values();
+        (0..self.len()).map(|i| code[self.index(i) as usize] * absmax[i / self.blocksize]).collect()
+    }
+
+    /// Storage in bytes (packed codes plus block statistics).
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + self.absmax.bytes()
+    }
+
+    /// Bits per quantized parameter, statistics included.
+    pub fn bits_per_parameter(&self) -> f64 {
+        8.0 * self.bytes() as f64 / self.len() as f64
+    }
+}
+
+/// bitsandbytes' double quantization of block maxima: subtract the mean, then 8-bit blockwise
+/// quantization against the signed dynamic map, each value to its nearest code (ties to the
+/// lower). Known difference: bitsandbytes' CPU kernel (0.50.2) does not always pick the nearest
+/// code — on real MiniLM weights about 0.5% of the 8-bit codes are one step lower than the
+/// nearest (its bucketed search); offset and per-block maxima match bit for bit.
+pub fn double_quantize(absmax: &[f32], blocksize: usize) -> Absmax {
+    let offset = torch_sum_f32(absmax) / absmax.len() as f32;
+    let centered: Vec<f32> = absmax.iter().map(|&v| v - offset).collect();
+    // The CPU kernel searches a copy whose first entry is exactly -1 (the map starts at -0.99297).
+    let mut code = dynamic_map_signed();
+    code[0] = -1.0;
+    let mut codes = Vec::with_capacity(centered.len());
+    let mut absmax2 = Vec::new();
+    for block in centered.chunks(blocksize) {
+        let m = block.iter().fold(-f32::MAX, |m, v| m.max(v.abs()));
+        absmax2.push(m);
+        for &v in block {
+            let x = v / m;
+            let mut idx = code.partition_point(|&c| c <= x).saturating_sub(1);
+            if idx < 255 && (x - code[idx + 1]).abs() < (x - code[idx]).abs() {
+                idx += 1;
+            }
+            codes.push(idx as u8);
+        }
+    }
+    Absmax::Double { codes, absmax2, offset, blocksize }
+}
+
+/// `torch.sum` of a contiguous f32 vector on the CPU, in the same order: 8-lane vectors summed
+/// by PyTorch's cascade (`SumKernel.cpp`: 4 interleaved rows, 4 levels), the scalar tail, then the
+/// lanes. bitsandbytes' offset is `absmax.mean()` = this sum / n; matching its last bit needs the
+/// same summation order (checked against PyTorch 2.15 on this project's x86-64 machines; a build
+/// reducing with other vector widths could differ by an ulp).
+pub fn torch_sum_f32(values: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    type V = [f32; LANES];
+    let add = |a: &mut V, b: &V| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y);
+    let vectors: Vec<V> = values.chunks_exact(LANES).map(|c| c.try_into().expect("16 lanes")).collect();
+    let vec_size = vectors.len();
+    // row_sum with ilp = 4: rows of 4 vectors summed by multi_row_sum, the leftovers into row 0.
+    let size_ilp = vec_size / 4;
+    let level_power = 4.max(ceil_log2(size_ilp) / 4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[[0f32; LANES]; 4]; 4];
+    let mut i = 0;
+    while i + level_step <= size_ilp {
+        for _ in 0..level_step {
+            for k in 0..4 {
+                add(&mut acc[0][k], &vectors[i * 4 + k]);
+            }
+            i += 1;
+        }
+        for j in 1..4 {
+            for k in 0..4 {
+                let lower = acc[j - 1][k];
+                add(&mut acc[j][k], &lower);
+                acc[j - 1][k] = [0.0; LANES];
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size_ilp {
+        for k in 0..4 {
+            add(&mut acc[0][k], &vectors[i * 4 + k]);
+        }
+        i += 1;
+    }
+    for j in 1..4 {
+        for k in 0..4 {
+            let upper = acc[j][k];
+            add(&mut acc[0][k], &upper);
+        }
+    }
+    let mut partial = acc[0];
+    for v in &vectors[size_ilp * 4..] {
+        add(&mut partial[0], v);
+    }
+    for k in 1..4 {
+        let p = partial[k];
+        add(&mut partial[0], &p);
+    }
+    let mut total = 0f32;
+    for &v in &values[vec_size * LANES..] {
+        total += v;
+    }
+    for lane in partial[0] {
+        total += lane;
+    }
+    total
+}
+
+fn ceil_log2(x: usize) -> usize {
+    if x <= 1 { 0 } else { (usize::BITS - (x - 1).leading_zeros()) as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nf4_roundtrip_error_is_bounded_by_the_code_gaps() {
+        let values: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let q = Quantized4bit::quantize(&values, [4, 64], QuantType::Nf4, 64, false);
+        let d = q.dequantize();
+        for (a, b) in values.iter().zip(&d) {
+            assert!((a - b).abs() <= 0.17, "{a} vs {b}");
+        }
+        assert_eq!(q.packed.len(), 128);
+        assert!((q.bits_per_parameter() - 4.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn double_quantization_costs_about_4_13_bits() {
+        let values: Vec<f32> = (0..64 * 1024).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
+        let q = Quantized4bit::quantize(&values, [256, 256], QuantType::Nf4, 64, true);
+        let bits = q.bits_per_parameter();
+        assert!(bits > 4.12 && bits < 4.14, "{bits}");
+        let plain = Quantized4bit::quantize(&values, [256, 256], QuantType::Nf4, 64, false);
+        let (a, b) = (q.absmax.values(), plain.absmax.values());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 0.01 * y.abs() + 1e-3, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn dynamic_map_shape() {
+        let m = dynamic_map_signed();
+        assert_eq!(m[255], 1.0);
+        assert!(m.windows(2).all(|w| w[0] <= w[1]));
+        assert!((m[0] + 0.992_968_7).abs() < 1e-6);
+    }
+}
