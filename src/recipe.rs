@@ -76,6 +76,8 @@ pub struct Recipe {
     pub lora: Option<crate::methods::lora::LoraConfig>,
     /// Settings of `method = "prompt-tuning"`.
     pub prompt_tuning: Option<crate::methods::prompt_tuning::PromptTuningConfig>,
+    /// Hold the frozen base's linear weights in 4 bits (with `method = "lora"`: QLoRA).
+    pub quantization: Option<crate::quant::QuantConfig>,
 }
 
 fn default_revision() -> String {
@@ -324,6 +326,12 @@ impl Recipe {
         }
         if self.method == Method::Lora && self.lora.is_none() {
             bail!("method = \"lora\" needs a [lora] section (r, lora_alpha, target_modules, ...)");
+        }
+        if let Some(q) = &self.quantization {
+            q.validate()?;
+            if self.method != Method::Lora {
+                bail!("[quantization] needs method = \"lora\" (QLoRA): other methods train the base weights");
+            }
         }
         if self.method == Method::PromptTuning && self.prompt_tuning.is_none() {
             bail!("method = \"prompt-tuning\" needs a [prompt_tuning] section (num_virtual_tokens, ...)");

@@ -4,20 +4,28 @@
 //! checkpoint keys map the same way, and computes `x [.., in]` as one `[rows, in] × [in, out]`
 //! product: burn's `Linear` keeps the batch dimension for some shapes, which on the CPU backend
 //! becomes many small products that each re-pack the weight (2× slower on MiniLM shapes).
-//! Having our own type is also where parameter-efficient methods attach (LoRA wraps this layer).
+//! Having our own type is also where parameter-efficient methods attach (LoRA wraps this layer)
+//! and where a frozen weight can be held 4-bit quantized (QLoRA).
 
 use crate::methods::lora::LoraAdapter;
+use crate::quant::nf4::Quantized4bit;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
+use std::sync::Arc;
 
 #[derive(Module, Debug)]
 pub struct Dense {
-    /// `[in, out]` (the transpose of PyTorch's `[out, in]`).
+    /// `[in, out]` (the transpose of PyTorch's `[out, in]`); empty (`[0, 0]`) when quantized.
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     /// A LoRA/DoRA adapter, when one is attached (see `methods::lora`).
     pub lora: Option<LoraAdapter>,
+    /// The frozen weight held as packed 4-bit codes (QLoRA). The forward pass dequantizes it into
+    /// a temporary f32 matrix that is a constant for autodiff: gradients reach the input (and the
+    /// adapter), never the quantized weight.
+    #[module(skip)]
+    pub quantized: Option<Arc<Quantized4bit>>,
 }
 
 impl Dense {
@@ -28,15 +36,41 @@ impl Dense {
             weight: init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
             bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
             lora: None,
+            quantized: None,
         }
     }
 
     pub fn d_in(&self) -> usize {
-        self.weight.lazy_shape().as_slice()[0]
+        match &self.quantized {
+            Some(q) => q.shape[1],
+            None => self.weight.lazy_shape().as_slice()[0],
+        }
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.lazy_shape().as_slice()[1]
+        match &self.quantized {
+            Some(q) => q.shape[0],
+            None => self.weight.lazy_shape().as_slice()[1],
+        }
+    }
+
+    /// The weight `[in, out]` the layer computes with: the parameter, or the dequantized codes.
+    pub fn effective_weight(&self) -> Tensor<2> {
+        let Some(q) = &self.quantized else { return self.weight.val() };
+        let device = self.weight.lazy_device();
+        let [rows, cols] = q.shape;
+        // PyTorch layout [out, in] → ours [in, out].
+        Tensor::<2>::from_data(TensorData::new(q.dequantize(), [rows, cols]), &device).inner().transpose()
+    }
+
+    /// Replace the float weight by its 4-bit quantization (the layer becomes frozen).
+    pub fn quantize(&mut self, quant_type: crate::quant::nf4::QuantType, blocksize: usize, double: bool) {
+        let w = self.weight.val().transpose();
+        let [rows, cols] = w.dims();
+        let values = w.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 weight");
+        self.quantized = Some(Arc::new(Quantized4bit::quantize(&values, [rows, cols], quant_type, blocksize, double)));
+        let device = self.weight.lazy_device();
+        self.weight = Param::initialized(self.weight.id, Tensor::zeros([0, 0], &device));
     }
 
     /// `x [.., in] → [.., out]`.
@@ -45,7 +79,7 @@ impl Dense {
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product();
         let x = x.reshape([rows, d_in]);
-        let mut y = x.clone().matmul(self.weight.val());
+        let mut y = x.clone().matmul(self.effective_weight());
         if let Some(adapter) = &self.lora {
             let base = y.clone();
             y = y + adapter.forward(self, x, || base);

@@ -1,3 +1,100 @@
 //! Quantized storage for frozen weights.
 
 pub mod nf4;
+
+use crate::models::DenseLayers;
+use serde::{Deserialize, Serialize};
+
+/// `[quantization]` in a recipe: how frozen linear weights are stored (QLoRA).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantConfig {
+    /// Only 4 is supported.
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+    /// `"nf4"` (default) or `"fp4"`.
+    #[serde(rename = "type", default = "default_type")]
+    pub quant_type: String,
+    #[serde(default = "default_true")]
+    pub double_quant: bool,
+    #[serde(default = "default_blocksize")]
+    pub blocksize: usize,
+    /// The dtype layers compute in; only `"f32"` on the CPU backend today.
+    #[serde(default = "default_compute")]
+    pub compute_dtype: String,
+}
+
+fn default_bits() -> u32 {
+    4
+}
+fn default_type() -> String {
+    "nf4".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_blocksize() -> usize {
+    64
+}
+fn default_compute() -> String {
+    "f32".into()
+}
+
+impl QuantConfig {
+    pub fn validate(&self) -> anyhow::Result<nf4::QuantType> {
+        anyhow::ensure!(self.bits == 4, "quantization.bits = {} is not supported (4)", self.bits);
+        anyhow::ensure!(
+            self.compute_dtype == "f32",
+            "quantization.compute_dtype = {:?}: only \"f32\" on this backend",
+            self.compute_dtype
+        );
+        anyhow::ensure!(self.blocksize >= 2 && self.blocksize % 2 == 0, "quantization.blocksize must be even");
+        match self.quant_type.as_str() {
+            "nf4" => Ok(nf4::QuantType::Nf4),
+            "fp4" => Ok(nf4::QuantType::Fp4),
+            other => anyhow::bail!("quantization.type = {other:?} is not supported (nf4, fp4)"),
+        }
+    }
+}
+
+/// What quantizing a model changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QuantReport {
+    pub layers: usize,
+    pub parameters: usize,
+    /// Bytes of those weights in f32, and quantized (codes + statistics).
+    pub f32_bytes: usize,
+    pub quantized_bytes: usize,
+}
+
+impl QuantReport {
+    pub fn bits_per_parameter(&self) -> f64 {
+        8.0 * self.quantized_bytes as f64 / self.parameters.max(1) as f64
+    }
+}
+
+/// Quantize the weight of every linear layer for which `keep_float(name)` is false (like
+/// bitsandbytes' `llm_int8_skip_modules`, the head stays in float).
+pub fn quantize_model<M: DenseLayers>(
+    model: &mut M,
+    cfg: &QuantConfig,
+    keep_float: impl Fn(&str) -> bool,
+) -> anyhow::Result<QuantReport> {
+    let quant_type = cfg.validate()?;
+    let mut report = QuantReport::default();
+    for (name, dense) in model.dense_layers_mut() {
+        if keep_float(&name) || dense.quantized.is_some() {
+            continue;
+        }
+        let n = dense.d_in() * dense.d_out();
+        if n % cfg.blocksize != 0 {
+            continue;
+        }
+        dense.quantize(quant_type, cfg.blocksize, cfg.double_quant);
+        report.layers += 1;
+        report.parameters += n;
+        report.f32_bytes += 4 * n;
+        report.quantized_bytes += dense.quantized.as_ref().map_or(0, |q| q.bytes());
+    }
+    Ok(report)
+}

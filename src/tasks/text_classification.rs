@@ -61,6 +61,10 @@ pub struct FinetuneMeta {
     pub max_length: usize,
     pub method: String,
     pub base_model: String,
+    /// The base's linear weights were 4-bit quantized during training (QLoRA); loading the
+    /// adapter quantizes the base the same way so the trained function is reproduced exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::quant::QuantConfig>,
 }
 
 /// Token batches for a model that runs the whole encoder.
@@ -265,6 +269,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         max_length: recipe.data.max_length,
         method: recipe.method.name().into(),
         base_model: recipe.model.clone(),
+        quantization: recipe.quantization.clone(),
     };
     let output_dir = match &adapter {
         Some(a) => {
@@ -364,6 +369,18 @@ fn attach_new_adapter(
             // As peft does for sequence classification: the new head always trains and is saved.
             if !cfg.saves("classifier") {
                 cfg.modules_to_save.push("classifier".into());
+            }
+            if let Some(q) = &recipe.quantization {
+                let report = crate::quant::quantize_model(model, q, |name| cfg.saves(name))?;
+                tracing::info!(
+                    "QLoRA: {} layers ({} parameters) quantized to {} ({:.3} bits/parameter): {:.1} MB -> {:.1} MB",
+                    report.layers,
+                    report.parameters,
+                    q.quant_type,
+                    report.bits_per_parameter(),
+                    report.f32_bytes as f64 / 1e6,
+                    report.quantized_bytes as f64 / 1e6
+                );
             }
             let targeted = lora::inject(model, &cfg, device)?;
             tracing::info!("LoRA r={} on {} layers", cfg.r, targeted.len());
@@ -634,6 +651,12 @@ impl FinetunedClassifier {
         let head_from_base = !report.initialized.iter().any(|p| p.starts_with("head."));
         let (model, adapter) = match &adapter_files {
             Some(files) => {
+                let mut model = model;
+                if let Some(q) = meta.as_ref().and_then(|m| m.quantization.as_ref()) {
+                    let saved: Vec<String> =
+                        serde_json::from_value(files.config["modules_to_save"].clone()).unwrap_or_default();
+                    crate::quant::quantize_model(&mut model, q, |name| lora::in_modules(name, &saved))?;
+                }
                 let (m, a) = attach_adapter(model, files, &device)?;
                 (m, Some(a))
             }
@@ -665,12 +688,15 @@ impl FinetunedClassifier {
         if self.adapter.is_some() {
             bail!("the model carries an adapter; merge it first");
         }
-        let meta = self.meta.clone().unwrap_or(FinetuneMeta {
+        let mut meta = self.meta.clone().unwrap_or(FinetuneMeta {
             pooling: self.model.pooling,
             max_length: 512,
             method: "merged".into(),
             base_model: self.base.dir.display().to_string(),
+            quantization: None,
         });
+        // A merged model is plain f32, whatever the adapter was trained over.
+        meta.quantization = None;
         export_model(&self.model, &self.base, &self.labels, &meta, out)
     }
 

@@ -74,7 +74,7 @@ impl LoraAdapter {
     /// `‖W + scale·BA‖` per output feature, `[out]`, without gradient (DoRA §4.3 treats it as a
     /// constant, as peft does).
     fn weight_norm(&self, base: &Dense) -> Tensor<1> {
-        let w = base.weight.val().detach() + self.delta().detach();
+        let w = base.effective_weight().detach() + self.delta().detach();
         w.square().sum_dim(0).sqrt().squeeze_dim::<1>(0)
     }
 
@@ -90,7 +90,7 @@ impl LoraAdapter {
         // is recomputed on the dropped-out input when dropout is active.
         let mag_scale = (m.val() / self.weight_norm(base)).unsqueeze::<2>();
         let base_out = if self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff() {
-            dropped.matmul(base.weight.val())
+            dropped.matmul(base.effective_weight())
         } else {
             base_out_no_bias()
         };
@@ -99,7 +99,7 @@ impl LoraAdapter {
 
     /// The weight that merging this adapter into `base` produces, `[in, out]`.
     pub fn merged_weight(&self, base: &Dense) -> Tensor<2> {
-        let w = base.weight.val() + self.delta();
+        let w = base.effective_weight() + self.delta();
         match &self.magnitude {
             None => w,
             Some(m) => {

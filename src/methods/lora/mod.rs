@@ -63,8 +63,11 @@ pub fn merge<M: DenseLayers>(model: &mut M) -> usize {
     let mut merged = 0;
     for (_, dense) in model.dense_layers_mut() {
         if let Some(adapter) = dense.lora.take() {
+            // A quantized base is merged in float: W = dequant(W_q) + ΔW, exactly the function that
+            // was trained (re-quantizing the sum would add a second rounding).
             let w = adapter.merged_weight(dense).detach();
             dense.weight = burn::module::Param::initialized(dense.weight.id, w);
+            dense.quantized = None;
             merged += 1;
         }
     }
