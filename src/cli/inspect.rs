@@ -8,7 +8,7 @@ use crate::recipe::{Method, Recipe};
 use crate::tasks::text_classification::MODEL_FILES;
 use anyhow::Result;
 
-pub fn run(spec: &str, method: &str, trainable_layers: usize) -> Result<()> {
+pub fn run(spec: &str, method: &str, trainable_layers: usize, quantize: Option<&str>) -> Result<()> {
     let method: Method = method.parse()?;
     let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
     let cfg = files.bert_config()?;
@@ -35,10 +35,13 @@ pub fn run(spec: &str, method: &str, trainable_layers: usize) -> Result<()> {
     }
     let recipe_text = format!(
         "method = \"{}\"\nmodel = \"m\"\noutput_dir = \"r\"\n[data]\ndataset = \"d\"\ntrain = \"t.csv\"\n\
-         [training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-5\n[transfer]\ntrainable_layers = {trainable_layers}\n",
+         [training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-5\n[transfer]\ntrainable_layers = {trainable_layers}\n\
+         [lora]\nr = 8\nlora_alpha = 16\ntarget_modules = [\"query\", \"value\"]\n\
+         [prompt_tuning]\nnum_virtual_tokens = 20\n",
         method.name()
     );
-    let plan = TrainPlan::new(&Recipe::parse(&recipe_text, &[])?, cfg.num_hidden_layers);
+    let recipe = Recipe::parse(&recipe_text, &[])?;
+    let plan = TrainPlan::new(&recipe, cfg.num_hidden_layers);
     let start = plan.unfrozen(0, 0);
     let params = crate::io::params::list_params(&model);
     let total: usize = params.iter().map(|p| p.numel()).sum();
@@ -48,6 +51,7 @@ pub fn run(spec: &str, method: &str, trainable_layers: usize) -> Result<()> {
         let n: usize = params.iter().filter(|p| LayerGroup::of_path(&p.path) == *group).map(|p| p.numel()).sum();
         let trains = match method {
             Method::FeatureExtraction => *group == LayerGroup::Head,
+            Method::Lora | Method::PromptTuning => *group == LayerGroup::Head && model.pooling != Pooling::Pooler,
             _ => plan.order[..start].contains(group),
         };
         if trains {
@@ -55,13 +59,58 @@ pub fn run(spec: &str, method: &str, trainable_layers: usize) -> Result<()> {
         }
         let note = match (method, trains) {
             (Method::FeatureExtraction, false) => "frozen (features cached once)".to_string(),
+            (Method::Lora | Method::PromptTuning, false) => "frozen (adapter trains)".to_string(),
             (Method::Transfer, false) => "frozen at start (gradual unfreezing adds groups top-down)".to_string(),
             (_, false) => "frozen".to_string(),
             (_, true) => "trains".to_string(),
         };
         println!("{:<12} {:>12}  {note}", group.name(), n);
     }
+    if method.is_peft() {
+        let extra = match method {
+            Method::Lora => {
+                let mut with = model.clone();
+                crate::methods::lora::inject(&mut with, recipe.lora.as_ref().expect("lora section"), &device)?;
+                crate::io::params::list_params(&with)
+                    .iter()
+                    .filter(|p| p.path.contains(".lora."))
+                    .map(|p| p.numel())
+                    .sum::<usize>()
+            }
+            _ => 20 * cfg.hidden_size,
+        };
+        let what = if method == Method::Lora { "LoRA r=8 on query, value" } else { "soft prompt, 20 tokens" };
+        println!("{:<12} {:>12}  trains ({what})", "adapter", extra);
+        trainable += extra;
+    }
     println!("{:<12} {:>12}", "total", total);
     println!("trainable:   {trainable} ({:.2}%)", 100.0 * trainable as f64 / total.max(1) as f64);
+    if let Some(kind) = quantize {
+        let cfg = crate::quant::QuantConfig {
+            bits: 4,
+            quant_type: kind.to_string(),
+            double_quant: true,
+            blocksize: 64,
+            compute_dtype: "f32".into(),
+        };
+        let mut model = model;
+        // The head stays in float, as bitsandbytes' llm_int8_skip_modules keeps it.
+        let report = crate::quant::quantize_model(&mut model, &cfg, |name| name == "classifier")?;
+        let before = 4 * total;
+        let after = before - report.f32_bytes + report.quantized_bytes;
+        println!(
+            "\nquantized:   {} linear layers, {} parameters to {kind} with double quantization ({:.3} bits/parameter)",
+            report.layers,
+            report.parameters,
+            report.bits_per_parameter()
+        );
+        println!(
+            "memory:      {:.1} MB in f32 -> {:.1} MB ({:.1} MB of linear weights -> {:.1} MB; embeddings, norms and head stay f32)",
+            before as f64 / 1e6,
+            after as f64 / 1e6,
+            report.f32_bytes as f64 / 1e6,
+            report.quantized_bytes as f64 / 1e6
+        );
+    }
     Ok(())
 }

@@ -91,6 +91,10 @@ pub enum Command {
         /// For `transfer`: encoder layers trainable from the start.
         #[arg(long, default_value_t = 0)]
         trainable_layers: usize,
+        /// Also report the model's memory with its linear layers quantized (`nf4` or `fp4`,
+        /// double quantization, blocks of 64).
+        #[arg(long)]
+        quantize: Option<String>,
     },
 }
 
@@ -185,7 +189,9 @@ pub fn run(cli: Cli) -> Result<()> {
             m.save(&out)?;
             println!("merged {n} adapted layers into {}", out.display());
         }
-        Command::Inspect { model, method, trainable_layers } => inspect::run(&model, &method, trainable_layers)?,
+        Command::Inspect { model, method, trainable_layers, quantize } => {
+            inspect::run(&model, &method, trainable_layers, quantize.as_deref())?
+        }
     }
     Ok(())
 }
