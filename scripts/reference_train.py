@@ -65,10 +65,19 @@ def read_split(path, text_col, label_col):
 
 
 class Classifier(torch.nn.Module):
-    def __init__(self, model_dir, num_labels, pooling, dropout):
+    def __init__(self, model_dir, num_labels, pooling, dropout, quantization=None):
         super().__init__()
+        extra = {}
+        if quantization:
+            # QLoRA as people run it: transformers + bitsandbytes 4-bit linear layers.
+            from transformers import BitsAndBytesConfig
+            extra["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=quantization.get("type", "nf4"),
+                bnb_4bit_use_double_quant=quantization.get("double_quant", True),
+                bnb_4bit_compute_dtype=torch.float32)
+            extra["device_map"] = "cpu"
         self.bert = BertModel.from_pretrained(model_dir, add_pooling_layer=(pooling == "pooler"),
-                                              attn_implementation="eager")
+                                              attn_implementation="eager", **extra)
         self.pooling = pooling
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(self.bert.config.hidden_size, num_labels)
@@ -144,7 +153,8 @@ def main():
             mask[r, :len(s)] = 1
         return ids, torch.zeros_like(ids), mask
 
-    model = Classifier(model_dir, len(labels), head_cfg.get("pooling", "mean"), head_cfg.get("dropout", 0.1))
+    model = Classifier(model_dir, len(labels), head_cfg.get("pooling", "mean"), head_cfg.get("dropout", 0.1),
+                       recipe.get("quantization"))
     n_layers = model.bert.config.num_hidden_layers
     prompt = None
     if method == "lora":
