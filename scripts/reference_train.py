@@ -342,7 +342,7 @@ def main():
             better = best is None or (v > best[1] + min_delta if metric != "loss" else v < best[1] - min_delta)
             if better:
                 best, bad = (epoch, v, m), 0
-                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+                best_state = {k: p.detach().clone() for k, p in model.named_parameters()}
             else:
                 bad += 1
             if patience and bad >= patience:
@@ -350,7 +350,9 @@ def main():
         if tr.get("max_steps") and step >= tr["max_steps"]:
             break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.data.copy_(best_state[k])
     test = evaluate("test") if "test" in splits else None
     trainable = sum(p.numel() for name, p in named if p.requires_grad)
     report = {
