@@ -110,12 +110,7 @@ def tiny_bert(sample):
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "BertTokenizerFast", "do_lower_case": True, "model_max_length": 64}, f)
 
-    ids = torch.tensor([[2, 17, 45, 99, 130, 7, 3, 0, 0, 0],
-                        [2, 250, 31, 3, 60, 61, 62, 63, 64, 3],
-                        [2, 5, 3, 0, 0, 0, 0, 0, 0, 0]])
-    types = torch.tensor([[0] * 10, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1], [0] * 10])
-    mask = (ids != 0).long()
-    mask[1] = 1
+    ids, types, mask = reference_batch()
     with torch.no_grad():
         out_b = model.bert(input_ids=ids, token_type_ids=types, attention_mask=mask)
         logits = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits

@@ -86,3 +86,19 @@ pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `finetune eval --json` of a base model plus an adapter on a CSV file: the metrics.
+pub fn eval_adapter_cli(model: &Path, adapter: &Path, data: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["eval", "--model"])
+        .arg(model)
+        .arg("--adapter")
+        .arg(adapter)
+        .arg("--data")
+        .arg(data)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -144,14 +144,7 @@ fn lora_training_updates_only_adapters_and_head() {
         assert!(k.contains(".lora.") || k.starts_with("head.classifier."), "frozen parameter has state: {k}");
     }
     assert_eq!(report.trainable_params, 2 * 2 * (32 * 4 + 4 * 32) + 32 * 2 + 2);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["eval", "--model", &tiny_bert().display().to_string(), "--adapter"])
-        .arg(&report.model_dir)
-        .args(["--data", &dir.path().join("data/test.csv").display().to_string(), "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let metrics = eval_adapter_cli(&tiny_bert(), &report.model_dir, &dir.path().join("data/test.csv"));
     assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy).abs() < 1e-9);
 }
 

@@ -147,14 +147,7 @@ fn qlora_trains_adapters_over_a_4bit_base() {
     let files = finetune::io::peft::AdapterFiles::read(&report.model_dir).unwrap();
     let b = files.tensor("base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight").unwrap();
     assert!(b.data.iter().any(|&v| v != 0.0), "no gradient reached the adapter");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["eval", "--model", &tiny_bert().display().to_string(), "--adapter"])
-        .arg(&report.model_dir)
-        .args(["--data", &dir.path().join("data/test.csv").display().to_string(), "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let metrics = eval_adapter_cli(&tiny_bert(), &report.model_dir, &dir.path().join("data/test.csv"));
     let test = report.test.unwrap();
     assert!((metrics["loss"].as_f64().unwrap() - test.loss).abs() < 1e-5, "{metrics} vs {test:?}");
 }
