@@ -23,9 +23,15 @@ def hub_dir(repo):
 
 
 class Classifier(torch.nn.Module):
-    def __init__(self, d, prompt_tokens=0):
+    def __init__(self, d, prompt_tokens=0, nf4=False):
         super().__init__()
-        self.bert = BertModel.from_pretrained(d, add_pooling_layer=False, attn_implementation="eager")
+        extra = {}
+        if nf4:
+            from transformers import BitsAndBytesConfig
+            extra = dict(device_map="cpu", quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32))
+        self.bert = BertModel.from_pretrained(d, add_pooling_layer=False, attn_implementation="eager", **extra)
         self.dropout = torch.nn.Dropout(0.1)
         self.classifier = torch.nn.Linear(384, 2)
         self.prompt = torch.nn.Parameter(torch.randn(prompt_tokens, 384)) if prompt_tokens else None
@@ -53,8 +59,8 @@ def main():
     a = ap.parse_args()
     torch.manual_seed(0)
     d = hub_dir("sentence-transformers/all-MiniLM-L6-v2")
-    model = Classifier(d, prompt_tokens=20 if a.method == "prompt" else 0)
-    if a.method in ("lora", "dora"):
+    model = Classifier(d, prompt_tokens=20 if a.method == "prompt" else 0, nf4=a.method == "qlora")
+    if a.method in ("lora", "dora", "qlora"):
         from peft import LoraConfig, get_peft_model
         cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"],
                          modules_to_save=["classifier"], use_dora=a.method == "dora")

@@ -4,7 +4,8 @@
 //!     cargo run --release -p finetune-bench -- step METHOD [--batch 16] [--seq 128] [--steps 10]
 //!     cargo run --release -p finetune-bench -- matmul
 //!
-//! METHOD: full | lora | dora | prompt | transfer2 (head + top 2 layers) | head | infer.
+//! METHOD: full | lora | dora | qlora (LoRA over NF4) | prompt | transfer2 (head + top 2 layers)
+//! | head | infer.
 //! Prints one JSON line: ms/step (median after 3 warm-up steps), tokens/s, trainable parameters.
 //! Run it under `/usr/bin/time -v` for peak RSS (bench/steps.sh does, alternating with PyTorch).
 
@@ -48,8 +49,18 @@ fn prepare(method: &str, files: &ModelDir, device: &Device) -> anyhow::Result<Te
     let (mut model, _) = load_text_classifier(files, 2, Pooling::Mean, 0.1, Head::New, device)?;
     let trainable: Box<dyn Fn(&str) -> bool> = match method {
         "full" => Box::new(|_| true),
-        "lora" | "dora" => {
+        "lora" | "dora" | "qlora" => {
             let cfg = lora_config(method == "dora");
+            if method == "qlora" {
+                let q = finetune::quant::QuantConfig {
+                    bits: 4,
+                    quant_type: "nf4".into(),
+                    double_quant: true,
+                    blocksize: 64,
+                    compute_dtype: "f32".into(),
+                };
+                finetune::quant::quantize_model(&mut model, &q, |name| name == "classifier")?;
+            }
             lora::inject(&mut model, &cfg, device)?;
             Box::new(move |p: &str| p.contains(".lora.") || p.starts_with("head."))
         }
