@@ -20,7 +20,11 @@ for m in "${methods[@]}"; do
   /usr/bin/time -v -o "$OUT/f.time" ./target/release/finetune-bench step "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/f.json"
   /usr/bin/time -v -o "$OUT/p.time" "$PYTHON" bench/step_time.py "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/p.json" 2>/dev/null
   for side in f p; do
-    "$PYTHON" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"| {r[\"method\"]} | {r[\"framework\"]} | {r[\"ms_per_step\"]:.0f} | {r[\"tokens_per_s\"]:.0f} | {sys.argv[2]} | {r[\"trainable_params\"]} |")' "$OUT/$side.json" "$(rss "$OUT/$side.time")"
+    "$PYTHON" - "$OUT/$side.json" "$(rss "$OUT/$side.time")" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"| {r['method']} | {r['framework']} | {r['ms_per_step']:.0f} | {r['tokens_per_s']:.0f} | {sys.argv[2]} | {r['trainable_params']} |")
+PY
   done
 done
 rm -rf "$OUT"
