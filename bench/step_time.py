@@ -71,6 +71,8 @@ def main():
     elif a.method == "transfer2":
         for n, p in model.named_parameters():
             p.requires_grad_(n.startswith("classifier.") or n.startswith(("bert.encoder.layer.4.", "bert.encoder.layer.5.")))
+    elif a.method == "infer":
+        model.requires_grad_(False)
     elif a.method == "head":
         for n, p in model.named_parameters():
             p.requires_grad_(n.startswith("classifier."))
