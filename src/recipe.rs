@@ -61,9 +61,13 @@ pub struct Recipe {
     pub seed: u64,
     /// Where checkpoints, metrics, plots and the fine-tuned model go.
     pub output_dir: PathBuf,
-    /// `cpu` (burn's flex backend); GPU backends slot in here behind cargo features.
+    /// `cpu` (burn's flex backend), or `cuda` / `cuda:N` in a build with `--features cuda`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// `f32`, or `bf16`: matrix products in bf16 with f32 weights, norms and optimizer state
+    /// (PyTorch's autocast). See `models::precision`.
+    #[serde(default = "default_precision")]
+    pub precision: String,
     pub data: DataConfig,
     #[serde(default)]
     pub head: HeadConfig,
@@ -88,6 +92,9 @@ fn default_seed() -> u64 {
 }
 fn default_device() -> String {
     "cpu".into()
+}
+fn default_precision() -> String {
+    "f32".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,6 +328,7 @@ impl Recipe {
         if self.transfer.unfreeze_every_epochs.is_some() && self.transfer.unfreeze_every_steps.is_some() {
             bail!("set one of transfer.unfreeze_every_epochs and transfer.unfreeze_every_steps, not both");
         }
+        crate::models::precision::Precision::parse(&self.precision)?;
         if self.data.max_length < 2 {
             bail!("data.max_length must be at least 2");
         }

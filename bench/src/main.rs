@@ -2,11 +2,15 @@
 //! a training step is forward + backward + AdamW update, exactly what the trainer does.
 //!
 //!     cargo run --release -p finetune-bench -- step METHOD [--batch 16] [--seq 128] [--steps 10]
-//!     cargo run --release -p finetune-bench -- matmul
+//!         [--device cpu|cuda] [--precision f32|bf16] [--model DIR]
+//!     cargo run --release -p finetune-bench -- matmul [--device cpu|cuda] [--precision f32|bf16]
 //!
 //! METHOD: full | lora | dora | qlora (LoRA over NF4) | prompt | transfer2 (head + top 2 layers)
 //! | head | infer.
-//! Prints one JSON line: ms/step (median after 3 warm-up steps), tokens/s, trainable parameters.
+//! Prints one JSON line: ms/step (median after 3 warm-up steps), tokens/s, trainable parameters,
+//! and on a GPU the bytes burn's allocator has reserved at the end (its high-water mark).
+//! `--model` takes a model directory instead of the hub cache's all-MiniLM-L6-v2 (`bench/gpu.sh`
+//! carries a bf16 copy to the GPU machine, which cannot download).
 //! Run it under `/usr/bin/time -v` for peak RSS (bench/steps.sh does, alternating with PyTorch).
 
 use burn::prelude::*;
@@ -15,6 +19,7 @@ use finetune::data::tokenizer::Encoded;
 use finetune::io::hub::{RepoKind, resolve};
 use finetune::methods::lora::{self, InitLoraWeights, LoraConfig, TargetModules};
 use finetune::methods::prompt_tuning::SoftPrompt;
+use finetune::models::precision::Precision;
 use finetune::models::text_classifier::{Pooling, TextClassifier};
 use finetune::models::{Head, ModelDir, load_text_classifier};
 use finetune::training::optimizer::{AdamW, AdamWConfig, GradStore};
@@ -28,6 +33,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn text_arg<'a>(args: &'a [String], name: &str, default: &'a str) -> &'a str {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, String::as_str)
 }
 
 fn lora_config(dora: bool) -> LoraConfig {
@@ -80,7 +89,10 @@ fn prepare(method: &str, files: &ModelDir, device: &Device) -> anyhow::Result<Te
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("step");
-    let device = Device::flex();
+    let device_name = text_arg(&args, "--device", "cpu");
+    let device = finetune::device::select(device_name)?;
+    let precision = Precision::parse(text_arg(&args, "--precision", "f32"))?;
+    finetune::models::precision::set(precision);
     if what == "matmul" {
         for n in [384usize, 1536, 2048] {
             let a = Tensor::<2>::random([2048, n], burn::tensor::Distribution::Default, &device);
@@ -88,7 +100,7 @@ fn main() -> anyhow::Result<()> {
             let mut t = vec![];
             for _ in 0..5 {
                 let s = Instant::now();
-                let _ = a.clone().matmul(b.clone()).into_data();
+                let _ = finetune::models::precision::matmul(a.clone(), b.clone()).into_data();
                 t.push(s.elapsed().as_secs_f64());
             }
             let flops = 2.0 * (2048 * n * n) as f64;
@@ -102,12 +114,10 @@ fn main() -> anyhow::Result<()> {
     }
     let method = args.get(2).map(String::as_str).unwrap_or("full");
     let (batch, seq, steps) = (arg(&args, "--batch", 16), arg(&args, "--seq", 128), arg(&args, "--steps", 10));
-    let dir = resolve(
-        "sentence-transformers/all-MiniLM-L6-v2",
-        RepoKind::Model,
-        "main",
-        &["config.json", "model.safetensors"],
-    )?;
+    let dir = match args.iter().position(|a| a == "--model") {
+        Some(i) => std::path::PathBuf::from(&args[i + 1]),
+        None => resolve("sentence-transformers/all-MiniLM-L6-v2", RepoKind::Model, "main", &["config.json", "model.safetensors"])?,
+    };
     let files = ModelDir::open(&dir)?;
     let encoded: Vec<Encoded> = (0..batch)
         .map(|i| Encoded {
@@ -151,8 +161,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let ms = median(times[3..].to_vec()) * 1e3;
+    let reserved = device.memory_pool_usage().map_or("null".to_string(), |u| u.bytes_reserved.to_string());
     println!(
-        "{{\"framework\":\"finetune\",\"method\":\"{method}\",\"batch\":{batch},\"seq\":{seq},\"ms_per_step\":{ms:.1},\"tokens_per_s\":{:.0},\"trainable_params\":{trainable}}}",
+        "{{\"framework\":\"finetune\",\"method\":\"{method}\",\"device\":\"{device_name}\",\"precision\":\"{}\",\"batch\":{batch},\"seq\":{seq},\"ms_per_step\":{ms:.1},\"tokens_per_s\":{:.0},\"trainable_params\":{trainable},\"device_bytes_reserved\":{reserved}}}",
+        precision.name(),
         (batch * seq) as f64 / (ms / 1e3)
     );
     Ok(())

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dense::Dense;
 use super::dropout::dropout;
+use super::precision::matmul;
 
 /// Mirrors the fields of a BERT `config.json` that the architecture needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -308,9 +309,9 @@ impl BertSelfAttention {
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt()) + attention_bias;
+        let scores = matmul(q, k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt()) + attention_bias;
         let probs = dropout(&self.dropout, softmax(scores, 3));
-        probs.matmul(v).swap_dims(1, 2).reshape([b, l, h])
+        matmul(probs, v).swap_dims(1, 2).reshape([b, l, h])
     }
 }
 

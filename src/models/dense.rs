@@ -8,6 +8,7 @@
 //! and where a frozen weight can be held 4-bit quantized (QLoRA).
 
 use crate::methods::lora::LoraAdapter;
+use crate::models::precision::matmul;
 use crate::quant::nf4::Quantized4bit;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -79,7 +80,7 @@ impl Dense {
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product();
         let x = x.reshape([rows, d_in]);
-        let mut y = x.clone().matmul(self.effective_weight());
+        let mut y = matmul(x.clone(), self.effective_weight());
         if let Some(adapter) = &self.lora {
             let base = y.clone();
             y = y + adapter.forward(self, x, || base);

@@ -10,6 +10,7 @@
 use crate::data::batch::SplitMix64;
 use burn::nn::Dropout;
 use burn::prelude::*;
+use burn::tensor::Distribution;
 use std::sync::Mutex;
 
 static RNG: Mutex<Option<SplitMix64>> = Mutex::new(None);
@@ -25,9 +26,21 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
         return x;
     }
     let shape = x.shape();
+    let device = x.device();
+    if !crate::device::is_host(&device) {
+        // On a GPU the mask is drawn on the device (uploading a host mask per layer would cost
+        // more than the layer); the device generator is seeded from ours, so runs still repeat.
+        device.seed(next_seed());
+        let keep = Tensor::<D>::random(shape, Distribution::Bernoulli(1.0 - layer.prob), &device).inner();
+        return x * keep.mul_scalar(1.0 / (1.0 - layer.prob));
+    }
     let mask = mask(shape.num_elements(), layer.prob);
-    let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device()).inner();
+    let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &device).inner();
     x * mask
+}
+
+fn next_seed() -> u64 {
+    RNG.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| SplitMix64::new(0x5EED)).next_u64()
 }
 
 /// `n` values, each 0 with probability `p` and 1/(1-p) otherwise. Chunks are filled in parallel,
@@ -38,7 +51,7 @@ fn mask(n: usize, p: f64) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let threshold = (p * 65536.0).round() as u64;
     let keep = (1.0 / (1.0 - p)) as f32;
-    let base = RNG.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| SplitMix64::new(0x5EED)).next_u64();
+    let base = next_seed();
     let mut out = vec![0f32; n];
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
         let mut rng = SplitMix64::new(base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));

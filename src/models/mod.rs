@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod dense;
 pub mod dropout;
+pub mod precision;
 pub mod text_classifier;
 
 use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};

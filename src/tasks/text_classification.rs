@@ -137,6 +137,7 @@ fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
 /// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.
 pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainReport> {
     let base = crate::device::select(&recipe.device)?;
+    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
     let train_device = crate::device::training(&base);
     let model_dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &MODEL_FILES)?)?;
     let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer, recipe.data.max_length)?;

@@ -3,6 +3,7 @@
 
 use crate::models::dense::Dense;
 use crate::models::dropout::dropout;
+use crate::models::precision::matmul;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::prelude::*;
@@ -82,7 +83,7 @@ impl LoraAdapter {
     /// `base_out [rows, out]`; the caller adds it to the full base output.
     pub fn forward(&self, base: &Dense, x: Tensor<2>, base_out_no_bias: impl FnOnce() -> Tensor<2>) -> Tensor<2> {
         let dropped = dropout(&self.dropout, x.clone());
-        let lora = dropped.clone().matmul(self.a.val()).matmul(self.b.val()).mul_scalar(self.scale);
+        let lora = matmul(matmul(dropped.clone(), self.a.val()), self.b.val()).mul_scalar(self.scale);
         let Some(m) = &self.magnitude else {
             return lora;
         };
@@ -90,7 +91,7 @@ impl LoraAdapter {
         // is recomputed on the dropped-out input when dropout is active.
         let mag_scale = (m.val() / self.weight_norm(base)).unsqueeze::<2>();
         let base_out = if self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff() {
-            dropped.matmul(base.effective_weight())
+            matmul(dropped, base.effective_weight())
         } else {
             base_out_no_bias()
         };
