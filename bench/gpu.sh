@@ -14,7 +14,13 @@
 # Workloads (MiniLM, batch 32, seq 128, synthetic ids, forward + backward + AdamW per step):
 # LoRA (q,v, r 8) and full fine-tuning, each in f32 and in bf16 autocast (f32 master weights).
 # PyTorch uses its default attention on GPU (sdpa). Env: STEPS (20), BATCH (32), SEQ (128),
-# PYTHON (python3), METHODS ("lora full"), PRECISIONS ("f32 bf16").
+# PYTHON (python3), METHODS ("lora full"), PRECISIONS ("f32 bf16"), RUN_TIMEOUT (300 s per run).
+#
+# Known state (2026-11-27, H200): finetune's CUDA runs start, compile their kernels through NVRTC
+# and did not finish 13 steps within 125 s, while PyTorch takes ~20 ms/step; the per-step lines
+# finetune-bench prints to stderr ($OUT/finetune-*.err) show whether that is compile time on the
+# first steps or a slow steady state. Give the first finetune run the whole budget to find out:
+# METHODS=lora PRECISIONS=f32 RUN_TIMEOUT=400 bench/gpu.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-carry
@@ -40,6 +46,10 @@ tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(os.path.jo
 save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 shutil.copy(os.path.join(snap, "config.json"), os.path.join(out, "config.json"))
 PY
+  # CUDA's cooperative_groups headers include CCCL's <nv/target>; PyTorch's wheels do not always
+  # ship CCCL, so carry the headers of the nvidia-cuda-cccl wheel from this machine's Python.
+  cccl="$("$PYTHON" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "include"))')"
+  tar -C "$cccl" -cJf "$CARRY/cccl.tar.xz" cccl
   xz -T0 -6 "$CARRY/finetune-bench" "$CARRY/minilm-bf16/model.safetensors"
   du -sh "$CARRY"
   exit 0
@@ -85,6 +95,14 @@ else
     hdr="$(find "$nv" /usr/local/cuda* -name cuda_fp16.h 2>/dev/null | head -1 || true)"
     [ -n "$hdr" ] && export CUDA_PATH="$(dirname "$(dirname "$hdr")")"
   fi
+  if [ -n "${CUDA_PATH:-}" ] && [ ! -e "$CUDA_PATH/include/cccl/nv/target" ] && [ -f "$CARRY/cccl.tar.xz" ]; then
+    # A CUDA root of links to the machine's headers plus the carried CCCL ones.
+    mkdir -p "$UNPACKED/cuda/include"
+    for e in "$CUDA_PATH"/include/*; do ln -sfn "$e" "$UNPACKED/cuda/include/"; done
+    rm -rf "$UNPACKED/cuda/include/cccl"
+    tar -C "$UNPACKED/cuda/include" -xJf "$CARRY/cccl.tar.xz"
+    export CUDA_PATH="$UNPACKED/cuda"
+  fi
   echo "NVRTC: $nvrtc; CUDA_PATH=${CUDA_PATH:-unset}" >&2
 fi
 echo "device: $card" >&2
@@ -100,13 +118,13 @@ run_measured() { # name, command...
     poll=$!
   fi
   local rc=0
-  timeout "${RUN_TIMEOUT:-150}" "$@" > "$OUT/$name.json" 2> "$OUT/$name.err" || rc=$?
+  timeout "${RUN_TIMEOUT:-300}" "$@" > "$OUT/$name.json" 2> "$OUT/$name.err" || rc=$?
   if [ -n "$poll" ]; then kill "$poll" 2>/dev/null || true; wait "$poll" 2>/dev/null || true; fi
   local peak=0
   [ -s "$OUT/$name.mem" ] && peak=$(sort -n "$OUT/$name.mem" | tail -1)
   echo "$((peak - base))" > "$OUT/$name.peak"
   if [ $rc -ne 0 ] || ! [ -s "$OUT/$name.json" ]; then
-    echo "$name failed (exit $rc):" >&2; tail -5 "$OUT/$name.err" >&2
+    echo "$name failed (exit $rc):" >&2; grep -v '^\s*$' "$OUT/$name.err" | tail -8 >&2
     echo '{}' > "$OUT/$name.json"
   fi
   echo "$name: $(cat "$OUT/$name.json")" >&2

@@ -158,6 +158,9 @@ fn main() -> anyhow::Result<()> {
             model = optim.step(model, &grads, &|_| 1e-4);
             let _: f32 = loss.into_scalar();
             times.push(s.elapsed().as_secs_f64());
+            // On a GPU the first steps include compiling the kernels; seeing each step's time
+            // tells that apart from a slow steady state, even in a run that gets cut off.
+            eprintln!("step {step}: {:.1} ms", times[step] * 1e3);
         }
     }
     let ms = median(times[3..].to_vec()) * 1e3;
