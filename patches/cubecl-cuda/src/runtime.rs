@@ -86,7 +86,8 @@ impl DeviceService for CudaServer {
         } as u32;
 
         // SAFETY: `cuDriverGetVersion` writes the version into `version`, which outlives the call.
-        let driver_version = unsafe {
+        // (finetune's patch: only the removed LLVM backend read it; the call still checks the driver.)
+        let _driver_version = unsafe {
             let mut version = 0;
             cuDriverGetVersion(&mut version)
                 .result()
