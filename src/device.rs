@@ -18,7 +18,9 @@ pub fn select(name: &str) -> Result<Device> {
 #[cfg(feature = "cuda")]
 fn cuda(name: &str) -> Result<Device> {
     let index = match name.strip_prefix("cuda:") {
-        Some(n) => n.parse::<usize>().map_err(|_| anyhow::anyhow!("device '{name}': expected cuda:N with N a number"))?,
+        Some(n) => {
+            n.parse::<usize>().map_err(|_| anyhow::anyhow!("device '{name}': expected cuda:N with N a number"))?
+        }
         None => 0,
     };
     Ok(Device::cuda(index))

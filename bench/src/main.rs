@@ -116,7 +116,12 @@ fn main() -> anyhow::Result<()> {
     let (batch, seq, steps) = (arg(&args, "--batch", 16), arg(&args, "--seq", 128), arg(&args, "--steps", 10));
     let dir = match args.iter().position(|a| a == "--model") {
         Some(i) => std::path::PathBuf::from(&args[i + 1]),
-        None => resolve("sentence-transformers/all-MiniLM-L6-v2", RepoKind::Model, "main", &["config.json", "model.safetensors"])?,
+        None => resolve(
+            "sentence-transformers/all-MiniLM-L6-v2",
+            RepoKind::Model,
+            "main",
+            &["config.json", "model.safetensors"],
+        )?,
     };
     let files = ModelDir::open(&dir)?;
     let encoded: Vec<Encoded> = (0..batch)
