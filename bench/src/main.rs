@@ -31,12 +31,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
-}
-
 fn text_arg<'a>(args: &'a [String], name: &str, default: &'a str) -> &'a str {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, String::as_str)
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter().any(|a| a == name).then(|| text_arg(args, name, "").parse().expect("a number")).unwrap_or(default)
 }
 
 fn lora_config(dora: bool) -> LoraConfig {
@@ -114,8 +114,8 @@ fn main() -> anyhow::Result<()> {
     }
     let method = args.get(2).map(String::as_str).unwrap_or("full");
     let (batch, seq, steps) = (arg(&args, "--batch", 16), arg(&args, "--seq", 128), arg(&args, "--steps", 10));
-    let dir = match args.iter().position(|a| a == "--model") {
-        Some(i) => std::path::PathBuf::from(&args[i + 1]),
+    let dir = match args.iter().position(|a| a == "--model").map(|_| text_arg(&args, "--model", "")) {
+        Some(path) => std::path::PathBuf::from(path),
         None => resolve(
             "sentence-transformers/all-MiniLM-L6-v2",
             RepoKind::Model,
