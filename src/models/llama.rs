@@ -1,0 +1,495 @@
+//! Llama-family decoder (Llama 2/3, SmolLM, TinyLlama, ...): RMSNorm, rotary position
+//! embeddings, grouped-query attention, SwiGLU feed-forward, optionally tied input/output
+//! embeddings, causal attention with a KV cache for generation.
+//!
+//! Field names follow `transformers`' `LlamaForCausalLM`, so a parameter's burn path *is* its
+//! checkpoint key (`model.layers.0.self_attn.q_proj.weight`); dense weights are transposed.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use serde::{Deserialize, Serialize};
+
+use super::dense::Dense;
+use super::precision::matmul;
+
+/// Mirrors the fields of a Llama `config.json` that the architecture needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// transformers < 5 writes `rope_theta`; 5.x writes `rope_parameters.rope_theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// One id or a list of ids.
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(|v| v.as_f64())
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0)
+    }
+
+    /// Token ids that end generation.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Check the combinations this implementation supports, with a message a user can act on.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        ensure!(self.hidden_act == "silu", "hidden_act '{}' is not supported (Llama uses 'silu')", self.hidden_act);
+        ensure!(
+            self.num_attention_heads % self.num_kv_heads() == 0,
+            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            self.num_attention_heads,
+            self.num_kv_heads()
+        );
+        ensure!(self.head_dim() % 2 == 0, "head_dim {} must be even for rotary embeddings", self.head_dim());
+        for rope in [&self.rope_scaling, &self.rope_parameters].into_iter().flatten() {
+            let kind = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|v| v.as_str());
+            ensure!(
+                matches!(kind, None | Some("default")),
+                "rope scaling '{}' is not supported yet (only the default rotary embedding)",
+                kind.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) · weight`, computed in f32 (as transformers does).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn new(dim: usize, eps: f64, device: &Device) -> Self {
+        Self { weight: Initializer::Ones.init([dim], device), eps }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+        (x / rms) * self.weight.val().unsqueeze::<D>()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    pub q_proj: Dense,
+    pub k_proj: Dense,
+    pub v_proj: Dense,
+    pub o_proj: Dense,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    pub gate_proj: Dense,
+    pub up_proj: Dense,
+    pub down_proj: Dense,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer {
+    pub self_attn: LlamaAttention,
+    pub mlp: LlamaMlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<LlamaDecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM {
+    pub model: LlamaModel,
+    /// `None` when the output projection is the (tied) input embedding.
+    pub lm_head: Option<Dense>,
+    pub rope_theta: f64,
+}
+
+/// Keys and values of the positions seen so far, per layer (`[batch, kv_heads, t, head_dim]`).
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// cos/sin tables `[1, 1, len, head_dim]` for positions `start..start + len`, as transformers
+/// builds them (`inv_freq = θ^(-2i/d)`, the two halves repeated).
+struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl Rope {
+    fn new(theta: f64, head_dim: usize, start: usize, len: usize, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        let mut cos = Vec::with_capacity(len * head_dim);
+        let mut sin = Vec::with_capacity(len * head_dim);
+        for p in start..start + len {
+            for _half in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, len, head_dim]), device);
+        Self { cos: t(cos), sin: t(sin) }
+    }
+
+    /// `x·cos + rotate_half(x)·sin` for `x [b, heads, len, head_dim]`.
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, _, d] = x.dims();
+        let x1 = x.clone().slice(s![.., .., .., 0..d / 2]);
+        let x2 = x.clone().slice(s![.., .., .., d / 2..d]);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Additive causal mask `[1, 1, len, start + len]`: query `i` (at position `start + i`) sees keys
+/// `0..=start + i`.
+fn causal_bias(start: usize, len: usize, device: &Device) -> Tensor<4> {
+    let total = start + len;
+    let mut bias = vec![0f32; len * total];
+    for i in 0..len {
+        for j in start + i + 1..total {
+            bias[i * total + j] = -1e9;
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [1, 1, len, total]), device)
+}
+
+impl LlamaForCausalLM {
+    /// A randomly initialised model (transformers' init: N(0, initializer_range), unit norms).
+    /// Parameters are lazy, so loading a checkpoint afterwards never pays for this init.
+    pub fn new(cfg: &LlamaConfig, device: &Device) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let (h, dh) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        let std = cfg.initializer_range;
+        let dense = |i: usize, o: usize, bias: bool| Dense::new(i, o, std, bias, device);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer {
+                self_attn: LlamaAttention {
+                    q_proj: dense(h, nh * dh, cfg.attention_bias),
+                    k_proj: dense(h, nkv * dh, cfg.attention_bias),
+                    v_proj: dense(h, nkv * dh, cfg.attention_bias),
+                    o_proj: dense(nh * dh, h, cfg.attention_bias),
+                    num_heads: nh,
+                    num_kv_heads: nkv,
+                    head_dim: dh,
+                },
+                mlp: LlamaMlp {
+                    gate_proj: dense(h, cfg.intermediate_size, cfg.mlp_bias),
+                    up_proj: dense(h, cfg.intermediate_size, cfg.mlp_bias),
+                    down_proj: dense(cfg.intermediate_size, h, cfg.mlp_bias),
+                },
+                input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
+                post_attention_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
+            })
+            .collect();
+        Ok(Self {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(cfg.vocab_size, h)
+                    .with_initializer(Initializer::Normal { mean: 0.0, std })
+                    .init(device),
+                layers,
+                norm: RmsNorm::new(h, cfg.rms_norm_eps, device),
+            },
+            lm_head: (!cfg.tie_word_embeddings).then(|| dense(h, cfg.vocab_size, false)),
+            rope_theta: cfg.rope_theta(),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.lazy_shape().as_slice()[0]
+    }
+
+    /// Final hidden states `[batch, len, hidden]` (after the last RMSNorm) of `ids [batch, len]`.
+    /// With a cache, `ids` continue the cached positions and the cache is extended.
+    pub fn hidden(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, len] = ids.dims();
+        let device = ids.device();
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
+        let rope = Rope::new(self.rope_theta, head_dim, start, len, &device);
+        let bias = causal_bias(start, len, &device);
+        let mut x = self.model.embed_tokens.forward(ids);
+        match cache {
+            Some(cache) => {
+                cache.layers.resize_with(self.model.layers.len(), || None);
+                for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+                    x = layer.forward(x, &rope, &bias, Some(kv));
+                }
+            }
+            None => {
+                for layer in &self.model.layers {
+                    x = layer.forward(x, &rope, &bias, None);
+                }
+            }
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Next-token logits `[rows, vocab]` of hidden states `[rows, hidden]`.
+    pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => matmul(hidden, self.model.embed_tokens.weight.val().transpose()),
+        }
+    }
+
+    /// Logits `[batch, len, vocab]` of every position.
+    pub fn forward(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let hidden = self.hidden(ids, cache);
+        let [b, l, h] = hidden.dims();
+        let logits = self.logits(hidden.reshape([b * l, h]));
+        let v = logits.dims()[1];
+        logits.reshape([b, l, v])
+    }
+}
+
+impl LlamaDecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        bias: &Tensor<4>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let attended = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, bias, cache);
+        let normed = self.post_attention_layernorm.forward(attended.clone());
+        let mlp = &self.mlp;
+        attended + mlp.down_proj.forward(silu(mlp.gate_proj.forward(normed.clone())) * mlp.up_proj.forward(normed))
+    }
+}
+
+impl LlamaAttention {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        bias: &Tensor<4>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let [b, l, _] = x.dims();
+        let (nh, nkv, dh) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<3>, n: usize| t.reshape([b, l, n, dh]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), nh));
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), nkv));
+        let mut v = heads(self.v_proj.forward(x), nkv);
+        if let Some(slot) = cache {
+            if let Some((k0, v0)) = slot.take() {
+                k = Tensor::cat(vec![k0, k], 2);
+                v = Tensor::cat(vec![v0, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dims()[2];
+        // Grouped-query attention without copying keys/values per query head: the `nh / nkv`
+        // query heads that share a key/value head are stacked along the sequence axis.
+        let group = nh / nkv;
+        let q = q.reshape([b, nkv, group * l, dh]);
+        let scores = matmul(q, k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
+        let scores = scores.reshape([b, nh, l, total]) + bias.clone();
+        let probs = softmax(scores, 3).reshape([b, nkv, group * l, total]);
+        let context = matmul(probs, v).reshape([b, nh, l, dh]).swap_dims(1, 2).reshape([b, l, nh * dh]);
+        self.o_proj.forward(context)
+    }
+}
+
+impl super::DenseLayers for LlamaForCausalLM {
+    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &l.mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &l.mlp.down_proj));
+        }
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+}
+
+/// The Hugging Face key of a parameter given its burn path (they are the same by construction).
+pub fn hf_key(path: &str) -> String {
+    path.to_string()
+}
+
+/// Rows of llama.cpp's Q/K projections are permuted so that the two rotary halves interleave
+/// (`convert_hf_to_gguf.py`'s `permute`); this undoes it for an `[out, in]` matrix, giving
+/// transformers' layout: within each head, row `2j + i` of the file becomes row `i·d/2 + j`.
+pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let half = rows / heads / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for i in 0..2 {
+                let src = h * 2 * half + 2 * j + i;
+                let dst = h * 2 * half + i * half + j;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(heads, 2, d/2, cols).swapaxes(1, 2) — row h·d + 2j + i holds the
+        // original row h·d + i·d/2 + j.
+        let (heads, d, cols) = (3, 8, 2);
+        let rows = heads * d;
+        let original: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let mut permuted = vec![0f32; original.len()];
+        for h in 0..heads {
+            for j in 0..d / 2 {
+                for i in 0..2 {
+                    let src = h * d + i * d / 2 + j;
+                    let dst = h * d + 2 * j + i;
+                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&original[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute_qk_rows(&permuted, rows, cols, heads), original);
+    }
+
+    #[test]
+    fn config_reads_both_rope_theta_spellings_and_rejects_scaling() {
+        let base = serde_json::json!({"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1});
+        let mut v4 = base.clone();
+        v4["rope_theta"] = 500000.0.into();
+        let c: LlamaConfig = serde_json::from_value(v4).unwrap();
+        assert_eq!(c.rope_theta(), 500000.0);
+        let mut v5 = base.clone();
+        v5["rope_parameters"] = serde_json::json!({"rope_theta": 100000.0, "rope_type": "default"});
+        let c: LlamaConfig = serde_json::from_value(v5).unwrap();
+        assert_eq!(c.rope_theta(), 100000.0);
+        c.validate().unwrap();
+        let mut scaled = base;
+        scaled["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        let c: LlamaConfig = serde_json::from_value(scaled).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("llama3"));
+    }
+}
