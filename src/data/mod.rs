@@ -1,6 +1,7 @@
 //! Datasets: reading labelled text, tokenizing it, and batching it.
 
 pub mod batch;
+pub mod chat;
 pub mod text;
 pub mod tokenizer;
 

@@ -1,8 +1,10 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
 pub mod bert;
+pub mod causal_lm;
 pub mod dense;
 pub mod dropout;
+pub mod generation;
 pub mod gguf_llama;
 pub mod llama;
 pub mod precision;

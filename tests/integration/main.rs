@@ -1,5 +1,6 @@
 //! Integration tests (one binary, to keep link time down).
 
+mod causal_lm;
 mod common;
 mod errors;
 mod hub;

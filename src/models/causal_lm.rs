@@ -1,0 +1,127 @@
+//! Where a causal language model comes from: a Hugging Face directory (`config.json` +
+//! `model.safetensors` + `tokenizer.json` [+ `tokenizer_config.json`]) or a llama.cpp GGUF file
+//! (everything inside it; a `tokenizer.json` beside it wins over the GGUF vocabulary).
+
+use super::gguf_llama::GgufLlama;
+use super::llama::{LlamaConfig, LlamaForCausalLM};
+use super::{LoadReport, ModelDir, load_weights};
+use crate::data::chat::ChatTemplate;
+use crate::data::tokenizer::{LmTokenizer, tokenizer_json_from_gguf};
+use crate::io::gguf::{GgufFile, Value};
+use crate::io::safetensors::SafetensorsFile;
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use std::path::{Path, PathBuf};
+
+pub enum DecoderFiles {
+    HfDir(ModelDir),
+    Gguf(GgufFile),
+}
+
+impl DecoderFiles {
+    /// `path` is a `.gguf` file, a directory holding one, or a Hugging Face model directory.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return Ok(Self::Gguf(GgufFile::open(path)?));
+        }
+        if path.join("config.json").is_file() {
+            return Ok(Self::HfDir(ModelDir::open(path)?));
+        }
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        match ggufs.as_slice() {
+            [one] => Ok(Self::Gguf(GgufFile::open(one)?)),
+            [] => bail!("{}: neither a Hugging Face model directory (config.json) nor a .gguf file", path.display()),
+            many => bail!("{}: several .gguf files ({}); name one", path.display(), many.len()),
+        }
+    }
+
+    /// The directory the model's files live in.
+    pub fn dir(&self) -> PathBuf {
+        match self {
+            Self::HfDir(d) => d.dir.clone(),
+            Self::Gguf(g) => g.path().parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::HfDir(d) => d.dir.display().to_string(),
+            Self::Gguf(g) => g.path().display().to_string(),
+        }
+    }
+
+    pub fn config(&self) -> Result<LlamaConfig> {
+        match self {
+            Self::HfDir(d) => {
+                let raw = d.raw_config()?;
+                let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
+                if !matches!(model_type, "llama" | "mistral") {
+                    bail!(
+                        "{}: model_type '{model_type}' is not a decoder finetune supports yet (llama)",
+                        d.config.display()
+                    );
+                }
+                let cfg: LlamaConfig = serde_json::from_value(raw)
+                    .with_context(|| format!("{}: not a Llama config", d.config.display()))?;
+                cfg.validate().with_context(|| d.config.display().to_string())?;
+                Ok(cfg)
+            }
+            Self::Gguf(g) => super::gguf_llama::config(g),
+        }
+    }
+
+    /// The model with its pretrained weights (dequantized to f32 from GGUF).
+    pub fn load(&self, device: &Device) -> Result<(LlamaForCausalLM, LlamaConfig, LoadReport)> {
+        let cfg = self.config()?;
+        let model = LlamaForCausalLM::new(&cfg, device)?;
+        let keys = |info: &crate::io::params::ParamInfo| (vec![info.path.clone()], false);
+        let (model, report) = match self {
+            Self::HfDir(d) => load_weights(model, &SafetensorsFile::open(&d.weights)?, keys)?,
+            Self::Gguf(g) => load_weights(model, &GgufLlama::new(g)?, keys)?,
+        };
+        // A tied checkpoint may still carry a copy of the embedding as lm_head.
+        let unused: Vec<&String> =
+            report.unused.iter().filter(|k| !(cfg.tie_word_embeddings && k.as_str() == "lm_head.weight")).collect();
+        if !unused.is_empty() {
+            tracing::warn!("{}: tensors the model does not use: {unused:?}", self.describe());
+        }
+        Ok((model, cfg, report))
+    }
+
+    pub fn tokenizer(&self) -> Result<LmTokenizer> {
+        let beside = self.dir().join("tokenizer.json");
+        match self {
+            Self::HfDir(_) => LmTokenizer::from_file(&beside),
+            Self::Gguf(_) if beside.is_file() => LmTokenizer::from_file(&beside),
+            Self::Gguf(g) => LmTokenizer::from_json(&tokenizer_json_from_gguf(g)?, &self.describe()),
+        }
+    }
+
+    /// The model's chat template, if it has one.
+    pub fn chat_template(&self, tokenizer: &LmTokenizer, cfg: &LlamaConfig) -> Result<Option<ChatTemplate>> {
+        let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+        let (bos, eos) = (token(cfg.bos_token_id), token(cfg.eos_token_ids().first().copied()));
+        let source = match self {
+            Self::Gguf(g) => g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
+            Self::HfDir(d) => {
+                let jinja = d.dir.join("chat_template.jinja");
+                let config = d.dir.join("tokenizer_config.json");
+                if jinja.is_file() {
+                    Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?)
+                } else if config.is_file() {
+                    let text = std::fs::read_to_string(&config)?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", config.display()))?;
+                    v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string)
+                } else {
+                    None
+                }
+            }
+        };
+        source.map(|s| ChatTemplate::new(&s, &bos, &eos).with_context(|| self.describe())).transpose()
+    }
+}
