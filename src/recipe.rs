@@ -49,12 +49,27 @@ impl std::str::FromStr for Method {
     }
 }
 
+/// What the model learns to do.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Labelled texts, an encoder and a classification head (`tasks::text_classification`).
+    #[default]
+    TextClassification,
+    /// Supervised fine-tuning of a decoder on prompts and responses (`tasks::causal_lm`).
+    CausalLm,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    #[serde(default)]
+    pub task: Task,
     pub method: Method,
     /// A model directory or a Hugging Face hub id (resolved through the hub cache).
     pub model: String,
+    /// For a hub id of a GGUF repository: the file to use (like transformers' `gguf_file`).
+    pub gguf_file: Option<String>,
     #[serde(default = "default_revision")]
     pub revision: String,
     #[serde(default = "default_seed")]
@@ -116,6 +131,16 @@ pub struct DataConfig {
     pub max_length: usize,
     #[serde(default)]
     pub skip_bad_rows: bool,
+    /// Causal LM: train only on completions / assistant turns (the prompt is context).
+    #[serde(default = "default_true")]
+    pub completion_only_loss: bool,
+    /// Causal LM: concatenate training examples into rows of `max_length` tokens.
+    #[serde(default)]
+    pub packing: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_text_column() -> String {

@@ -2,7 +2,9 @@
 
 mod inspect;
 
-use crate::recipe::Recipe;
+use crate::models::generation::Sampling;
+use crate::recipe::{Recipe, Task};
+use crate::tasks::causal_lm::{self, LmReport};
 use crate::tasks::text_classification::{self, FinetunedClassifier};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -83,6 +85,37 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Generate text with a causal language model (optionally with a LoRA adapter), streaming
+    /// tokens to the terminal. Instruct models get their chat template.
+    Generate {
+        /// A Hugging Face model directory, a .gguf file, or a hub id (with --gguf-file for a GGUF repo).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        gguf_file: Option<String>,
+        /// A PEFT LoRA adapter (finetune's or Python peft's).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        /// A system message for the chat template.
+        #[arg(long)]
+        system: Option<String>,
+        /// Use the prompt as raw text, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// 0 is greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Describe a model: architecture, parameters, and what a method would train.
     Inspect {
         model: String,
@@ -103,6 +136,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train { recipe, overrides, resume, no_progress, json } => {
             let r = Recipe::load(&recipe, &overrides)?;
             let show = !no_progress && std::io::stderr().is_terminal();
+            if r.task == Task::CausalLm {
+                let report = causal_lm::run(&r, resume, show)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_lm_report(&report);
+                }
+                return Ok(());
+            }
             let report = text_classification::run(&r, resume, show)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -189,9 +231,56 @@ pub fn run(cli: Cli) -> Result<()> {
             m.save(&out)?;
             println!("merged {n} adapted layers into {}", out.display());
         }
+        Command::Generate {
+            model,
+            gguf_file,
+            adapter,
+            prompt,
+            system,
+            raw,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            device,
+        } => {
+            let sampling = Sampling { temperature, top_p, seed, max_new_tokens, stop_ids: Vec::new() };
+            let opts = causal_lm::GenerateOptions { system, raw };
+            let path = causal_lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
+            causal_lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
+        }
         Command::Inspect { model, method, trainable_layers, quantize } => {
             inspect::run(&model, &method, trainable_layers, quantize.as_deref())?
         }
     }
     Ok(())
+}
+
+fn print_lm_report(r: &LmReport) {
+    println!("method:        {}", r.method);
+    println!("model:         {}", r.model);
+    println!("trainable:     {} of {} parameters", r.trainable_params, r.total_params);
+    println!(
+        "steps:         {} ({} epochs{}), {:.1} s, {:.0} tokens/s",
+        r.optimizer_steps,
+        r.epochs_run,
+        if r.stopped_early { ", stopped early" } else { "" },
+        r.train_seconds,
+        r.train_tokens_per_second
+    );
+    for (name, before, after) in
+        [("validation", &r.validation_before, &r.validation_after), ("test", &r.test_before, &r.test_after)]
+    {
+        if let (Some(b), Some(a)) = (before, after) {
+            println!(
+                "{name:<11}    loss {:.4} -> {:.4}, perplexity {:.2} -> {:.2}, token accuracy {:.4} -> {:.4}",
+                b.loss, a.loss, b.perplexity, a.perplexity, b.token_accuracy, a.token_accuracy
+            );
+        }
+    }
+    for s in &r.samples {
+        println!("\nprompt:    {}\nreference: {}\nbefore:    {}\nafter:     {}", s.prompt, s.reference, s.before, s.after);
+    }
+    println!("\nsaved:         {}", r.output_dir.display());
+    println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", r.run_dir.display());
 }

@@ -1,3 +1,4 @@
 //! Tasks: each wires a model family, its data and the methods into runnable jobs.
 
+pub mod causal_lm;
 pub mod text_classification;

@@ -19,7 +19,7 @@ use crate::training::checkpoint::{BestSoFar, RunDir};
 use crate::training::metrics::{EvalMetrics, read_log};
 use crate::training::optimizer::AdamWConfig;
 use crate::training::schedule::LrSchedule;
-use crate::training::trainer::{Examples, MethodHooks, Split, TrainerConfig, evaluate, train};
+use crate::training::trainer::{Examples, MethodHooks, Split, TrainerConfig, classification_loss, evaluate, train};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
@@ -88,12 +88,10 @@ impl Examples<TextClassifier> for TokenExamples<'_> {
     fn len(&self, split: Split) -> usize {
         self.split(split).map_or(0, TokenizedSplit::len)
     }
-    fn labels(&self, split: Split) -> &[usize] {
-        self.split(split).map_or(&[], |s| &s.labels)
-    }
-    fn logits(&self, model: &TextClassifier, split: Split, indices: &[usize]) -> Tensor<2> {
+    fn loss(&self, model: &TextClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
         let s = self.split(split).expect("split present");
-        model.forward(&collate(&s.encoded, indices, self.pad_id, &self.device))
+        let logits = model.forward(&collate(&s.encoded, indices, self.pad_id, &self.device));
+        classification_loss(logits, &s.labels, indices)
     }
     fn eval_order(&self, split: Split) -> Vec<usize> {
         self.split(split).map_or_else(Vec::new, |s| length_sorted(&s.encoded))
@@ -118,15 +116,12 @@ impl Examples<ClassificationHead> for FeatureExamples {
     fn len(&self, split: Split) -> usize {
         self.labels[slot(split)].len()
     }
-    fn labels(&self, split: Split) -> &[usize] {
-        &self.labels[slot(split)]
-    }
-    fn logits(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> Tensor<2> {
+    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
         let features = self.features[slot(split)].as_ref().expect("split present");
         let device = features.device();
         let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [indices.len()]), &device);
-        head.forward(features.clone().select(0, idx))
+        classification_loss(head.forward(features.clone().select(0, idx)), &self.labels[slot(split)], indices)
     }
 }
 
@@ -310,7 +305,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     Ok(report)
 }
 
-fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize, show_progress: bool) -> TrainerConfig {
+pub(crate) fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize, show_progress: bool) -> TrainerConfig {
     let t = &recipe.training;
     let per_epoch = TrainerConfig::steps_per_epoch(t.batch_size, t.grad_accum_steps, n_train);
     let total = t.max_steps.map_or(per_epoch * t.epochs, |m| m.min(per_epoch * t.epochs));

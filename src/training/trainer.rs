@@ -33,17 +33,32 @@ impl Split {
     }
 }
 
-/// Labelled examples a model turns into logits.
+/// Training examples and how a model is scored on them.
 pub trait Examples<M> {
     /// Number of examples in `split` (0 when the split is absent).
     fn len(&self, split: Split) -> usize;
-    fn labels(&self, split: Split) -> &[usize];
-    /// Logits `[indices.len(), num_labels]` of the given examples.
-    fn logits(&self, model: &M, split: Split, indices: &[usize]) -> Tensor<2>;
+    /// The mean loss of a batch (over its [`weight`](Self::weight)), and (predicted, actual)
+    /// class pairs for accuracy: one per example for a classifier, one per target token for a
+    /// language model.
+    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>);
+    /// What a batch weighs in a mean: its examples, or its target tokens for a language model.
+    fn weight(&self, _split: Split, indices: &[usize]) -> f64 {
+        indices.len() as f64
+    }
     /// The order in which to evaluate a split (any order gives the same metrics).
     fn eval_order(&self, split: Split) -> Vec<usize> {
         (0..self.len(split)).collect()
     }
+}
+
+/// [`Examples::loss`] of a classifier: cross-entropy of `logits [b, c]` against the labels of
+/// the examples `indices`, and their argmax predictions.
+pub fn classification_loss(logits: Tensor<2>, labels: &[usize], indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    let device = logits.device();
+    let y = crate::data::batch::label_tensor(labels, indices, &device);
+    let argmax: Vec<i64> = logits.clone().argmax(1).into_data().convert::<i64>().try_into_vec().expect("int data");
+    let pairs = indices.iter().zip(argmax).map(|(&i, p)| (p as usize, labels[i])).collect();
+    (cross_entropy(logits, y), pairs)
 }
 
 #[derive(Debug, Clone)]
@@ -106,25 +121,21 @@ pub fn evaluate<M, E: Examples<M>>(
     num_labels: usize,
 ) -> EvalMetrics {
     let order = data.eval_order(split);
-    let labels = data.labels(split);
-    let mut predicted = vec![0usize; order.len()];
-    let mut loss_sum = 0.0;
+    let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
+    let (mut predicted, mut actual) = (Vec::new(), Vec::new());
     for batch in chunk(&order, batch_size) {
-        let logits = data.logits(model, split, &batch);
-        let device = logits.device();
-        let y = crate::data::batch::label_tensor(labels, &batch, &device);
-        let loss: f32 = cross_entropy(logits.clone(), y).into_scalar();
-        loss_sum += loss as f64 * batch.len() as f64;
-        let argmax: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_into_vec().expect("int data");
-        for (&i, p) in batch.iter().zip(argmax) {
-            predicted[i] = p as usize;
+        let weight = data.weight(split, &batch);
+        let (loss, pairs) = data.loss(model, split, &batch);
+        let loss: f32 = loss.into_scalar();
+        loss_sum += loss as f64 * weight;
+        weight_sum += weight;
+        for (p, a) in pairs {
+            predicted.push(p);
+            actual.push(a);
         }
     }
-    let actual: Vec<usize> = labels.to_vec();
-    let indices: Vec<usize> = (0..labels.len()).collect();
-    let predicted_in_order: Vec<usize> = indices.iter().map(|&i| predicted[i]).collect();
-    let (accuracy, macro_f1) = accuracy_and_macro_f1(&predicted_in_order, &actual, num_labels);
-    EvalMetrics { loss: loss_sum / order.len().max(1) as f64, accuracy, macro_f1, examples: order.len() }
+    let (accuracy, macro_f1) = accuracy_and_macro_f1(&predicted, &actual, num_labels);
+    EvalMetrics { loss: loss_sum / weight_sum.max(1e-12), accuracy, macro_f1, examples: order.len() }
 }
 
 /// Train `model` on `data`. With `resume`, continue from the run directory's latest checkpoint.
@@ -169,7 +180,6 @@ where
 
     let total_steps = cfg.max_steps.map_or(steps_per_epoch * cfg.epochs, |m| m.min(steps_per_epoch * cfg.epochs));
     let progress = progress_bar(cfg.show_progress, total_steps as u64, state.step as u64);
-    let labels = data.labels(Split::Train);
     let (mut window_loss, mut window_examples, mut window_start) = (0.0f64, 0usize, Instant::now());
 
     'epochs: for epoch in state.epoch..cfg.epochs {
@@ -184,15 +194,15 @@ where
             }
             let step_start = Instant::now();
             let group_examples: usize = group.iter().map(Vec::len).sum();
+            let group_weight: f64 = group.iter().map(|b| data.weight(Split::Train, b)).sum();
             let mut grads = GradStore::default();
             let mut group_loss = 0.0;
             for (micro, batch) in group.iter().enumerate() {
                 let seed = step_seed(cfg.seed, state.step, micro);
                 device.seed(seed);
                 crate::models::dropout::seed(seed);
-                let logits = data.logits(&model, Split::Train, batch);
-                let y = crate::data::batch::label_tensor(labels, batch, device);
-                let loss = cross_entropy(logits, y).mul_scalar(batch.len() as f64 / group_examples as f64);
+                let (loss, _) = data.loss(&model, Split::Train, batch);
+                let loss = loss.mul_scalar(data.weight(Split::Train, batch) / group_weight);
                 let value: f32 = loss.clone().into_scalar();
                 if !value.is_finite() {
                     bail!(
