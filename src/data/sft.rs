@@ -200,7 +200,8 @@ mod tests {
         assert_eq!(packed.len(), 3);
         assert_eq!(packed[0].ids, vec![0, 1, 2, 0]);
         assert_eq!(packed[0].trained, vec![true, true, true, false]);
-        assert_eq!(packed[2].ids, vec![0, 1]);
+        assert_eq!(packed[1].ids, vec![1, 2, 3, 0]);
+        assert_eq!(packed[2].ids, vec![1, 2]);
         assert_eq!(packed[2].targets(), 1);
     }
 }
