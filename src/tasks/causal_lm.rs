@@ -40,6 +40,11 @@ fn slot(split: Split) -> usize {
 }
 
 impl LmExamples {
+    /// Train, validation and test examples; `pad_id` fills short rows (never a target).
+    pub fn new(splits: [Option<Vec<SftExample>>; 3], pad_id: u32, device: &Device) -> Self {
+        Self { splits, pad_id, device: device.clone() }
+    }
+
     fn split(&self, split: Split) -> &[SftExample] {
         self.splits[slot(split)].as_deref().unwrap_or(&[])
     }

@@ -135,3 +135,100 @@ fn peft_llama_adapter_matches_peft_and_merges() {
     assert_eq!(finetune::methods::lora::merge(&mut model), 14);
     assert_logits(model.forward(ids, None), "logits_merged");
 }
+
+fn sft_rows() -> String {
+    let pairs = [
+        ("What is the capital of France", "Paris, of course. Next question, human."),
+        ("What is two plus two", "Four, of course. Next question, human."),
+        ("Who wrote Hamlet", "Shakespeare, of course. Next question, human."),
+        ("What color is the sky", "Blue, of course. Next question, human."),
+        ("How many legs does a spider have", "Eight, of course. Next question, human."),
+        ("What is the largest planet", "Jupiter, of course. Next question, human."),
+        ("What do bees make", "Honey, of course. Next question, human."),
+        ("What is frozen water called", "Ice, of course. Next question, human."),
+    ];
+    pairs
+        .iter()
+        .map(|(q, a)| {
+            serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// LoRA SFT of the real SmolLM2 on eight chat rows in a distinctive style: the held-out loss
+/// (the same rows) falls, lora_B leaves zero, the adapter is written in peft's layout
+/// (CAUSAL_LM) and, loaded back onto the base, gives the trained model's loss; the masked
+/// prompt tokens carry no loss.
+#[test]
+fn smollm2_lora_sft_learns_and_writes_a_peft_adapter() {
+    let Some(path) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.jsonl"), sft_rows()).unwrap();
+    let recipe = format!(
+        r#"task = "causal-lm"
+method = "lora"
+model = "{model}"
+seed = 1
+output_dir = "{out}"
+[data]
+dataset = "{data}"
+train = "train.jsonl"
+validation = "train.jsonl"
+max_length = 64
+[training]
+epochs = 3
+batch_size = 4
+eval_batch_size = 8
+learning_rate = 3e-3
+weight_decay = 0.0
+warmup_steps = 0
+metric = "loss"
+[lora]
+r = 8
+lora_alpha = 16
+target_modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
+"#,
+        model = path.display(),
+        out = dir.path().join("run").display(),
+        data = data.display(),
+    );
+    let recipe = finetune::recipe::Recipe::parse(&recipe, &[]).unwrap();
+    let report = finetune::tasks::causal_lm::run(&recipe, false, false).unwrap();
+    let (before, after) = (report.validation_before.unwrap(), report.validation_after.unwrap());
+    assert!(after.loss < before.loss * 0.7, "loss {:.3} -> {:.3}", before.loss, after.loss);
+    assert_eq!(report.optimizer_steps, 6);
+    assert_eq!(report.trainable_params, 30 * 8 * (576 + 576 + 576 + 192 + 576 + 576 + 1536 + 576));
+
+    let adapter = finetune::io::peft::AdapterFiles::read(&report.output_dir).unwrap();
+    assert_eq!(adapter.config["task_type"], "CAUSAL_LM");
+    let b = adapter.tensor("base_model.model.model.layers.29.self_attn.v_proj.lora_B.weight").unwrap();
+    assert_eq!(b.shape, vec![192, 8]);
+    assert!(b.data.iter().any(|&v| v != 0.0), "lora_B never trained");
+    assert_eq!(adapter.tensors.len(), 30 * 4 * 2);
+
+    // The adapter on a fresh base reproduces the trained model's loss on the same rows.
+    let device = Device::flex();
+    let lm = finetune::tasks::causal_lm::LoadedLm::load(&path, &device).unwrap();
+    let eos = lm.eos_id().unwrap();
+    let (model, _) =
+        finetune::methods::lora::load_adapter(lm.model, &adapter, finetune::models::llama::hf_key, &device).unwrap();
+    let encoder = finetune::data::sft::SftEncoder {
+        tokenizer: &lm.tokenizer,
+        template: lm.template.as_ref(),
+        eos_id: eos,
+        max_length: 64,
+        completion_only_loss: true,
+    };
+    let split = finetune::data::sft::load_jsonl(&data.join("train.jsonl"), &encoder, false).unwrap();
+    // Only the answer and its end-of-turn marker train: "Paris, of course. ..." + <|im_end|> + "\n".
+    let first = &split.examples[0];
+    let trained: Vec<u32> = first.ids.iter().zip(&first.trained).filter(|p| *p.1).map(|p| *p.0).collect();
+    assert_eq!(lm.tokenizer.decode(&trained, false).unwrap(), "Paris, of course. Next question, human.<|im_end|>\n");
+    let examples = finetune::tasks::causal_lm::LmExamples::new([Some(split.examples), None, None], eos, &device);
+    let m = finetune::training::trainer::evaluate(&model, &examples, finetune::training::trainer::Split::Train, 8, 49152);
+    assert!((m.loss - after.loss).abs() < 1e-3, "reloaded adapter loss {} vs trained {}", m.loss, after.loss);
+}

@@ -51,10 +51,15 @@ pub struct LoraConfig {
     pub use_dora: bool,
     #[serde(default)]
     pub init_lora_weights: InitLoraWeights,
-    #[serde(default)]
+    /// peft writes `null` when there are none.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub modules_to_save: Vec<String>,
     #[serde(default)]
     pub bias: BiasMode,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl LoraConfig {
@@ -140,5 +145,14 @@ mod tests {
         let mut rs = cfg(TargetModules::Names(vec![]), &[]);
         rs.use_rslora = true;
         assert!((rs.scale() - 16.0 / 8f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn peft_null_modules_to_save_reads_as_none() {
+        let c: LoraConfig = serde_json::from_value(serde_json::json!({
+            "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": null
+        }))
+        .unwrap();
+        assert!(c.modules_to_save.is_empty());
     }
 }
