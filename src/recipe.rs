@@ -361,7 +361,13 @@ impl Recipe {
             bail!("method = \"lora\" needs a [lora] section (r, lora_alpha, target_modules, ...)");
         }
         if let Some(q) = &self.quantization {
-            q.validate()?;
+            if q.keeps_file_quantization() {
+                if self.task != Task::CausalLm {
+                    bail!("quantization.type = \"gguf\" keeps a GGUF decoder's own quantization (task = \"causal-lm\")");
+                }
+            } else {
+                q.validate()?;
+            }
             if self.method != Method::Lora {
                 bail!("[quantization] needs method = \"lora\" (QLoRA): other methods train the base weights");
             }

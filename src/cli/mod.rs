@@ -225,6 +225,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Merge { base, adapter, out } if causal_lm::is_causal_lm_adapter(&adapter)? => {
+            let base = base.context("--base is needed for a causal-LM adapter")?;
+            let path = causal_lm::resolve_model(&base, None, "main")?;
+            let n = causal_lm::merge_cli(&path, &adapter, &out)?;
+            println!("merged {n} adapted layers into {}", out.display());
+        }
         Command::Merge { base, adapter, out } => {
             let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
             let n = m.merge_adapter()?;

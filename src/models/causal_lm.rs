@@ -4,7 +4,9 @@
 
 use super::gguf_llama::GgufLlama;
 use super::llama::{LlamaConfig, LlamaForCausalLM};
-use super::{LoadReport, ModelDir, load_weights};
+use super::{DenseLayers, LoadReport, ModelDir, load_weights};
+use crate::quant::ggml::GgmlWeight;
+use crate::quant::{FrozenWeight, QuantReport};
 use crate::data::chat::ChatTemplate;
 use crate::data::tokenizer::{LmTokenizer, tokenizer_json_from_gguf};
 use crate::io::gguf::{GgufFile, Value};
@@ -88,6 +90,42 @@ impl DecoderFiles {
             report.unused.iter().filter(|k| !(cfg.tie_word_embeddings && k.as_str() == "lm_head.weight")).collect();
         if !unused.is_empty() {
             tracing::warn!("{}: tensors the model does not use: {unused:?}", self.describe());
+        }
+        Ok((model, cfg, report))
+    }
+
+    /// The model with the linear layers of its blocks kept in the GGUF file's own quantization
+    /// (frozen, dequantized per forward pass); embeddings, norms and head are f32. Only for GGUF.
+    pub fn load_keeping_quantization(&self, device: &Device) -> Result<(LlamaForCausalLM, LlamaConfig, QuantReport)> {
+        let Self::Gguf(g) = self else {
+            bail!("{}: keeping the file's quantization needs a GGUF model", self.describe());
+        };
+        let source = GgufLlama::new(g)?;
+        let cfg = source.cfg.clone();
+        let model = LlamaForCausalLM::new(&cfg, device)?;
+        let frozen = |path: &str| path.starts_with("model.layers.") && path.ends_with("_proj.weight");
+        // The block weights are left unloaded (lazy parameters cost nothing) and set below.
+        let (mut model, _) =
+            load_weights(model, &source, |info| (vec![info.path.clone()], frozen(&info.path)))?;
+        let mut report = QuantReport::default();
+        for (name, dense) in model.dense_layers_mut() {
+            let key = format!("{name}.weight");
+            if !frozen(&key) {
+                continue;
+            }
+            let (gguf_name, heads) = super::gguf_llama::gguf_name(&key, &cfg).context("a Llama projection")?;
+            let info = g.info(&gguf_name)?;
+            let [rows, cols] = [info.shape[0], info.shape[1]];
+            if [cols, rows] != [dense.d_in(), dense.d_out()] {
+                bail!("{}: '{gguf_name}' has shape {:?}, the model expects [{}, {}]", self.describe(), info.shape, dense.d_out(), dense.d_in());
+            }
+            let order = heads.map(|h| super::llama::unpermuted_row_order(rows, h));
+            let w = GgmlWeight::new(info.ggml_type, [rows, cols], g.raw(&gguf_name)?, order.as_deref());
+            report.layers += 1;
+            report.parameters += rows * cols;
+            report.f32_bytes += 4 * rows * cols;
+            report.quantized_bytes += w.bytes();
+            dense.set_frozen(FrozenWeight::Ggml(w));
         }
         Ok((model, cfg, report))
     }

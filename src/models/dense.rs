@@ -9,6 +9,7 @@
 
 use crate::methods::lora::LoraAdapter;
 use crate::models::precision::matmul;
+use crate::quant::FrozenWeight;
 use crate::quant::nf4::Quantized4bit;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -22,11 +23,11 @@ pub struct Dense {
     pub bias: Option<Param<Tensor<1>>>,
     /// A LoRA/DoRA adapter, when one is attached (see `methods::lora`).
     pub lora: Option<LoraAdapter>,
-    /// The frozen weight held as packed 4-bit codes (QLoRA). The forward pass dequantizes it into
-    /// a temporary f32 matrix that is a constant for autodiff: gradients reach the input (and the
-    /// adapter), never the quantized weight.
+    /// The frozen weight held quantized (QLoRA's NF4, or GGUF blocks). The forward pass
+    /// dequantizes it into a temporary f32 matrix that is a constant for autodiff: gradients
+    /// reach the input (and the adapter), never the quantized weight.
     #[module(skip)]
-    pub quantized: Option<Arc<Quantized4bit>>,
+    pub quantized: Option<Arc<FrozenWeight>>,
 }
 
 impl Dense {
@@ -43,14 +44,14 @@ impl Dense {
 
     pub fn d_in(&self) -> usize {
         match &self.quantized {
-            Some(q) => q.shape[1],
+            Some(q) => q.shape()[1],
             None => self.weight.lazy_shape().as_slice()[0],
         }
     }
 
     pub fn d_out(&self) -> usize {
         match &self.quantized {
-            Some(q) => q.shape[0],
+            Some(q) => q.shape()[0],
             None => self.weight.lazy_shape().as_slice()[1],
         }
     }
@@ -59,7 +60,7 @@ impl Dense {
     pub fn effective_weight(&self) -> Tensor<2> {
         let Some(q) = &self.quantized else { return self.weight.val() };
         let device = self.weight.lazy_device();
-        let [rows, cols] = q.shape;
+        let [rows, cols] = q.shape();
         // PyTorch layout [out, in] → ours [in, out].
         Tensor::<2>::from_data(TensorData::new(q.dequantize(), [rows, cols]), &device).inner().transpose()
     }
@@ -69,7 +70,13 @@ impl Dense {
         let w = self.weight.val().transpose();
         let [rows, cols] = w.dims();
         let values = w.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 weight");
-        self.quantized = Some(Arc::new(Quantized4bit::quantize(&values, [rows, cols], quant_type, blocksize, double)));
+        let q = Quantized4bit::quantize(&values, [rows, cols], quant_type, blocksize, double);
+        self.set_frozen(FrozenWeight::Nf4(q));
+    }
+
+    /// Hold the weight as `frozen` from now on (the float parameter is dropped).
+    pub fn set_frozen(&mut self, frozen: FrozenWeight) {
+        self.quantized = Some(Arc::new(frozen));
         let device = self.weight.lazy_device();
         self.weight = Param::initialized(self.weight.id, Tensor::zeros([0, 0], &device));
     }

@@ -82,7 +82,7 @@ const LAYER_MODULES: &[&str] = &[
 
 /// The GGUF name of a transformers Llama parameter, and whether its rows need un-permuting
 /// (with how many heads).
-fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)> {
+pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)> {
     let fixed = match key {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),

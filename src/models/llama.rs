@@ -436,18 +436,21 @@ pub fn hf_key(path: &str) -> String {
 /// (`convert_hf_to_gguf.py`'s `permute`); this undoes it for an `[out, in]` matrix, giving
 /// transformers' layout: within each head, row `2j + i` of the file becomes row `i·d/2 + j`.
 pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    unpermuted_row_order(rows, heads).iter().flat_map(|&src| &data[src * cols..(src + 1) * cols]).copied().collect()
+}
+
+/// For each row of transformers' layout, the row of llama.cpp's layout it comes from.
+pub fn unpermuted_row_order(rows: usize, heads: usize) -> Vec<usize> {
     let half = rows / heads / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut order = vec![0; rows];
     for h in 0..heads {
-        for j in 0..half {
-            for i in 0..2 {
-                let src = h * 2 * half + 2 * j + i;
-                let dst = h * 2 * half + i * half + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+        for i in 0..2 {
+            for j in 0..half {
+                order[h * 2 * half + i * half + j] = h * 2 * half + 2 * j + i;
             }
         }
     }
-    out
+    order
 }
 
 #[cfg(test)]

@@ -1,6 +1,39 @@
 //! Quantized storage for frozen weights.
 
+pub mod ggml;
 pub mod nf4;
+
+/// A frozen linear weight held quantized (`[out, in]`, PyTorch layout): NF4/FP4 for QLoRA, or
+/// llama.cpp's blocks straight from a GGUF file. Layers dequantize it per forward pass.
+#[derive(Debug)]
+pub enum FrozenWeight {
+    Nf4(nf4::Quantized4bit),
+    Ggml(ggml::GgmlWeight),
+}
+
+impl FrozenWeight {
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            Self::Nf4(q) => q.shape,
+            Self::Ggml(g) => g.shape,
+        }
+    }
+
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            Self::Nf4(q) => q.dequantize(),
+            Self::Ggml(g) => g.dequantize(),
+        }
+    }
+
+    /// Bytes held (codes and statistics).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Nf4(q) => q.bytes(),
+            Self::Ggml(g) => g.bytes(),
+        }
+    }
+}
 
 use crate::models::DenseLayers;
 use serde::{Deserialize, Serialize};
@@ -12,7 +45,7 @@ pub struct QuantConfig {
     /// Only 4 is supported.
     #[serde(default = "default_bits")]
     pub bits: u32,
-    /// `"nf4"` (default) or `"fp4"`.
+    /// `"nf4"` (default), `"fp4"`, or `"gguf"` (a GGUF model's own blocks, see below).
     #[serde(rename = "type", default = "default_type")]
     pub quant_type: String,
     #[serde(default = "default_true")]
@@ -41,6 +74,12 @@ fn default_compute() -> String {
 }
 
 impl QuantConfig {
+    /// `type = "gguf"`: keep a GGUF model's own block quantization (Q4_1, Q8_0, ...) for the
+    /// frozen base instead of re-quantizing to NF4.
+    pub fn keeps_file_quantization(&self) -> bool {
+        self.quant_type == "gguf"
+    }
+
     pub fn validate(&self) -> anyhow::Result<nf4::QuantType> {
         anyhow::ensure!(self.bits == 4, "quantization.bits = {} is not supported (4)", self.bits);
         anyhow::ensure!(

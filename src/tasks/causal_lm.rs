@@ -13,6 +13,7 @@ use crate::models::causal_lm::DecoderFiles;
 use crate::models::generation::{Sampling, generate};
 use crate::models::llama::{self, LlamaConfig, LlamaForCausalLM};
 use crate::models::{checkpoint_tensors, count_params};
+use crate::quant::{QuantConfig, QuantReport};
 use crate::recipe::{Method, Recipe};
 use crate::training::checkpoint::{BestSoFar, RunDir};
 use crate::training::metrics::{EvalMetrics, read_log};
@@ -204,6 +205,57 @@ impl LoadedLm {
     }
 }
 
+/// finetune's notes beside a peft adapter (peft ignores the file).
+pub const ADAPTER_NOTES: &str = "finetune.json";
+
+fn log_quantization(what: &str, r: &QuantReport) {
+    tracing::info!(
+        "{what} {} layers ({} parameters, {:.3} bits/parameter): {:.1} MB -> {:.1} MB",
+        r.layers,
+        r.parameters,
+        r.bits_per_parameter(),
+        r.f32_bytes as f64 / 1e6,
+        r.quantized_bytes as f64 / 1e6
+    );
+}
+
+/// Load a base model (held as `quantization` says) and attach a LoRA adapter to it.
+pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<LoadedLm> {
+    let files = DecoderFiles::open(path)?;
+    let tokenizer = files.tokenizer()?;
+    let adapter_files = adapter.map(AdapterFiles::read).transpose()?;
+    let quantization: Option<QuantConfig> = match adapter {
+        Some(dir) if dir.join(ADAPTER_NOTES).is_file() => {
+            let notes: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(ADAPTER_NOTES))?)
+                .with_context(|| format!("{}", dir.join(ADAPTER_NOTES).display()))?;
+            serde_json::from_value(notes["finetune"]["quantization"].clone())
+                .with_context(|| format!("{}: quantization", dir.join(ADAPTER_NOTES).display()))?
+        }
+        _ => None,
+    };
+    let (mut model, cfg) = match &quantization {
+        Some(q) if q.keeps_file_quantization() => {
+            let (m, c, _) = files.load_keeping_quantization(device)?;
+            (m, c)
+        }
+        _ => {
+            let (m, c, _) = files.load(device)?;
+            (m, c)
+        }
+    };
+    if let Some(a) = &adapter_files {
+        if a.peft_type()? != "LORA" {
+            bail!("{}: only LoRA adapters can be used with a causal LM today", a.dir.display());
+        }
+        if let Some(q) = quantization.as_ref().filter(|q| !q.keeps_file_quantization()) {
+            crate::quant::quantize_model(&mut model, q, |_| false)?;
+        }
+        model = lora::load_adapter(model, a, llama::hf_key, device)?.0;
+    }
+    let template = files.chat_template(&tokenizer, &cfg)?;
+    Ok(LoadedLm { files, model, cfg, tokenizer, template })
+}
+
 /// The end-of-sequence id: the config's, else the tokenizer's `</s>`/`<|endoftext|>`.
 pub fn eos_id(cfg: &LlamaConfig, tokenizer: &LmTokenizer) -> Result<u32> {
     cfg.eos_token_ids()
@@ -229,7 +281,22 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     let model_path = resolve_model(&recipe.model, recipe.gguf_file.as_deref(), &recipe.revision)?;
     base.seed(recipe.seed);
     train_device.seed(recipe.seed);
-    let LoadedLm { model, cfg, tokenizer, template, .. } = LoadedLm::load(&model_path, &train_device)?;
+    let quantization = recipe.quantization.as_ref();
+    if quantization.is_some() && recipe.method != Method::Lora {
+        bail!("[quantization] freezes the base, so it needs method = \"lora\" (QLoRA)");
+    }
+    let keep_gguf = quantization.is_some_and(QuantConfig::keeps_file_quantization);
+    let files = DecoderFiles::open(&model_path)?;
+    let tokenizer = files.tokenizer()?;
+    let (model, cfg) = if keep_gguf {
+        let (model, cfg, report) = files.load_keeping_quantization(&train_device)?;
+        log_quantization("kept the GGUF file's quantization for", &report);
+        (model, cfg)
+    } else {
+        let (model, cfg, _) = files.load(&train_device)?;
+        (model, cfg)
+    };
+    let template = files.chat_template(&tokenizer, &cfg)?;
     let eos_id = eos_id(&cfg, &tokenizer)?;
 
     // Data.
@@ -286,8 +353,13 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     let score = |m: &LlamaForCausalLM, split: Split| -> Option<LmMetrics> {
         (examples.len(split) > 0).then(|| evaluate(m, &examples, split, eval_batch, vocab).into())
     };
-    // Before training: the base model on the held-out splits, and its answers to sample prompts.
+    // QLoRA quantizes the base before anything runs: "before" scores the base as trained over.
     let mut model = model;
+    if let (Some(q), Some(lora_cfg)) = (quantization.filter(|_| !keep_gguf), &recipe.lora) {
+        let report = crate::quant::quantize_model(&mut model, q, |name| lora_cfg.saves(name))?;
+        log_quantization(&format!("QLoRA: quantized to {}", q.quant_type), &report);
+    }
+    // Before training: the base model on the held-out splits, and its answers to sample prompts.
     let before_model = model.valid();
     let validation_before = score(&before_model, Split::Validation);
     let test_before = score(&before_model, Split::Test);
@@ -300,18 +372,6 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     let lora_cfg = match recipe.method {
         Method::Lora => {
             let cfg = recipe.lora.clone().context("method = \"lora\" needs a [lora] section")?;
-            if let Some(q) = &recipe.quantization {
-                let report = crate::quant::quantize_model(&mut model, q, |name| cfg.saves(name))?;
-                tracing::info!(
-                    "QLoRA: {} layers ({} parameters) quantized to {} ({:.3} bits/parameter): {:.1} MB -> {:.1} MB",
-                    report.layers,
-                    report.parameters,
-                    q.quant_type,
-                    report.bits_per_parameter(),
-                    report.f32_bytes as f64 / 1e6,
-                    report.quantized_bytes as f64 / 1e6
-                );
-            }
             let targeted = lora::inject(&mut model, &cfg, &train_device)?;
             tracing::info!("LoRA r={} on {} layers", cfg.r, targeted.len());
             Some(cfg)
@@ -361,6 +421,9 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
             let config = lora::adapter_config_json(cfg, &recipe.model, "CAUSAL_LM");
             let tensors = lora::adapter_tensors(&after_model, llama::hf_key, |p| lora_trainable(cfg, p));
             AdapterFiles::write(&dir, &config, tensors)?;
+            // How the base was held, so that loading the adapter reproduces the trained function.
+            let notes = serde_json::json!({ "finetune": { "task": "causal-lm", "quantization": quantization } });
+            crate::io::atomic::write_atomic(&dir.join(ADAPTER_NOTES), serde_json::to_string_pretty(&notes)?.as_bytes())?;
             dir
         }
         None => {
@@ -503,15 +566,7 @@ pub fn generate_cli(
 ) -> Result<()> {
     use std::io::Write;
     let device = crate::device::select(device)?;
-    let mut lm = LoadedLm::load(model, &device)?;
-    if let Some(dir) = adapter {
-        let files = AdapterFiles::read(dir)?;
-        if files.peft_type()? != "LORA" {
-            bail!("{}: only LoRA adapters can be used with a causal LM today", dir.display());
-        }
-        let (m, _) = lora::load_adapter(lm.model, &files, llama::hf_key, &device)?;
-        lm.model = m;
-    }
+    let lm = load_with_adapter(model, adapter, &device)?;
     let model = lm.model.valid();
     let template = if opts.raw { None } else { lm.template.as_ref() };
     let text = match template {
@@ -551,4 +606,19 @@ pub fn generate_cli(
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Does the adapter in `dir` belong to a causal language model (peft `task_type = "CAUSAL_LM"`)?
+pub fn is_causal_lm_adapter(dir: &Path) -> Result<bool> {
+    Ok(AdapterFiles::read(dir)?.config.get("task_type").and_then(|t| t.as_str()) == Some("CAUSAL_LM"))
+}
+
+/// Fold a LoRA adapter into its base decoder (dequantized, when the base was held quantized)
+/// and write a plain Hugging Face model directory. Returns the number of merged layers.
+pub fn merge_cli(base: &Path, adapter: &Path, out: &Path) -> Result<usize> {
+    let device = Device::flex();
+    let mut lm = load_with_adapter(base, Some(adapter), &device)?;
+    let n = lora::merge(&mut lm.model);
+    save_model(&lm.model, &lm.cfg, &lm.tokenizer, out)?;
+    Ok(n)
 }
