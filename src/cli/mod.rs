@@ -84,6 +84,9 @@ pub enum Command {
         adapter: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// For a causal-LM base given as a hub id of a GGUF repository: the file.
+        #[arg(long)]
+        gguf_file: Option<String>,
     },
     /// Generate text with a causal language model (optionally with a LoRA adapter), streaming
     /// tokens to the terminal. Instruct models get their chat template.
@@ -225,13 +228,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Merge { base, adapter, out } if causal_lm::is_causal_lm_adapter(&adapter)? => {
+        Command::Merge { base, adapter, out, gguf_file } if causal_lm::is_causal_lm_adapter(&adapter)? => {
             let base = base.context("--base is needed for a causal-LM adapter")?;
-            let path = causal_lm::resolve_model(&base, None, "main")?;
+            let path = causal_lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
             let n = causal_lm::merge_cli(&path, &adapter, &out)?;
             println!("merged {n} adapted layers into {}", out.display());
         }
-        Command::Merge { base, adapter, out } => {
+        Command::Merge { base, adapter, out, .. } => {
             let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
             let n = m.merge_adapter()?;
             m.save(&out)?;
@@ -285,7 +288,10 @@ fn print_lm_report(r: &LmReport) {
         }
     }
     for s in &r.samples {
-        println!("\nprompt:    {}\nreference: {}\nbefore:    {}\nafter:     {}", s.prompt, s.reference, s.before, s.after);
+        println!(
+            "\nprompt:    {}\nreference: {}\nbefore:    {}\nafter:     {}",
+            s.prompt, s.reference, s.before, s.after
+        );
     }
     println!("\nsaved:         {}", r.output_dir.display());
     println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", r.run_dir.display());

@@ -62,7 +62,8 @@ impl ChatTemplate {
             }
             let prompt = self.render(&messages[..i], true)?;
             let full = self.render(&messages[..=i], false)?;
-            let (Some(context), Some(answer)) = (prompt.strip_prefix(done.as_str()), full.strip_prefix(prompt.as_str()))
+            let (Some(context), Some(answer)) =
+                (prompt.strip_prefix(done.as_str()), full.strip_prefix(prompt.as_str()))
             else {
                 anyhow::bail!(
                     "the chat template does not render conversations incrementally (turn {i}); \
@@ -97,8 +98,12 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let conv =
-            [Message::new("user", "Hi"), Message::new("assistant", "Hello!"), Message::new("user", "Bye"), Message::new("assistant", "Ciao")];
+        let conv = [
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "Bye"),
+            Message::new("assistant", "Ciao"),
+        ];
         let segs = t.segments(&conv).unwrap();
         let trained: Vec<&str> = segs.iter().filter(|s| s.1).map(|s| s.0.as_str()).collect();
         assert_eq!(trained, ["Hello!<|im_end|>\n", "Ciao<|im_end|>\n"]);

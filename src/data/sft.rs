@@ -92,9 +92,9 @@ impl SftEncoder<'_> {
         };
         match row {
             SftRow::Chat(messages) => {
-                let template = self.template.ok_or_else(|| {
-                    anyhow!("the model has no chat template; use prompt/completion rows for it")
-                })?;
+                let template = self
+                    .template
+                    .ok_or_else(|| anyhow!("the model has no chat template; use prompt/completion rows for it"))?;
                 for (text, train) in template.segments(messages)? {
                     push(&self.tokenizer.encode(&text, false)?, train);
                 }
@@ -175,7 +175,9 @@ mod tests {
 
     #[test]
     fn detects_row_shapes() {
-        let chat = parse_row(&json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}));
+        let chat = parse_row(
+            &json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}),
+        );
         assert_eq!(chat.unwrap(), SftRow::Chat(vec![Message::new("user", "hi"), Message::new("assistant", "yo")]));
         let alpaca = parse_row(&json!({"instruction": "Add", "input": "1+1", "output": "2"})).unwrap();
         assert_eq!(alpaca, SftRow::Chat(vec![Message::new("user", "Add\n\n1+1"), Message::new("assistant", "2")]));
@@ -184,7 +186,10 @@ mod tests {
         for (bad, why) in [
             (json!({"text": "x"}), "expected 'messages'"),
             (json!({"messages": [{"role": "user", "content": "x"}]}), "no assistant turn"),
-            (json!({"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}), "unknown role 'bot'"),
+            (
+                json!({"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+                "unknown role 'bot'",
+            ),
             (json!({"prompt": "x", "completion": ""}), "'completion' is empty"),
             (json!({"prompt": 3, "completion": "y"}), "'prompt' is not a string"),
         ] {

@@ -81,13 +81,15 @@ impl LmTokenizer {
         if !path.is_file() {
             anyhow::bail!("missing tokenizer: {} not found", path.display());
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         Ok(Self::new(inner))
     }
 
     /// Build from a `tokenizer.json` document (e.g. one made from GGUF metadata).
     pub fn from_json(json: &serde_json::Value, source: &str) -> Result<Self> {
-        let inner: Tokenizer = json.to_string().parse().map_err(|e| anyhow!("{source}: cannot build tokenizer: {e}"))?;
+        let inner: Tokenizer =
+            json.to_string().parse().map_err(|e| anyhow!("{source}: cannot build tokenizer: {e}"))?;
         Ok(Self::new(inner))
     }
 

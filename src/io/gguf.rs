@@ -450,7 +450,8 @@ mod tests {
     fn block_types_match_gguf_py() {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let f = GgufFile::open(&fixtures.join("gguf-blocks.gguf")).unwrap();
-        let reference = crate::io::safetensors::SafetensorsFile::open(&fixtures.join("gguf-blocks-reference.safetensors")).unwrap();
+        let reference =
+            crate::io::safetensors::SafetensorsFile::open(&fixtures.join("gguf-blocks-reference.safetensors")).unwrap();
         for name in ["q4_0", "q4_1", "q8_0", "q4_k", "q6_k", "f16"] {
             let (shape, got) = f.tensor_f32(name).unwrap();
             let want = reference.tensor(name).unwrap();

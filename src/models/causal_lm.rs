@@ -5,12 +5,12 @@
 use super::gguf_llama::GgufLlama;
 use super::llama::{LlamaConfig, LlamaForCausalLM};
 use super::{DenseLayers, LoadReport, ModelDir, load_weights};
-use crate::quant::ggml::GgmlWeight;
-use crate::quant::{FrozenWeight, QuantReport};
 use crate::data::chat::ChatTemplate;
 use crate::data::tokenizer::{LmTokenizer, tokenizer_json_from_gguf};
 use crate::io::gguf::{GgufFile, Value};
 use crate::io::safetensors::SafetensorsFile;
+use crate::quant::ggml::GgmlWeight;
+use crate::quant::{FrozenWeight, QuantReport};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
@@ -105,8 +105,7 @@ impl DecoderFiles {
         let model = LlamaForCausalLM::new(&cfg, device)?;
         let frozen = |path: &str| path.starts_with("model.layers.") && path.ends_with("_proj.weight");
         // The block weights are left unloaded (lazy parameters cost nothing) and set below.
-        let (mut model, _) =
-            load_weights(model, &source, |info| (vec![info.path.clone()], frozen(&info.path)))?;
+        let (mut model, _) = load_weights(model, &source, |info| (vec![info.path.clone()], frozen(&info.path)))?;
         let mut report = QuantReport::default();
         for (name, dense) in model.dense_layers_mut() {
             let key = format!("{name}.weight");
@@ -117,7 +116,13 @@ impl DecoderFiles {
             let info = g.info(&gguf_name)?;
             let [rows, cols] = [info.shape[0], info.shape[1]];
             if [cols, rows] != [dense.d_in(), dense.d_out()] {
-                bail!("{}: '{gguf_name}' has shape {:?}, the model expects [{}, {}]", self.describe(), info.shape, dense.d_out(), dense.d_in());
+                bail!(
+                    "{}: '{gguf_name}' has shape {:?}, the model expects [{}, {}]",
+                    self.describe(),
+                    info.shape,
+                    dense.d_out(),
+                    dense.d_in()
+                );
             }
             let order = heads.map(|h| super::llama::unpermuted_row_order(rows, h));
             let w = GgmlWeight::new(info.ggml_type, [rows, cols], g.raw(&gguf_name)?, order.as_deref());

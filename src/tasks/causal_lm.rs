@@ -176,7 +176,6 @@ pub fn resolve_model(model: &str, gguf_file: Option<&str>, revision: &str) -> Re
 
 /// A decoder with its tokenizer and chat template.
 pub struct LoadedLm {
-    pub files: DecoderFiles,
     pub model: LlamaForCausalLM,
     pub cfg: LlamaConfig,
     pub tokenizer: LmTokenizer,
@@ -184,24 +183,8 @@ pub struct LoadedLm {
 }
 
 impl LoadedLm {
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let files = DecoderFiles::open(path)?;
-        let tokenizer = files.tokenizer()?;
-        let (model, cfg, _) = files.load(device)?;
-        let template = files.chat_template(&tokenizer, &cfg)?;
-        Ok(Self { files, model, cfg, tokenizer, template })
-    }
-
     pub fn eos_id(&self) -> Result<u32> {
         eos_id(&self.cfg, &self.tokenizer)
-    }
-
-    /// The prompt text for a user message: the chat template's, or the text itself.
-    pub fn prompt_text(&self, messages: &[crate::data::chat::Message]) -> Result<String> {
-        match &self.template {
-            Some(t) => t.render(messages, true),
-            None => Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
-        }
     }
 }
 
@@ -253,7 +236,7 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
         model = lora::load_adapter(model, a, llama::hf_key, device)?.0;
     }
     let template = files.chat_template(&tokenizer, &cfg)?;
-    Ok(LoadedLm { files, model, cfg, tokenizer, template })
+    Ok(LoadedLm { model, cfg, tokenizer, template })
 }
 
 /// The end-of-sequence id: the config's, else the tokenizer's `</s>`/`<|endoftext|>`.
@@ -318,7 +301,10 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     let skipped_rows =
         train_split.skipped + validation.as_ref().map_or(0, |s| s.skipped) + test.as_ref().map_or(0, |s| s.skipped);
     if train_split.truncated_away > 0 {
-        tracing::warn!("{} training rows had nothing to train on within max_length and were dropped", train_split.truncated_away);
+        tracing::warn!(
+            "{} training rows had nothing to train on within max_length and were dropped",
+            train_split.truncated_away
+        );
     }
     if d.packing {
         train_split.examples = pack(&train_split.examples, d.max_length);
@@ -341,7 +327,10 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     let run = RunDir::new(&recipe.output_dir)?;
     if !resume && let Some(dir) = run.latest_checkpoint() {
         if !RunDir::read_state(&dir)?.finished {
-            bail!("{} holds an unfinished run; pass --resume to continue it or choose another output_dir", run.root.display());
+            bail!(
+                "{} holds an unfinished run; pass --resume to continue it or choose another output_dir",
+                run.root.display()
+            );
         }
         let kept = run.archive()?;
         tracing::info!("moved the previous (finished) run to {}", kept.display());
@@ -378,7 +367,8 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
         }
         _ => None,
     };
-    let trainer_cfg = crate::tasks::text_classification::trainer_config(recipe, vocab, examples.len(Split::Train), show_progress);
+    let trainer_cfg =
+        crate::tasks::text_classification::trainer_config(recipe, vocab, examples.len(Split::Train), show_progress);
     let set_once = Cell::new(false);
     let set_trainable = |m: LlamaForCausalLM, _: usize, _: usize| {
         if set_once.replace(true) {
@@ -423,7 +413,10 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
             AdapterFiles::write(&dir, &config, tensors)?;
             // How the base was held, so that loading the adapter reproduces the trained function.
             let notes = serde_json::json!({ "finetune": { "task": "causal-lm", "quantization": quantization } });
-            crate::io::atomic::write_atomic(&dir.join(ADAPTER_NOTES), serde_json::to_string_pretty(&notes)?.as_bytes())?;
+            crate::io::atomic::write_atomic(
+                &dir.join(ADAPTER_NOTES),
+                serde_json::to_string_pretty(&notes)?.as_bytes(),
+            )?;
             dir
         }
         None => {
@@ -484,7 +477,8 @@ fn sample_prompts(dir: &Path, file: Option<&String>, n: usize) -> Result<Vec<(St
     let text = std::fs::read_to_string(dir.join(file))?;
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(row) = serde_json::from_str::<serde_json::Value>(line).map_err(anyhow::Error::from).and_then(|v| parse_row(&v))
+        let Ok(row) =
+            serde_json::from_str::<serde_json::Value>(line).map_err(anyhow::Error::from).and_then(|v| parse_row(&v))
         else {
             continue;
         };
@@ -530,12 +524,7 @@ fn answer(
 
 /// Write a fully fine-tuned decoder as a Hugging Face directory: `config.json`,
 /// `model.safetensors` (transformers' keys and layout), `tokenizer.json`.
-pub fn save_model(
-    model: &LlamaForCausalLM,
-    cfg: &LlamaConfig,
-    tokenizer: &LmTokenizer,
-    dir: &Path,
-) -> Result<()> {
+pub fn save_model(model: &LlamaForCausalLM, cfg: &LlamaConfig, tokenizer: &LmTokenizer, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tensors = checkpoint_tensors(model, llama::hf_key, |_| true);
     let mut meta = std::collections::HashMap::new();
@@ -599,12 +588,7 @@ pub fn generate_cli(
         }
     });
     println!();
-    tracing::info!(
-        "{} prompt tokens, {} new tokens in {:.2} s",
-        ids.len(),
-        out.len(),
-        start.elapsed().as_secs_f64()
-    );
+    tracing::info!("{} prompt tokens, {} new tokens in {:.2} s", ids.len(), out.len(), start.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -71,6 +71,7 @@ fn smollm2_gguf_matches_transformers() {
         let want = logits_ref.tensor(name).unwrap().data;
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         let d = max_abs_diff(&got, &want);
+        eprintln!("{name}: max |diff| {d:.2e}, max |logit| {scale:.2}, relative {:.2e}", d / scale);
         assert!(d / scale < 1e-3, "{name}: max |diff| {d} vs max |logit| {scale}");
     }
 
@@ -211,11 +212,11 @@ target_modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
     assert_eq!(adapter.tensors.len(), 30 * 4 * 2);
 
     // The adapter on a fresh base reproduces the trained model's loss on the same rows.
+    // (The loading path of `finetune generate` and `finetune merge`.)
     let device = Device::flex();
-    let lm = finetune::tasks::causal_lm::LoadedLm::load(&path, &device).unwrap();
+    let lm = finetune::tasks::causal_lm::load_with_adapter(&path, Some(&report.output_dir), &device).unwrap();
     let eos = lm.eos_id().unwrap();
-    let (model, _) =
-        finetune::methods::lora::load_adapter(lm.model, &adapter, finetune::models::llama::hf_key, &device).unwrap();
+    let model = lm.model;
     let encoder = finetune::data::sft::SftEncoder {
         tokenizer: &lm.tokenizer,
         template: lm.template.as_ref(),
@@ -229,6 +230,7 @@ target_modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
     let trained: Vec<u32> = first.ids.iter().zip(&first.trained).filter(|p| *p.1).map(|p| *p.0).collect();
     assert_eq!(lm.tokenizer.decode(&trained, false).unwrap(), "Paris, of course. Next question, human.<|im_end|>\n");
     let examples = finetune::tasks::causal_lm::LmExamples::new([Some(split.examples), None, None], eos, &device);
-    let m = finetune::training::trainer::evaluate(&model, &examples, finetune::training::trainer::Split::Train, 8, 49152);
+    let m =
+        finetune::training::trainer::evaluate(&model, &examples, finetune::training::trainer::Split::Train, 8, 49152);
     assert!((m.loss - after.loss).abs() < 1e-3, "reloaded adapter loss {} vs trained {}", m.loss, after.loss);
 }
