@@ -6,7 +6,9 @@ finetune does (chat template rendered turn by turn, loss on assistant turns, mea
 tokens). Equal to the `validation_after` / `test_after` loss in finetune's results.json when
 the adapter loads with peft's semantics.
 
-Usage: python scripts/check_lm_adapter.py --gguf FILE | --model DIR  --adapter DIR --data FILE.jsonl
+Without --adapter it scores the model alone, e.g. a directory written by `finetune merge`.
+
+Usage: python scripts/check_lm_adapter.py --gguf FILE | --model DIR  [--adapter DIR] --data FILE.jsonl
        [--max-length 256] [--expect LOSS]
 """
 import argparse, json, math, os, sys
@@ -18,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ap = argparse.ArgumentParser()
 ap.add_argument("--gguf")
 ap.add_argument("--model")
-ap.add_argument("--adapter", required=True)
+ap.add_argument("--adapter", help="omit to score the model itself (e.g. one written by finetune merge)")
 ap.add_argument("--data", required=True)
 ap.add_argument("--max-length", type=int, default=256)
 ap.add_argument("--batch", type=int, default=16)
@@ -32,7 +34,7 @@ if args.gguf:
 else:
     tok = AutoTokenizer.from_pretrained(args.model)
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-model = PeftModel.from_pretrained(base, args.adapter).eval()
+model = (PeftModel.from_pretrained(base, args.adapter) if args.adapter else base).eval()
 eos = base.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
 

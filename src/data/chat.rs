@@ -19,6 +19,7 @@ impl Message {
 
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -32,7 +33,20 @@ impl ChatTemplate {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
         env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
-        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(Self { env, source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into() })
+    }
+
+    /// The Jinja text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 
     /// The conversation as text; with `add_generation_prompt`, followed by the header of an

@@ -421,7 +421,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
         }
         None => {
             let dir = run.model();
-            save_model(&after_model, &cfg, &tokenizer, &dir)?;
+            save_model(&after_model, &cfg, &tokenizer, template.as_ref(), &dir)?;
             dir
         }
     };
@@ -523,8 +523,15 @@ fn answer(
 }
 
 /// Write a fully fine-tuned decoder as a Hugging Face directory: `config.json`,
-/// `model.safetensors` (transformers' keys and layout), `tokenizer.json`.
-pub fn save_model(model: &LlamaForCausalLM, cfg: &LlamaConfig, tokenizer: &LmTokenizer, dir: &Path) -> Result<()> {
+/// `model.safetensors` (transformers' keys and layout), `tokenizer.json`, and with a chat
+/// template `chat_template.jinja` + `tokenizer_config.json` (its special tokens).
+pub fn save_model(
+    model: &LlamaForCausalLM,
+    cfg: &LlamaConfig,
+    tokenizer: &LmTokenizer,
+    template: Option<&ChatTemplate>,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tensors = checkpoint_tensors(model, llama::hf_key, |_| true);
     let mut meta = std::collections::HashMap::new();
@@ -534,6 +541,16 @@ pub fn save_model(model: &LlamaForCausalLM, cfg: &LlamaConfig, tokenizer: &LmTok
     config["model_type"] = "llama".into();
     config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     crate::io::atomic::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    if let Some(t) = template {
+        crate::io::atomic::write_atomic(&dir.join("chat_template.jinja"), t.source().as_bytes())?;
+        let tc = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": t.bos_token(),
+            "eos_token": t.eos_token(),
+            "pad_token": t.eos_token(),
+        });
+        crate::io::atomic::write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?.as_bytes())?;
+    }
     tokenizer.save(&dir.join("tokenizer.json"))
 }
 
@@ -603,6 +620,6 @@ pub fn merge_cli(base: &Path, adapter: &Path, out: &Path) -> Result<usize> {
     let device = Device::flex();
     let mut lm = load_with_adapter(base, Some(adapter), &device)?;
     let n = lora::merge(&mut lm.model);
-    save_model(&lm.model, &lm.cfg, &lm.tokenizer, out)?;
+    save_model(&lm.model, &lm.cfg, &lm.tokenizer, lm.template.as_ref(), out)?;
     Ok(n)
 }
