@@ -324,18 +324,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
         device: base.clone(),
     };
 
-    let run = RunDir::new(&recipe.output_dir)?;
-    if !resume && let Some(dir) = run.latest_checkpoint() {
-        if !RunDir::read_state(&dir)?.finished {
-            bail!(
-                "{} holds an unfinished run; pass --resume to continue it or choose another output_dir",
-                run.root.display()
-            );
-        }
-        let kept = run.archive()?;
-        tracing::info!("moved the previous (finished) run to {}", kept.display());
-    }
-    crate::io::atomic::write_atomic(&run.root.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    let run = RunDir::start(&recipe.output_dir, resume, &recipe.to_toml())?;
 
     let vocab = cfg.vocab_size;
     let eval_batch = recipe.training.eval_batch_size;
@@ -549,7 +538,10 @@ pub fn save_model(
             "eos_token": t.eos_token(),
             "pad_token": t.eos_token(),
         });
-        crate::io::atomic::write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?.as_bytes())?;
+        crate::io::atomic::write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&tc)?.as_bytes(),
+        )?;
     }
     tokenizer.save(&dir.join("tokenizer.json"))
 }

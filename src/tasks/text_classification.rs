@@ -149,18 +149,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         data.test.as_ref().map_or(0, TokenizedSplit::len)
     );
 
-    let run = RunDir::new(&recipe.output_dir)?;
-    if !resume && let Some(dir) = run.latest_checkpoint() {
-        if !RunDir::read_state(&dir)?.finished {
-            bail!(
-                "{} holds an unfinished run; pass --resume to continue it or choose another output_dir",
-                run.root.display()
-            );
-        }
-        let kept = run.archive()?;
-        tracing::info!("moved the previous (finished) run to {}", kept.display());
-    }
-    crate::io::atomic::write_atomic(&run.root.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    let run = RunDir::start(&recipe.output_dir, resume, &recipe.to_toml())?;
 
     // Seed before building the model: the new head's initialisation is part of the run.
     base.seed(recipe.seed);

@@ -53,6 +53,24 @@ impl RunDir {
         std::fs::create_dir_all(root).with_context(|| format!("creating run directory {}", root.display()))?;
         Ok(Self { root: root.to_path_buf() })
     }
+    /// Open the run directory for a run of `recipe` (its TOML): a new run moves a finished one
+    /// aside and refuses to overwrite an unfinished one (that needs `resume`).
+    pub fn start(root: &Path, resume: bool, recipe: &str) -> Result<Self> {
+        let run = Self::new(root)?;
+        if !resume && let Some(dir) = run.latest_checkpoint() {
+            if !Self::read_state(&dir)?.finished {
+                anyhow::bail!(
+                    "{} holds an unfinished run; pass --resume to continue it or choose another output_dir",
+                    run.root.display()
+                );
+            }
+            let kept = run.archive()?;
+            tracing::info!("moved the previous (finished) run to {}", kept.display());
+        }
+        crate::io::atomic::write_atomic(&run.root.join("recipe.toml"), recipe.as_bytes())?;
+        Ok(run)
+    }
+
     /// Move this run directory aside (to `<dir>.1`, `<dir>.2`, ...) and start an empty one.
     pub fn archive(&self) -> Result<PathBuf> {
         let name = self.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
