@@ -209,4 +209,36 @@ mod tests {
         assert_eq!(packed[2].ids, vec![1, 2]);
         assert_eq!(packed[2].targets(), 1);
     }
+
+    fn word_tokenizer() -> LmTokenizer {
+        let json = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "</s>": 1, "q": 2, "a": 3}, "unk_token": "[UNK]"}
+        });
+        LmTokenizer::from_json(&json, "test").unwrap()
+    }
+
+    /// Bad rows name file:line (or are skipped and counted); rows whose prompt fills max_length
+    /// have nothing to train on and are dropped and counted; completions end with EOS.
+    #[test]
+    fn jsonl_errors_name_the_line_and_masks_cover_completions() {
+        let tok = word_tokenizer();
+        let enc = SftEncoder { tokenizer: &tok, template: None, eos_id: 1, max_length: 4, completion_only_loss: true };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.jsonl");
+        let rows = [
+            r#"{"prompt": "q q", "completion": "a"}"#,
+            r#"{"prompt": "q", "completion": "#,
+            r#"{"prompt": "q q q q q", "completion": "a"}"#,
+        ];
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        let err = load_jsonl(&path, &enc, false).err().unwrap().to_string();
+        assert!(err.contains("train.jsonl:2") && err.contains("invalid JSON"), "{err}");
+        let split = load_jsonl(&path, &enc, true).unwrap();
+        assert_eq!((split.examples.len(), split.skipped, split.truncated_away), (1, 1, 1));
+        assert_eq!(split.examples[0], SftExample { ids: vec![2, 2, 3, 1], trained: vec![false, false, true, true] });
+        let chat = SftRow::Chat(vec![Message::new("user", "q"), Message::new("assistant", "a")]);
+        assert!(enc.encode(&chat).unwrap_err().to_string().contains("no chat template"));
+    }
 }
