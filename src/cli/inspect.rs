@@ -2,13 +2,26 @@
 
 use crate::io::hub::{self, RepoKind};
 use crate::methods::{LayerGroup, TrainPlan};
+use crate::models::causal_lm::DecoderFiles;
 use crate::models::text_classifier::Pooling;
 use crate::models::{Head, ModelDir, load_text_classifier};
 use crate::recipe::{Method, Recipe};
 use crate::tasks::text_classification::MODEL_FILES;
 use anyhow::Result;
 
-pub fn run(spec: &str, method: &str, trainable_layers: usize, quantize: Option<&str>) -> Result<()> {
+pub fn run(
+    spec: &str,
+    gguf_file: Option<&str>,
+    method: &str,
+    trainable_layers: usize,
+    quantize: Option<&str>,
+) -> Result<()> {
+    let path = crate::tasks::causal_lm::resolve_model(spec, gguf_file, "main")?;
+    if let Ok(files) = DecoderFiles::open(&path)
+        && files.config().is_ok()
+    {
+        return run_decoder(&files, quantize);
+    }
     let method: Method = method.parse()?;
     let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
     let cfg = files.bert_config()?;
@@ -112,5 +125,66 @@ pub fn run(spec: &str, method: &str, trainable_layers: usize, quantize: Option<&
             report.quantized_bytes as f64 / 1e6
         );
     }
+    Ok(())
+}
+
+/// A decoder: architecture, parameters, how a GGUF file stores them, and (with `quantize`) the
+/// memory of the frozen base under QLoRA (`nf4`/`fp4`) or kept in the file's blocks (`gguf`).
+fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
+    let cfg = files.config()?;
+    let device = crate::device::select("cpu")?;
+    println!("model:       {}", files.describe());
+    println!(
+        "arch:        Llama decoder, {} layers, hidden {}, {} query / {} key-value heads (head dim {}), FFN {}, \
+         vocab {}, rope theta {}, {} embeddings",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.rope_theta(),
+        if cfg.tie_word_embeddings { "tied" } else { "separate input/output" }
+    );
+    if let DecoderFiles::Gguf(g) = files {
+        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+        for info in g.tensors.values() {
+            *kinds.entry(info.ggml_type.name()).or_default() += 1;
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!("stored as:   {} tensors: {}", g.tensors.len(), kinds.join(", "));
+    }
+    let (model, _, _) = files.load(&device)?;
+    let total: usize = crate::io::params::list_params(&model).iter().map(|p| p.numel()).sum();
+    println!("parameters:  {total} ({:.1} MB in f32)", 4.0 * total as f64 / 1e6);
+    let Some(kind) = quantize else { return Ok(()) };
+    let report = if kind == "gguf" {
+        files.load_keeping_quantization(&device)?.2
+    } else {
+        let q = crate::quant::QuantConfig {
+            bits: 4,
+            quant_type: kind.to_string(),
+            double_quant: true,
+            blocksize: 64,
+            compute_dtype: "f32".into(),
+        };
+        let mut model = model;
+        crate::quant::quantize_model(&mut model, &q, |_| false)?
+    };
+    let after = 4 * total - report.f32_bytes + report.quantized_bytes;
+    println!(
+        "quantized:   {} linear layers of the blocks, {} parameters as {kind} ({:.3} bits/parameter)",
+        report.layers,
+        report.parameters,
+        report.bits_per_parameter()
+    );
+    println!(
+        "memory:      {:.1} MB in f32 -> {:.1} MB ({:.1} MB of linear weights -> {:.1} MB; embeddings and norms stay f32)",
+        4.0 * total as f64 / 1e6,
+        after as f64 / 1e6,
+        report.f32_bytes as f64 / 1e6,
+        report.quantized_bytes as f64 / 1e6
+    );
     Ok(())
 }

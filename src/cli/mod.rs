@@ -122,13 +122,16 @@ pub enum Command {
     /// Describe a model: architecture, parameters, and what a method would train.
     Inspect {
         model: String,
+        /// For a hub id of a GGUF repository: the file.
+        #[arg(long)]
+        gguf_file: Option<String>,
         #[arg(long, default_value = "full")]
         method: String,
         /// For `transfer`: encoder layers trainable from the start.
         #[arg(long, default_value_t = 0)]
         trainable_layers: usize,
         /// Also report the model's memory with its linear layers quantized (`nf4` or `fp4`,
-        /// double quantization, blocks of 64).
+        /// double quantization, blocks of 64; for a GGUF decoder also `gguf`: its own blocks).
         #[arg(long)]
         quantize: Option<String>,
     },
@@ -258,8 +261,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let path = causal_lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
             causal_lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
         }
-        Command::Inspect { model, method, trainable_layers, quantize } => {
-            inspect::run(&model, &method, trainable_layers, quantize.as_deref())?
+        Command::Inspect { model, gguf_file, method, trainable_layers, quantize } => {
+            inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref())?
         }
     }
     Ok(())
