@@ -149,7 +149,7 @@ pub fn load_jsonl(path: &Path, encoder: &SftEncoder<'_>, skip_bad_rows: bool) ->
 }
 
 /// Concatenate examples (in order) into rows of exactly `max_length` tokens (the last may be
-/// shorter), keeping each token's loss mask.
+/// shorter), keeping each token's loss mask; rows left without a target are dropped.
 pub fn pack(examples: &[SftExample], max_length: usize) -> Vec<SftExample> {
     let mut out = Vec::new();
     let mut current = SftExample { ids: Vec::new(), trained: Vec::new() };
@@ -158,7 +158,11 @@ pub fn pack(examples: &[SftExample], max_length: usize) -> Vec<SftExample> {
             current.ids.push(id);
             current.trained.push(t);
             if current.ids.len() == max_length {
-                out.push(std::mem::replace(&mut current, SftExample { ids: Vec::new(), trained: Vec::new() }));
+                let row = std::mem::replace(&mut current, SftExample { ids: Vec::new(), trained: Vec::new() });
+                // A row of context only (a long prompt) has nothing to train on.
+                if row.targets() > 0 {
+                    out.push(row);
+                }
             }
         }
     }
@@ -203,6 +207,7 @@ mod tests {
         let ex = |n: u32, t: bool| SftExample { ids: (0..n).collect(), trained: vec![t; n as usize] };
         let packed = pack(&[ex(3, true), ex(4, false), ex(3, true)], 4);
         assert_eq!(packed.len(), 3);
+        assert_eq!(pack(&[ex(3, true), ex(8, false), ex(2, true)], 4).len(), 2, "the all-context row is dropped");
         assert_eq!(packed[0].ids, vec![0, 1, 2, 0]);
         assert_eq!(packed[0].trained, vec![true, true, true, false]);
         assert_eq!(packed[1].ids, vec![1, 2, 3, 0]);
