@@ -99,31 +99,10 @@ pub fn run(
     println!("{:<12} {:>12}", "total", total);
     println!("trainable:   {trainable} ({:.2}%)", 100.0 * trainable as f64 / total.max(1) as f64);
     if let Some(kind) = quantize {
-        let cfg = crate::quant::QuantConfig {
-            bits: 4,
-            quant_type: kind.to_string(),
-            double_quant: true,
-            blocksize: 64,
-            compute_dtype: "f32".into(),
-        };
         let mut model = model;
         // The head stays in float, as bitsandbytes' llm_int8_skip_modules keeps it.
-        let report = crate::quant::quantize_model(&mut model, &cfg, |name| name == "classifier")?;
-        let before = 4 * total;
-        let after = before - report.f32_bytes + report.quantized_bytes;
-        println!(
-            "\nquantized:   {} linear layers, {} parameters to {kind} with double quantization ({:.3} bits/parameter)",
-            report.layers,
-            report.parameters,
-            report.bits_per_parameter()
-        );
-        println!(
-            "memory:      {:.1} MB in f32 -> {:.1} MB ({:.1} MB of linear weights -> {:.1} MB; embeddings, norms and head stay f32)",
-            before as f64 / 1e6,
-            after as f64 / 1e6,
-            report.f32_bytes as f64 / 1e6,
-            report.quantized_bytes as f64 / 1e6
-        );
+        let report = crate::quant::quantize_model(&mut model, &quant_config(kind), |name| name == "classifier")?;
+        print_quantized(kind, total, &report, "embeddings, norms and head stay f32");
     }
     Ok(())
 }
@@ -162,29 +141,39 @@ fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
     let report = if kind == "gguf" {
         files.load_keeping_quantization(&device)?.2
     } else {
-        let q = crate::quant::QuantConfig {
-            bits: 4,
-            quant_type: kind.to_string(),
-            double_quant: true,
-            blocksize: 64,
-            compute_dtype: "f32".into(),
-        };
         let mut model = model;
-        crate::quant::quantize_model(&mut model, &q, |_| false)?
+        crate::quant::quantize_model(&mut model, &quant_config(kind), |_| false)?
     };
-    let after = 4 * total - report.f32_bytes + report.quantized_bytes;
+    print_quantized(kind, total, &report, "embeddings and norms stay f32");
+    Ok(())
+}
+
+/// 4-bit quantization of `kind` (`nf4`, `fp4`) with double quantization, blocks of 64.
+fn quant_config(kind: &str) -> crate::quant::QuantConfig {
+    crate::quant::QuantConfig {
+        bits: 4,
+        quant_type: kind.to_string(),
+        double_quant: true,
+        blocksize: 64,
+        compute_dtype: "f32".into(),
+    }
+}
+
+/// The memory of a model of `total` f32 parameters after `report`'s quantization.
+fn print_quantized(kind: &str, total: usize, report: &crate::quant::QuantReport, kept: &str) {
+    let before = 4 * total;
+    let after = before - report.f32_bytes + report.quantized_bytes;
     println!(
-        "quantized:   {} linear layers of the blocks, {} parameters as {kind} ({:.3} bits/parameter)",
+        "\nquantized:   {} linear layers, {} parameters as {kind} ({:.3} bits/parameter)",
         report.layers,
         report.parameters,
         report.bits_per_parameter()
     );
     println!(
-        "memory:      {:.1} MB in f32 -> {:.1} MB ({:.1} MB of linear weights -> {:.1} MB; embeddings and norms stay f32)",
-        4.0 * total as f64 / 1e6,
+        "memory:      {:.1} MB in f32 -> {:.1} MB ({:.1} MB of linear weights -> {:.1} MB; {kept})",
+        before as f64 / 1e6,
         after as f64 / 1e6,
         report.f32_bytes as f64 / 1e6,
         report.quantized_bytes as f64 / 1e6
     );
-    Ok(())
 }
