@@ -17,6 +17,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from sft_masks import encode_chat  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--gguf", required=True)
 ap.add_argument("--data", required=True)
@@ -46,27 +49,8 @@ eos = model.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
 
 
-def render(messages, gen):
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-
-
 def encode(messages):
-    ids, trained, done = [], [], ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prompt, full = render(messages[:i], True), render(messages[: i + 1], False)
-        for text, t in ((prompt[len(done):], False), (full[len(prompt):], True)):
-            piece = tok(text, add_special_tokens=False).input_ids
-            ids += piece
-            trained += [t] * len(piece)
-        done = full
-    rest = render(messages, False)[len(done):]
-    if rest:
-        piece = tok(rest, add_special_tokens=False).input_ids
-        ids += piece
-        trained += [False] * len(piece)
-    return ids[: args.max_length], trained[: args.max_length]
+    return encode_chat(tok, messages, args.max_length)
 
 
 def load(name):

@@ -17,6 +17,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sft_masks import encode_chat
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--gguf")
 ap.add_argument("--model")
@@ -39,22 +41,8 @@ eos = base.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
 
 
-def render(messages, gen):
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-
-
 def encode(messages):
-    ids, trained, done = [], [], ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prompt, full = render(messages[:i], True), render(messages[: i + 1], False)
-        for text, t in ((prompt[len(done):], False), (full[len(prompt):], True)):
-            piece = tok(text, add_special_tokens=False).input_ids
-            ids += piece
-            trained += [t] * len(piece)
-        done = full
-    return ids[: args.max_length], trained[: args.max_length]
+    return encode_chat(tok, messages, args.max_length)
 
 
 rows = [encode(json.loads(l)["messages"]) for l in open(args.data, encoding="utf-8") if l.strip()]
