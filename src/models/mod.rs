@@ -6,7 +6,9 @@ pub mod dense;
 pub mod dropout;
 pub mod generation;
 pub mod gguf_llama;
+pub mod image_classifier;
 pub mod llama;
+pub mod mobilenet_v2;
 pub mod precision;
 pub mod text_classifier;
 

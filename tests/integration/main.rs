@@ -8,3 +8,4 @@ mod numerics;
 mod peft;
 mod quant;
 mod training;
+mod vision;

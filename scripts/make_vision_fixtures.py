@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Fixtures for the vision tests (run from the repository root; needs torch, torchvision, Pillow).
+
+1. tests/fixtures/pth/: small state dicts saved by torch.save in both layouts (zip and legacy),
+   with a strided view, f16, bf16 and int64 tensors, a nested dict; their contents as safetensors;
+   and `evil.pth`, a checkpoint whose pickle would call os.system when loaded by Python's pickle.
+2. tests/fixtures/images/: four real photographs (scikit-image's sample data, public domain /
+   CC0, from the PyPI wheel scikit-image==0.25.2, fetched with pip download, not installed),
+   resized (short side 256, bilinear, antialiased) and centre-cropped to 224x224 by PIL as
+   torchvision's ImageNet preprocessing does, saved as PNG.
+   tests/fixtures/mobilenet_v2-reference.safetensors: torchvision's MobileNetV2 (the real
+   IMAGENET1K_V1 weights from scripts/fetch-assets.sh mobilenet) logits and pooled features for
+   those PNGs, normalised with the ImageNet mean/std; and the same model's logits in train mode
+   (batch statistics) for a batch of the four, to check BatchNorm's training path.
+
+Usage: python3 scripts/make_vision_fixtures.py [--hub-cache DIR]
+"""
+import argparse, glob, io, json, os, subprocess, sys, tempfile, zipfile
+
+import torch
+import torchvision
+from PIL import Image
+from safetensors.torch import save_file
+
+FIX = "tests/fixtures"
+IMAGES = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
+
+
+def pth_fixtures():
+    out = os.path.join(FIX, "pth")
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    base = torch.randn(4, 6)
+    sd = {
+        "layer.weight": torch.randn(3, 5),
+        "layer.bias": torch.randn(3),
+        "strided": base.t()[1:5:2],  # a non-contiguous view with an offset
+        "half": torch.randn(2, 3).half(),
+        "bf16": torch.randn(5).bfloat16(),
+        "steps": torch.tensor(7, dtype=torch.int64),
+        "scalar": torch.tensor(2.5),
+    }
+    ckpt = {"state_dict": sd, "epoch": 3}
+    torch.save(ckpt, os.path.join(out, "zip.pth"))
+    torch.save(ckpt, os.path.join(out, "legacy.pth"), _use_new_zipfile_serialization=False)
+    save_file({k: v.float().contiguous().reshape(v.shape) for k, v in sd.items()}, os.path.join(out, "expected.safetensors"))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo finetune-test-should-never-print",))
+
+    torch.save({"weight": torch.zeros(2), "payload": Evil()}, os.path.join(out, "evil.pth"))
+
+
+def sample_images(tmp):
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
+                    "scikit-image==0.25.2", "-d", tmp], check=True)
+    wheel = glob.glob(os.path.join(tmp, "scikit_image-0.25.2-*.whl"))[0]
+    z = zipfile.ZipFile(wheel)
+    return {name: Image.open(io.BytesIO(z.read(f"skimage/data/{name}"))).convert("RGB") for name in IMAGES}
+
+
+def mobilenet_reference(hub):
+    snap = glob.glob(os.path.join(hub, "models--finetune--mobilenet_v2.imagenet1k_v1/snapshots/*"))[0]
+    cfg = json.load(open(os.path.join(snap, "config.json")))
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(os.path.join(snap, "mobilenet_v2-b0353104.pth"), weights_only=True))
+    model.eval()
+    out = os.path.join(FIX, "images")
+    os.makedirs(out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = sample_images(tmp)
+    prep = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(256, interpolation=torchvision.transforms.InterpolationMode.BILINEAR),
+        torchvision.transforms.CenterCrop(224),
+    ])
+    to_tensor = torchvision.transforms.Compose([
+        torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize(cfg["pretrained_cfg"]["mean"], cfg["pretrained_cfg"]["std"]),
+    ])
+    batch = []
+    for name in IMAGES:
+        png = os.path.join(out, os.path.splitext(name)[0] + ".png")
+        prep(images[name]).save(png)
+        batch.append(to_tensor(Image.open(png).convert("RGB")))
+    x = torch.stack(batch)
+    with torch.no_grad():
+        features = torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1).flatten(1)
+        logits = model.classifier(features)
+        model.train()
+        model.classifier[0].p = 0.0
+        train_logits = model(x)
+    save_file({"logits": logits.contiguous(), "features": features.contiguous(), "train_logits": train_logits.contiguous()},
+              os.path.join(FIX, "mobilenet_v2-reference.safetensors"))
+    for name, row in zip(IMAGES, logits):
+        top = row.topk(3).indices.tolist()
+        print(name, [cfg["label_names"][i] for i in top])
+    json.dump({"images": [os.path.splitext(n)[0] + ".png" for n in IMAGES],
+               "top1": [int(r.argmax()) for r in logits]},
+              open(os.path.join(FIX, "mobilenet_v2-reference.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hub-cache", default=os.environ.get("HF_HUB_CACHE", os.path.expanduser("~/.cache/huggingface/hub")))
+    args = ap.parse_args()
+    pth_fixtures()
+    mobilenet_reference(args.hub_cache)

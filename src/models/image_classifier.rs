@@ -1,0 +1,188 @@
+//! Image-classification model directories: `config.json` in the layout timm uses on the Hugging
+//! Face hub (`architecture`, `num_classes`, `pretrained_cfg` with the input size and
+//! normalisation), and weights as `model.safetensors` or a PyTorch checkpoint (`pytorch_model.bin`
+//! or one `*.pth`, read without running Python).
+
+use super::mobilenet_v2::{self, MobileNetV2, MobileNetV2Config};
+use super::{Head, LoadReport, WeightSource, load_weights};
+use crate::io::pth::PthFile;
+use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How the backbone was pretrained to see images.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PretrainedCfg {
+    /// `[channels, height, width]`.
+    pub input_size: [usize; 3],
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Resize so that the crop is this fraction of the resized short side (0.875: 256 → 224).
+    #[serde(default = "default_crop_pct")]
+    pub crop_pct: f32,
+}
+
+fn default_crop_pct() -> f32 {
+    0.875
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub architecture: String,
+    pub num_classes: usize,
+    pub pretrained_cfg: PretrainedCfg,
+    /// Class names in id order (a fine-tuned model; optional for a base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_names: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub mobilenet_v2: MobileNetV2Config,
+    /// What finetune did to produce this model (absent for a base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<serde_json::Value>,
+}
+
+pub const ARCHITECTURES: [&str; 1] = ["mobilenet_v2"];
+
+/// The files of an image model directory.
+#[derive(Debug, Clone)]
+pub struct ImageModelDir {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub weights: PathBuf,
+    pub config: ImageConfig,
+}
+
+impl ImageModelDir {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).with_context(|| {
+            format!("{}: no readable config.json; is this an image model directory?", dir.display())
+        })?;
+        let config: ImageConfig = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not an image model config (needs architecture, num_classes, pretrained_cfg)",
+                config_path.display()
+            )
+        })?;
+        if !ARCHITECTURES.contains(&config.architecture.as_str()) {
+            bail!(
+                "{}: architecture '{}' is not supported; finetune builds {:?}",
+                config_path.display(),
+                config.architecture,
+                ARCHITECTURES
+            );
+        }
+        Ok(Self { dir: dir.to_path_buf(), weights: find_weights(dir)?, config_path, config })
+    }
+
+    /// Whether `dir` holds an image model rather than a text or causal-LM one.
+    pub fn is_image_model(dir: &Path) -> bool {
+        std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("architecture").is_some() && v.get("pretrained_cfg").is_some())
+    }
+
+    pub fn open_weights(&self) -> Result<ImageWeights> {
+        let is_safetensors = self.weights.extension().is_some_and(|e| e == "safetensors");
+        Ok(if is_safetensors {
+            ImageWeights::Safetensors(SafetensorsFile::open(&self.weights)?)
+        } else {
+            ImageWeights::Pth(PthFile::open(&self.weights)?)
+        })
+    }
+}
+
+fn find_weights(dir: &Path) -> Result<PathBuf> {
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        if dir.join(name).is_file() {
+            return Ok(dir.join(name));
+        }
+    }
+    let mut pth: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pth" || e == "pt"))
+        .collect();
+    pth.sort();
+    match pth.len() {
+        1 => Ok(pth.remove(0)),
+        0 => bail!("{}: no weights (model.safetensors, pytorch_model.bin or a .pth file)", dir.display()),
+        _ => bail!("{}: several .pth files ({pth:?}); keep one", dir.display()),
+    }
+}
+
+/// A checkpoint in either format.
+pub enum ImageWeights {
+    Safetensors(SafetensorsFile),
+    Pth(PthFile),
+}
+
+impl WeightSource for ImageWeights {
+    fn describe(&self) -> String {
+        match self {
+            Self::Safetensors(f) => f.describe(),
+            Self::Pth(f) => f.describe(),
+        }
+    }
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Self::Safetensors(f) => WeightSource::contains(f, key),
+            Self::Pth(f) => WeightSource::contains(f, key),
+        }
+    }
+    fn names(&self) -> Vec<String> {
+        match self {
+            Self::Safetensors(f) => WeightSource::names(f),
+            Self::Pth(f) => WeightSource::names(f),
+        }
+    }
+    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        match self {
+            Self::Safetensors(f) => f.tensor_with_shape(key, expected),
+            Self::Pth(f) => f.tensor_with_shape(key, expected),
+        }
+    }
+}
+
+/// Build the backbone with `num_classes` outputs: every backbone tensor from the checkpoint, the
+/// classifier from it too when `head` is [`Head::FromCheckpoint`] and the sizes agree.
+pub fn load_image_classifier(
+    files: &ImageModelDir,
+    num_classes: usize,
+    dropout: f64,
+    head: Head,
+    device: &Device,
+) -> Result<(MobileNetV2, LoadReport)> {
+    let weights = files.open_weights()?;
+    let model = MobileNetV2::new(&files.config.mobilenet_v2, num_classes, dropout, device);
+    let new_head = head == Head::New || num_classes != files.config.num_classes;
+    let keys: Vec<(String, String)> = crate::io::params::list_params(&model)
+        .into_iter()
+        .map(|p| {
+            let key = mobilenet_v2::torchvision_key(&p.path, &model);
+            (p.path, key)
+        })
+        .collect();
+    let (model, mut report) = load_weights(model, &weights, |info| {
+        if new_head && info.path.starts_with("head.") {
+            return (Vec::new(), true);
+        }
+        let key = keys.iter().find(|(p, _)| *p == info.path).map(|(_, k)| k.clone()).unwrap_or_default();
+        (vec![key], false)
+    })?;
+    // BatchNorm's step counters are not used by the forward pass.
+    report.unused.retain(|k| !k.ends_with("num_batches_tracked"));
+    if new_head {
+        report.unused.retain(|k| !k.starts_with("classifier."));
+    }
+    Ok((model, report))
+}
+
+/// The model's parameters (and BatchNorm statistics) under torchvision's keys, PyTorch layout.
+pub fn torchvision_tensors(model: &MobileNetV2) -> Vec<(String, HostTensor)> {
+    super::checkpoint_tensors(model, |p| mobilenet_v2::torchvision_key(p, model), |_| true)
+}
