@@ -58,6 +58,8 @@ pub enum Task {
     TextClassification,
     /// Supervised fine-tuning of a decoder on prompts and responses (`tasks::causal_lm`).
     CausalLm,
+    /// Labelled images and a pretrained CNN backbone (`tasks::image_classification`).
+    ImageClassification,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +99,41 @@ pub struct Recipe {
     pub prompt_tuning: Option<crate::methods::prompt_tuning::PromptTuningConfig>,
     /// Hold the frozen base's linear weights in 4 bits (with `method = "lora"`: QLoRA).
     pub quantization: Option<crate::quant::QuantConfig>,
+    /// Image input settings (`task = "image-classification"`).
+    #[serde(default)]
+    pub image: ImageConfig,
+}
+
+/// How images are fed to an image backbone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Input side length; default: the backbone's pretraining size (224 for ImageNet models).
+    pub size: Option<usize>,
+    /// Evaluation crop as a fraction of the resized short side; default: the backbone's
+    /// (0.875 for ImageNet models). 1.0 keeps the whole image (e.g. Fashion-MNIST).
+    pub crop_pct: Option<f32>,
+    /// Without a validation file: hold out this fraction of the training images, every
+    /// `round(1/f)`-th one (index ≡ k-1 mod k), so any language reproduces the split.
+    #[serde(default)]
+    pub validation_split: f64,
+    /// Train on the first this many training images only (quick runs on a CPU).
+    pub max_train_examples: Option<usize>,
+    /// Random augmentation of training images; absent: none.
+    pub augment: Option<crate::data::image::AugmentConfig>,
+    /// BatchNorm in trainable layers: `train` (batch statistics, running averages updated, as
+    /// PyTorch's `model.train()`), or `frozen` (the pretrained statistics throughout). Frozen
+    /// layers always use the pretrained statistics.
+    #[serde(default)]
+    pub batch_norm: BatchNormMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchNormMode {
+    #[default]
+    Train,
+    Frozen,
 }
 
 fn default_revision() -> String {
@@ -389,7 +426,8 @@ impl Recipe {
 pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
     let (key, raw) =
         assignment.split_once('=').with_context(|| format!("override '{assignment}' is not of the form key=value"))?;
-    let value = parse_value(raw.trim());
+    // TOML has no null: `key=null` removes the key (an optional setting or a whole table).
+    let value = (raw.trim() != "null").then(|| parse_value(raw.trim()));
     let parts: Vec<&str> = key.trim().split('.').collect();
     let mut node = root;
     for (i, part) in parts.iter().enumerate() {
@@ -397,7 +435,10 @@ pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
             .as_table_mut()
             .with_context(|| format!("override '{key}': '{}' is not a table", parts[..i].join(".")))?;
         if i + 1 == parts.len() {
-            table.insert(part.to_string(), value);
+            match value {
+                Some(v) => table.insert(part.to_string(), v),
+                None => table.remove(*part),
+            };
             return Ok(());
         }
         node = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
@@ -475,6 +516,16 @@ learning_rate = 5e-5
         assert_eq!(r.method, Method::Full);
         assert_eq!(r.training.early_stopping.unwrap().patience, 3);
         assert_eq!(r.head.pooling, Pooling::Cls);
+        let r =
+            Recipe::parse(MINIMAL, &["image.augment.hflip=0.0".into(), "training.early_stopping.patience=3".into()])
+                .unwrap();
+        assert_eq!(r.image.augment.unwrap().hflip, 0.0);
+        let r = Recipe::parse(
+            MINIMAL,
+            &["image.augment.hflip=0.0".into(), "image.augment=null".into(), "data.test=null".into()],
+        )
+        .unwrap();
+        assert!(r.image.augment.is_none() && r.data.test.is_none());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 mod inspect;
 
 use crate::models::generation::Sampling;
+use crate::models::image_classifier::ImageModelDir;
 use crate::recipe::{Recipe, Task};
 use crate::tasks::causal_lm::{self, LmReport};
-use crate::tasks::text_classification::{self, FinetunedClassifier};
+use crate::tasks::image_classification::{self, FinetunedImageClassifier};
+use crate::tasks::text_classification::{self, FinetunedClassifier, TrainReport};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal};
@@ -38,7 +40,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate a fine-tuned model (or a base model plus an adapter) on a labelled CSV/TSV/JSONL file.
+    /// Evaluate a fine-tuned model (or a base model plus an adapter) on a labelled CSV/TSV/JSONL file,
+    /// or an image model on an IDX file or a folder of class directories.
     Eval {
         /// A fine-tuned model, or the base model of `--adapter`.
         #[arg(long)]
@@ -61,7 +64,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Predict labels for texts (arguments, or one per line on stdin).
+    /// Predict labels for texts (arguments, or one per line on stdin), or for image files with an
+    /// image model (`finetune predict --model DIR photo.png`).
     Predict {
         /// A fine-tuned model, or the base model of `--adapter`.
         #[arg(long)]
@@ -151,43 +155,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let report = text_classification::run(&r, resume, show)?;
+            let report = match r.task {
+                Task::ImageClassification => image_classification::run(&r, resume, show)?,
+                _ => text_classification::run(&r, resume, show)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("method:        {}", report.method);
-                println!("model:         {}", report.model);
-                println!("trainable:     {} of {} parameters", report.trainable_params, report.total_params);
+                print_train_report(&report);
+            }
+        }
+        Command::Eval { model: Some(model), data, batch_size, device, json, .. } if is_image_model(&model) => {
+            let m = FinetunedImageClassifier::load(&resolve_image_model(&model)?, &device)?;
+            let metrics = m.evaluate_split(&data, batch_size)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&metrics)?);
+            } else {
                 println!(
-                    "steps:         {} ({} epochs{})",
-                    report.optimizer_steps,
-                    report.epochs_run,
-                    if report.stopped_early { ", stopped early" } else { "" }
+                    "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
+                    metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
                 );
-                println!("train time:    {:.1} s", report.train_seconds);
-                if let Some(s) = report.feature_seconds {
-                    println!(
-                        "features:      {:.1} s ({})",
-                        s,
-                        if report.feature_cache_hit == Some(true) { "cache hit" } else { "computed" }
-                    );
-                }
-                if let Some(b) = &report.best {
-                    println!(
-                        "best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})",
-                        b.epoch + 1,
-                        b.metrics.accuracy,
-                        b.metrics.macro_f1
-                    );
-                }
-                if let Some(t) = &report.test {
-                    println!(
-                        "test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)",
-                        t.accuracy, t.macro_f1, t.loss, t.examples
-                    );
-                }
-                println!("model saved:   {}", report.model_dir.display());
-                println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", report.run_dir.display());
             }
         }
         Command::Eval { model, adapter, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
@@ -201,6 +188,21 @@ pub fn run(cli: Cli) -> Result<()> {
                     "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
                     metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
                 );
+            }
+        }
+        Command::Predict { model: Some(model), texts, device, json, .. } if is_image_model(&model) => {
+            let m = FinetunedImageClassifier::load(&resolve_image_model(&model)?, &device)?;
+            let images: Vec<PathBuf> = texts.iter().map(PathBuf::from).collect();
+            if images.is_empty() {
+                anyhow::bail!("give image files to classify: finetune predict --model {model} photo.png ...");
+            }
+            for p in m.predict(&images, 5)? {
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else {
+                    let top: Vec<String> = p.top.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
+                    println!("{}\t{}\t{}", p.label, top.join(" "), p.image.display());
+                }
             }
         }
         Command::Predict { model, adapter, texts, device, json } => {
@@ -266,6 +268,51 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `--model` names an image model (a directory, or a hub id in the cache).
+fn is_image_model(model: &str) -> bool {
+    resolve_image_model(model).is_ok_and(|d| ImageModelDir::is_image_model(&d))
+}
+
+fn resolve_image_model(model: &str) -> Result<PathBuf> {
+    crate::io::hub::resolve(model, crate::io::hub::RepoKind::Model, "main", &["config.json"])
+}
+
+fn print_train_report(report: &TrainReport) {
+    println!("method:        {}", report.method);
+    println!("model:         {}", report.model);
+    println!("trainable:     {} of {} parameters", report.trainable_params, report.total_params);
+    println!(
+        "steps:         {} ({} epochs{})",
+        report.optimizer_steps,
+        report.epochs_run,
+        if report.stopped_early { ", stopped early" } else { "" }
+    );
+    println!("train time:    {:.1} s", report.train_seconds);
+    if let Some(s) = report.feature_seconds {
+        println!(
+            "features:      {:.1} s ({})",
+            s,
+            if report.feature_cache_hit == Some(true) { "cache hit" } else { "computed" }
+        );
+    }
+    if let Some(b) = &report.best {
+        println!(
+            "best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})",
+            b.epoch + 1,
+            b.metrics.accuracy,
+            b.metrics.macro_f1
+        );
+    }
+    if let Some(t) = &report.test {
+        println!(
+            "test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)",
+            t.accuracy, t.macro_f1, t.loss, t.examples
+        );
+    }
+    println!("model saved:   {}", report.model_dir.display());
+    println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", report.run_dir.display());
 }
 
 fn print_lm_report(r: &LmReport) {

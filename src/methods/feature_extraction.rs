@@ -6,7 +6,8 @@ use crate::data::TokenizedSplit;
 use crate::data::batch::{chunk, collate, length_sorted};
 use crate::io::hub::sha256_file;
 use crate::io::safetensors::{HostTensor, SafetensorsFile, write_safetensors};
-use crate::models::text_classifier::TextClassifier;
+use crate::models::text_classifier::{ClassificationHead, TextClassifier};
+use crate::training::trainer::{Examples, Split, classification_loss};
 use anyhow::Result;
 use burn::prelude::*;
 use sha2::{Digest, Sha256};
@@ -84,6 +85,7 @@ pub struct CachedFeatures {
 }
 
 /// Features for `splits`, from the cache file for `key` if present, else computed and cached.
+#[allow(clippy::too_many_arguments)]
 pub fn load_or_compute(
     model: &TextClassifier,
     splits: &[&TokenizedSplit],
@@ -93,6 +95,21 @@ pub fn load_or_compute(
     pad_id: u32,
     device: &Device,
     show_progress: bool,
+) -> Result<CachedFeatures> {
+    let named: Vec<(&str, usize)> = splits.iter().map(|s| (s.name, s.len())).collect();
+    load_or_compute_with(&named, key, cache_dir, show_progress, |i, progress| {
+        Ok(compute_features(model, splits[i], batch_size, pad_id, device, progress))
+    })
+}
+
+/// The cache logic for any backbone: `splits` are (name, rows); `compute(i, progress)` returns
+/// the features of split `i` (advancing `progress` by its rows) when the cache misses.
+pub fn load_or_compute_with(
+    splits: &[(&str, usize)],
+    key: &str,
+    cache_dir: &Path,
+    show_progress: bool,
+    mut compute: impl FnMut(usize, &indicatif::ProgressBar) -> Result<Features>,
 ) -> Result<CachedFeatures> {
     let start = Instant::now();
     let cache_file = cache_dir.join(format!("{key}.safetensors"));
@@ -110,7 +127,7 @@ pub fn load_or_compute(
             Err(e) => tracing::warn!("ignoring unreadable feature cache {}: {e:#}", cache_file.display()),
         }
     }
-    let total: usize = splits.iter().map(|s| s.len()).sum();
+    let total: usize = splits.iter().map(|s| s.1).sum();
     let progress = if show_progress {
         let p = indicatif::ProgressBar::new(total as u64);
         p.set_style(
@@ -123,23 +140,54 @@ pub fn load_or_compute(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let features: Vec<Features> =
-        splits.iter().map(|s| compute_features(model, s, batch_size, pad_id, device, &progress)).collect();
+    let features: Vec<Features> = (0..splits.len()).map(|i| compute(i, &progress)).collect::<Result<_>>()?;
     progress.finish_and_clear();
     let named: Vec<(String, HostTensor)> =
-        splits.iter().zip(&features).map(|(s, f)| (s.name.to_string(), f.clone())).collect();
+        splits.iter().zip(&features).map(|(s, f)| (s.0.to_string(), f.clone())).collect();
     write_safetensors(&cache_file, &named, None)?;
     tracing::info!("cached features in {}", cache_file.display());
     Ok(CachedFeatures { splits: features, cache_file, cache_hit: false, seconds: start.elapsed().as_secs_f64() })
 }
 
-fn read_cache(path: &Path, splits: &[&TokenizedSplit]) -> Result<Vec<Features>> {
+/// Cached features of a head trained alone, for the trainer.
+pub struct FeatureExamples {
+    pub features: [Option<Tensor<2>>; 3],
+    pub labels: [Vec<usize>; 3],
+}
+
+pub fn slot(split: Split) -> usize {
+    match split {
+        Split::Train => 0,
+        Split::Validation => 1,
+        Split::Test => 2,
+    }
+}
+
+impl Examples<ClassificationHead> for FeatureExamples {
+    fn len(&self, split: Split) -> usize {
+        self.labels[slot(split)].len()
+    }
+    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+        let features = self.features[slot(split)].as_ref().expect("split present");
+        let device = features.device();
+        let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [indices.len()]), &device);
+        classification_loss(head.forward(features.clone().select(0, idx)), &self.labels[slot(split)], indices)
+    }
+}
+
+/// A host feature matrix as a tensor on `device`.
+pub fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), device)
+}
+
+fn read_cache(path: &Path, splits: &[(&str, usize)]) -> Result<Vec<Features>> {
     let file = SafetensorsFile::open(path)?;
     splits
         .iter()
-        .map(|s| {
-            let t = file.tensor(s.name)?;
-            anyhow::ensure!(t.shape.first() == Some(&s.len()), "split '{}' has {:?} rows", s.name, t.shape);
+        .map(|&(name, rows)| {
+            let t = file.tensor(name)?;
+            anyhow::ensure!(t.shape.first() == Some(&rows), "split '{name}' has {:?} rows", t.shape);
             Ok(t)
         })
         .collect()

@@ -44,13 +44,21 @@ pub struct TrainPlan {
     pub every_epochs: Option<usize>,
     pub every_steps: Option<usize>,
     pub layer_lr_decay: f64,
+    /// The group of a parameter path.
+    pub group_of: fn(&str) -> LayerGroup,
 }
 
 impl TrainPlan {
+    /// The plan for a BERT-style encoder classifier with `num_layers` layers.
     pub fn new(recipe: &Recipe, num_layers: usize) -> Self {
         let mut order = vec![LayerGroup::Head];
         order.extend((0..num_layers).rev().map(LayerGroup::Layer));
         order.push(LayerGroup::Embeddings);
+        Self::for_groups(recipe, order, LayerGroup::of_path)
+    }
+
+    /// The plan for any model: its groups top-down (head first) and how paths map to them.
+    pub fn for_groups(recipe: &Recipe, order: Vec<LayerGroup>, group_of: fn(&str) -> LayerGroup) -> Self {
         let all = order.len();
         match recipe.method {
             Method::Transfer => Self {
@@ -59,11 +67,14 @@ impl TrainPlan {
                 every_steps: recipe.transfer.unfreeze_every_steps.filter(|&n| n > 0),
                 layer_lr_decay: recipe.transfer.layer_lr_decay,
                 order,
+                group_of,
             },
-            Method::Full => Self { initial: all, every_epochs: None, every_steps: None, layer_lr_decay: 1.0, order },
+            Method::Full => {
+                Self { initial: all, every_epochs: None, every_steps: None, layer_lr_decay: 1.0, order, group_of }
+            }
             // The head-only plan; adapter methods decide trainability themselves.
             Method::FeatureExtraction | Method::Lora | Method::PromptTuning => {
-                Self { initial: 1, every_epochs: None, every_steps: None, layer_lr_decay: 1.0, order }
+                Self { initial: 1, every_epochs: None, every_steps: None, layer_lr_decay: 1.0, order, group_of }
             }
         }
     }
@@ -79,13 +90,13 @@ impl TrainPlan {
     }
 
     pub fn is_trainable(&self, path: &str, unfrozen: usize) -> bool {
-        let group = LayerGroup::of_path(path);
+        let group = (self.group_of)(path);
         self.order[..unfrozen].contains(&group)
     }
 
     /// Learning-rate multiplier: `decay^depth`, depth 0 for the head, 1 for the top layer, ...
     pub fn lr_scale(&self, path: &str) -> f64 {
-        let group = LayerGroup::of_path(path);
+        let group = (self.group_of)(path);
         let depth = self.order.iter().position(|g| *g == group).unwrap_or(0);
         self.layer_lr_decay.powi(depth as i32)
     }

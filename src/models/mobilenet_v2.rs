@@ -7,6 +7,7 @@
 //! everywhere except after the projections.
 
 use super::text_classifier::ClassificationHead;
+use crate::methods::LayerGroup;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -205,6 +206,30 @@ impl MobileNetV2 {
     }
 }
 
+/// Inverted-residual blocks in every MobileNetV2 (the repeats of the setting table).
+pub const NUM_BLOCKS: usize = 17;
+
+/// Unfreezing groups for transfer learning: the head, then the final 1×1 conv (`Layer(18)`),
+/// the blocks top-down (`Layer(17)` … `Layer(1)`), and the stem last (`Layer(0)`).
+pub fn layer_groups() -> Vec<LayerGroup> {
+    let mut order = vec![LayerGroup::Head];
+    order.extend((0..=NUM_BLOCKS + 1).rev().map(LayerGroup::Layer));
+    order
+}
+
+/// The group of a parameter path (see [`layer_groups`]).
+pub fn layer_group(path: &str) -> LayerGroup {
+    if path.starts_with("stem.") {
+        LayerGroup::Layer(0)
+    } else if let Some(rest) = path.strip_prefix("blocks.") {
+        LayerGroup::Layer(1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0))
+    } else if path.starts_with("last.") {
+        LayerGroup::Layer(NUM_BLOCKS + 1)
+    } else {
+        LayerGroup::Head
+    }
+}
+
 /// torchvision's key for one of our parameter paths. burn names BatchNorm's affine parameters
 /// `gamma`/`beta`; torchvision `weight`/`bias`.
 pub fn torchvision_key(path: &str, model: &MobileNetV2) -> String {
@@ -253,6 +278,30 @@ pub fn torchvision_key(path: &str, model: &MobileNetV2) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gradients through BatchNorm with frozen statistics (inference mode on the autodiff
+    /// device) reach γ, β and the input: frozen statistics must not freeze the layers.
+    #[test]
+    fn frozen_batch_norm_is_differentiable() {
+        let device = crate::device::training(&Device::default());
+        let mut bn = BatchNormConfig::new(2).init(&device);
+        bn.running_mean = burn::module::RunningState::new(Tensor::from_floats([0.5, -1.0], &device));
+        bn.running_var = burn::module::RunningState::new(Tensor::from_floats([4.0, 0.25], &device));
+        bn.training = Param::from_bool(false);
+        let x = Tensor::<4>::from_floats([[[[1.0, 2.0]], [[3.0, -1.0]]]], &device).require_grad();
+        let y = bn.forward(x.clone());
+        let grads = y.clone().sum().backward();
+        let s = [1.0 / (4.0f32 + 1e-5).sqrt(), 1.0 / (0.25f32 + 1e-5).sqrt()];
+        let gamma = bn.gamma.grad(&grads).expect("gamma grad").into_data().to_vec::<f32>().unwrap();
+        assert!(
+            (gamma[0] - (0.5 + 1.5) * s[0]).abs() < 1e-5 && (gamma[1] - (4.0 + 0.0) * s[1]).abs() < 1e-4,
+            "{gamma:?}"
+        );
+        let beta = bn.beta.grad(&grads).expect("beta grad").into_data().to_vec::<f32>().unwrap();
+        assert_eq!(beta, vec![2.0, 2.0]);
+        let dx = x.grad(&grads).expect("x grad").into_data().to_vec::<f32>().unwrap();
+        assert!((dx[0] - s[0]).abs() < 1e-6 && (dx[3] - s[1]).abs() < 1e-5, "{dx:?}");
+    }
 
     #[test]
     fn channel_rounding_matches_torchvision() {

@@ -1,4 +1,5 @@
 //! Tasks: each wires a model family, its data and the methods into runnable jobs.
 
 pub mod causal_lm;
+pub mod image_classification;
 pub mod text_classification;

@@ -9,7 +9,7 @@ use crate::io::hub::{self, RepoKind};
 use crate::io::peft::AdapterFiles;
 use crate::io::safetensors::{HostTensor, write_safetensors};
 use crate::methods::TrainPlan;
-use crate::methods::feature_extraction;
+use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
 use crate::methods::lora::{self, LoraConfig};
 use crate::methods::prompt_tuning::{self, PromptInit, PromptTuningConfig, SoftPrompt};
 use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
@@ -96,37 +96,6 @@ impl Examples<TextClassifier> for TokenExamples<'_> {
     fn eval_order(&self, split: Split) -> Vec<usize> {
         self.split(split).map_or_else(Vec::new, |s| length_sorted(&s.encoded))
     }
-}
-
-/// Cached features for a head trained alone.
-struct FeatureExamples {
-    features: [Option<Tensor<2>>; 3],
-    labels: [Vec<usize>; 3],
-}
-
-fn slot(split: Split) -> usize {
-    match split {
-        Split::Train => 0,
-        Split::Validation => 1,
-        Split::Test => 2,
-    }
-}
-
-impl Examples<ClassificationHead> for FeatureExamples {
-    fn len(&self, split: Split) -> usize {
-        self.labels[slot(split)].len()
-    }
-    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
-        let features = self.features[slot(split)].as_ref().expect("split present");
-        let device = features.device();
-        let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [indices.len()]), &device);
-        classification_loss(head.forward(features.clone().select(0, idx)), &self.labels[slot(split)], indices)
-    }
-}
-
-fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), device)
 }
 
 /// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.

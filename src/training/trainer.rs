@@ -45,6 +45,9 @@ pub trait Examples<M> {
     fn weight(&self, _split: Split, indices: &[usize]) -> f64 {
         indices.len() as f64
     }
+    /// A hint that `indices` of `split` come next: examples that build batches on the host
+    /// (decoding, augmenting images) can prepare them while the current batch computes.
+    fn prefetch(&self, _split: Split, _indices: &[usize]) {}
     /// The order in which to evaluate a split (any order gives the same metrics).
     fn eval_order(&self, split: Split) -> Vec<usize> {
         (0..self.len(split)).collect()
@@ -185,7 +188,7 @@ where
     'epochs: for epoch in state.epoch..cfg.epochs {
         let batches = chunk(&epoch_order(n, cfg.seed, epoch), cfg.batch_size);
         let steps: Vec<&[Vec<usize>]> = batches.chunks(cfg.grad_accum_steps).collect();
-        for group in steps.iter().skip(state.step_in_epoch) {
+        for (group_index, group) in steps.iter().enumerate().skip(state.step_in_epoch) {
             let (m, newly) = (hooks.set_trainable)(model, epoch, state.step);
             model = m;
             for g in newly {
@@ -198,6 +201,9 @@ where
             let mut grads = GradStore::default();
             let mut group_loss = 0.0;
             for (micro, batch) in group.iter().enumerate() {
+                if let Some(next) = batches.get(group_index * cfg.grad_accum_steps + micro + 1) {
+                    data.prefetch(Split::Train, next);
+                }
                 let seed = step_seed(cfg.seed, state.step, micro);
                 device.seed(seed);
                 crate::models::dropout::seed(seed);

@@ -123,3 +123,199 @@ fn real_mobilenet_v2_matches_torchvision() {
     let before = original.get("features.0.1.running_mean").unwrap();
     assert!(max_abs_diff(&mean.data, &before.data) > 1e-4, "running mean did not update");
 }
+
+/// A small image-folder dataset of real Fashion-MNIST images (`train/<class>/<i>.png`, ...):
+/// `per_class` images of each of three classes per split. None without the asset.
+fn fashion_folders(dir: &std::path::Path, per_class: usize) -> Option<PathBuf> {
+    let repo = finetune::io::hub::resolve(
+        "finetune/fashion-mnist",
+        finetune::io::hub::RepoKind::Dataset,
+        "main",
+        &["train-images-idx3-ubyte.gz"],
+    );
+    let Ok(repo) = repo else {
+        assert!(
+            std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
+            "Fashion-MNIST is not in the hub cache: run scripts/fetch-assets.sh fashion-mnist"
+        );
+        eprintln!("SKIPPED: Fashion-MNIST not in the hub cache (scripts/fetch-assets.sh fashion-mnist)");
+        return None;
+    };
+    let images = finetune::data::image::read_idx_images(&repo.join("train-images-idx3-ubyte.gz")).unwrap();
+    let labels = finetune::data::image::read_idx_labels(&repo.join("train-labels-idx1-ubyte.gz")).unwrap();
+    let classes = [(0usize, "tshirt"), (1, "trouser"), (8, "bag")];
+    let out = dir.join("fashion3");
+    let mut taken = [0usize; 3];
+    for (img, &y) in images.iter().zip(&labels) {
+        let Some(c) = classes.iter().position(|(l, _)| *l == y) else { continue };
+        let n = taken[c];
+        if n >= 3 * per_class {
+            continue;
+        }
+        taken[c] += 1;
+        let split = ["train", "validation", "test"][n / per_class];
+        let folder = out.join(split).join(classes[c].1);
+        std::fs::create_dir_all(&folder).unwrap();
+        image::save_buffer(folder.join(format!("{n}.png")), &img.pixels, 28, 28, image::ExtendedColorType::L8).unwrap();
+    }
+    Some(out)
+}
+
+/// A recipe on `data`; `image_extra` goes into the `[image]` table, `extra` after it.
+fn image_recipe(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    method: &str,
+    image_extra: &str,
+    extra: &str,
+) -> PathBuf {
+    let text = format!(
+        r#"task = "image-classification"
+method = "{method}"
+model = "{MOBILENET_REPO}"
+seed = 3
+output_dir = "{out}"
+[data]
+dataset = "{data}"
+train = "train"
+validation = "validation"
+test = "test"
+[image]
+size = 32
+crop_pct = 1.0
+{image_extra}
+[feature_extraction]
+cache_dir = "{cache}"
+{extra}
+"#,
+        out = dir.join(method).display(),
+        data = data.display(),
+        cache = dir.join("features").display(),
+    );
+    let path = dir.join(format!("{method}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train_cli(recipe: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["train", "--json", "--no-progress"])
+        .arg(recipe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Gradual unfreezing on real images: after 3 steps with one more group every step, the head,
+/// the final conv and block 17 have trained and nothing below has; BatchNorm statistics moved
+/// only in the layers that trained. The saved model loads for `finetune predict` and `eval`.
+#[test]
+fn gradual_unfreezing_trains_top_down_and_freezes_batch_norm_below() {
+    let Some(base) = mobilenet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = fashion_folders(tmp.path(), 8) else { return };
+    let recipe = image_recipe(
+        tmp.path(),
+        &data,
+        "transfer",
+        "",
+        "[transfer]\ntrainable_layers = 0\nunfreeze_every_steps = 1\n[training]\nepochs = 1\nbatch_size = 8\n\
+         learning_rate = 1e-2\nwarmup_ratio = 0.0\n[image.augment]\ncrop_scale = [0.8, 1.0]\nrotate_degrees = 10.0\n",
+    );
+    let report = train_cli(&recipe);
+    assert_eq!(report["optimizer_steps"], 3);
+    let model_dir = PathBuf::from(report["model_dir"].as_str().unwrap());
+    let trained = SafetensorsFile::open(&model_dir.join("model.safetensors")).unwrap();
+    let original = PthFile::open(&ImageModelDir::open(&base).unwrap().weights).unwrap();
+    let changed = |key: &str| max_abs_diff(&trained.tensor(key).unwrap().data, &original.get(key).unwrap().data) > 0.0;
+    assert!(changed("features.18.0.weight") && changed("features.18.1.running_mean"));
+    assert!(changed("features.17.conv.0.0.weight") && changed("features.17.conv.3.running_var"));
+    for frozen in [
+        "features.16.conv.0.0.weight",
+        "features.16.conv.3.running_mean",
+        "features.1.conv.0.0.weight",
+        "features.0.0.weight",
+        "features.0.1.running_var",
+    ] {
+        assert!(!changed(frozen), "{frozen} changed");
+    }
+    let log = std::fs::read_to_string(tmp.path().join("transfer/metrics.jsonl")).unwrap();
+    assert_eq!(log.matches("\"unfreeze\"").count(), 2, "{log}");
+
+    let png = data.join("test/trouser").read_dir().unwrap().next().unwrap().unwrap().path();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["predict", "--json", "--model"])
+        .arg(&model_dir)
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(["bag", "trouser", "tshirt"].contains(&p["label"].as_str().unwrap()), "{p}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["eval", "--json", "--model"])
+        .arg(&model_dir)
+        .arg("--data")
+        .arg(data.join("test"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["examples"], 24);
+    assert!((m["accuracy"].as_f64().unwrap() - report["test"]["accuracy"].as_f64().unwrap()).abs() < 1e-9);
+}
+
+/// `batch_norm = "frozen"` with full fine-tuning: every weight trains, no statistic moves.
+#[test]
+fn full_fine_tuning_with_frozen_batch_norm_statistics() {
+    let Some(base) = mobilenet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = fashion_folders(tmp.path(), 4) else { return };
+    let recipe = image_recipe(
+        tmp.path(),
+        &data,
+        "full",
+        "batch_norm = \"frozen\"",
+        "[training]\nepochs = 1\nbatch_size = 12\nlearning_rate = 1e-3\nwarmup_ratio = 0.0\n",
+    );
+    let report = train_cli(&recipe);
+    let trained =
+        SafetensorsFile::open(&PathBuf::from(report["model_dir"].as_str().unwrap()).join("model.safetensors")).unwrap();
+    let original = PthFile::open(&ImageModelDir::open(&base).unwrap().weights).unwrap();
+    let mut wrong = Vec::new();
+    for name in trained.names() {
+        let diff = match original.get(&name) {
+            Some(o) if !name.starts_with("classifier.") => max_abs_diff(&trained.tensor(&name).unwrap().data, &o.data),
+            _ => continue,
+        };
+        if name.contains("running_") == (diff > 0.0) {
+            wrong.push(format!("{name}: {diff}"));
+        }
+    }
+    assert!(wrong.is_empty(), "statistics that moved or weights that did not train: {wrong:#?}");
+}
+
+/// Feature extraction computes the frozen features once; a second run reads them from the
+/// cache and gives the same result.
+#[test]
+fn image_feature_extraction_caches_features() {
+    let Some(_) = mobilenet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = fashion_folders(tmp.path(), 6) else { return };
+    let recipe = image_recipe(
+        tmp.path(),
+        &data,
+        "feature-extraction",
+        "",
+        "[training]\nepochs = 5\nbatch_size = 6\nlearning_rate = 1e-2\n",
+    );
+    let first = train_cli(&recipe);
+    assert_eq!(first["feature_cache_hit"], false);
+    assert_eq!(first["trainable_params"], 1280 * 3 + 3);
+    std::fs::remove_dir_all(tmp.path().join("feature-extraction")).unwrap();
+    let second = train_cli(&recipe);
+    assert_eq!(second["feature_cache_hit"], true);
+    assert_eq!(first["test"], second["test"]);
+    assert!(first["test"]["accuracy"].as_f64().unwrap() > 0.5, "{first}");
+}
