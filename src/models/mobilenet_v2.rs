@@ -292,14 +292,14 @@ mod tests {
         let y = bn.forward(x.clone());
         let grads = y.clone().sum().backward();
         let s = [1.0 / (4.0f32 + 1e-5).sqrt(), 1.0 / (0.25f32 + 1e-5).sqrt()];
-        let gamma = bn.gamma.grad(&grads).expect("gamma grad").into_data().to_vec::<f32>().unwrap();
+        let gamma = bn.gamma.grad(&grads).expect("gamma grad").into_data().try_into_vec::<f32>().unwrap();
         assert!(
             (gamma[0] - (0.5 + 1.5) * s[0]).abs() < 1e-5 && (gamma[1] - (4.0 + 0.0) * s[1]).abs() < 1e-4,
             "{gamma:?}"
         );
-        let beta = bn.beta.grad(&grads).expect("beta grad").into_data().to_vec::<f32>().unwrap();
+        let beta = bn.beta.grad(&grads).expect("beta grad").into_data().try_into_vec::<f32>().unwrap();
         assert_eq!(beta, vec![2.0, 2.0]);
-        let dx = x.grad(&grads).expect("x grad").into_data().to_vec::<f32>().unwrap();
+        let dx = x.grad(&grads).expect("x grad").into_data().try_into_vec::<f32>().unwrap();
         assert!((dx[0] - s[0]).abs() < 1e-6 && (dx[3] - s[1]).abs() < 1e-5, "{dx:?}");
     }
 
