@@ -58,3 +58,11 @@ theirs full full --epochs 1
 # Gradual unfreezing: head + final conv first, one more block every 5 steps, lr decay 0.9 per group.
 ours transfer-aug recipes/mobilenet-fashion-transfer.toml --set training.epochs=1 --set transfer.unfreeze_every_steps=5
 theirs transfer-aug transfer --epochs 1 --augment --unfreeze-every-steps 5
+# Feature extraction with augmentation (no cache: the frozen backbone runs on every batch), 3 epochs.
+ours fe-aug recipes/mobilenet-fashion-feature-extraction.toml --set training.epochs=3 \
+  --set image.augment.crop_scale=[0.7,1.0] --set image.augment.crop_ratio=[0.8,1.25]
+theirs fe-aug feature-extraction --epochs 3 --batch 128 --lr 3e-3 --warmup-ratio 0.02 --patience 3 --augment
+# Gradual unfreezing without augmentation.
+ours transfer recipes/mobilenet-fashion-transfer.toml --set training.epochs=1 --set transfer.unfreeze_every_steps=5 \
+  --set image.augment=null
+theirs transfer transfer --epochs 1 --unfreeze-every-steps 5

@@ -138,11 +138,19 @@ def main():
                 for i in range(0, len(images), a.eval_batch):
                     out.append(F.adaptive_avg_pool2d(m.features(batch(images[i:i + a.eval_batch], a.size, False)), 1).flatten(1))
             return torch.cat(out)
-        f, fv, ft = feats(x), feats(xv), feats(xt)
+        f = None if a.augment else feats(x)
+        fv, ft = feats(xv), feats(xt)
         feature_seconds = time.time() - start
         head = m.classifier
         opt = optimizer(head.named_parameters(), a.lr, a.wd, {})
-        forward_train = lambda idx: head(f[idx])
+        if a.augment:
+            # Augmented images differ every epoch: the frozen backbone runs on each batch.
+            def forward_train(idx):
+                with torch.no_grad():
+                    z = F.adaptive_avg_pool2d(m.features(batch(x[idx], a.size, True)), 1).flatten(1)
+                return head(z)
+        else:
+            forward_train = lambda idx: head(f[idx])
         evals = (lambda s, e: head(fv[s:e]), lambda s, e: head(ft[s:e]))
         trainable = head
     else:

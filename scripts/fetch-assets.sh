@@ -239,13 +239,32 @@ MD
 fetch_fashion_mnist() {
   if [ ! -f "$WORK/$FASHION_DEB" ]; then
     say "downloading dataset-fashion-mnist from Debian"
+    # apt-get first; without usable package lists (and no root to refresh them), the same file
+    # from the Debian pool that apt would fetch. Either way the sha256 below decides.
     (cd "$WORK" && { apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null; }; })
+      { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null 2>&1; } ||
+      "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+        "http://deb.debian.org/debian/pool/main/d/dataset-fashion-mnist/dataset-fashion-mnist_0.0%7egit20200523.55506a9-1_all.deb" \
+        "$FASHION_DEB"; })
   fi
   verify "$WORK/$FASHION_DEB" "$FASHION_SHA"
   local tmp
   tmp=$(mktemp -d)
-  dpkg-deb -x "$WORK/$FASHION_DEB" "$tmp/deb"
+  if command -v dpkg-deb >/dev/null; then
+    dpkg-deb -x "$WORK/$FASHION_DEB" "$tmp/deb"
+  else # a .deb is an ar archive holding data.tar.*
+    "$PYTHON" - "$WORK/$FASHION_DEB" "$tmp/deb" <<'PY'
+import io, sys, tarfile
+raw = open(sys.argv[1], "rb").read()
+assert raw[:8] == b"!<arch>\n", "not a .deb"
+pos = 8
+while pos < len(raw):
+    name, size = raw[pos:pos + 16].decode().strip(), int(raw[pos + 48:pos + 58].decode())
+    if name.rstrip("/").startswith("data.tar"):
+        tarfile.open(fileobj=io.BytesIO(raw[pos + 60:pos + 60 + size])).extractall(sys.argv[2], filter="data")
+    pos += 60 + size + (size & 1)
+PY
+  fi
   mkdir -p "$tmp/out"
   cp "$tmp"/deb/usr/share/datasets/fashion-mnist/*.gz "$tmp/out/"
   printf '%s\n' "T-shirt/top" Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag "Ankle boot" > "$tmp/out/labels.txt"
