@@ -12,6 +12,9 @@
    IMAGENET1K_V1 weights from scripts/fetch-assets.sh mobilenet) logits and pooled features for
    those PNGs, normalised with the ImageNet mean/std; and the same model's logits in train mode
    (batch statistics) for a batch of the four, to check BatchNorm's training path.
+3. tests/fixtures/peft/mobilenet-lora/: a peft LoRA adapter on that MobileNetV2 (r=4, alpha 8, on a
+   3x3 stem conv and 1x1 convolutions, non-zero B, a new 3-class classifier in modules_to_save),
+   saved by peft itself, with its logits on the four photographs (mobilenet-lora-reference.safetensors).
 
 Usage: python3 scripts/make_vision_fixtures.py [--hub-cache DIR]
 """
@@ -85,6 +88,7 @@ def mobilenet_reference(hub):
         prep(images[name]).save(png)
         batch.append(to_tensor(Image.open(png).convert("RGB")))
     x = torch.stack(batch)
+    peft_adapter(model, x)  # before the train-mode forward below moves the running statistics
     with torch.no_grad():
         features = torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1).flatten(1)
         logits = model.classifier(features)
@@ -99,6 +103,27 @@ def mobilenet_reference(hub):
     json.dump({"images": [os.path.splitext(n)[0] + ".png" for n in IMAGES],
                "top1": [int(r.argmax()) for r in logits]},
               open(os.path.join(FIX, "mobilenet_v2-reference.json"), "w"), indent=1)
+
+
+def peft_adapter(base, x):
+    import copy
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(1)
+    m = copy.deepcopy(base)
+    m.classifier = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(1280, 3))
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["features.0.0", "features.17.conv.2", "features.18.0", "features.5.conv.0.0"],
+                     modules_to_save=["classifier"], init_lora_weights="gaussian")
+    pm = get_peft_model(m, cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    pm.eval()
+    out = os.path.join(FIX, "peft", "mobilenet-lora")
+    pm.save_pretrained(out)
+    with torch.no_grad():
+        logits = pm(x)
+    save_file({"logits": logits.contiguous()}, os.path.join(FIX, "mobilenet-lora-reference.safetensors"))
 
 
 if __name__ == "__main__":

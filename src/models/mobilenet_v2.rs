@@ -8,6 +8,7 @@
 
 use super::text_classifier::ClassificationHead;
 use crate::methods::LayerGroup;
+use crate::methods::lora::conv::ConvLoraAdapter;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -61,6 +62,8 @@ fn make_divisible(v: f64, divisor: usize) -> usize {
 #[derive(Module, Debug)]
 pub struct ConvBn {
     pub conv: Conv2d,
+    /// A LoRA adapter on the convolution, when one is attached (see `methods::lora::conv`).
+    pub lora: Option<ConvLoraAdapter>,
     pub bn: BatchNorm,
     #[module(skip)]
     pub relu6: bool,
@@ -83,11 +86,16 @@ impl ConvBn {
             .with_groups(groups)
             .with_bias(false)
             .init(device);
-        Self { conv, bn: BatchNormConfig::new(c_out).with_epsilon(1e-5).with_momentum(0.1).init(device), relu6 }
+        let bn = BatchNormConfig::new(c_out).with_epsilon(1e-5).with_momentum(0.1).init(device);
+        Self { conv, lora: None, bn, relu6 }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(self.conv.forward(x));
+        let z = match &self.lora {
+            Some(lora) => self.conv.forward(x.clone()) + lora.forward(x),
+            None => self.conv.forward(x),
+        };
+        let y = self.bn.forward(z);
         if self.relu6 { y.clamp(0.0, 6.0) } else { y }
     }
 }
@@ -179,6 +187,26 @@ impl MobileNetV2 {
         self.head.forward(self.features(images))
     }
 
+    /// Every convolution with its torchvision module name (`features.0.0`, `features.3.conv.1.0`,
+    /// `features.3.conv.2` for a projection, `features.18.0`), for adapters to attach to.
+    pub fn conv_layers_mut(&mut self) -> Vec<(String, &mut ConvBn)> {
+        let last = format!("features.{}.0", self.blocks.len() + 1);
+        let mut out = vec![("features.0.0".to_string(), &mut self.stem)];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let n = b.layers.len();
+            for (j, l) in b.layers.iter_mut().enumerate() {
+                let name = if j + 1 == n {
+                    format!("features.{}.conv.{j}", i + 1)
+                } else {
+                    format!("features.{}.conv.{j}.0", i + 1)
+                };
+                out.push((name, l));
+            }
+        }
+        out.push((last, &mut self.last));
+        out
+    }
+
     /// Switch BatchNorm layers between updating their statistics from each training batch
     /// (`train(path)` true) and normalising with the stored running statistics. Frozen layers
     /// of a transfer-learning run keep the ImageNet statistics; a layer in inference mode also
@@ -242,6 +270,9 @@ pub fn torchvision_key(path: &str, model: &MobileNetV2) -> String {
     }
     if let Some(rest) = path.strip_prefix("last.") {
         return format!("features.{}.{}", model.blocks.len() + 1, conv_bn(rest));
+    }
+    if path.contains(".lora.") {
+        return path.to_string();
     }
     if let Some(rest) = path.strip_prefix("head.classifier.") {
         return format!("classifier.1.{rest}");

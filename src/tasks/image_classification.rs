@@ -6,11 +6,14 @@
 use crate::data::batch::SplitMix64;
 use crate::data::image::{AugmentConfig, Image, ImageSplit, Transform, folder_classes, read_split};
 use crate::io::hub::{self, RepoKind};
+use crate::io::peft::AdapterFiles;
 use crate::io::safetensors::write_safetensors;
 use crate::methods::TrainPlan;
 use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
+use crate::methods::lora::conv as conv_lora;
+use crate::methods::lora::{self, BiasMode, InitLoraWeights, KEY_PREFIX, LoraConfig, LoraInit};
 use crate::models::image_classifier::{ImageModelDir, load_image_classifier, torchvision_tensors};
-use crate::models::mobilenet_v2::{self, MobileNetV2};
+use crate::models::mobilenet_v2::{self, ConvBn, MobileNetV2};
 use crate::models::text_classifier::ClassificationHead;
 use crate::models::{Head, count_params};
 use crate::recipe::{BatchNormMode, Method, Recipe};
@@ -19,7 +22,7 @@ use crate::training::checkpoint::RunDir;
 use crate::training::metrics::{EvalMetrics, read_log};
 use crate::training::trainer::{Examples, MethodHooks, Split, classification_loss, evaluate, train};
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -276,6 +279,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     let eval_batch = recipe.training.eval_batch_size;
     let dropout = recipe.head.dropout;
 
+    let mut adapter: Option<LoraConfig> = None;
     let (model, state, feature_info, test) = match recipe.method {
         Method::FeatureExtraction => {
             let (backbone, _) = load_image_classifier(&dir, num_labels, dropout, head, &base)?;
@@ -350,11 +354,39 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 .then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
             (model, outcome.state, None, test)
         }
-        Method::Lora | Method::PromptTuning => bail!(
-            "method '{}' is not available for images yet (LoRA on conv layers is not built); use \
-             feature-extraction, full or transfer",
-            recipe.method.name()
-        ),
+        Method::Lora => {
+            let mut lcfg = recipe.lora.clone().context("method = \"lora\" needs a [lora] section")?;
+            // As for text: the new head trains in full and is saved with the adapter.
+            if !lcfg.saves("classifier") {
+                lcfg.modules_to_save.push("classifier".into());
+            }
+            let (mut model, _) = load_image_classifier(&dir, num_labels, dropout, head, &train_device)?;
+            let targeted = attach_lora(&mut model, &lcfg, lora_init(&lcfg)?, &train_device)?;
+            tracing::info!("LoRA r={} on {} convolutions", lcfg.r, targeted.len());
+            // BatchNorm keeps the base's statistics: an adapter cannot carry changed statistics.
+            let model = model.set_batch_norm_training(|_| false);
+            let started = Cell::new(false);
+            let set_trainable = |m: MobileNetV2, _: usize, _: usize| {
+                if started.replace(true) {
+                    return (m, Vec::new());
+                }
+                (crate::io::params::set_trainable(m, |p| p.contains(".lora.") || p.starts_with("head.")), Vec::new())
+            };
+            let lr_scale = |_: &str| 1.0;
+            let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
+            let examples =
+                ImageExamples::new(&data, t.clone(), recipe.image.augment.clone(), recipe.seed, base.clone());
+            let outcome = train(model, &examples, &cfg, hooks, &run, resume, &train_device)?;
+            let model = outcome.best_model.valid();
+            let test = (examples.len(Split::Test) > 0)
+                .then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
+            export_adapter(&model, &lcfg, &recipe.model, &data.labels, &t, &run.adapter())?;
+            adapter = Some(lcfg);
+            (model, outcome.state, None, test)
+        }
+        Method::PromptTuning => {
+            bail!("prompt tuning is for token inputs; use feature-extraction, full, transfer or lora for images")
+        }
     };
     if let Some(t) = &test {
         tracing::info!("test: loss {:.4} accuracy {:.4} macro-F1 {:.4}", t.loss, t.accuracy, t.macro_f1);
@@ -365,13 +397,25 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         "image_size": t.size,
         "crop_pct": t.crop_pct,
     });
-    export_model(&model, &dir, &data.labels, &t, meta, &run.model())?;
+    // LoRA runs also get the merged model, so `predict` and `eval` take it like any other.
+    let mut merged = model.clone();
+    merge_lora(&mut merged);
+    export_model(&merged, &dir, &data.labels, &t, meta, &run.model())?;
     let records = read_log(&run.metrics())?;
     if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
         tracing::warn!("could not draw curves: {e:#}");
     }
     let (total_params, trainable_params) = match recipe.method {
         Method::FeatureExtraction => (count_params(&model).0, count_params(&model.head).0),
+        Method::Lora => {
+            let params = crate::io::params::list_params(&model);
+            let learnable = params.iter().filter(|p| !p.path.contains("running_"));
+            let total = learnable.clone().map(|p| p.numel()).sum();
+            (
+                total,
+                learnable.filter(|p| p.path.contains(".lora.") || p.path.starts_with("head.")).map(|p| p.numel()).sum(),
+            )
+        }
         _ => {
             let plan = TrainPlan::for_groups(recipe, mobilenet_v2::layer_groups(), mobilenet_v2::layer_group);
             let k = plan.unfrozen(state.epoch.saturating_sub(1), state.step);
@@ -398,10 +442,126 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         feature_seconds: feature_info.map(|f| f.0),
         feature_cache_hit: feature_info.map(|f| f.1),
         run_dir: run.root.clone(),
-        model_dir: run.model(),
+        model_dir: if adapter.is_some() { run.adapter() } else { run.model() },
     };
     crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(report)
+}
+
+fn lora_init(cfg: &LoraConfig) -> Result<LoraInit> {
+    match &cfg.init_lora_weights {
+        InitLoraWeights::Flag(true) => Ok(LoraInit::Kaiming),
+        InitLoraWeights::Named(s) if s == "gaussian" => Ok(LoraInit::Gaussian),
+        other => bail!("init_lora_weights {other:?} is not supported (true or \"gaussian\")"),
+    }
+}
+
+/// Attach LoRA adapters to the convolutions `cfg` targets (torchvision module names).
+fn attach_lora(model: &mut MobileNetV2, cfg: &LoraConfig, init: LoraInit, device: &Device) -> Result<Vec<String>> {
+    if cfg.bias != BiasMode::None {
+        bail!("lora.bias = {:?}: MobileNetV2's convolutions have no bias; use \"none\"", cfg.bias);
+    }
+    let layers = model
+        .conv_layers_mut()
+        .into_iter()
+        .map(|(name, cb)| {
+            let ConvBn { conv, lora, .. } = cb;
+            (name, &*conv, lora)
+        })
+        .collect();
+    conv_lora::inject(layers, cfg, init, device)
+}
+
+fn merge_lora(model: &mut MobileNetV2) {
+    for (_, cb) in model.conv_layers_mut() {
+        let ConvBn { conv, lora, .. } = cb;
+        conv_lora::merge(conv, lora);
+    }
+}
+
+/// Write a LoRA run's adapter in peft's format (`lora_A`/`lora_B` of each adapted convolution,
+/// the classifier as a module to save, under torchvision's module names) plus `finetune.json`.
+pub fn export_adapter(
+    model: &MobileNetV2,
+    cfg: &LoraConfig,
+    base_model: &str,
+    labels: &[String],
+    t: &Transform,
+    dir: &Path,
+) -> Result<()> {
+    let host = |x: Tensor<4>| {
+        let shape = x.dims().to_vec();
+        crate::io::safetensors::HostTensor::new(
+            shape,
+            x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32"),
+        )
+    };
+    let mut tensors = Vec::new();
+    let mut m = model.clone();
+    for (name, cb) in m.conv_layers_mut() {
+        if let Some(a) = &cb.lora {
+            tensors.push((format!("{KEY_PREFIX}{name}.lora_A.weight"), host(a.a.val())));
+            tensors.push((format!("{KEY_PREFIX}{name}.lora_B.weight"), host(a.b.val())));
+        }
+    }
+    let head = crate::models::checkpoint_tensors(
+        model,
+        |p| mobilenet_v2::torchvision_key(p, model),
+        |p| p.path.starts_with("head."),
+    );
+    tensors.extend(head.into_iter().map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v)));
+    let mut config = lora::adapter_config_json(cfg, base_model, "");
+    // A torchvision model is not one of peft's task types.
+    config["task_type"] = serde_json::Value::Null;
+    AdapterFiles::write(dir, &config, tensors)?;
+    let extra = serde_json::json!({ "labels": labels, "finetune": { "image_size": t.size, "crop_pct": t.crop_pct } });
+    crate::io::atomic::write_atomic(&dir.join("finetune.json"), serde_json::to_string_pretty(&extra)?.as_bytes())
+}
+
+/// The base model with a peft LoRA adapter (ours or Python peft's) attached: adapters on the
+/// convolutions it names, the classifier from the adapter when it carries one.
+pub fn load_with_adapter(base: &ImageModelDir, adapter_dir: &Path, device: &Device) -> Result<MobileNetV2> {
+    let files = AdapterFiles::read(adapter_dir)?;
+    let cfg: LoraConfig = serde_json::from_value(files.config.clone())
+        .with_context(|| format!("{}: not a LoRA adapter_config.json", adapter_dir.display()))?;
+    let head_key = format!("{KEY_PREFIX}classifier.1.weight");
+    let num_classes = files.tensors.get(&head_key).map_or(base.config.num_classes, |t| t.shape[0]);
+    let (mut model, _) = load_image_classifier(base, num_classes, 0.0, Head::FromCheckpoint, device)?;
+    attach_lora(&mut model, &cfg, LoraInit::Gaussian, device)?;
+    let mut used = std::collections::BTreeSet::new();
+    for (name, cb) in model.conv_layers_mut() {
+        let Some(a) = cb.lora.as_mut() else { continue };
+        for (suffix, param) in [("lora_A", &mut a.a), ("lora_B", &mut a.b)] {
+            let key = format!("{KEY_PREFIX}{name}.{suffix}.weight");
+            let t = files.tensor(&key)?;
+            let want = param.dims().to_vec();
+            if t.shape != want {
+                bail!("{}: '{key}' has shape {:?}, expected {:?}", adapter_dir.display(), t.shape, want);
+            }
+            let value =
+                Tensor::<4>::from_data(TensorData::new(t.data.clone(), [want[0], want[1], want[2], want[3]]), device);
+            *param = Param::initialized(param.id, value);
+            used.insert(key);
+        }
+    }
+    let keys: Vec<(String, String)> = crate::io::params::list_params(&model)
+        .into_iter()
+        .map(|p| {
+            let k = format!("{KEY_PREFIX}{}", mobilenet_v2::torchvision_key(&p.path, &model));
+            (p.path, k)
+        })
+        .collect();
+    let model = crate::models::import_by_key(
+        model,
+        &files.tensors,
+        |i| keys.iter().find(|(p, _)| *p == i.path).map(|(_, k)| k.clone()).unwrap_or_default(),
+        &mut used,
+    )?;
+    let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
+    if !unused.is_empty() {
+        bail!("{}: tensors that match no layer of the model: {unused:?}", adapter_dir.display());
+    }
+    Ok(model)
 }
 
 /// Write a fine-tuned image model: `config.json` (the base's, with the new classes, the input

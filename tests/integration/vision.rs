@@ -319,3 +319,68 @@ fn image_feature_extraction_caches_features() {
     assert_eq!(first["test"], second["test"]);
     assert!(first["test"]["accuracy"].as_f64().unwrap() > 0.5, "{first}");
 }
+
+/// A LoRA adapter written by Python peft for torchvision's MobileNetV2 (the 3×3 stem conv and
+/// three 1×1 convolutions, non-zero B, a new 3-class classifier in modules_to_save) loads onto
+/// the real weights and gives peft's logits on the four photographs.
+#[test]
+fn peft_conv_lora_adapter_gives_peft_logits() {
+    let Some(path) = mobilenet_dir() else { return };
+    let dir = ImageModelDir::open(&path).unwrap();
+    let device = Device::default();
+    let model = finetune::tasks::image_classification::load_with_adapter(
+        &dir,
+        &fixtures().join("peft/mobilenet-lora"),
+        &device,
+    )
+    .unwrap();
+    let (x, _) = reference_batch(&dir);
+    let expected = SafetensorsFile::open(&fixtures().join("mobilenet-lora-reference.safetensors")).unwrap();
+    let d = max_abs_diff(&values(model.forward(x)), &expected.tensor("logits").unwrap().data);
+    assert!(d < 1e-4, "logits differ from peft's by {d}");
+}
+
+/// LoRA on 1×1 convolutions of real Fashion-MNIST images: only the adapters and the head train,
+/// no BatchNorm statistic moves; the saved adapter reloads onto the base and gives the merged
+/// model's predictions.
+#[test]
+fn image_lora_trains_only_adapters_and_head() {
+    let Some(base) = mobilenet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = fashion_folders(tmp.path(), 6) else { return };
+    let recipe = image_recipe(
+        tmp.path(),
+        &data,
+        "lora",
+        "",
+        "[training]\nepochs = 1\nbatch_size = 9\nlearning_rate = 1e-2\nwarmup_ratio = 0.0\n\
+         [lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"features.18.0\", \"features.17.conv.2\"]\n",
+    );
+    let report = train_cli(&recipe);
+    assert_eq!(report["trainable_params"], 4 * (320 + 1280) + 4 * (960 + 320) + 1280 * 3 + 3);
+    let adapter = PathBuf::from(report["model_dir"].as_str().unwrap());
+    let files = finetune::io::peft::AdapterFiles::read(&adapter).unwrap();
+    let b = files.tensor("base_model.model.features.18.0.lora_B.weight").unwrap();
+    assert_eq!(b.shape, vec![1280, 4, 1, 1]);
+    assert!(b.data.iter().any(|v| *v != 0.0), "lora_B did not train");
+    assert_eq!(files.tensors.len(), 6, "{:?}", files.tensors.keys().collect::<Vec<_>>());
+
+    // The merged model differs from the base only in the adapted convolutions and the head.
+    let merged = SafetensorsFile::open(&tmp.path().join("lora/model/model.safetensors")).unwrap();
+    let original = PthFile::open(&ImageModelDir::open(&base).unwrap().weights).unwrap();
+    for name in merged.names() {
+        let Some(o) = original.get(&name).filter(|_| !name.starts_with("classifier.")) else { continue };
+        let moved = max_abs_diff(&merged.tensor(&name).unwrap().data, &o.data) > 0.0;
+        let adapted = name == "features.18.0.weight" || name == "features.17.conv.2.weight";
+        assert_eq!(moved, adapted, "{name}");
+    }
+    // Base + adapter == merged model.
+    let device = Device::default();
+    let dir = ImageModelDir::open(&base).unwrap();
+    let with_adapter = finetune::tasks::image_classification::load_with_adapter(&dir, &adapter, &device).unwrap();
+    let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
+    let (merged_model, _) = load_image_classifier(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
+    let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let d = max_abs_diff(&values(with_adapter.forward(x.clone())), &values(merged_model.forward(x)));
+    assert!(d < 1e-4, "adapter vs merged logits differ by {d}");
+}

@@ -8,6 +8,7 @@
 //! attach to those whose names match `target_modules`, so no model code mentions LoRA.
 
 pub mod config;
+pub mod conv;
 pub mod layer;
 
 pub use config::{BiasMode, InitLoraWeights, LoraConfig, TargetModules, in_modules};

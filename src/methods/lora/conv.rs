@@ -1,0 +1,109 @@
+//! LoRA for a 2-D convolution, as peft's `lora.Conv2d`: `y = conv(x) + scale · B(A(dropout(x)))`
+//! where `A` is a convolution with the base's kernel, stride and padding into `r` channels and `B`
+//! a 1×1 convolution back to the output channels. Grouped (depthwise) convolutions are not
+//! adapted. Weights keep peft's layout: `lora_A.weight [r, in, kh, kw]`, `lora_B.weight [out, r, 1, 1]`.
+
+use super::layer::LoraInit;
+use crate::models::dropout::dropout;
+use burn::module::{Module, Param};
+use burn::nn::conv::Conv2d;
+use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+#[derive(Module, Debug)]
+pub struct ConvLoraAdapter {
+    pub a: Param<Tensor<4>>,
+    pub b: Param<Tensor<4>>,
+    pub dropout: Dropout,
+    pub scale: f64,
+    #[module(skip)]
+    pub stride: [usize; 2],
+    #[module(skip)]
+    pub padding: [usize; 2],
+}
+
+impl ConvLoraAdapter {
+    /// A fresh adapter for `base` (which must not be grouped), `B` zero.
+    pub fn new(base: &Conv2d, r: usize, scale: f64, dropout_p: f64, init: LoraInit, device: &Device) -> Self {
+        let [c_out, c_in, kh, kw] = base.weight.dims();
+        let fan_in = (c_in * kh * kw) as f64;
+        let a_init = match init {
+            LoraInit::Gaussian => Initializer::Normal { mean: 0.0, std: 1.0 / r as f64 },
+            LoraInit::Kaiming => Initializer::Uniform { min: -1.0 / fan_in.sqrt(), max: 1.0 / fan_in.sqrt() },
+        };
+        let [ph, pw] = match base.padding.clone() {
+            burn::nn::PaddingConfig2d::Explicit(top, left, _, _) => [top, left],
+            _ => [0, 0],
+        };
+        Self {
+            a: a_init.init([r, c_in, kh, kw], device),
+            b: Initializer::Zeros.init([c_out, r, 1, 1], device),
+            dropout: DropoutConfig::new(dropout_p).init(),
+            scale,
+            stride: base.stride,
+            padding: [ph, pw],
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+
+    /// The adapter's contribution to the base convolution's output.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = dropout(&self.dropout, x);
+        let h = conv2d(x, self.a.val(), None, ConvOptions::new(self.stride, self.padding, [1, 1], 1));
+        conv2d(h, self.b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)).mul_scalar(self.scale)
+    }
+
+    /// `scale · B·A` as a kernel `[out, in, kh, kw]`: what merging adds to the base weight.
+    pub fn delta(&self) -> Tensor<4> {
+        let [r, c_in, kh, kw] = self.a.dims();
+        let [c_out, _, _, _] = self.b.dims();
+        let a = self.a.val().reshape([r, c_in * kh * kw]);
+        let b = self.b.val().reshape([c_out, r]);
+        b.matmul(a).reshape([c_out, c_in, kh, kw]).mul_scalar(self.scale)
+    }
+}
+
+/// Attach fresh adapters to the convolutions `cfg` targets (`layers`: module name, base conv and
+/// its adapter slot); returns their names. A targeted grouped convolution is an error.
+pub fn inject(
+    layers: Vec<(String, &Conv2d, &mut Option<ConvLoraAdapter>)>,
+    cfg: &super::LoraConfig,
+    init: LoraInit,
+    device: &Device,
+) -> anyhow::Result<Vec<String>> {
+    if cfg.use_dora {
+        anyhow::bail!("DoRA on convolutions is not supported (use_dora = false)");
+    }
+    let mut targeted = Vec::new();
+    let mut all = Vec::new();
+    for (name, conv, slot) in layers {
+        if cfg.targets(&name) {
+            if conv.groups != 1 {
+                anyhow::bail!(
+                    "LoRA on the grouped (depthwise) convolution {name} is not supported; target the 1x1 convolutions"
+                );
+            }
+            *slot = Some(ConvLoraAdapter::new(conv, cfg.r, cfg.scale(), cfg.lora_dropout, init, device));
+            targeted.push(name.clone());
+        }
+        all.push(name);
+    }
+    if targeted.is_empty() {
+        anyhow::bail!("target_modules {:?} matched no convolution; they are: {}", cfg.target_modules, all.join(", "));
+    }
+    Ok(targeted)
+}
+
+/// Fold the adapter into the base kernel (`W ← W + scale·B·A`) and drop it.
+pub fn merge(conv: &mut Conv2d, slot: &mut Option<ConvLoraAdapter>) {
+    if let Some(adapter) = slot.take() {
+        let delta = adapter.delta();
+        let w = conv.weight.clone();
+        conv.weight = Param::initialized(w.id, w.val() + delta);
+    }
+}
