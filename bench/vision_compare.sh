@@ -66,3 +66,6 @@ theirs fe-aug feature-extraction --epochs 3 --batch 128 --lr 3e-3 --warmup-ratio
 ours transfer recipes/mobilenet-fashion-transfer.toml --set training.epochs=1 --set transfer.unfreeze_every_steps=5 \
   --set image.augment=null
 theirs transfer transfer --epochs 1 --unfreeze-every-steps 5
+# LoRA r=8 on every 1x1 convolution, head trains, BatchNorm statistics frozen; 1 epoch, augmented.
+ours lora-aug recipes/mobilenet-fashion-lora.toml --set training.epochs=1
+theirs lora-aug lora --epochs 1 --augment --lr 2e-3

@@ -10,7 +10,8 @@ per epoch (training steps only), feature-extraction seconds and peak RSS.
     python bench/vision_reference.py METHOD [--size 64] [--epochs N] [--batch B] [--lr LR]
         [--augment] [--max-train N] [--threads 2] [--unfreeze-every-steps 50] [--layer-lr-decay 0.9]
 
-METHOD: feature-extraction | full | transfer
+METHOD: feature-extraction | full | transfer | lora (peft LoRA r=8, alpha 16 on every 1x1 conv, the
+head in modules_to_save, BatchNorm kept in eval mode, as recipes/mobilenet-fashion-lora.toml)
 """
 import argparse, gzip, json, math, os, resource, time
 
@@ -102,7 +103,7 @@ def evaluate(fn, x, y, bs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("method", choices=["feature-extraction", "full", "transfer"])
+    ap.add_argument("method", choices=["feature-extraction", "full", "transfer", "lora"])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
@@ -153,6 +154,21 @@ def main():
             forward_train = lambda idx: head(f[idx])
         evals = (lambda s, e: head(fv[s:e]), lambda s, e: head(ft[s:e]))
         trainable = head
+    elif a.method == "lora":
+        from peft import LoraConfig, get_peft_model
+        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, modules_to_save=["classifier"],
+                         target_modules=r"features\.([2-9]|1[0-7])\.conv\.(0\.0|2)|features\.18\.0")
+        pm = get_peft_model(m, cfg)
+        named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+        opt = optimizer([(str(id(p)), p) for _, p in named], a.lr, a.wd, {})
+        def forward_train(idx):
+            pm.train()
+            for mod in pm.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.eval()
+            return pm(batch(x[idx], a.size, a.augment))
+        evals = (lambda s, e: pm(batch(xv[s:e], a.size, False)), lambda s, e: pm(batch(xt[s:e], a.size, False)))
+        trainable = pm
     else:
         scales = {}
         if a.method == "transfer":
@@ -185,10 +201,10 @@ def main():
 
     best, best_state, bad, step, train_seconds, epochs_run = -1.0, None, 0, 0, 0.0, 0
     for epoch in range(a.epochs):
-        if a.method != "feature-extraction":
-            m.train()
-        else:
+        if a.method == "feature-extraction":
             head.train()
+        elif a.method != "lora":
+            m.train()
         order = np.random.permutation(len(x))
         start = time.time()
         for i in range(0, len(x), a.batch):
