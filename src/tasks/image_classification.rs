@@ -279,6 +279,16 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     let eval_batch = recipe.training.eval_batch_size;
     let dropout = recipe.head.dropout;
 
+    // Training the backbone itself (full, transfer, LoRA): the hooks decide what learns. Returns
+    // the best model in validation mode and its test metrics.
+    let train_whole = |model: MobileNetV2, hooks: MethodHooks<'_, MobileNetV2>| -> Result<_> {
+        let examples = ImageExamples::new(&data, t.clone(), recipe.image.augment.clone(), recipe.seed, base.clone());
+        let outcome = train(model, &examples, &cfg, hooks, &run, resume, &train_device)?;
+        let model = outcome.best_model.valid();
+        let test =
+            (examples.len(Split::Test) > 0).then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
+        Ok((model, outcome.state, test))
+    };
     let mut adapter: Option<LoraConfig> = None;
     let (model, state, feature_info, test) = match recipe.method {
         Method::FeatureExtraction => {
@@ -346,13 +356,8 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             };
             let lr_scale = |p: &str| plan.lr_scale(p);
             let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
-            let examples =
-                ImageExamples::new(&data, t.clone(), recipe.image.augment.clone(), recipe.seed, base.clone());
-            let outcome = train(model, &examples, &cfg, hooks, &run, resume, &train_device)?;
-            let model = outcome.best_model.valid();
-            let test = (examples.len(Split::Test) > 0)
-                .then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
-            (model, outcome.state, None, test)
+            let (model, state, test) = train_whole(model, hooks)?;
+            (model, state, None, test)
         }
         Method::Lora => {
             let mut lcfg = recipe.lora.clone().context("method = \"lora\" needs a [lora] section")?;
@@ -374,15 +379,10 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             };
             let lr_scale = |_: &str| 1.0;
             let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
-            let examples =
-                ImageExamples::new(&data, t.clone(), recipe.image.augment.clone(), recipe.seed, base.clone());
-            let outcome = train(model, &examples, &cfg, hooks, &run, resume, &train_device)?;
-            let model = outcome.best_model.valid();
-            let test = (examples.len(Split::Test) > 0)
-                .then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
+            let (model, state, test) = train_whole(model, hooks)?;
             export_adapter(&model, &lcfg, &recipe.model, &data.labels, &t, &run.adapter())?;
             adapter = Some(lcfg);
-            (model, outcome.state, None, test)
+            (model, state, None, test)
         }
         Method::PromptTuning => {
             bail!("prompt tuning is for token inputs; use feature-extraction, full, transfer or lora for images")
@@ -407,22 +407,11 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     }
     let (total_params, trainable_params) = match recipe.method {
         Method::FeatureExtraction => (count_params(&model).0, count_params(&model.head).0),
-        Method::Lora => {
-            let params = crate::io::params::list_params(&model);
-            let learnable = params.iter().filter(|p| !p.path.contains("running_"));
-            let total = learnable.clone().map(|p| p.numel()).sum();
-            (
-                total,
-                learnable.filter(|p| p.path.contains(".lora.") || p.path.starts_with("head.")).map(|p| p.numel()).sum(),
-            )
-        }
+        Method::Lora => learnable_counts(&model, |p| p.contains(".lora.") || p.starts_with("head.")),
         _ => {
             let plan = TrainPlan::for_groups(recipe, mobilenet_v2::layer_groups(), mobilenet_v2::layer_group);
             let k = plan.unfrozen(state.epoch.saturating_sub(1), state.step);
-            let params = crate::io::params::list_params(&model);
-            let learnable = params.iter().filter(|p| !p.path.contains("running_"));
-            let total = learnable.clone().map(|p| p.numel()).sum();
-            (total, learnable.filter(|p| plan.is_trainable(&p.path, k)).map(|p| p.numel()).sum())
+            learnable_counts(&model, |p| plan.is_trainable(p, k))
         }
     };
     let report = TrainReport {
@@ -446,6 +435,13 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     };
     crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(report)
+}
+
+/// Learnable parameters (BatchNorm statistics excluded), total and those `trains` selects.
+fn learnable_counts(model: &MobileNetV2, trains: impl Fn(&str) -> bool) -> (usize, usize) {
+    let params = crate::io::params::list_params(model);
+    let learnable = params.iter().filter(|p| !p.path.contains("running_"));
+    (learnable.clone().map(|p| p.numel()).sum(), learnable.filter(|p| trains(&p.path)).map(|p| p.numel()).sum())
 }
 
 fn lora_init(cfg: &LoraConfig) -> Result<LoraInit> {
