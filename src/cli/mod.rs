@@ -168,27 +168,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval { model: Some(model), data, batch_size, device, json, .. } if is_image_model(&model) => {
             let m = FinetunedImageClassifier::load(&resolve_image_model(&model)?, &device)?;
             let metrics = m.evaluate_split(&data, batch_size)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&metrics)?);
-            } else {
-                println!(
-                    "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
-                    metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
-                );
-            }
+            print_eval(&metrics, json)?;
         }
         Command::Eval { model, adapter, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
             let m = FinetunedClassifier::load(model.as_deref(), adapter.as_deref(), &device, None)?;
             let cols = crate::data::text::Columns { text: text_column, label: label_column };
             let metrics = m.evaluate_file(&data, &cols, batch_size, skip_bad_rows)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&metrics)?);
-            } else {
-                println!(
-                    "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
-                    metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
-                );
-            }
+            print_eval(&metrics, json)?;
         }
         Command::Predict { model: Some(model), texts, device, json, .. } if is_image_model(&model) => {
             let m = FinetunedImageClassifier::load(&resolve_image_model(&model)?, &device)?;
@@ -277,6 +263,18 @@ fn is_image_model(model: &str) -> bool {
 
 fn resolve_image_model(model: &str) -> Result<PathBuf> {
     crate::io::hub::resolve(model, crate::io::hub::RepoKind::Model, "main", &["config.json"])
+}
+
+fn print_eval(metrics: &crate::training::metrics::EvalMetrics, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(metrics)?);
+    } else {
+        println!(
+            "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
+            metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
+        );
+    }
+    Ok(())
 }
 
 fn print_train_report(report: &TrainReport) {
