@@ -15,17 +15,7 @@ pub const SMOLLM2_REPO: &str = "finetune/SmolLM2-135M-Instruct-Q4_1-GGUF";
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 pub fn smollm2() -> Option<PathBuf> {
-    match finetune::io::hub::resolve(SMOLLM2_REPO, finetune::io::hub::RepoKind::Model, "main", &[SMOLLM2_FILE]) {
-        Ok(dir) => Some(dir.join(SMOLLM2_FILE)),
-        Err(_) => {
-            assert!(
-                std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
-                "SmolLM2 is not in the hub cache: run scripts/fetch-assets.sh model"
-            );
-            eprintln!("SKIPPED: SmolLM2 GGUF not in the hub cache (scripts/fetch-assets.sh model)");
-            None
-        }
-    }
+    cached_asset(SMOLLM2_REPO, finetune::io::hub::RepoKind::Model, SMOLLM2_FILE, "model").map(|d| d.join(SMOLLM2_FILE))
 }
 
 fn reference() -> serde_json::Value {

@@ -5,6 +5,23 @@ use finetune::io::safetensors::{HostTensor, SafetensorsFile};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+/// The hub-cache directory of a real asset holding `file`, fetched by
+/// `scripts/fetch-assets.sh <fetch_target>`. Absent, the calling test is skipped with a printed
+/// reason, or fails when FINETUNE_REQUIRE_ASSETS is set.
+pub fn cached_asset(repo: &str, kind: finetune::io::hub::RepoKind, file: &str, fetch_target: &str) -> Option<PathBuf> {
+    match finetune::io::hub::resolve(repo, kind, "main", &[file]) {
+        Ok(dir) => Some(dir),
+        Err(_) => {
+            assert!(
+                std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
+                "{repo} is not in the hub cache: run scripts/fetch-assets.sh {fetch_target}"
+            );
+            eprintln!("SKIPPED: {repo} not in the hub cache (scripts/fetch-assets.sh {fetch_target})");
+            None
+        }
+    }
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -15,17 +15,7 @@ use std::path::PathBuf;
 pub const MOBILENET_REPO: &str = "finetune/mobilenet_v2.imagenet1k_v1";
 
 pub fn mobilenet_dir() -> Option<PathBuf> {
-    match finetune::io::hub::resolve(MOBILENET_REPO, finetune::io::hub::RepoKind::Model, "main", &["config.json"]) {
-        Ok(dir) => Some(dir),
-        Err(_) => {
-            assert!(
-                std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
-                "MobileNetV2 is not in the hub cache: run scripts/fetch-assets.sh mobilenet"
-            );
-            eprintln!("SKIPPED: MobileNetV2 not in the hub cache (scripts/fetch-assets.sh mobilenet)");
-            None
-        }
-    }
+    cached_asset(MOBILENET_REPO, finetune::io::hub::RepoKind::Model, "config.json", "mobilenet")
 }
 
 #[test]
@@ -127,20 +117,12 @@ fn real_mobilenet_v2_matches_torchvision() {
 /// A small image-folder dataset of real Fashion-MNIST images (`train/<class>/<i>.png`, ...):
 /// `per_class` images of each of three classes per split. None without the asset.
 fn fashion_folders(dir: &std::path::Path, per_class: usize) -> Option<PathBuf> {
-    let repo = finetune::io::hub::resolve(
+    let repo = cached_asset(
         "finetune/fashion-mnist",
         finetune::io::hub::RepoKind::Dataset,
-        "main",
-        &["train-images-idx3-ubyte.gz"],
-    );
-    let Ok(repo) = repo else {
-        assert!(
-            std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
-            "Fashion-MNIST is not in the hub cache: run scripts/fetch-assets.sh fashion-mnist"
-        );
-        eprintln!("SKIPPED: Fashion-MNIST not in the hub cache (scripts/fetch-assets.sh fashion-mnist)");
-        return None;
-    };
+        "train-images-idx3-ubyte.gz",
+        "fashion-mnist",
+    )?;
     let images = finetune::data::image::read_idx_images(&repo.join("train-images-idx3-ubyte.gz")).unwrap();
     let labels = finetune::data::image::read_idx_labels(&repo.join("train-labels-idx1-ubyte.gz")).unwrap();
     let classes = [(0usize, "tshirt"), (1, "trouser"), (8, "bag")];
@@ -197,14 +179,15 @@ cache_dir = "{cache}"
     path
 }
 
-fn train_cli(recipe: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["train", "--json", "--no-progress"])
-        .arg(recipe)
-        .output()
-        .unwrap();
+/// Run the `finetune` binary with `args`; it must succeed and print JSON.
+fn cli_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn train_cli(recipe: &std::path::Path) -> serde_json::Value {
+    cli_json(&["train".as_ref(), "--json".as_ref(), "--no-progress".as_ref(), recipe.as_os_str()])
 }
 
 /// Gradual unfreezing on real images: after 3 steps with one more group every step, the head,
@@ -244,24 +227,18 @@ fn gradual_unfreezing_trains_top_down_and_freezes_batch_norm_below() {
     assert_eq!(log.matches("\"unfreeze\"").count(), 2, "{log}");
 
     let png = data.join("test/trouser").read_dir().unwrap().next().unwrap().unwrap().path();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["predict", "--json", "--model"])
-        .arg(&model_dir)
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model_arg = model_dir.as_os_str();
+    let p = cli_json(&["predict".as_ref(), "--json".as_ref(), "--model".as_ref(), model_arg, png.as_os_str()]);
     assert!(["bag", "trouser", "tshirt"].contains(&p["label"].as_str().unwrap()), "{p}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["eval", "--json", "--model"])
-        .arg(&model_dir)
-        .arg("--data")
-        .arg(data.join("test"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let test_dir = data.join("test");
+    let m = cli_json(&[
+        "eval".as_ref(),
+        "--json".as_ref(),
+        "--model".as_ref(),
+        model_arg,
+        "--data".as_ref(),
+        test_dir.as_os_str(),
+    ]);
     assert_eq!(m["examples"], 24);
     assert!((m["accuracy"].as_f64().unwrap() - report["test"]["accuracy"].as_f64().unwrap()).abs() < 1e-9);
 }
