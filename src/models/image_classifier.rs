@@ -3,10 +3,15 @@
 //! normalisation), and weights as `model.safetensors` or a PyTorch checkpoint (`pytorch_model.bin`
 //! or one `*.pth`, read without running Python).
 
-use super::mobilenet_v2::{self, MobileNetV2, MobileNetV2Config};
+use super::conv_bn::ConvBn;
+use super::efficientnet_lite::EfficientNetLite;
+use super::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
+use super::resnet::ResNet;
+use super::text_classifier::ClassificationHead;
 use super::{Head, LoadReport, WeightSource, load_weights};
 use crate::io::pth::PthFile;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use crate::methods::LayerGroup;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -43,7 +48,60 @@ pub struct ImageConfig {
     pub finetune: Option<serde_json::Value>,
 }
 
-pub const ARCHITECTURES: [&str; 1] = ["mobilenet_v2"];
+pub const ARCHITECTURES: [&str; 7] =
+    ["mobilenet_v2", "efficientnet_lite0", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"];
+
+/// One conv + BatchNorm unit of a backbone: our parameter path (`blocks.3.layers.1`), the
+/// checkpoint's module name of its convolution (`features.4.conv.1.0`), and the unit.
+pub struct ConvUnit<'a> {
+    pub path: String,
+    pub name: String,
+    pub unit: &'a mut ConvBn,
+}
+
+/// What the image task needs from a CNN backbone with a classification head. One
+/// implementation per architecture file; the task, the adapters and the checkpoint code are
+/// written once against this.
+pub trait ImageBackbone: burn::module::Module + Sized {
+    /// The classifier's module name in the checkpoint (peft's `modules_to_save` entry).
+    const CLASSIFIER_MODULE: &'static str;
+    /// The checkpoint key of the classifier's weight `[classes, features]`.
+    const CLASSIFIER_WEIGHT: &'static str;
+
+    fn build(config: &ImageConfig, num_classes: usize, dropout: f64, device: &Device) -> Result<Self>;
+    /// `images [b, 3, h, w]` (normalised) → pooled features `[b, feature_dim]`.
+    fn features(&self, images: Tensor<4>) -> Tensor<2>;
+    fn head(&self) -> &ClassificationHead;
+    fn head_mut(&mut self) -> &mut ClassificationHead;
+    /// Every conv + BatchNorm unit, bottom-up.
+    fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>>;
+    /// Transfer-learning groups top-down: the head first, the stem (`Layer(0)`) last.
+    fn layer_groups(&self) -> Vec<LayerGroup>;
+    /// The group of a parameter path (see [`Self::layer_groups`]).
+    fn layer_group(path: &str) -> LayerGroup;
+    /// The checkpoint's key for one of our parameter paths.
+    fn checkpoint_key(&self, path: &str) -> String;
+
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.head().forward(self.features(images))
+    }
+
+    /// Channels of the pooled features the head sees.
+    fn feature_dim(&self) -> usize {
+        self.head().classifier.d_in()
+    }
+
+    /// Switch BatchNorm layers between updating their statistics from each training batch
+    /// (`train(path of the BatchNorm)` true) and normalising with the stored running statistics.
+    /// Frozen layers of a transfer-learning run keep the pretrained statistics; a layer in
+    /// inference mode also skips the batch-statistics pass.
+    fn set_batch_norm_training(mut self, train: &dyn Fn(&str) -> bool) -> Self {
+        for u in self.conv_units_mut() {
+            u.unit.bn.training = burn::module::Param::from_bool(train(&format!("{}.bn", u.path)));
+        }
+        self
+    }
+}
 
 /// The files of an image model directory.
 #[derive(Debug, Clone)]
@@ -150,20 +208,20 @@ impl WeightSource for ImageWeights {
 
 /// Build the backbone with `num_classes` outputs: every backbone tensor from the checkpoint, the
 /// classifier from it too when `head` is [`Head::FromCheckpoint`] and the sizes agree.
-pub fn load_image_classifier(
+pub fn load_image_classifier<M: ImageBackbone>(
     files: &ImageModelDir,
     num_classes: usize,
     dropout: f64,
     head: Head,
     device: &Device,
-) -> Result<(MobileNetV2, LoadReport)> {
+) -> Result<(M, LoadReport)> {
     let weights = files.open_weights()?;
-    let model = MobileNetV2::new(&files.config.mobilenet_v2, num_classes, dropout, device);
+    let model = M::build(&files.config, num_classes, dropout, device)?;
     let new_head = head == Head::New || num_classes != files.config.num_classes;
     let keys: Vec<(String, String)> = crate::io::params::list_params(&model)
         .into_iter()
         .map(|p| {
-            let key = mobilenet_v2::torchvision_key(&p.path, &model);
+            let key = model.checkpoint_key(&p.path);
             (p.path, key)
         })
         .collect();
@@ -177,12 +235,45 @@ pub fn load_image_classifier(
     // BatchNorm's step counters are not used by the forward pass.
     report.unused.retain(|k| !k.ends_with("num_batches_tracked"));
     if new_head {
-        report.unused.retain(|k| !k.starts_with("classifier."));
+        let prefix = format!("{}.", M::CLASSIFIER_MODULE);
+        report.unused.retain(|k| !k.starts_with(&prefix));
     }
     Ok((model, report))
 }
 
-/// The model's parameters (and BatchNorm statistics) under torchvision's keys, PyTorch layout.
-pub fn torchvision_tensors(model: &MobileNetV2) -> Vec<(String, HostTensor)> {
-    super::checkpoint_tensors(model, |p| mobilenet_v2::torchvision_key(p, model), |_| true)
+/// The model's parameters (and BatchNorm statistics) under the checkpoint's keys, PyTorch layout.
+pub fn checkpoint_tensors<M: ImageBackbone>(model: &M) -> Vec<(String, HostTensor)> {
+    super::checkpoint_tensors(model, |p| model.checkpoint_key(p), |_| true)
+}
+
+/// A loaded image classifier of any supported architecture, for prediction and evaluation.
+#[derive(Debug, Clone)]
+pub enum AnyImageClassifier {
+    MobileNetV2(MobileNetV2),
+    EfficientNetLite(EfficientNetLite),
+    ResNet(ResNet),
+}
+
+impl AnyImageClassifier {
+    pub fn load(files: &ImageModelDir, num_classes: usize, head: Head, device: &Device) -> Result<Self> {
+        let arch = files.config.architecture.as_str();
+        Ok(match arch {
+            "mobilenet_v2" => Self::MobileNetV2(load_image_classifier(files, num_classes, 0.0, head, device)?.0),
+            "efficientnet_lite0" => {
+                Self::EfficientNetLite(load_image_classifier(files, num_classes, 0.0, head, device)?.0)
+            }
+            _ if arch.starts_with("resnet") => {
+                Self::ResNet(load_image_classifier(files, num_classes, 0.0, head, device)?.0)
+            }
+            _ => bail!("{}: architecture '{arch}' is not supported", files.config_path.display()),
+        })
+    }
+
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::MobileNetV2(m) => m.forward(images),
+            Self::EfficientNetLite(m) => m.forward(images),
+            Self::ResNet(m) => m.forward(images),
+        }
+    }
 }

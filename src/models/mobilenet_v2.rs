@@ -6,12 +6,11 @@
 //! pooling, then dropout and a linear classifier. Every conv is followed by BatchNorm; ReLU6
 //! everywhere except after the projections.
 
+use super::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
+use super::image_classifier::{ConvUnit, ImageBackbone, ImageConfig};
 use super::text_classifier::ClassificationHead;
 use crate::methods::LayerGroup;
-use crate::methods::lora::conv::ConvLoraAdapter;
-use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::module::adaptive_avg_pool2d;
 use serde::{Deserialize, Serialize};
@@ -58,46 +57,10 @@ fn make_divisible(v: f64, divisor: usize) -> usize {
     new as usize
 }
 
-/// Conv (no bias), BatchNorm, and ReLU6 unless it is a linear projection.
-#[derive(Module, Debug)]
-pub struct ConvBn {
-    pub conv: Conv2d,
-    /// A LoRA adapter on the convolution, when one is attached (see `methods::lora::conv`).
-    pub lora: Option<ConvLoraAdapter>,
-    pub bn: BatchNorm,
-    #[module(skip)]
-    pub relu6: bool,
-}
-
-impl ConvBn {
-    fn new(
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        groups: usize,
-        relu6: bool,
-        device: &Device,
-    ) -> Self {
-        let pad = (kernel - 1) / 2;
-        let conv = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_groups(groups)
-            .with_bias(false)
-            .init(device);
-        let bn = BatchNormConfig::new(c_out).with_epsilon(1e-5).with_momentum(0.1).init(device);
-        Self { conv, lora: None, bn, relu6 }
-    }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let z = match &self.lora {
-            Some(lora) => self.conv.forward(x.clone()) + lora.forward(x),
-            None => self.conv.forward(x),
-        };
-        let y = self.bn.forward(z);
-        if self.relu6 { y.clamp(0.0, 6.0) } else { y }
-    }
+/// A conv + BatchNorm unit as torchvision's `Conv2dNormActivation` builds it here.
+fn conv_bn(c_in: usize, c_out: usize, kernel: usize, stride: usize, relu6: bool, device: &Device) -> ConvBn {
+    let act = if relu6 { Activation::Relu6 } else { Activation::None };
+    ConvBnSpec::new(c_in, c_out, kernel, stride, act).init(device)
 }
 
 #[derive(Module, Debug)]
@@ -114,10 +77,10 @@ impl InvertedResidual {
         let hidden = c_in * expand;
         let mut layers = Vec::new();
         if expand != 1 {
-            layers.push(ConvBn::new(c_in, hidden, 1, 1, 1, true, device));
+            layers.push(conv_bn(c_in, hidden, 1, 1, true, device));
         }
-        layers.push(ConvBn::new(hidden, hidden, 3, stride, hidden, true, device));
-        layers.push(ConvBn::new(hidden, c_out, 1, 1, 1, false, device));
+        layers.push(ConvBnSpec::new(hidden, hidden, 3, stride, Activation::Relu6).depthwise().init(device));
+        layers.push(conv_bn(hidden, c_out, 1, 1, false, device));
         Self { layers, residual: stride == 1 && c_in == c_out }
     }
 
@@ -145,7 +108,7 @@ impl MobileNetV2 {
     pub fn new(cfg: &MobileNetV2Config, num_classes: usize, dropout: f64, device: &Device) -> Self {
         let mut c_in = make_divisible(32.0 * cfg.width_mult, cfg.round_nearest);
         let last = make_divisible(cfg.last_channel as f64 * cfg.width_mult.max(1.0), cfg.round_nearest);
-        let stem = ConvBn::new(3, c_in, 3, 2, 1, true, device);
+        let stem = conv_bn(3, c_in, 3, 2, true, device);
         let mut blocks = Vec::new();
         for (t, c, n, s) in INVERTED_RESIDUAL_SETTING {
             let c_out = make_divisible(c as f64 * cfg.width_mult, cfg.round_nearest);
@@ -155,25 +118,28 @@ impl MobileNetV2 {
             }
         }
         Self {
-            last: ConvBn::new(c_in, last, 1, 1, 1, true, device),
+            last: conv_bn(c_in, last, 1, 1, true, device),
             stem,
             blocks,
             // torchvision initialises the classifier from N(0, 0.01).
             head: ClassificationHead::new(last, num_classes, dropout, 0.01, device),
         }
     }
+}
 
-    /// Channels of the pooled features the head sees.
-    pub fn feature_dim(&self) -> usize {
-        self.head.classifier.d_in()
-    }
+/// Inverted-residual blocks in every MobileNetV2 (the repeats of the setting table).
+pub const NUM_BLOCKS: usize = 17;
 
-    pub fn num_blocks(&self) -> usize {
-        self.blocks.len()
+impl ImageBackbone for MobileNetV2 {
+    const CLASSIFIER_MODULE: &'static str = "classifier";
+    const CLASSIFIER_WEIGHT: &'static str = "classifier.1.weight";
+
+    fn build(config: &ImageConfig, num_classes: usize, dropout: f64, device: &Device) -> anyhow::Result<Self> {
+        Ok(Self::new(&config.mobilenet_v2, num_classes, dropout, device))
     }
 
     /// `images [b, 3, h, w]` (normalised) → pooled features `[b, last_channel]`.
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x = self.stem.forward(images);
         for b in &self.blocks {
             x = b.forward(x);
@@ -183,15 +149,19 @@ impl MobileNetV2 {
         adaptive_avg_pool2d(x, [1, 1]).reshape([b, c])
     }
 
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.head.forward(self.features(images))
+    fn head(&self) -> &ClassificationHead {
+        &self.head
     }
 
-    /// Every convolution with its torchvision module name (`features.0.0`, `features.3.conv.1.0`,
-    /// `features.3.conv.2` for a projection, `features.18.0`), for adapters to attach to.
-    pub fn conv_layers_mut(&mut self) -> Vec<(String, &mut ConvBn)> {
+    fn head_mut(&mut self) -> &mut ClassificationHead {
+        &mut self.head
+    }
+
+    /// torchvision's module names: `features.0.0`, `features.3.conv.1.0`, `features.3.conv.2`
+    /// for a projection (a bare conv in torchvision), `features.18.0`.
+    fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>> {
         let last = format!("features.{}.0", self.blocks.len() + 1);
-        let mut out = vec![("features.0.0".to_string(), &mut self.stem)];
+        let mut out = vec![ConvUnit { path: "stem".into(), name: "features.0.0".into(), unit: &mut self.stem }];
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let n = b.layers.len();
             for (j, l) in b.layers.iter_mut().enumerate() {
@@ -200,115 +170,72 @@ impl MobileNetV2 {
                 } else {
                     format!("features.{}.conv.{j}.0", i + 1)
                 };
-                out.push((name, l));
+                out.push(ConvUnit { path: format!("blocks.{i}.layers.{j}"), name, unit: l });
             }
         }
-        out.push((last, &mut self.last));
+        out.push(ConvUnit { path: "last".into(), name: last, unit: &mut self.last });
         out
     }
 
-    /// Switch BatchNorm layers between updating their statistics from each training batch
-    /// (`train(path)` true) and normalising with the stored running statistics. Frozen layers
-    /// of a transfer-learning run keep the ImageNet statistics; a layer in inference mode also
-    /// skips the batch-statistics pass.
-    pub fn set_batch_norm_training(self, train: impl Fn(&str) -> bool) -> Self {
-        let set = |mut cb: ConvBn, path: String| {
-            cb.bn.training = Param::from_bool(train(&path));
-            cb
-        };
-        let blocks = self
-            .blocks
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| InvertedResidual {
-                layers: b
-                    .layers
-                    .into_iter()
-                    .enumerate()
-                    .map(|(j, l)| set(l, format!("blocks.{i}.layers.{j}.bn")))
-                    .collect(),
-                residual: b.residual,
-            })
-            .collect();
-        Self { stem: set(self.stem, "stem.bn".into()), blocks, last: set(self.last, "last.bn".into()), head: self.head }
+    /// The head, then the final 1×1 conv (`Layer(18)`), the blocks top-down (`Layer(17)` …
+    /// `Layer(1)`), and the stem last (`Layer(0)`).
+    fn layer_groups(&self) -> Vec<LayerGroup> {
+        let mut order = vec![LayerGroup::Head];
+        order.extend((0..=NUM_BLOCKS + 1).rev().map(LayerGroup::Layer));
+        order
     }
-}
 
-/// Inverted-residual blocks in every MobileNetV2 (the repeats of the setting table).
-pub const NUM_BLOCKS: usize = 17;
+    fn layer_group(path: &str) -> LayerGroup {
+        if path.starts_with("stem.") {
+            LayerGroup::Layer(0)
+        } else if let Some(rest) = path.strip_prefix("blocks.") {
+            LayerGroup::Layer(1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0))
+        } else if path.starts_with("last.") {
+            LayerGroup::Layer(NUM_BLOCKS + 1)
+        } else {
+            LayerGroup::Head
+        }
+    }
 
-/// Unfreezing groups for transfer learning: the head, then the final 1×1 conv (`Layer(18)`),
-/// the blocks top-down (`Layer(17)` … `Layer(1)`), and the stem last (`Layer(0)`).
-pub fn layer_groups() -> Vec<LayerGroup> {
-    let mut order = vec![LayerGroup::Head];
-    order.extend((0..=NUM_BLOCKS + 1).rev().map(LayerGroup::Layer));
-    order
-}
-
-/// The group of a parameter path (see [`layer_groups`]).
-pub fn layer_group(path: &str) -> LayerGroup {
-    if path.starts_with("stem.") {
-        LayerGroup::Layer(0)
-    } else if let Some(rest) = path.strip_prefix("blocks.") {
-        LayerGroup::Layer(1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0))
-    } else if path.starts_with("last.") {
-        LayerGroup::Layer(NUM_BLOCKS + 1)
-    } else {
-        LayerGroup::Head
-    }
-}
-
-/// torchvision's key for one of our parameter paths. burn names BatchNorm's affine parameters
-/// `gamma`/`beta`; torchvision `weight`/`bias`.
-pub fn torchvision_key(path: &str, model: &MobileNetV2) -> String {
-    let bn = |rest: &str| {
-        rest.replace("bn.gamma", "1.weight").replace("bn.beta", "1.bias").replace("bn.running_", "1.running_")
-    };
-    let conv_bn = |rest: &str| bn(rest).replace("conv.weight", "0.weight");
-    if let Some(rest) = path.strip_prefix("stem.") {
-        return format!("features.0.{}", conv_bn(rest));
-    }
-    if let Some(rest) = path.strip_prefix("last.") {
-        return format!("features.{}.{}", model.blocks.len() + 1, conv_bn(rest));
-    }
-    if path.contains(".lora.") {
-        return path.to_string();
-    }
-    if let Some(rest) = path.strip_prefix("head.classifier.") {
-        return format!("classifier.1.{rest}");
-    }
-    if let Some(rest) = path.strip_prefix("blocks.") {
-        // blocks.i.layers.j.{conv,bn}.x: the last layer (the projection) is a bare conv and a bare
-        // BatchNorm in torchvision (`conv.{j}` and `conv.{j+1}`), the others `conv.{j}.0/1`.
-        let mut parts = rest.splitn(4, '.');
-        let i: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let _layers = parts.next();
-        let j: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let leaf = parts.next().unwrap_or("");
-        let n = model.blocks.get(i).map_or(0, |b| b.layers.len());
-        let block = format!("features.{}.conv", i + 1);
-        if j + 1 == n {
-            return match leaf.split_once('.') {
-                Some(("conv", p)) => format!("{block}.{j}.{p}"),
-                Some(("bn", p)) => {
-                    let p = match p {
-                        "gamma" => "weight",
-                        "beta" => "bias",
-                        other => other,
-                    };
-                    format!("{block}.{}.{p}", j + 1)
-                }
-                _ => path.to_string(),
+    fn checkpoint_key(&self, path: &str) -> String {
+        if path.contains(".lora.") {
+            return path.to_string();
+        }
+        if let Some(rest) = path.strip_prefix("stem.") {
+            return conv_bn_key(rest, "features.0.0", "features.0.1");
+        }
+        if let Some(rest) = path.strip_prefix("last.") {
+            let i = self.blocks.len() + 1;
+            return conv_bn_key(rest, &format!("features.{i}.0"), &format!("features.{i}.1"));
+        }
+        if let Some(rest) = path.strip_prefix("head.classifier.") {
+            return format!("classifier.1.{rest}");
+        }
+        if let Some(rest) = path.strip_prefix("blocks.") {
+            // blocks.i.layers.j.{conv,bn}.x: the last layer (the projection) is a bare conv and a
+            // bare BatchNorm in torchvision (`conv.{j}` and `conv.{j+1}`), the others `conv.{j}.0/1`.
+            let mut parts = rest.splitn(4, '.');
+            let i: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let _layers = parts.next();
+            let j: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let leaf = parts.next().unwrap_or("");
+            let n = self.blocks.get(i).map_or(0, |b| b.layers.len());
+            let block = format!("features.{}.conv", i + 1);
+            return if j + 1 == n {
+                conv_bn_key(leaf, &format!("{block}.{j}"), &format!("{block}.{}", j + 1))
+            } else {
+                conv_bn_key(leaf, &format!("{block}.{j}.0"), &format!("{block}.{j}.1"))
             };
         }
-        return format!("{block}.{j}.{}", conv_bn(leaf));
+        path.to_string()
     }
-    path.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::module::Param;
+    use burn::nn::BatchNormConfig;
 
     /// Gradients through BatchNorm with frozen statistics (inference mode on the autodiff
     /// device) reach γ, β and the input: frozen statistics must not freeze the layers.

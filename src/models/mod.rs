@@ -2,14 +2,17 @@
 
 pub mod bert;
 pub mod causal_lm;
+pub mod conv_bn;
 pub mod dense;
 pub mod dropout;
+pub mod efficientnet_lite;
 pub mod generation;
 pub mod gguf_llama;
 pub mod image_classifier;
 pub mod llama;
 pub mod mobilenet_v2;
 pub mod precision;
+pub mod resnet;
 pub mod text_classifier;
 
 use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};

@@ -12,8 +12,13 @@ use crate::methods::TrainPlan;
 use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
 use crate::methods::lora::conv as conv_lora;
 use crate::methods::lora::{self, BiasMode, InitLoraWeights, KEY_PREFIX, LoraConfig, LoraInit};
-use crate::models::image_classifier::{ImageModelDir, load_image_classifier, torchvision_tensors};
-use crate::models::mobilenet_v2::{self, ConvBn, MobileNetV2};
+use crate::models::conv_bn::ConvBn;
+use crate::models::efficientnet_lite::EfficientNetLite;
+use crate::models::image_classifier::{
+    AnyImageClassifier, ConvUnit, ImageBackbone, ImageModelDir, checkpoint_tensors, load_image_classifier,
+};
+use crate::models::mobilenet_v2::MobileNetV2;
+use crate::models::resnet::ResNet;
 use crate::models::text_classifier::ClassificationHead;
 use crate::models::{Head, count_params};
 use crate::recipe::{BatchNormMode, Method, Recipe};
@@ -162,11 +167,11 @@ impl<'a> ImageExamples<'a> {
     }
 }
 
-impl Examples<MobileNetV2> for ImageExamples<'_> {
+impl<M: ImageBackbone> Examples<M> for ImageExamples<'_> {
     fn len(&self, split: Split) -> usize {
         self.data.len(split)
     }
-    fn loss(&self, model: &MobileNetV2, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
         classification_loss(model.forward(self.batch(split, indices)), self.labels(split), indices)
     }
     fn prefetch(&self, split: Split, indices: &[usize]) {
@@ -176,24 +181,33 @@ impl Examples<MobileNetV2> for ImageExamples<'_> {
     }
 }
 
+impl Examples<AnyImageClassifier> for ImageExamples<'_> {
+    fn len(&self, split: Split) -> usize {
+        self.data.len(split)
+    }
+    fn loss(&self, model: &AnyImageClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+        classification_loss(model.forward(self.batch(split, indices)), self.labels(split), indices)
+    }
+}
+
 /// Feature extraction with augmentation: the frozen backbone (inference mode, no autodiff)
 /// runs on every augmented batch, only the head trains. Without augmentation the features are
 /// the same every epoch, so they are cached instead ([`FeatureExamples`]).
-struct FrozenBackboneExamples<'a> {
+struct FrozenBackboneExamples<'a, M> {
     images: ImageExamples<'a>,
-    backbone: MobileNetV2,
+    backbone: M,
 }
 
-impl Examples<ClassificationHead> for FrozenBackboneExamples<'_> {
+impl<M: ImageBackbone> Examples<ClassificationHead> for FrozenBackboneExamples<'_, M> {
     fn len(&self, split: Split) -> usize {
-        self.images.len(split)
+        Examples::<M>::len(&self.images, split)
     }
     fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
         let features = self.backbone.features(self.images.batch(split, indices));
         classification_loss(head.forward(features), self.images.labels(split), indices)
     }
     fn prefetch(&self, split: Split, indices: &[usize]) {
-        Examples::<MobileNetV2>::prefetch(&self.images, split, indices)
+        Examples::<M>::prefetch(&self.images, split, indices)
     }
 }
 
@@ -229,8 +243,8 @@ fn cache_key(dir: &ImageModelDir, t: &Transform, data: &ImageData) -> Result<Str
 }
 
 /// Pooled backbone features of a whole split, in split order.
-fn split_features(
-    backbone: &MobileNetV2,
+fn split_features<M: ImageBackbone>(
+    backbone: &M,
     split: &ImageSplit,
     t: &Transform,
     batch_size: usize,
@@ -251,12 +265,25 @@ fn split_features(
 
 /// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.
 pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainReport> {
+    let dir = ImageModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+    match dir.config.architecture.as_str() {
+        "mobilenet_v2" => run_with::<MobileNetV2>(recipe, &dir, resume, show_progress),
+        "efficientnet_lite0" => run_with::<EfficientNetLite>(recipe, &dir, resume, show_progress),
+        _ => run_with::<ResNet>(recipe, &dir, resume, show_progress),
+    }
+}
+
+fn run_with<M: ImageBackbone>(
+    recipe: &Recipe,
+    dir: &ImageModelDir,
+    resume: bool,
+    show_progress: bool,
+) -> Result<TrainReport> {
     let base = crate::device::select(&recipe.device)?;
     crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
     let train_device = crate::device::training(&base);
-    let dir = ImageModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
     let data = load_image_data(recipe)?;
-    let t = transform(recipe, &dir);
+    let t = transform(recipe, dir);
     tracing::info!(
         "{} classes; {} train / {} validation / {} test images at {}x{}",
         data.labels.len(),
@@ -281,18 +308,18 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
 
     // Training the backbone itself (full, transfer, LoRA): the hooks decide what learns. Returns
     // the best model in validation mode and its test metrics.
-    let train_whole = |model: MobileNetV2, hooks: MethodHooks<'_, MobileNetV2>| -> Result<_> {
+    let train_whole = |model: M, hooks: MethodHooks<'_, M>| -> Result<_> {
         let examples = ImageExamples::new(&data, t.clone(), recipe.image.augment.clone(), recipe.seed, base.clone());
         let outcome = train(model, &examples, &cfg, hooks, &run, resume, &train_device)?;
         let model = outcome.best_model.valid();
-        let test =
-            (examples.len(Split::Test) > 0).then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
+        let test = (Examples::<M>::len(&examples, Split::Test) > 0)
+            .then(|| evaluate(&model, &examples, Split::Test, eval_batch, num_labels));
         Ok((model, outcome.state, test))
     };
     let mut adapter: Option<LoraConfig> = None;
     let (model, state, feature_info, test) = match recipe.method {
         Method::FeatureExtraction => {
-            let (backbone, _) = load_image_classifier(&dir, num_labels, dropout, head, &base)?;
+            let (backbone, _) = load_image_classifier::<M>(dir, num_labels, dropout, head, &base)?;
             let fresh_head = ClassificationHead::new(backbone.feature_dim(), num_labels, dropout, 0.01, &train_device);
             let set_trainable = |m: ClassificationHead, _: usize, _: usize| (m, Vec::new());
             let lr_scale = |_: &str| 1.0;
@@ -311,7 +338,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 let names: Vec<(&str, usize)> = present.iter().map(|s| (s.name, s.len())).collect();
                 let cache_dir =
                     recipe.feature_extraction.cache_dir.clone().unwrap_or_else(feature_extraction::default_cache_dir);
-                let key = cache_key(&dir, &t, &data)?;
+                let key = cache_key(dir, &t, &data)?;
                 let cached =
                     feature_extraction::load_or_compute_with(&names, &key, &cache_dir, show_progress, |i, p| {
                         Ok(split_features(&backbone, present[i], &t, eval_batch, &base, p))
@@ -331,18 +358,18 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 (head, outcome.state, Some((cached.seconds, cached.cache_hit)), test)
             };
             let mut model = backbone;
-            model.head = head;
+            *model.head_mut() = head;
             (model, state, info, test)
         }
         Method::Full | Method::Transfer => {
-            let (model, report) = load_image_classifier(&dir, num_labels, dropout, head, &train_device)?;
+            let (model, report) = load_image_classifier::<M>(dir, num_labels, dropout, head, &train_device)?;
             if !report.initialized.is_empty() {
                 tracing::info!("newly initialised: {}", report.initialized.join(", "));
             }
-            let plan = TrainPlan::for_groups(recipe, mobilenet_v2::layer_groups(), mobilenet_v2::layer_group);
+            let plan = TrainPlan::for_groups(recipe, model.layer_groups(), M::layer_group);
             let bn_mode = recipe.image.batch_norm;
             let unfrozen = Cell::new(usize::MAX);
-            let set_trainable = |m: MobileNetV2, epoch: usize, step: usize| {
+            let set_trainable = |m: M, epoch: usize, step: usize| {
                 let k = plan.unfrozen(epoch, step);
                 let previous = unfrozen.replace(k);
                 if previous == k {
@@ -351,7 +378,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 let newly = plan.order[previous.min(k)..k].iter().map(|g| g.name()).collect();
                 let m = crate::io::params::set_trainable(m, |p| plan.is_trainable(p, k));
                 // BatchNorm follows its layer: batch statistics only where the layer trains.
-                let m = m.set_batch_norm_training(|bn| bn_mode == BatchNormMode::Train && plan.is_trainable(bn, k));
+                let m = m.set_batch_norm_training(&|bn| bn_mode == BatchNormMode::Train && plan.is_trainable(bn, k));
                 (m, if previous == usize::MAX { Vec::new() } else { newly })
             };
             let lr_scale = |p: &str| plan.lr_scale(p);
@@ -362,16 +389,16 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         Method::Lora => {
             let mut lcfg = recipe.lora.clone().context("method = \"lora\" needs a [lora] section")?;
             // As for text: the new head trains in full and is saved with the adapter.
-            if !lcfg.saves("classifier") {
-                lcfg.modules_to_save.push("classifier".into());
+            if !lcfg.saves(M::CLASSIFIER_MODULE) {
+                lcfg.modules_to_save.push(M::CLASSIFIER_MODULE.into());
             }
-            let (mut model, _) = load_image_classifier(&dir, num_labels, dropout, head, &train_device)?;
+            let (mut model, _) = load_image_classifier::<M>(dir, num_labels, dropout, head, &train_device)?;
             let targeted = attach_lora(&mut model, &lcfg, lora_init(&lcfg)?, &train_device)?;
             tracing::info!("LoRA r={} on {} convolutions", lcfg.r, targeted.len());
             // BatchNorm keeps the base's statistics: an adapter cannot carry changed statistics.
-            let model = model.set_batch_norm_training(|_| false);
+            let model = model.set_batch_norm_training(&|_| false);
             let started = Cell::new(false);
-            let set_trainable = |m: MobileNetV2, _: usize, _: usize| {
+            let set_trainable = |m: M, _: usize, _: usize| {
                 if started.replace(true) {
                     return (m, Vec::new());
                 }
@@ -400,16 +427,16 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     // LoRA runs also get the merged model, so `predict` and `eval` take it like any other.
     let mut merged = model.clone();
     merge_lora(&mut merged);
-    export_model(&merged, &dir, &data.labels, &t, meta, &run.model())?;
+    export_model(&merged, dir, &data.labels, &t, meta, &run.model())?;
     let records = read_log(&run.metrics())?;
     if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
         tracing::warn!("could not draw curves: {e:#}");
     }
     let (total_params, trainable_params) = match recipe.method {
-        Method::FeatureExtraction => (count_params(&model).0, count_params(&model.head).0),
+        Method::FeatureExtraction => (count_params(&model).0, count_params(model.head()).0),
         Method::Lora => learnable_counts(&model, |p| p.contains(".lora.") || p.starts_with("head.")),
         _ => {
-            let plan = TrainPlan::for_groups(recipe, mobilenet_v2::layer_groups(), mobilenet_v2::layer_group);
+            let plan = TrainPlan::for_groups(recipe, model.layer_groups(), M::layer_group);
             let k = plan.unfrozen(state.epoch.saturating_sub(1), state.step);
             learnable_counts(&model, |p| plan.is_trainable(p, k))
         }
@@ -438,7 +465,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
 }
 
 /// Learnable parameters (BatchNorm statistics excluded), total and those `trains` selects.
-fn learnable_counts(model: &MobileNetV2, trains: impl Fn(&str) -> bool) -> (usize, usize) {
+fn learnable_counts<M: ImageBackbone>(model: &M, trains: impl Fn(&str) -> bool) -> (usize, usize) {
     let params = crate::io::params::list_params(model);
     let learnable = params.iter().filter(|p| !p.path.contains("running_"));
     (learnable.clone().map(|p| p.numel()).sum(), learnable.filter(|p| trains(&p.path)).map(|p| p.numel()).sum())
@@ -452,33 +479,38 @@ fn lora_init(cfg: &LoraConfig) -> Result<LoraInit> {
     }
 }
 
-/// Attach LoRA adapters to the convolutions `cfg` targets (torchvision module names).
-fn attach_lora(model: &mut MobileNetV2, cfg: &LoraConfig, init: LoraInit, device: &Device) -> Result<Vec<String>> {
+/// Attach LoRA adapters to the convolutions `cfg` targets (the checkpoint's module names).
+fn attach_lora<M: ImageBackbone>(
+    model: &mut M,
+    cfg: &LoraConfig,
+    init: LoraInit,
+    device: &Device,
+) -> Result<Vec<String>> {
     if cfg.bias != BiasMode::None {
-        bail!("lora.bias = {:?}: MobileNetV2's convolutions have no bias; use \"none\"", cfg.bias);
+        bail!("lora.bias = {:?}: these convolutions have no bias; use \"none\"", cfg.bias);
     }
     let layers = model
-        .conv_layers_mut()
+        .conv_units_mut()
         .into_iter()
-        .map(|(name, cb)| {
-            let ConvBn { conv, lora, .. } = cb;
+        .map(|ConvUnit { name, unit, .. }| {
+            let ConvBn { conv, lora, .. } = unit;
             (name, &*conv, lora)
         })
         .collect();
     conv_lora::inject(layers, cfg, init, device)
 }
 
-fn merge_lora(model: &mut MobileNetV2) {
-    for (_, cb) in model.conv_layers_mut() {
-        let ConvBn { conv, lora, .. } = cb;
+fn merge_lora<M: ImageBackbone>(model: &mut M) {
+    for ConvUnit { unit, .. } in model.conv_units_mut() {
+        let ConvBn { conv, lora, .. } = unit;
         conv_lora::merge(conv, lora);
     }
 }
 
 /// Write a LoRA run's adapter in peft's format (`lora_A`/`lora_B` of each adapted convolution,
 /// the classifier as a module to save, under torchvision's module names) plus `finetune.json`.
-pub fn export_adapter(
-    model: &MobileNetV2,
+pub fn export_adapter<M: ImageBackbone>(
+    model: &M,
     cfg: &LoraConfig,
     base_model: &str,
     labels: &[String],
@@ -494,20 +526,16 @@ pub fn export_adapter(
     };
     let mut tensors = Vec::new();
     let mut m = model.clone();
-    for (name, cb) in m.conv_layers_mut() {
-        if let Some(a) = &cb.lora {
+    for ConvUnit { name, unit, .. } in m.conv_units_mut() {
+        if let Some(a) = &unit.lora {
             tensors.push((format!("{KEY_PREFIX}{name}.lora_A.weight"), host(a.a.val())));
             tensors.push((format!("{KEY_PREFIX}{name}.lora_B.weight"), host(a.b.val())));
         }
     }
-    let head = crate::models::checkpoint_tensors(
-        model,
-        |p| mobilenet_v2::torchvision_key(p, model),
-        |p| p.path.starts_with("head."),
-    );
+    let head = crate::models::checkpoint_tensors(model, |p| model.checkpoint_key(p), |p| p.path.starts_with("head."));
     tensors.extend(head.into_iter().map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v)));
     let mut config = lora::adapter_config_json(cfg, base_model, "");
-    // A torchvision model is not one of peft's task types.
+    // A vision backbone is not one of peft's task types.
     config["task_type"] = serde_json::Value::Null;
     AdapterFiles::write(dir, &config, tensors)?;
     let extra = serde_json::json!({ "labels": labels, "finetune": { "image_size": t.size, "crop_pct": t.crop_pct } });
@@ -516,17 +544,17 @@ pub fn export_adapter(
 
 /// The base model with a peft LoRA adapter (ours or Python peft's) attached: adapters on the
 /// convolutions it names, the classifier from the adapter when it carries one.
-pub fn load_with_adapter(base: &ImageModelDir, adapter_dir: &Path, device: &Device) -> Result<MobileNetV2> {
+pub fn load_with_adapter<M: ImageBackbone>(base: &ImageModelDir, adapter_dir: &Path, device: &Device) -> Result<M> {
     let files = AdapterFiles::read(adapter_dir)?;
     let cfg: LoraConfig = serde_json::from_value(files.config.clone())
         .with_context(|| format!("{}: not a LoRA adapter_config.json", adapter_dir.display()))?;
-    let head_key = format!("{KEY_PREFIX}classifier.1.weight");
+    let head_key = format!("{KEY_PREFIX}{}", M::CLASSIFIER_WEIGHT);
     let num_classes = files.tensors.get(&head_key).map_or(base.config.num_classes, |t| t.shape[0]);
-    let (mut model, _) = load_image_classifier(base, num_classes, 0.0, Head::FromCheckpoint, device)?;
+    let (mut model, _) = load_image_classifier::<M>(base, num_classes, 0.0, Head::FromCheckpoint, device)?;
     attach_lora(&mut model, &cfg, LoraInit::Gaussian, device)?;
     let mut used = std::collections::BTreeSet::new();
-    for (name, cb) in model.conv_layers_mut() {
-        let Some(a) = cb.lora.as_mut() else { continue };
+    for ConvUnit { name, unit, .. } in model.conv_units_mut() {
+        let Some(a) = unit.lora.as_mut() else { continue };
         for (suffix, param) in [("lora_A", &mut a.a), ("lora_B", &mut a.b)] {
             let key = format!("{KEY_PREFIX}{name}.{suffix}.weight");
             let t = files.tensor(&key)?;
@@ -543,7 +571,7 @@ pub fn load_with_adapter(base: &ImageModelDir, adapter_dir: &Path, device: &Devi
     let keys: Vec<(String, String)> = crate::io::params::list_params(&model)
         .into_iter()
         .map(|p| {
-            let k = format!("{KEY_PREFIX}{}", mobilenet_v2::torchvision_key(&p.path, &model));
+            let k = format!("{KEY_PREFIX}{}", model.checkpoint_key(&p.path));
             (p.path, k)
         })
         .collect();
@@ -561,10 +589,10 @@ pub fn load_with_adapter(base: &ImageModelDir, adapter_dir: &Path, device: &Devi
 }
 
 /// Write a fine-tuned image model: `config.json` (the base's, with the new classes, the input
-/// settings used and what finetune did) and `model.safetensors` under torchvision's keys, so
-/// `torchvision.models.mobilenet_v2(num_classes=...)` loads it with `load_state_dict`.
-pub fn export_model(
-    model: &MobileNetV2,
+/// settings used and what finetune did) and `model.safetensors` under the base checkpoint's
+/// keys, so e.g. `torchvision.models.mobilenet_v2(num_classes=...)` loads it with `load_state_dict`.
+pub fn export_model<M: ImageBackbone>(
+    model: &M,
     base: &ImageModelDir,
     labels: &[String],
     t: &Transform,
@@ -579,12 +607,12 @@ pub fn export_model(
     config.pretrained_cfg.crop_pct = t.crop_pct;
     config.finetune = Some(meta);
     crate::io::atomic::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-    write_safetensors(&out.join("model.safetensors"), &torchvision_tensors(model), None)
+    write_safetensors(&out.join("model.safetensors"), &checkpoint_tensors(model), None)
 }
 
 /// A fine-tuned (or pretrained) image classifier ready for prediction.
 pub struct FinetunedImageClassifier {
-    pub model: MobileNetV2,
+    pub model: AnyImageClassifier,
     pub labels: Vec<String>,
     pub transform: Transform,
     device: Device,
@@ -607,7 +635,7 @@ impl FinetunedImageClassifier {
         if labels.len() != n {
             bail!("{}: {} label names for {n} classes", dir.config_path.display(), labels.len());
         }
-        let (model, _) = load_image_classifier(&dir, n, 0.0, Head::FromCheckpoint, &device)?;
+        let model = AnyImageClassifier::load(&dir, n, Head::FromCheckpoint, &device)?;
         let p = &dir.config.pretrained_cfg;
         let transform = Transform { size: p.input_size[1], crop_pct: p.crop_pct, mean: p.mean, std: p.std };
         Ok(Self { model, labels, transform, device })

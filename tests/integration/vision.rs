@@ -9,7 +9,10 @@ use finetune::data::image::{Image, Transform};
 use finetune::io::pth::PthFile;
 use finetune::io::safetensors::SafetensorsFile;
 use finetune::models::Head;
-use finetune::models::image_classifier::{ImageModelDir, load_image_classifier};
+use finetune::models::efficientnet_lite::EfficientNetLite;
+use finetune::models::image_classifier::{ImageBackbone, ImageModelDir, load_image_classifier};
+use finetune::models::mobilenet_v2::MobileNetV2;
+use finetune::models::resnet::ResNet;
 use std::path::PathBuf;
 
 pub const MOBILENET_REPO: &str = "finetune/mobilenet_v2.imagenet1k_v1";
@@ -17,6 +20,8 @@ pub const MOBILENET_REPO: &str = "finetune/mobilenet_v2.imagenet1k_v1";
 pub fn mobilenet_dir() -> Option<PathBuf> {
     cached_asset(MOBILENET_REPO, finetune::io::hub::RepoKind::Model, "config.json", "mobilenet")
 }
+
+pub const EFFICIENTNET_REPO: &str = "finetune/efficientnet_lite0.imagenet";
 
 #[test]
 fn pth_reader_reads_both_torch_save_layouts() {
@@ -81,7 +86,7 @@ fn real_mobilenet_v2_matches_torchvision() {
     let Some(path) = mobilenet_dir() else { return };
     let dir = ImageModelDir::open(&path).unwrap();
     let device = Device::default();
-    let (model, report) = load_image_classifier(&dir, 1000, 0.0, Head::FromCheckpoint, &device).unwrap();
+    let (model, report) = load_image_classifier::<MobileNetV2>(&dir, 1000, 0.0, Head::FromCheckpoint, &device).unwrap();
     assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
     assert_eq!(report.loaded, 314 - 52, "every tensor but the 52 BatchNorm step counters");
     let (x, reference) = reference_batch(&dir);
@@ -101,17 +106,120 @@ fn real_mobilenet_v2_matches_torchvision() {
 
     // Training mode: batch statistics (the autodiff device takes BatchNorm's training path).
     let train_device = finetune::device::training(&device);
-    let (model, _) = load_image_classifier(&dir, 1000, 0.0, Head::FromCheckpoint, &train_device).unwrap();
+    let (model, _) =
+        load_image_classifier::<MobileNetV2>(&dir, 1000, 0.0, Head::FromCheckpoint, &train_device).unwrap();
     let logits = model.forward(x.to_device(&train_device));
     let d = max_abs_diff(&values(logits), &expected.tensor("train_logits").unwrap().data);
     assert!(d < 1e-3, "train-mode logits differ by {d}");
     // ... and the running statistics moved towards this batch's, as PyTorch's momentum 0.1 does.
     // (burn applies running-statistic updates when the model leaves training: `valid()`.)
-    let after = finetune::models::image_classifier::torchvision_tensors(&model.valid());
+    let after = finetune::models::image_classifier::checkpoint_tensors(&model.valid());
     let (_, mean) = after.iter().find(|(k, _)| k == "features.0.1.running_mean").unwrap();
     let original = PthFile::open(&dir.weights).unwrap();
     let before = original.get("features.0.1.running_mean").unwrap();
     assert!(max_abs_diff(&mean.data, &before.data) > 1e-4, "running mean did not update");
+}
+
+/// EfficientNet-Lite0 with its real ImageNet weights (TensorFlow's, ported to PyTorch), read
+/// from the legacy `.pth`: features and logits of the four photographs within 1e-4 of the
+/// reference implementation (`efficientnet_lite_pytorch`), TensorFlow "SAME" padding included,
+/// and train-mode logits within 1e-3.
+#[test]
+fn real_efficientnet_lite0_matches_reference() {
+    let Some(path) = cached_asset(EFFICIENTNET_REPO, finetune::io::hub::RepoKind::Model, "config.json", "efficientnet")
+    else {
+        return;
+    };
+    let dir = ImageModelDir::open(&path).unwrap();
+    let device = Device::default();
+    let (model, report) =
+        load_image_classifier::<EfficientNetLite>(&dir, 1000, 0.0, Head::FromCheckpoint, &device).unwrap();
+    assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
+    let (x, _) = reference_batch(&dir);
+    let expected = SafetensorsFile::open(&fixtures().join("efficientnet_lite0-reference.safetensors")).unwrap();
+    let features = model.features(x.clone());
+    let d = max_abs_diff(&values(features.clone()), &expected.tensor("features").unwrap().data);
+    assert!(d < 1e-4, "features differ by {d}");
+    let logits = model.head.forward(features);
+    let d = max_abs_diff(&values(logits.clone()), &expected.tensor("logits").unwrap().data);
+    assert!(d < 1e-4, "logits differ by {d}");
+    let top1: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_into_vec().unwrap();
+    let labels = dir.config.label_names.as_ref().unwrap();
+    let names: Vec<&str> = top1.iter().map(|&i| labels[i as usize].as_str()).collect();
+    assert_eq!(names, ["tiger cat", "espresso", "bobsled", "missile"]);
+
+    let train_device = finetune::device::training(&device);
+    let (model, _) =
+        load_image_classifier::<EfficientNetLite>(&dir, 1000, 0.0, Head::FromCheckpoint, &train_device).unwrap();
+    let d = max_abs_diff(
+        &values(model.forward(x.to_device(&train_device))),
+        &expected.tensor("train_logits").unwrap().data,
+    );
+    assert!(d < 1e-3, "train-mode logits differ by {d}");
+}
+
+/// The deterministic fill of scripts/make_vision_fixtures.py's `formula`: values in [-0.5, 0.5)
+/// from the key and the flat index, scaled by the tensor's role.
+fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
+    let h = key.bytes().fold(0x811C_9DC5u64, |h, b| ((h ^ b as u64) * 0x0100_0193) % (1 << 32));
+    let n: usize = shape.iter().product();
+    (0..n as u64)
+        .map(|i| {
+            let u = ((i * 2_654_435_761 + h) % (1 << 32)) as f64 / 4_294_967_296.0 - 0.5;
+            let v = if key.ends_with("running_mean") {
+                0.1 * u
+            } else if key.ends_with("running_var") {
+                1.0 + (u + 0.5)
+            } else if shape.len() == 1 && key.ends_with("weight") {
+                1.0 + 0.2 * u
+            } else if shape.len() == 1 {
+                0.1 * u
+            } else {
+                u * 2.0 * (6.0 / (n / shape[0]) as f64).sqrt()
+            };
+            v as f32
+        })
+        .collect()
+}
+
+/// torchvision's resnet18 and resnet50 layouts: a checkpoint under torchvision's keys (every
+/// tensor from `formula`, as the fixture script filled torchvision's own models) loads with no
+/// key left over, and pooled features and logits agree with torchvision's within 1e-4.
+#[test]
+fn resnet18_and_resnet50_match_torchvision() {
+    let device = Device::default();
+    let expected = SafetensorsFile::open(&fixtures().join("resnet-reference.safetensors")).unwrap();
+    let input: Vec<f32> = formula("input", &[2, 3, 64, 64]).iter().map(|v| v * 4.0).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(input, [2, 3, 64, 64]), &device);
+    for depth in [18, 50] {
+        let tmp = tempfile::tempdir().unwrap();
+        let shapes =
+            finetune::models::image_classifier::checkpoint_tensors(&ResNet::new(depth, 10, 0.0, &device).unwrap());
+        let tensors: Vec<(String, finetune::io::safetensors::HostTensor)> = shapes
+            .into_iter()
+            .map(|(k, t)| {
+                let data = formula(&k, &t.shape);
+                (k, finetune::io::safetensors::HostTensor::new(t.shape, data))
+            })
+            .collect();
+        finetune::io::safetensors::write_safetensors(&tmp.path().join("model.safetensors"), &tensors, None).unwrap();
+        let config = serde_json::json!({
+            "architecture": format!("resnet{depth}"),
+            "num_classes": 10,
+            "pretrained_cfg": {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        });
+        std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+        let dir = ImageModelDir::open(tmp.path()).unwrap();
+        let (model, report) = load_image_classifier::<ResNet>(&dir, 10, 0.0, Head::FromCheckpoint, &device).unwrap();
+        assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
+        let features = model.features(x.clone());
+        let want = expected.tensor(&format!("resnet{depth}.features")).unwrap();
+        let d = max_abs_diff(&values(features.clone()), &want.data);
+        assert!(d < 1e-4, "resnet{depth} features differ by {d}");
+        let want = expected.tensor(&format!("resnet{depth}.logits")).unwrap();
+        let d = max_abs_diff(&values(model.head.forward(features)), &want.data);
+        assert!(d < 1e-4, "resnet{depth} logits differ by {d}");
+    }
 }
 
 /// A small image-folder dataset of real Fashion-MNIST images (`train/<class>/<i>.png`, ...):
@@ -305,7 +413,7 @@ fn peft_conv_lora_adapter_gives_peft_logits() {
     let Some(path) = mobilenet_dir() else { return };
     let dir = ImageModelDir::open(&path).unwrap();
     let device = Device::default();
-    let model = finetune::tasks::image_classification::load_with_adapter(
+    let model = finetune::tasks::image_classification::load_with_adapter::<MobileNetV2>(
         &dir,
         &fixtures().join("peft/mobilenet-lora"),
         &device,
@@ -354,9 +462,11 @@ fn image_lora_trains_only_adapters_and_head() {
     // Base + adapter == merged model.
     let device = Device::default();
     let dir = ImageModelDir::open(&base).unwrap();
-    let with_adapter = finetune::tasks::image_classification::load_with_adapter(&dir, &adapter, &device).unwrap();
+    let with_adapter =
+        finetune::tasks::image_classification::load_with_adapter::<MobileNetV2>(&dir, &adapter, &device).unwrap();
     let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
-    let (merged_model, _) = load_image_classifier(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
+    let (merged_model, _) =
+        load_image_classifier::<MobileNetV2>(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
     let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let d = max_abs_diff(&values(with_adapter.forward(x.clone())), &values(merged_model.forward(x)));
     assert!(d < 1e-4, "adapter vs merged logits differ by {d}");

@@ -20,8 +20,9 @@ pub struct ConvLoraAdapter {
     pub scale: f64,
     #[module(skip)]
     pub stride: [usize; 2],
+    /// Symmetric padding `[h, w]`, or `None` for TensorFlow "SAME" padding (computed per input).
     #[module(skip)]
-    pub padding: [usize; 2],
+    pub padding: Option<[usize; 2]>,
 }
 
 impl ConvLoraAdapter {
@@ -33,9 +34,10 @@ impl ConvLoraAdapter {
             LoraInit::Gaussian => Initializer::Normal { mean: 0.0, std: 1.0 / r as f64 },
             LoraInit::Kaiming => Initializer::Uniform { min: -1.0 / fan_in.sqrt(), max: 1.0 / fan_in.sqrt() },
         };
-        let [ph, pw] = match base.padding.clone() {
-            burn::nn::PaddingConfig2d::Explicit(top, left, _, _) => [top, left],
-            _ => [0, 0],
+        let padding = match base.padding.clone() {
+            burn::nn::PaddingConfig2d::Explicit(top, left, _, _) => Some([top, left]),
+            burn::nn::PaddingConfig2d::Valid => Some([0, 0]),
+            burn::nn::PaddingConfig2d::Same => None,
         };
         Self {
             a: a_init.init([r, c_in, kh, kw], device),
@@ -43,7 +45,7 @@ impl ConvLoraAdapter {
             dropout: DropoutConfig::new(dropout_p).init(),
             scale,
             stride: base.stride,
-            padding: [ph, pw],
+            padding,
         }
     }
 
@@ -54,7 +56,13 @@ impl ConvLoraAdapter {
     /// The adapter's contribution to the base convolution's output.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = dropout(&self.dropout, x);
-        let h = conv2d(x, self.a.val(), None, ConvOptions::new(self.stride, self.padding, [1, 1], 1));
+        let [_, _, kh, kw] = self.a.dims();
+        let [_, _, h, w] = x.dims();
+        let pads = match self.padding {
+            Some([ph, pw]) => [(ph, ph), (pw, pw)],
+            None => [same_padding(kh, self.stride[0], h), same_padding(kw, self.stride[1], w)],
+        };
+        let h = conv2d(x, self.a.val(), None, ConvOptions::new_with_padding(self.stride, pads, [1, 1], 1));
         conv2d(h, self.b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)).mul_scalar(self.scale)
     }
 
@@ -66,6 +74,12 @@ impl ConvLoraAdapter {
         let b = self.b.val().reshape([c_out, r]);
         b.matmul(a).reshape([c_out, c_in, kh, kw]).mul_scalar(self.scale)
     }
+}
+
+/// TensorFlow "SAME" padding (before, after) of one dimension, as the base convolution pads.
+fn same_padding(kernel: usize, stride: usize, size: usize) -> (usize, usize) {
+    let total = ((size.div_ceil(stride) - 1) * stride + kernel).saturating_sub(size);
+    (total / 2, total - total / 2)
 }
 
 /// Attach fresh adapters to the convolutions `cfg` targets (`layers`: module name, base conv and
