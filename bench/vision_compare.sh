@@ -3,7 +3,10 @@
 # bench/vision_reference.py), one after the other on this machine, each printing one JSON line:
 # test accuracy, seconds per epoch (training steps only), feature seconds, peak RSS.
 #
-#   bench/vision_compare.sh [SIZE] [TRAIN_EXAMPLES]     (defaults: 64 5000)
+#   bench/vision_compare.sh [SIZE] [TRAIN_EXAMPLES] [mobilenet|efficientnet]   (defaults: 64 5000 mobilenet)
+#
+# `efficientnet` runs EfficientNet-Lite0 instead: feature extraction and one epoch of full
+# fine-tuning (with augmentation), against the reference implementation in PyTorch.
 #
 # Every run uses the first TRAIN_EXAMPLES training images (after holding out every 10th image of
 # the 60,000 for validation: 6,000), the whole validation split and the whole test split (10,000).
@@ -12,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-64}
 N=${2:-5000}
+MODELS=${3:-mobilenet}
 OUT=${BENCH_OUT:-/tmp/finetune-vision-bench}
 mkdir -p "$OUT"
 cargo build --release --quiet
@@ -46,6 +50,16 @@ theirs() { # name args...
   python3 bench/vision_reference.py "$@" --size "$SIZE" --max-train "$N" | tail -1 |
     python3 -c "import json,sys,time; r=json.load(sys.stdin); r['run']='$name'; r['wall_seconds']=time.time()-$start; print(json.dumps(r))"
 }
+
+if [ "$MODELS" = efficientnet ]; then
+  ours lite-fe recipes/efficientnet-fashion-feature-extraction.toml
+  theirs lite-fe feature-extraction --arch efficientnet_lite0 --epochs 10 --batch 128 --lr 3e-3 --warmup-ratio 0.02 \
+    --patience 3
+  ours lite-full-aug recipes/mobilenet-fashion-full.toml --set model=finetune/efficientnet_lite0.imagenet \
+    --set training.epochs=1
+  theirs lite-full-aug full --arch efficientnet_lite0 --epochs 1 --augment
+  exit 0
+fi
 
 # Feature extraction (no augmentation: features cached), 10 epochs with early stopping (patience 3).
 ours fe recipes/mobilenet-fashion-feature-extraction.toml

@@ -9,9 +9,14 @@ per epoch (training steps only), feature-extraction seconds and peak RSS.
 
     python bench/vision_reference.py METHOD [--size 64] [--epochs N] [--batch B] [--lr LR]
         [--augment] [--max-train N] [--threads 2] [--unfreeze-every-steps 50] [--layer-lr-decay 0.9]
+        [--arch mobilenet_v2|efficientnet_lite0]
 
 METHOD: feature-extraction | full | transfer | lora (peft LoRA r=8, alpha 16 on every 1x1 conv, the
 head in modules_to_save, BatchNorm kept in eval mode, as recipes/mobilenet-fashion-lora.toml)
+
+--arch efficientnet_lite0 (feature-extraction and full only) runs the reference implementation,
+PyPI efficientnet_lite_pytorch==0.1.0 (pip download --no-deps into a temporary directory), with
+the real weights from scripts/fetch-assets.sh efficientnet, drop-connect off as in finetune.
 """
 import argparse, gzip, json, math, os, resource, time
 
@@ -61,7 +66,40 @@ def batch(images, size, augment):
     return T.functional.normalize(x, MEAN, STD)
 
 
-def model(num_classes, dropout):
+class EfficientNetLite(torch.nn.Module):
+    """lukemelas' EfficientNet with the `features`/`classifier` split the loop below uses."""
+
+    def __init__(self, net, classifier):
+        super().__init__()
+        self.net, self.classifier = net, classifier
+
+    def features(self, x):
+        return self.net.extract_features(x)
+
+    def forward(self, x):
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def efficientnet_lite0(num_classes, dropout):
+    import glob, subprocess, sys, tempfile, zipfile
+    tmp = tempfile.mkdtemp()
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "efficientnet_lite_pytorch==0.1.0", "-d", tmp], check=True)
+    zipfile.ZipFile(glob.glob(f"{tmp}/efficientnet_lite_pytorch-*.whl")[0]).extractall(tmp)
+    sys.path.insert(0, tmp)
+    from efficientnet_lite_pytorch import EfficientNet
+    weights = f"{snapshot('models', 'finetune/efficientnet_lite0.imagenet')}/efficientnet-lite0-57934424.pth"
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights, drop_connect_rate=0.0)
+    head = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(1280, num_classes))
+    torch.nn.init.normal_(head[1].weight, 0, 0.01); torch.nn.init.zeros_(head[1].bias)
+    return EfficientNetLite(net, head)
+
+
+def model(num_classes, dropout, arch="mobilenet_v2"):
+    if arch == "efficientnet_lite0":
+        global MEAN, STD
+        MEAN, STD = [127 / 255] * 3, [128 / 255] * 3
+        return efficientnet_lite0(num_classes, dropout)
     m = torchvision.models.mobilenet_v2()
     m.load_state_dict(torch.load(f"{snapshot('models', 'finetune/mobilenet_v2.imagenet1k_v1')}/mobilenet_v2-b0353104.pth",
                                  weights_only=True))
@@ -120,11 +158,14 @@ def main():
     ap.add_argument("--unfreeze-every-steps", type=int, default=50)
     ap.add_argument("--layer-lr-decay", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--arch", default="mobilenet_v2", choices=["mobilenet_v2", "efficientnet_lite0"])
     a = ap.parse_args()
+    if a.arch != "mobilenet_v2" and a.method in ("transfer", "lora"):
+        ap.error(f"--arch {a.arch} supports feature-extraction and full")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed); np.random.seed(a.seed)
     (x, y), (xv, yv), (xt, yt) = load_data(a.max_train)
-    m = model(10, a.dropout)
+    m = model(10, a.dropout, a.arch)
     steps_per_epoch = math.ceil(len(x) / a.batch)
     total = steps_per_epoch * a.epochs
     warmup = math.ceil(a.warmup_ratio * total)
@@ -235,7 +276,7 @@ def main():
     trainable.eval()
     test_acc, test_loss = evaluate(evals[1], xt, yt, a.eval_batch)
     print(json.dumps({
-        "impl": "pytorch", "method": a.method, "size": a.size, "augment": a.augment, "train_examples": len(x),
+        "impl": "pytorch", "arch": a.arch, "method": a.method, "size": a.size, "augment": a.augment, "train_examples": len(x),
         "epochs_run": epochs_run, "steps": step, "best_validation_accuracy": best, "test_accuracy": test_acc,
         "test_loss": test_loss, "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(epochs_run, 1),
         "feature_seconds": feature_seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,

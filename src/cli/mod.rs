@@ -123,6 +123,25 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Transcribe WAV files with a Whisper model (Hugging Face or CTranslate2 directory, or hub id).
+    Transcribe {
+        #[arg(long)]
+        model: String,
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a model to the Hugging Face layout (today: a CTranslate2 Whisper model to
+    /// `config.json` + `model.safetensors` that `transformers` loads).
+    Convert {
+        /// The source model directory (or hub id).
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a model: architecture, parameters, and what a method would train.
     Inspect {
         model: String,
@@ -166,7 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Eval { model: Some(model), data, batch_size, device, json, .. } if is_image_model(&model) => {
-            let m = FinetunedImageClassifier::load(&resolve_image_model(&model)?, &device)?;
+            let m = FinetunedImageClassifier::load(&resolve_model_dir(&model)?, &device)?;
             let metrics = m.evaluate_split(&data, batch_size)?;
             print_eval(&metrics, json)?;
         }
@@ -177,7 +196,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print_eval(&metrics, json)?;
         }
         Command::Predict { model: Some(model), texts, device, json, .. } if is_image_model(&model) => {
-            let m = FinetunedImageClassifier::load(&resolve_image_model(&model)?, &device)?;
+            let m = FinetunedImageClassifier::load(&resolve_model_dir(&model)?, &device)?;
             let images: Vec<PathBuf> = texts.iter().map(PathBuf::from).collect();
             if images.is_empty() {
                 anyhow::bail!("give image files to classify: finetune predict --model {model} photo.png ...");
@@ -249,6 +268,23 @@ pub fn run(cli: Cli) -> Result<()> {
             let path = causal_lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
             causal_lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
         }
+        Command::Transcribe { model, files, device, json } => {
+            anyhow::ensure!(!files.is_empty(), "no audio files given");
+            let t = crate::tasks::transcription::Transcriber::load(&resolve_model_dir(&model)?, &device)?;
+            for f in &files {
+                let r = t.transcribe_file(f)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("{}\t{}", r.audio.display(), r.text);
+                }
+            }
+        }
+        Command::Convert { from, out } => {
+            let dir = crate::models::whisper::WhisperDir::open(&resolve_model_dir(&from)?)?;
+            crate::models::whisper::export_hf(&dir, &out)?;
+            println!("{}", out.display());
+        }
         Command::Inspect { model, gguf_file, method, trainable_layers, quantize } => {
             inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref())?
         }
@@ -258,10 +294,11 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Whether `--model` names an image model (a directory, or a hub id in the cache).
 fn is_image_model(model: &str) -> bool {
-    resolve_image_model(model).is_ok_and(|d| ImageModelDir::is_image_model(&d))
+    resolve_model_dir(model).is_ok_and(|d| ImageModelDir::is_image_model(&d))
 }
 
-fn resolve_image_model(model: &str) -> Result<PathBuf> {
+/// A model directory, or a hub id resolved in the cache (any model with a `config.json`).
+fn resolve_model_dir(model: &str) -> Result<PathBuf> {
     crate::io::hub::resolve(model, crate::io::hub::RepoKind::Model, "main", &["config.json"])
 }
 

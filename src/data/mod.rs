@@ -1,8 +1,10 @@
 //! Datasets: reading labelled text, tokenizing it, and batching it.
 
+pub mod audio;
 pub mod batch;
 pub mod chat;
 pub mod image;
+pub mod log_mel;
 pub mod sft;
 pub mod text;
 pub mod tokenizer;

@@ -14,6 +14,7 @@ pub mod mobilenet_v2;
 pub mod precision;
 pub mod resnet;
 pub mod text_classifier;
+pub mod whisper;
 
 use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};
 use crate::io::safetensors::{HostTensor, SafetensorsFile};

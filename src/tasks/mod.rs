@@ -3,3 +3,4 @@
 pub mod causal_lm;
 pub mod image_classification;
 pub mod text_classification;
+pub mod transcription;

@@ -7,5 +7,6 @@ mod hub;
 mod numerics;
 mod peft;
 mod quant;
+mod speech;
 mod training;
 mod vision;

@@ -251,8 +251,19 @@ fn fashion_folders(dir: &std::path::Path, per_class: usize) -> Option<PathBuf> {
     Some(out)
 }
 
-/// A recipe on `data`; `image_extra` goes into the `[image]` table, `extra` after it.
+/// A MobileNetV2 recipe on `data`; `image_extra` goes into the `[image]` table, `extra` after it.
 fn image_recipe(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    method: &str,
+    image_extra: &str,
+    extra: &str,
+) -> PathBuf {
+    image_recipe_for(MOBILENET_REPO, dir, data, method, image_extra, extra)
+}
+
+fn image_recipe_for(
+    model: &str,
     dir: &std::path::Path,
     data: &std::path::Path,
     method: &str,
@@ -262,7 +273,7 @@ fn image_recipe(
     let text = format!(
         r#"task = "image-classification"
 method = "{method}"
-model = "{MOBILENET_REPO}"
+model = "{model}"
 seed = 3
 output_dir = "{out}"
 [data]
@@ -470,4 +481,69 @@ fn image_lora_trains_only_adapters_and_head() {
     let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let d = max_abs_diff(&values(with_adapter.forward(x.clone())), &values(merged_model.forward(x)));
     assert!(d < 1e-4, "adapter vs merged logits differ by {d}");
+}
+
+/// EfficientNet-Lite0 through the same task: LoRA on its 3×3 stride-2 stem (TensorFlow "SAME"
+/// padding, which the adapter's convolution must reproduce) and its 1×1 head conv. Only the
+/// adapters and the `_fc` head train; base + adapter gives the merged model's logits; the merged
+/// model loads for `finetune eval`.
+#[test]
+fn efficientnet_lora_with_same_padding_matches_merged_model() {
+    let Some(base) = cached_asset(EFFICIENTNET_REPO, finetune::io::hub::RepoKind::Model, "config.json", "efficientnet")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = fashion_folders(tmp.path(), 6) else { return };
+    let recipe = image_recipe_for(
+        EFFICIENTNET_REPO,
+        tmp.path(),
+        &data,
+        "lora",
+        "",
+        "[training]\nepochs = 1\nbatch_size = 9\nlearning_rate = 1e-2\nwarmup_ratio = 0.0\n\
+         [lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"_conv_stem\", \"_conv_head\"]\n",
+    );
+    let report = train_cli(&recipe);
+    assert_eq!(report["trainable_params"], 4 * 3 * 9 + 32 * 4 + 4 * 320 + 1280 * 4 + 1280 * 3 + 3);
+    let adapter = PathBuf::from(report["model_dir"].as_str().unwrap());
+    let files = finetune::io::peft::AdapterFiles::read(&adapter).unwrap();
+    let mut keys: Vec<&String> = files.tensors.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "base_model.model._conv_head.lora_A.weight",
+            "base_model.model._conv_head.lora_B.weight",
+            "base_model.model._conv_stem.lora_A.weight",
+            "base_model.model._conv_stem.lora_B.weight",
+            "base_model.model._fc.bias",
+            "base_model.model._fc.weight",
+        ]
+    );
+    assert!(files.tensor("base_model.model._conv_stem.lora_B.weight").unwrap().data.iter().any(|v| *v != 0.0));
+
+    let device = Device::default();
+    let dir = ImageModelDir::open(&base).unwrap();
+    let with_adapter =
+        finetune::tasks::image_classification::load_with_adapter::<EfficientNetLite>(&dir, &adapter, &device).unwrap();
+    let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
+    let (merged, _) =
+        load_image_classifier::<EfficientNetLite>(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
+    // An odd size too: SAME padding then pads both sides of the stem.
+    for size in [32, 33] {
+        let x = Tensor::<4>::random([2, 3, size, size], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let d = max_abs_diff(&values(with_adapter.forward(x.clone())), &values(merged.forward(x)));
+        assert!(d < 1e-4, "{size}px: adapter vs merged logits differ by {d}");
+    }
+    let test_dir = data.join("test");
+    let m = cli_json(&[
+        "eval".as_ref(),
+        "--json".as_ref(),
+        "--model".as_ref(),
+        tmp.path().join("lora/model").as_os_str(),
+        "--data".as_ref(),
+        test_dir.as_os_str(),
+    ]);
+    assert!((m["accuracy"].as_f64().unwrap() - report["test"]["accuracy"].as_f64().unwrap()).abs() < 1e-9);
 }

@@ -1,0 +1,142 @@
+//! Speech: Whisper's log-Mel features, Whisper tiny.en read from its real CTranslate2 checkpoint
+//! against `transformers` (fixtures by scripts/make_speech_fixtures.py), transcription of real
+//! LibriVox speech, and the CTranslate2 → Hugging Face conversion. Needs the assets
+//! (scripts/fetch-assets.sh whisper librivox); FINETUNE_REQUIRE_ASSETS=1 makes their absence a failure.
+
+use super::common::*;
+use burn::prelude::*;
+use finetune::data::audio::read_wav;
+use finetune::data::log_mel::{N_FRAMES, log_mel_spectrogram};
+use finetune::io::hub::RepoKind;
+use finetune::io::safetensors::SafetensorsFile;
+use finetune::models::whisper::{WhisperDir, WhisperFormat};
+use finetune::tasks::transcription::{Transcriber, word_error_rate};
+use std::path::PathBuf;
+
+pub const WHISPER_REPO: &str = "finetune/whisper-tiny.en-ct2";
+pub const LIBRIVOX_REPO: &str = "finetune/pocketsphinx-librivox";
+const CLIP: &str = "audio/sense_and_sensibility_01_austen_64kb-0880.wav";
+
+fn assets() -> Option<(PathBuf, PathBuf)> {
+    let model = cached_asset(WHISPER_REPO, RepoKind::Model, "model.bin", "whisper")?;
+    let data = cached_asset(LIBRIVOX_REPO, RepoKind::Dataset, "test.jsonl", "librivox")?;
+    Some((model, data))
+}
+
+fn reference() -> (SafetensorsFile, serde_json::Value) {
+    let st = SafetensorsFile::open(&fixtures().join("whisper-reference.safetensors")).unwrap();
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("whisper-reference.json")).unwrap()).unwrap();
+    (st, json)
+}
+
+/// Columns `frames` of a `[rows, N_FRAMES]` row-major matrix.
+fn columns(m: &[f32], rows: usize, frames: std::ops::Range<usize>) -> Vec<f32> {
+    (0..rows).flat_map(|r| m[r * N_FRAMES + frames.start..r * N_FRAMES + frames.end].to_vec()).collect()
+}
+
+/// The log-Mel features of a real clip equal `WhisperFeatureExtractor`'s within 1e-4 (speech
+/// frames and the padded tail); the encoder output of the CTranslate2 checkpoint equals
+/// `transformers`' within 1e-4 and the decoder's logits along the transcript within 1e-3.
+#[test]
+fn whisper_features_encoder_and_decoder_match_transformers() {
+    let Some((model_dir, data)) = assets() else { return };
+    let (expected, json) = reference();
+    let audio = read_wav(&data.join(CLIP)).unwrap();
+    assert_eq!(audio.sample_rate, 16000);
+    let mel = log_mel_spectrogram(&audio.samples, 80);
+    let d = max_abs_diff(&columns(&mel, 80, 0..400), &expected.tensor("mel").unwrap().data);
+    eprintln!("mel max abs diff {d:e}");
+    assert!(d < 1e-4, "mel differs by {d}");
+    let d = max_abs_diff(&columns(&mel, 80, 2990..3000), &expected.tensor("mel_max").unwrap().data);
+    assert!(d < 1e-4, "padded mel differs by {d}");
+
+    let dir = WhisperDir::open(&model_dir).unwrap();
+    assert_eq!(dir.format, WhisperFormat::CTranslate2);
+    assert_eq!((dir.config.d_model, dir.config.encoder_layers, dir.config.vocab_size), (384, 4, 51864));
+    let device = Device::default();
+    let (model, report) = dir.load(&device).unwrap();
+    assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
+    let x = Tensor::<3>::from_data(TensorData::new(mel, [1, 80, N_FRAMES]), &device);
+    let encoded = model.encoder.forward(x);
+    let rows: Vec<i64> = (0..150).step_by(3).chain(1000..1010).collect();
+    let picked = encoded.clone().select(1, Tensor::<1, Int>::from_data(TensorData::new(rows, [60]), &device));
+    let d = max_abs_diff(&values(picked), &expected.tensor("encoder").unwrap().data);
+    eprintln!("encoder max abs diff {d:e}");
+    assert!(d < 1e-4, "encoder output differs by {d}");
+
+    let clip = json["clips"].as_array().unwrap().iter().find(|c| c["audio"] == CLIP).unwrap();
+    let mut tokens: Vec<i64> = json["prefix"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    tokens.extend(clip["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()));
+    let n = tokens.len();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, n]), &device);
+    let logits = model.decoder.forward(ids, &model.decoder.cross_cache(encoded));
+    let head = logits.slice(s![.., .., 0..1024]);
+    let d = max_abs_diff(&values(head), &expected.tensor("logits_head").unwrap().data);
+    eprintln!("decoder logits max abs diff {d:e}");
+    assert!(d < 1e-3, "decoder logits differ by {d}");
+}
+
+/// Greedy transcription of the five LibriVox clips gives `transformers`' tokens exactly, and a
+/// word error rate against CMU Sphinx's references below 10% (the measured value is in
+/// docs/BENCHMARKS.md).
+#[test]
+fn whisper_transcribes_librivox_like_transformers() {
+    let Some((model_dir, data)) = assets() else { return };
+    let (_, json) = reference();
+    let t = Transcriber::load(&model_dir, "cpu").unwrap();
+    let mut pairs = Vec::new();
+    for clip in json["clips"].as_array().unwrap() {
+        let audio = read_wav(&data.join(clip["audio"].as_str().unwrap())).unwrap();
+        let samples = audio.samples.clone();
+        let tokens = t.greedy(t.features(&samples));
+        let want: Vec<usize> =
+            clip["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(tokens, want, "{}", clip["audio"]);
+        let text = t.transcribe(audio).unwrap();
+        assert_eq!(text, clip["text"].as_str().unwrap());
+        pairs.push((clip["reference"].as_str().unwrap().to_string(), text));
+    }
+    let wer = word_error_rate(pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())));
+    eprintln!("LibriVox WER {wer:.4}");
+    assert!(wer < 0.1, "WER {wer}: {pairs:?}");
+}
+
+/// `finetune convert` writes a Hugging Face Whisper directory that loads back (as safetensors)
+/// to the same tensors, and `finetune transcribe` reads it.
+#[test]
+fn ctranslate2_whisper_converts_to_hugging_face_layout() {
+    let Some((model_dir, data)) = assets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hf");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["convert", "--from"])
+        .arg(&model_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let hf = WhisperDir::open(&out).unwrap();
+    assert_eq!(hf.format, WhisperFormat::HuggingFace);
+    let ct2 = WhisperDir::open(&model_dir).unwrap();
+    assert_eq!(hf.config, ct2.config);
+    let st = SafetensorsFile::open(&out.join("model.safetensors")).unwrap();
+    // Encoder: 2 convs (4), positions, final norm (2), 4 layers of 15; decoder: tokens, positions,
+    // final norm (2), 4 layers of 24.
+    assert_eq!(st.names().len(), 4 + 1 + 2 + 4 * 15 + 1 + 1 + 2 + 4 * 24);
+    let q = st.tensor("model.decoder.layers.3.encoder_attn.q_proj.weight").unwrap();
+    assert_eq!(q.shape, vec![384, 384]);
+    let clip = data.join(CLIP);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["transcribe", "--json", "--model"])
+        .arg(&out)
+        .arg(&clip)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let (_, json) = reference();
+    let want = json["clips"].as_array().unwrap().iter().find(|c| c["audio"] == CLIP).unwrap()["text"].clone();
+    assert_eq!(r["text"], want);
+}
