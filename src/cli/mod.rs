@@ -5,6 +5,7 @@ mod inspect;
 use crate::models::generation::Sampling;
 use crate::models::image_classifier::ImageModelDir;
 use crate::recipe::{Recipe, Task};
+use crate::tasks::audio_classification::FinetunedAudioClassifier;
 use crate::tasks::causal_lm::{self, LmReport};
 use crate::tasks::image_classification::{self, FinetunedImageClassifier};
 use crate::tasks::text_classification::{self, FinetunedClassifier, TrainReport};
@@ -176,6 +177,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let report = match r.task {
                 Task::ImageClassification => image_classification::run(&r, resume, show)?,
+                Task::AudioClassification => crate::tasks::audio_classification::run(&r, resume, show)?,
                 _ => text_classification::run(&r, resume, show)?,
             };
             if json {
@@ -188,6 +190,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let m = FinetunedImageClassifier::load(&resolve_model_dir(&model)?, &device)?;
             let metrics = m.evaluate_split(&data, batch_size)?;
             print_eval(&metrics, json)?;
+        }
+        Command::Eval { model: Some(model), data, batch_size, device, json, .. } if is_audio_classifier(&model) => {
+            let m = FinetunedAudioClassifier::load(&resolve_model_dir(&model)?, &device)?;
+            print_eval(&m.evaluate_split(&data, batch_size)?, json)?;
         }
         Command::Eval { model, adapter, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
             let m = FinetunedClassifier::load(model.as_deref(), adapter.as_deref(), &device, None)?;
@@ -207,6 +213,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 } else {
                     let top: Vec<String> = p.top.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
                     println!("{}\t{}\t{}", p.label, top.join(" "), p.image.display());
+                }
+            }
+        }
+        Command::Predict { model: Some(model), texts, device, json, .. } if is_audio_classifier(&model) => {
+            let m = FinetunedAudioClassifier::load(&resolve_model_dir(&model)?, &device)?;
+            let files: Vec<PathBuf> = texts.iter().map(PathBuf::from).collect();
+            anyhow::ensure!(
+                !files.is_empty(),
+                "give WAV files to classify: finetune predict --model {model} clip.wav ..."
+            );
+            for p in m.predict(&files, 5)? {
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else {
+                    let top: Vec<String> = p.top.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
+                    println!("{}\t{}\t{}", p.label, top.join(" "), p.audio.display());
                 }
             }
         }
@@ -290,6 +312,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `--model` names a fine-tuned audio classifier.
+fn is_audio_classifier(model: &str) -> bool {
+    resolve_model_dir(model).is_ok_and(|d| FinetunedAudioClassifier::is_audio_classifier(&d))
 }
 
 /// Whether `--model` names an image model (a directory, or a hub id in the cache).

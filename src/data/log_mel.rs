@@ -52,8 +52,15 @@ pub fn mel_filters(n_mels: usize) -> Vec<Vec<f64>> {
 /// `[n_mels, N_FRAMES]` row-major features of the first 30 s of 16 kHz `samples` (padded with
 /// silence when shorter).
 pub fn log_mel_spectrogram(samples: &[f32], n_mels: usize) -> Vec<f32> {
+    log_mel_frames(samples, n_mels, N_FRAMES)
+}
+
+/// The same features for a window of `frames` × 10 ms instead of 30 s (short clips for
+/// classification: the encoder then sees `frames / 2` positions). The floor at max − 8 is taken
+/// over this window.
+pub fn log_mel_frames(samples: &[f32], n_mels: usize, frames: usize) -> Vec<f32> {
     let filters = mel_filters(n_mels);
-    let mut x = vec![0f64; CHUNK_SAMPLES];
+    let mut x = vec![0f64; frames * HOP];
     for (d, s) in x.iter_mut().zip(samples) {
         *d = *s as f64;
     }
@@ -68,11 +75,11 @@ pub fn log_mel_spectrogram(samples: &[f32], n_mels: usize) -> Vec<f32> {
         (0..N_FFT).map(|k| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * k as f64 / N_FFT as f64).cos()).collect();
     let fft = FftPlanner::<f64>::new().plan_fft_forward(N_FFT);
     let bins = N_FFT / 2 + 1;
-    let mut mel = vec![0f64; n_mels * N_FRAMES];
+    let mut mel = vec![0f64; n_mels * frames];
     let mut buf = vec![Complex::new(0.0, 0.0); N_FFT];
     let mut power = vec![0f64; bins];
-    // 3,001 centered frames; Whisper drops the last.
-    for f in 0..N_FRAMES {
+    // frames + 1 centered frames; Whisper drops the last.
+    for f in 0..frames {
         let start = (f * HOP) as isize - pad as isize;
         for (k, c) in buf.iter_mut().enumerate() {
             *c = Complex::new(at(start + k as isize) * window[k], 0.0);
@@ -82,7 +89,7 @@ pub fn log_mel_spectrogram(samples: &[f32], n_mels: usize) -> Vec<f32> {
             *p = c.norm_sqr();
         }
         for (m, filter) in filters.iter().enumerate() {
-            mel[m * N_FRAMES + f] = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
+            mel[m * frames + f] = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
         }
     }
     let log: Vec<f64> = mel.iter().map(|v| v.max(1e-10).log10()).collect();

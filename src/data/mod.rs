@@ -1,6 +1,7 @@
 //! Datasets: reading labelled text, tokenizing it, and batching it.
 
 pub mod audio;
+pub mod audio_set;
 pub mod batch;
 pub mod chat;
 pub mod image;

@@ -314,6 +314,102 @@ impl Whisper {
     }
 }
 
+/// Whisper's encoder with mean pooling over frames and a classification head, laid out as
+/// `transformers`' `WhisperForAudioClassification` without its projector (keys `encoder.*`,
+/// `classifier.*`).
+#[derive(Module, Debug)]
+pub struct WhisperAudioClassifier {
+    pub encoder: WhisperEncoder,
+    pub head: super::text_classifier::ClassificationHead,
+}
+
+impl WhisperAudioClassifier {
+    /// `mel [b, n_mels, frames]` → the encoder output averaged over time `[b, d]`.
+    pub fn features(&self, mel: Tensor<3>) -> Tensor<2> {
+        let h = self.encoder.forward(mel);
+        let [b, _, d] = h.dims();
+        h.mean_dim(1).reshape([b, d])
+    }
+
+    pub fn forward(&self, mel: Tensor<3>) -> Tensor<2> {
+        self.head.forward(self.features(mel))
+    }
+
+    /// Load the encoder of a Whisper checkpoint (`model.encoder.*`) or of a fine-tuned audio
+    /// classifier (`encoder.*`, with `classifier.*` when `keep_head`).
+    pub fn load(
+        files: &WhisperDir,
+        num_labels: usize,
+        dropout: f64,
+        keep_head: bool,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let full = Whisper::new(&files.config, device)?;
+        let model = Self {
+            encoder: full.encoder,
+            head: super::text_classifier::ClassificationHead::new(
+                files.config.d_model,
+                num_labels,
+                dropout,
+                0.02,
+                device,
+            ),
+        };
+        let weights = BoxedSource(files.weights()?);
+        let fine_tuned = weights.contains("encoder.conv1.weight");
+        let (model, mut report) = load_weights(model, &weights, |info| {
+            if info.path.starts_with("head.") {
+                return (if keep_head { vec![classifier_key(&info.path)] } else { Vec::new() }, !keep_head);
+            }
+            let key = classifier_key(&info.path);
+            (vec![if fine_tuned { key } else { format!("model.{key}") }], false)
+        })?;
+        // A speech-recognition checkpoint's decoder is not used.
+        report.unused.retain(|k| !k.starts_with("model.decoder.") && k != "proj_out.weight");
+        Ok((model, report))
+    }
+}
+
+/// The key of a [`WhisperAudioClassifier`] parameter (`encoder.*`, `classifier.*`).
+pub fn classifier_key(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("head.classifier.") {
+        return format!("classifier.{rest}");
+    }
+    hf_key(path).trim_start_matches("model.").to_string()
+}
+
+impl super::DenseLayers for WhisperAudioClassifier {
+    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layers.iter().enumerate() {
+            let p = format!("encoder.layers.{i}");
+            let a = &l.self_attn;
+            for (n, d) in
+                [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("out_proj", &a.out_proj)]
+            {
+                out.push((format!("{p}.self_attn.{n}"), d));
+            }
+            out.push((format!("{p}.fc1"), &l.fc1));
+            out.push((format!("{p}.fc2"), &l.fc2));
+        }
+        out
+    }
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layers.iter_mut().enumerate() {
+            let p = format!("encoder.layers.{i}");
+            let a = &mut l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.out_proj"), &mut a.out_proj));
+            out.push((format!("{p}.fc1"), &mut l.fc1));
+            out.push((format!("{p}.fc2"), &mut l.fc2));
+        }
+        out
+    }
+}
+
 /// The Hugging Face key of a parameter path inside [`Whisper`].
 pub fn hf_key(path: &str) -> String {
     format!(

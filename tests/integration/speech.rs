@@ -140,3 +140,140 @@ fn ctranslate2_whisper_converts_to_hugging_face_layout() {
     let want = json["clips"].as_array().unwrap().iter().find(|c| c["audio"] == CLIP).unwrap()["text"].clone();
     assert_eq!(r["text"], want);
 }
+
+pub const WORDS_REPO: &str = "finetune/espeak-spoken-words";
+
+/// A small copy of the spoken-word set: three words, `per_split` clips of each per split, as
+/// manifests with absolute paths. None without the assets.
+fn small_words(dir: &std::path::Path, per_split: usize) -> Option<PathBuf> {
+    let src = cached_asset(WORDS_REPO, RepoKind::Dataset, "train.jsonl", "spoken-words")?;
+    let out = dir.join("words");
+    std::fs::create_dir_all(&out).unwrap();
+    for split in ["train", "validation", "test"] {
+        let text = std::fs::read_to_string(src.join(format!("{split}.jsonl"))).unwrap();
+        let mut lines = Vec::new();
+        for word in ["yes", "no", "stop"] {
+            let rows = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+            for mut row in rows.filter(|r| r["label"] == word).take(per_split) {
+                row["audio"] = serde_json::json!(src.join(row["audio"].as_str().unwrap()));
+                lines.push(row.to_string());
+            }
+        }
+        std::fs::write(out.join(format!("{split}.jsonl")), lines.join("\n")).unwrap();
+    }
+    Some(out)
+}
+
+fn audio_recipe(dir: &std::path::Path, data: &std::path::Path, method: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"task = "audio-classification"
+method = "{method}"
+model = "{WHISPER_REPO}"
+seed = 5
+output_dir = "{out}"
+[data]
+dataset = "{data}"
+train = "train.jsonl"
+validation = "validation.jsonl"
+test = "test.jsonl"
+[audio]
+seconds = 1.5
+[feature_extraction]
+cache_dir = "{cache}"
+{extra}
+"#,
+        out = dir.join(method).display(),
+        data = data.display(),
+        cache = dir.join("features").display(),
+    );
+    let path = dir.join(format!("{method}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn finetune_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Feature extraction on Whisper's frozen encoder: features cached (the second run reads them
+/// and gives the same test metrics); the saved classifier loads for `finetune eval` and `predict`.
+#[test]
+fn audio_feature_extraction_caches_and_saved_model_predicts() {
+    let Some(_) = assets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = small_words(tmp.path(), 6) else { return };
+    let recipe = audio_recipe(
+        tmp.path(),
+        &data,
+        "feature-extraction",
+        "[training]\nepochs = 20\nbatch_size = 6\nlearning_rate = 1e-2\n",
+    );
+    let train = |r: &std::path::Path| {
+        finetune_json(&["train".as_ref(), "--json".as_ref(), "--no-progress".as_ref(), r.as_os_str()])
+    };
+    let first = train(&recipe);
+    assert_eq!(first["feature_cache_hit"], false);
+    assert_eq!(first["trainable_params"], 384 * 3 + 3);
+    std::fs::remove_dir_all(tmp.path().join("feature-extraction")).unwrap();
+    let second = train(&recipe);
+    assert_eq!(second["feature_cache_hit"], true);
+    assert_eq!(first["test"], second["test"]);
+    assert!(first["test"]["accuracy"].as_f64().unwrap() > 0.5, "{first}");
+
+    let model = PathBuf::from(first["model_dir"].as_str().unwrap());
+    let test = data.join("test.jsonl");
+    let m = finetune_json(&[
+        "eval".as_ref(),
+        "--json".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        test.as_os_str(),
+    ]);
+    assert!((m["accuracy"].as_f64().unwrap() - first["test"]["accuracy"].as_f64().unwrap()).abs() < 1e-9, "{m}");
+    let clip: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&test).unwrap().lines().next().unwrap()).unwrap();
+    let wav = PathBuf::from(clip["audio"].as_str().unwrap());
+    let p =
+        finetune_json(&["predict".as_ref(), "--json".as_ref(), "--model".as_ref(), model.as_os_str(), wav.as_os_str()]);
+    assert!(["yes", "no", "stop"].contains(&p["label"].as_str().unwrap()), "{p}");
+}
+
+/// LoRA on the encoder's query/value projections with augmentation: only the adapters and the
+/// head train (peft-format adapter with encoder keys and the classifier), and the merged model
+/// differs from the base exactly in the adapted projections.
+#[test]
+fn audio_lora_trains_only_adapters_and_head() {
+    let Some((model_dir, _)) = assets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = small_words(tmp.path(), 4) else { return };
+    let recipe = audio_recipe(
+        tmp.path(),
+        &data,
+        "lora",
+        "[audio.augment]\ngain_db = 6.0\nshift_seconds = 0.3\nnoise_snr_db = [20.0, 40.0]\ntime_masks = 1\nfreq_masks = 1\n\
+         [training]\nepochs = 1\nbatch_size = 6\nlearning_rate = 1e-2\nwarmup_ratio = 0.0\n\
+         [lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"q_proj\", \"v_proj\"]\n",
+    );
+    let report = finetune_json(&["train".as_ref(), "--json".as_ref(), "--no-progress".as_ref(), recipe.as_os_str()]);
+    assert_eq!(report["optimizer_steps"], 2);
+    assert_eq!(report["trainable_params"], 4 * 2 * (384 * 4 + 4 * 384) + 384 * 3 + 3);
+    let adapter = PathBuf::from(report["model_dir"].as_str().unwrap());
+    let files = finetune::io::peft::AdapterFiles::read(&adapter).unwrap();
+    assert_eq!(files.tensors.len(), 4 * 2 * 2 + 2, "{:?}", files.tensors.keys().collect::<Vec<_>>());
+    let b = files.tensor("base_model.model.encoder.layers.3.self_attn.v_proj.lora_B.weight").unwrap();
+    assert!(b.data.iter().any(|v| *v != 0.0), "lora_B did not train");
+    assert!(files.tensors.contains_key("base_model.model.classifier.weight"));
+
+    let merged = SafetensorsFile::open(&tmp.path().join("lora/model/model.safetensors")).unwrap();
+    let base = finetune::models::whisper::ct2_tensors(&finetune::io::ctranslate2::Ct2Model::open(&model_dir).unwrap())
+        .unwrap();
+    for name in merged.names().into_iter().filter(|n| n.starts_with("encoder.")) {
+        let original = &base[&format!("model.{name}")];
+        let moved = max_abs_diff(&merged.tensor(&name).unwrap().data, &original.data) > 0.0;
+        let adapted = name.ends_with("q_proj.weight") || name.ends_with("v_proj.weight");
+        assert_eq!(moved, adapted, "{name}");
+    }
+}

@@ -1,0 +1,204 @@
+//! Labelled audio sets — a JSONL manifest (`audio`: path relative to the manifest's directory,
+//! `label`) or a folder of class directories of WAV files — decoded to 16 kHz mono up front, and
+//! the on-the-fly augmentations of training clips: gain, time shift, additive noise, and
+//! SpecAugment masks on the features.
+
+use super::audio::read_wav;
+use super::batch::SplitMix64;
+use super::log_mel::SAMPLE_RATE;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One split: every clip at 16 kHz, with its label index and file.
+#[derive(Debug, Clone)]
+pub struct AudioSplit {
+    pub name: &'static str,
+    pub source: PathBuf,
+    pub clips: Vec<Vec<f32>>,
+    pub labels: Vec<usize>,
+    pub files: Vec<PathBuf>,
+}
+
+impl AudioSplit {
+    pub fn len(&self) -> usize {
+        self.clips.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.clips.is_empty()
+    }
+}
+
+/// (file, label name) pairs of a manifest or a class-folder tree.
+fn entries(path: &Path) -> Result<Vec<(PathBuf, String)>> {
+    if path.is_dir() {
+        let mut out = Vec::new();
+        for class in super::image::folder_classes(path)? {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path.join(&class))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("wav")))
+                .collect();
+            files.sort();
+            out.extend(files.into_iter().map(|f| (f, class.clone())));
+        }
+        return Ok(out);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let (Some(audio), Some(label)) = (row["audio"].as_str(), row["label"].as_str()) else {
+            bail!("{}:{}: needs string fields \"audio\" and \"label\"", path.display(), i + 1);
+        };
+        out.push((base.join(audio), label.to_string()));
+    }
+    Ok(out)
+}
+
+/// Label names of a split in sorted order (the class folders, or the manifest's distinct labels).
+pub fn label_names(path: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = entries(path)?.into_iter().map(|(_, l)| l).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Read and resample every clip of a split; an unknown label or an unreadable file is an error
+/// naming it.
+pub fn read_audio_split(name: &'static str, path: &Path, labels: &[String]) -> Result<AudioSplit> {
+    let rows = entries(path)?;
+    if rows.is_empty() {
+        bail!("{}: no audio clips", path.display());
+    }
+    let mut split = AudioSplit { name, source: path.into(), clips: Vec::new(), labels: Vec::new(), files: Vec::new() };
+    for (file, label) in rows {
+        let Some(y) = labels.iter().position(|l| *l == label) else {
+            bail!("{}: label '{label}' of {} is not among {labels:?}", path.display(), file.display());
+        };
+        split.clips.push(read_wav(&file)?.resampled(SAMPLE_RATE).samples);
+        split.labels.push(y);
+        split.files.push(file);
+    }
+    Ok(split)
+}
+
+/// Random changes to training clips. Every field is optional: absent means not applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AudioAugment {
+    /// Gain drawn uniformly from ±`gain_db` decibels.
+    pub gain_db: Option<f32>,
+    /// Start the clip up to this many seconds into the window (instead of at 0).
+    pub shift_seconds: Option<f32>,
+    /// White noise at a signal-to-noise ratio drawn from this range, in dB.
+    pub noise_snr_db: Option<[f32; 2]>,
+    /// SpecAugment: this many time masks of up to `time_mask_frames` 10-ms frames each.
+    #[serde(default)]
+    pub time_masks: usize,
+    #[serde(default = "default_time_mask")]
+    pub time_mask_frames: usize,
+    /// SpecAugment: this many frequency masks of up to `freq_mask_bins` Mel bins each.
+    #[serde(default)]
+    pub freq_masks: usize,
+    #[serde(default = "default_freq_mask")]
+    pub freq_mask_bins: usize,
+}
+
+fn default_time_mask() -> usize {
+    20
+}
+fn default_freq_mask() -> usize {
+    10
+}
+
+fn uniform(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// Place `clip` in a window of `window` samples: at the start, or shifted/scaled/noised per `aug`.
+pub fn place_in_window(clip: &[f32], window: usize, aug: Option<&AudioAugment>, rng: &mut SplitMix64) -> Vec<f32> {
+    let mut out = vec![0f32; window];
+    let room = window.saturating_sub(clip.len());
+    let shift = match aug.and_then(|a| a.shift_seconds) {
+        Some(s) => ((uniform(rng) * s * SAMPLE_RATE as f32) as usize).min(room),
+        None => 0,
+    };
+    let n = clip.len().min(window - shift);
+    out[shift..shift + n].copy_from_slice(&clip[..n]);
+    let Some(aug) = aug else { return out };
+    if let Some(db) = aug.gain_db {
+        let g = 10f32.powf((uniform(rng) * 2.0 - 1.0) * db / 20.0);
+        out.iter_mut().for_each(|v| *v *= g);
+    }
+    if let Some([lo, hi]) = aug.noise_snr_db {
+        let power = clip.iter().map(|v| v * v).sum::<f32>() / clip.len().max(1) as f32;
+        let snr = lo + uniform(rng) * (hi - lo);
+        // Uniform noise on [-a, a] has power a²/3.
+        let a = (3.0 * power / 10f32.powf(snr / 10.0)).sqrt();
+        out.iter_mut().for_each(|v| *v += (uniform(rng) * 2.0 - 1.0) * a);
+    }
+    out
+}
+
+/// SpecAugment's masks on `[n_mels, frames]` features, set to the features' mean.
+pub fn spec_augment(mel: &mut [f32], n_mels: usize, frames: usize, aug: &AudioAugment, rng: &mut SplitMix64) {
+    let mean = mel.iter().sum::<f32>() / mel.len().max(1) as f32;
+    for _ in 0..aug.time_masks {
+        let w = (uniform(rng) * (aug.time_mask_frames + 1) as f32) as usize;
+        let t0 = (uniform(rng) * frames.saturating_sub(w) as f32) as usize;
+        for m in 0..n_mels {
+            mel[m * frames + t0..m * frames + (t0 + w).min(frames)].fill(mean);
+        }
+    }
+    for _ in 0..aug.freq_masks {
+        let w = (uniform(rng) * (aug.freq_mask_bins + 1) as f32) as usize;
+        let f0 = (uniform(rng) * n_mels.saturating_sub(w) as f32) as usize;
+        for m in f0..(f0 + w).min(n_mels) {
+            mel[m * frames..(m + 1) * frames].fill(mean);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_placement_shift_gain_and_noise() {
+        let clip = vec![0.5f32; 100];
+        let mut rng = SplitMix64::new(1);
+        let plain = place_in_window(&clip, 300, None, &mut rng);
+        assert_eq!((&plain[..100], plain[100..].iter().all(|v| *v == 0.0)), (&clip[..], true));
+        let aug = AudioAugment { shift_seconds: Some(1.0), gain_db: Some(6.0), ..Default::default() };
+        let moved = place_in_window(&clip, 300, Some(&aug), &mut rng);
+        let start = moved.iter().position(|v| *v != 0.0).unwrap();
+        assert!(start <= 200 && moved[start..start + 100].iter().all(|v| (*v - moved[start]).abs() < 1e-6));
+        assert!(moved[start] > 0.25 && moved[start] < 1.0, "gain within ±6 dB: {}", moved[start]);
+        let noisy = AudioAugment { noise_snr_db: Some([10.0, 10.0]), ..Default::default() };
+        let n = place_in_window(&clip, 100, Some(&noisy), &mut rng);
+        let noise_power = n.iter().map(|v| (v - 0.5) * (v - 0.5)).sum::<f32>() / 100.0;
+        assert!((noise_power / 0.025 - 1.0).abs() < 0.5, "SNR 10 dB: noise power {noise_power}");
+    }
+
+    #[test]
+    fn spec_augment_masks_whole_rows_and_columns() {
+        let mut mel: Vec<f32> = (0..8 * 50).map(|i| i as f32).collect();
+        let aug = AudioAugment {
+            freq_masks: 1,
+            freq_mask_bins: 8,
+            time_masks: 1,
+            time_mask_frames: 50,
+            ..Default::default()
+        };
+        spec_augment(&mut mel, 8, 50, &aug, &mut SplitMix64::new(3));
+        let mean = (0..400).sum::<usize>() as f32 / 400.0;
+        let masked = mel.iter().filter(|v| **v == mean).count();
+        assert!(masked > 0, "nothing masked");
+    }
+}
