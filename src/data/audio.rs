@@ -117,33 +117,52 @@ pub fn write_wav_pcm16(path: &Path, audio: &Audio) -> Result<()> {
 
 /// Band-limited resampling: each output sample is a Hann-windowed sinc interpolation of the
 /// input (16 zero crossings each side), with the cutoff at the lower of the two Nyquist rates so
-/// downsampling does not alias.
+/// downsampling does not alias. For a rational ratio `to/from = p/q` the output positions cycle
+/// through `p` fractional phases, so the filter taps are computed once per phase.
 pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
     const ZEROS: f64 = 16.0;
     let ratio = to as f64 / from as f64;
     let cutoff = ratio.min(1.0);
     let half_width = ZEROS / cutoff;
     let n_out = (x.len() as f64 * ratio).round() as usize;
+    let g = gcd(from as u64, to as u64);
+    let (p, q) = ((to as u64 / g) as usize, (from as u64 / g) as usize);
+    let reach = half_width.ceil() as isize;
+    // taps[phase][k]: weight of input (floor(t) + k - reach) for output j with j % p == phase.
+    let tap = |d: f64| -> f64 {
+        if d.abs() > half_width {
+            return 0.0;
+        }
+        let arg = d * cutoff;
+        let sinc = if arg.abs() < 1e-12 { 1.0 } else { (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg) };
+        sinc * (0.5 + 0.5 * (std::f64::consts::PI * d / half_width).cos()) * cutoff
+    };
+    let width = (2 * reach + 1) as usize;
+    let phases: Vec<Vec<f64>> = (0..p.min(n_out.max(1)))
+        .map(|phase| {
+            let t = (phase * q) as f64 / p as f64;
+            let base = t.floor();
+            (0..width).map(|k| tap(base + k as f64 - reach as f64 - t)).collect()
+        })
+        .collect();
     (0..n_out)
         .map(|j| {
-            let t = j as f64 / ratio;
-            let lo = (t - half_width).ceil().max(0.0) as usize;
-            let hi = ((t + half_width).floor() as usize).min(x.len().saturating_sub(1));
+            let (cycle, phase) = (j / p, j % p);
+            let start = (cycle * q + (phase * q) / p) as isize - reach;
             let mut acc = 0.0;
-            for (i, &v) in x.iter().enumerate().take(hi + 1).skip(lo) {
-                let d = i as f64 - t;
-                let arg = d * cutoff;
-                let sinc = if arg.abs() < 1e-12 {
-                    1.0
-                } else {
-                    (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg)
-                };
-                let window = 0.5 + 0.5 * (std::f64::consts::PI * d / half_width).cos();
-                acc += v as f64 * sinc * window * cutoff;
+            for (k, w) in phases[phase].iter().enumerate() {
+                let i = start + k as isize;
+                if i >= 0 && (i as usize) < x.len() {
+                    acc += x[i as usize] as f64 * w;
+                }
             }
             acc as f32
         })
         .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]

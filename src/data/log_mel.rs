@@ -59,7 +59,15 @@ pub fn log_mel_spectrogram(samples: &[f32], n_mels: usize) -> Vec<f32> {
 /// classification: the encoder then sees `frames / 2` positions). The floor at max − 8 is taken
 /// over this window.
 pub fn log_mel_frames(samples: &[f32], n_mels: usize, frames: usize) -> Vec<f32> {
-    let filters = mel_filters(n_mels);
+    // Each triangular filter is non-zero over a few bins only: keep (first bin, weights).
+    let filters: Vec<(usize, Vec<f64>)> = mel_filters(n_mels)
+        .into_iter()
+        .map(|w| {
+            let first = w.iter().position(|&v| v != 0.0).unwrap_or(0);
+            let last = w.iter().rposition(|&v| v != 0.0).unwrap_or(0);
+            (first, w[first..=last.max(first)].to_vec())
+        })
+        .collect();
     let mut x = vec![0f64; frames * HOP];
     for (d, s) in x.iter_mut().zip(samples) {
         *d = *s as f64;
@@ -88,8 +96,8 @@ pub fn log_mel_frames(samples: &[f32], n_mels: usize, frames: usize) -> Vec<f32>
         for (p, c) in power.iter_mut().zip(&buf) {
             *p = c.norm_sqr();
         }
-        for (m, filter) in filters.iter().enumerate() {
-            mel[m * frames + f] = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
+        for (m, (first, weights)) in filters.iter().enumerate() {
+            mel[m * frames + f] = weights.iter().zip(&power[*first..]).map(|(w, p)| w * p).sum();
         }
     }
     let log: Vec<f64> = mel.iter().map(|v| v.max(1e-10).log10()).collect();
