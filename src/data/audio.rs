@@ -134,7 +134,8 @@ pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
             return 0.0;
         }
         let arg = d * cutoff;
-        let sinc = if arg.abs() < 1e-12 { 1.0 } else { (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg) };
+        let sinc =
+            if arg.abs() < 1e-12 { 1.0 } else { (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg) };
         sinc * (0.5 + 0.5 * (std::f64::consts::PI * d / half_width).cos()) * cutoff
     };
     let width = (2 * reach + 1) as usize;

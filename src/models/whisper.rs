@@ -121,6 +121,23 @@ impl WhisperAttention {
         }
     }
 
+    /// The four projections under `prefix` (`...self_attn.q_proj`, ...).
+    pub fn projections(&self, prefix: &str) -> Vec<(String, &Dense)> {
+        let Self { q_proj, k_proj, v_proj, out_proj, .. } = self;
+        [("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj), ("out_proj", out_proj)]
+            .into_iter()
+            .map(|(n, d)| (format!("{prefix}.{n}"), d))
+            .collect()
+    }
+
+    pub fn projections_mut(&mut self, prefix: &str) -> Vec<(String, &mut Dense)> {
+        let Self { q_proj, k_proj, v_proj, out_proj, .. } = self;
+        [("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj), ("out_proj", out_proj)]
+            .into_iter()
+            .map(|(n, d)| (format!("{prefix}.{n}"), d))
+            .collect()
+    }
+
     fn split(&self, t: Tensor<3>) -> Tensor<4> {
         let [b, l, d] = t.dims();
         t.reshape([b, l, self.num_heads, d / self.num_heads]).swap_dims(1, 2)
@@ -398,11 +415,44 @@ impl super::DenseLayers for WhisperAudioClassifier {
         let mut out = Vec::new();
         for (i, l) in self.encoder.layers.iter_mut().enumerate() {
             let p = format!("encoder.layers.{i}");
-            let a = &mut l.self_attn;
-            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-            out.push((format!("{p}.self_attn.out_proj"), &mut a.out_proj));
+            out.extend(l.self_attn.projections_mut(&format!("{p}.self_attn")));
+            out.push((format!("{p}.fc1"), &mut l.fc1));
+            out.push((format!("{p}.fc2"), &mut l.fc2));
+        }
+        out
+    }
+}
+
+impl super::DenseLayers for Whisper {
+    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layers.iter().enumerate() {
+            let p = format!("model.encoder.layers.{i}");
+            out.extend(l.self_attn.projections(&format!("{p}.self_attn")));
+            out.push((format!("{p}.fc1"), &l.fc1));
+            out.push((format!("{p}.fc2"), &l.fc2));
+        }
+        for (i, l) in self.decoder.layers.iter().enumerate() {
+            let p = format!("model.decoder.layers.{i}");
+            out.extend(l.self_attn.projections(&format!("{p}.self_attn")));
+            out.extend(l.encoder_attn.projections(&format!("{p}.encoder_attn")));
+            out.push((format!("{p}.fc1"), &l.fc1));
+            out.push((format!("{p}.fc2"), &l.fc2));
+        }
+        out
+    }
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layers.iter_mut().enumerate() {
+            let p = format!("model.encoder.layers.{i}");
+            out.extend(l.self_attn.projections_mut(&format!("{p}.self_attn")));
+            out.push((format!("{p}.fc1"), &mut l.fc1));
+            out.push((format!("{p}.fc2"), &mut l.fc2));
+        }
+        for (i, l) in self.decoder.layers.iter_mut().enumerate() {
+            let p = format!("model.decoder.layers.{i}");
+            out.extend(l.self_attn.projections_mut(&format!("{p}.self_attn")));
+            out.extend(l.encoder_attn.projections_mut(&format!("{p}.encoder_attn")));
             out.push((format!("{p}.fc1"), &mut l.fc1));
             out.push((format!("{p}.fc2"), &mut l.fc2));
         }
@@ -679,6 +729,23 @@ pub fn ct2_tensors(m: &Ct2Model) -> Result<BTreeMap<String, HostTensor>> {
 /// Write a Hugging Face Whisper directory from any [`WhisperDir`]: `config.json`,
 /// `generation_config.json`, `preprocessor_config.json`, `model.safetensors`, `tokenizer.json`.
 pub fn export_hf(src: &WhisperDir, out: &Path) -> Result<()> {
+    let tensors: Vec<(String, HostTensor)> = match src.format {
+        WhisperFormat::CTranslate2 => ct2_tensors(&Ct2Model::open(&src.dir)?)?.into_iter().collect(),
+        WhisperFormat::HuggingFace => {
+            let f = SafetensorsFile::open(&src.dir.join("model.safetensors"))?;
+            f.names().into_iter().map(|n| f.tensor(&n).map(|t| (n, t))).collect::<Result<_>>()?
+        }
+    };
+    write_hf_dir(src, out, &tensors)
+}
+
+/// A model in memory (e.g. fine-tuned, adapters merged) as a Hugging Face directory next to the
+/// configuration and tokenizer of `src`.
+pub fn export_model(model: &Whisper, src: &WhisperDir, out: &Path) -> Result<()> {
+    write_hf_dir(src, out, &super::checkpoint_tensors(model, hf_key, |_| true))
+}
+
+fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let c = &src.config;
     let mut config = serde_json::to_value(c)?;
@@ -717,14 +784,7 @@ pub fn export_hf(src: &WhisperDir, out: &Path) -> Result<()> {
             "return_attention_mask": false,
         }),
     )?;
-    let tensors: Vec<(String, HostTensor)> = match src.format {
-        WhisperFormat::CTranslate2 => ct2_tensors(&Ct2Model::open(&src.dir)?)?.into_iter().collect(),
-        WhisperFormat::HuggingFace => {
-            let f = SafetensorsFile::open(&src.dir.join("model.safetensors"))?;
-            f.names().into_iter().map(|n| f.tensor(&n).map(|t| (n, t))).collect::<Result<_>>()?
-        }
-    };
-    crate::io::safetensors::write_safetensors(&out.join("model.safetensors"), &tensors, None)?;
+    crate::io::safetensors::write_safetensors(&out.join("model.safetensors"), tensors, None)?;
     if src.tokenizer != out.join("tokenizer.json") {
         std::fs::copy(&src.tokenizer, out.join("tokenizer.json")).context("copying tokenizer.json")?;
     }

@@ -1,11 +1,23 @@
 //! Speech recognition with Whisper: greedy decoding of 30-second windows with the standard
-//! token prefix, and word error rate against reference transcripts.
+//! token prefix, word error rate against reference transcripts, and fine-tuning (`task =
+//! "transcription"`: LoRA or full) on clips with transcripts, with teacher forcing: the loss is
+//! the cross-entropy of every transcript token and `<|endoftext|>` after the prefix.
 
 use crate::data::audio::{Audio, read_wav};
 use crate::data::log_mel::{CHUNK_SAMPLES, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram};
-use crate::models::whisper::{CrossCache, Whisper, WhisperConfig, WhisperDir, special_token};
-use anyhow::{Context, Result, anyhow};
+use crate::io::hub::{self, RepoKind};
+use crate::methods::lora::{self, LoraConfig};
+use crate::models::count_params;
+use crate::models::whisper::{CrossCache, Whisper, WhisperConfig, WhisperDir, export_model, hf_key, special_token};
+use crate::recipe::{Method, Recipe};
+use crate::tasks::text_classification::{TrainReport, trainer_config};
+use crate::training::checkpoint::RunDir;
+use crate::training::trainer::{Examples, MethodHooks, Split, cross_entropy, evaluate, train};
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::Module;
 use burn::prelude::*;
+use rayon::prelude::*;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 /// A Whisper model ready to transcribe.
@@ -28,10 +40,15 @@ pub struct Transcript {
 }
 
 impl Transcriber {
-    pub fn load(dir: &Path, device: &str) -> Result<Self> {
+    /// A Whisper model, with a peft LoRA adapter (ours or Python peft's) when `adapter` is given.
+    pub fn load(dir: &Path, adapter: Option<&Path>, device: &str) -> Result<Self> {
         let device = crate::device::select(device)?;
         let files = WhisperDir::open(dir)?;
-        let (model, _) = files.load(&device)?;
+        let (mut model, _) = files.load(&device)?;
+        if let Some(a) = adapter {
+            let adapter_files = crate::io::peft::AdapterFiles::read(a)?;
+            model = lora::load_adapter(model, &adapter_files, hf_key, &device)?.0;
+        }
         Self::new(model, &files, device)
     }
 
@@ -64,6 +81,15 @@ impl Transcriber {
             parts.push(text.map_err(|e| anyhow!("decoding tokens: {e}"))?.trim().to_string());
         }
         Ok(parts.join(" ").trim().to_string())
+    }
+
+    /// Word error rate over a manifest (`audio`, `text`), with every transcript.
+    pub fn word_error_rate(&self, manifest: &Path) -> Result<(f64, Vec<(String, String)>)> {
+        let pairs = read_manifest(manifest)?
+            .into_iter()
+            .map(|(file, text)| Ok((text, self.transcribe(read_wav(&file)?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((word_error_rate(pairs.iter().map(|(r, h)| (r.as_str(), h.as_str()))), pairs))
     }
 
     pub fn transcribe_file(&self, path: &Path) -> Result<Transcript> {
@@ -113,6 +139,277 @@ impl Transcriber {
         let last = hidden.slice(s![.., n - 1..n, ..]).reshape([1, d]);
         self.model.decoder.logits(last).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits")
     }
+}
+
+/// (audio file, transcript) rows of a JSONL manifest; paths are relative to its directory.
+pub fn read_manifest(path: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let row: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let (Some(audio), Some(t)) = (row["audio"].as_str(), row["text"].as_str()) else {
+            bail!("{}:{}: needs string fields \"audio\" and \"text\"", path.display(), i + 1);
+        };
+        out.push((base.join(audio), t.to_string()));
+    }
+    if out.is_empty() {
+        bail!("{}: no clips", path.display());
+    }
+    Ok(out)
+}
+
+/// One training clip: 16 kHz samples and the decoder tokens (prefix, transcript, end).
+struct Utterance {
+    samples: Vec<f32>,
+    tokens: Vec<usize>,
+}
+
+/// Clips with transcripts for teacher-forced training. When the encoder is frozen, its output
+/// for each clip is computed once and kept (the same every epoch).
+struct TranscriptExamples {
+    splits: [Vec<Utterance>; 3],
+    encoded: Option<[Vec<Tensor<2>>; 3]>,
+    prefix_len: usize,
+    pad: usize,
+    n_mels: usize,
+    device: Device,
+}
+
+fn slot(split: Split) -> usize {
+    crate::methods::feature_extraction::slot(split)
+}
+
+impl TranscriptExamples {
+    fn mel(&self, utterances: &[&Utterance]) -> Tensor<3> {
+        let n_mels = self.n_mels;
+        let mut out = vec![0f32; utterances.len() * n_mels * N_FRAMES];
+        out.par_chunks_mut(n_mels * N_FRAMES)
+            .zip(utterances.par_iter())
+            .for_each(|(dst, u)| dst.copy_from_slice(&log_mel_spectrogram(&u.samples, n_mels)));
+        Tensor::from_data(TensorData::new(out, [utterances.len(), n_mels, N_FRAMES]), &self.device)
+    }
+
+    /// Encoder outputs of the whole split in inference mode (a frozen encoder).
+    fn encode_all(model: &Whisper, utterances: &[Utterance], n_mels: usize, device: &Device) -> Vec<Tensor<2>> {
+        let this = |u: &Utterance| {
+            let mel = log_mel_spectrogram(&u.samples, n_mels);
+            let x = Tensor::<3>::from_data(TensorData::new(mel, [1, n_mels, N_FRAMES]), device);
+            let h = model.encoder.forward(x);
+            let [_, t, d] = h.dims();
+            h.reshape([t, d])
+        };
+        utterances.iter().map(this).collect()
+    }
+}
+
+impl Examples<Whisper> for TranscriptExamples {
+    fn len(&self, split: Split) -> usize {
+        self.splits[slot(split)].len()
+    }
+
+    fn weight(&self, split: Split, indices: &[usize]) -> f64 {
+        let s = &self.splits[slot(split)];
+        indices.iter().map(|&i| s[i].tokens.len() - self.prefix_len).sum::<usize>() as f64
+    }
+
+    fn loss(&self, model: &Whisper, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+        let s = &self.splits[slot(split)];
+        let batch: Vec<&Utterance> = indices.iter().map(|&i| &s[i]).collect();
+        let encoded = match &self.encoded {
+            Some(cache) => Tensor::stack::<3>(indices.iter().map(|&i| cache[slot(split)][i].clone()).collect(), 0),
+            None => model.encoder.forward(self.mel(&batch)),
+        };
+        let len = batch.iter().map(|u| u.tokens.len()).max().unwrap_or(1);
+        let mut ids = vec![self.pad as i64; batch.len() * len];
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (b, u) in batch.iter().enumerate() {
+            for (p, &t) in u.tokens.iter().enumerate() {
+                ids[b * len + p] = t as i64;
+                if p >= self.prefix_len {
+                    rows.push((b * len + p - 1) as i64);
+                    targets.push(t as i64);
+                }
+            }
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch.len(), len]), &self.device);
+        let hidden = model.decoder.hidden(ids, &model.decoder.cross_cache(encoded));
+        let [b, l, d] = hidden.dims();
+        let n = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
+        let logits = model.decoder.logits(hidden.reshape([b * l, d]).select(0, rows));
+        let predicted: Vec<i64> = logits.clone().argmax(1).into_data().convert::<i64>().try_into_vec().expect("ints");
+        let pairs = predicted.iter().zip(&targets).map(|(&p, &t)| (p as usize, t as usize)).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &self.device);
+        (cross_entropy(logits, y), pairs)
+    }
+}
+
+/// A transcription fine-tuning run's report: the trainer's, plus the test word error rate of the
+/// base model and of the fine-tuned one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TranscriptionReport {
+    #[serde(flatten)]
+    pub train: TrainReport,
+    pub test_wer_base: Option<f64>,
+    pub test_wer: Option<f64>,
+}
+
+/// Fine-tune Whisper per `recipe` (`method = "lora"` or `"full"`) on JSONL manifests with `audio`
+/// and `text`; writes the adapter (peft format) and/or the model in the Hugging Face layout.
+pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TranscriptionReport> {
+    let base = crate::device::select(&recipe.device)?;
+    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
+    let train_device = crate::device::training(&base);
+    let dir = WhisperDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+    let cfg = &recipe.data;
+    let mut names = vec![cfg.train.as_str()];
+    names.extend(cfg.validation.as_deref());
+    names.extend(cfg.test.as_deref());
+    let data_dir = hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &names)?;
+    let base_model = Transcriber::load(&dir.dir, None, &recipe.device)?;
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(&dir.tokenizer).map_err(|e| anyhow!("{}: {e}", dir.tokenizer.display()))?;
+    let prefix = base_model.prefix.clone();
+    let eos = dir.config.eos_token_id;
+    let max_len = dir.config.max_target_positions;
+    let read = |file: Option<&String>| -> Result<Vec<Utterance>> {
+        let Some(file) = file else { return Ok(Vec::new()) };
+        read_manifest(&data_dir.join(file))?
+            .into_iter()
+            .map(|(audio, text)| {
+                let enc =
+                    tokenizer.encode(format!(" {}", text.trim()), false).map_err(|e| anyhow!("tokenizing: {e}"))?;
+                let mut tokens = prefix.clone();
+                tokens.extend(enc.get_ids().iter().map(|&t| t as usize));
+                tokens.push(eos);
+                if tokens.len() > max_len {
+                    bail!("{}: transcript of {} tokens exceeds the decoder's {max_len}", audio.display(), tokens.len());
+                }
+                Ok(Utterance { samples: read_wav(&audio)?.resampled(SAMPLE_RATE).samples, tokens })
+            })
+            .collect()
+    };
+    let splits = [read(Some(&cfg.train))?, read(cfg.validation.as_ref())?, read(cfg.test.as_ref())?];
+    tracing::info!("{} train / {} validation / {} test clips", splits[0].len(), splits[1].len(), splits[2].len());
+    let test_manifest = cfg.test.as_ref().map(|t| data_dir.join(t));
+    let test_wer_base = match &test_manifest {
+        Some(m) => {
+            let (wer, _) = base_model.word_error_rate(m)?;
+            tracing::info!("test WER of the base model: {wer:.4}");
+            Some(wer)
+        }
+        None => None,
+    };
+
+    let run = RunDir::start(&recipe.output_dir, resume, &recipe.to_toml())?;
+    base.seed(recipe.seed);
+    train_device.seed(recipe.seed);
+    let (mut model, _) = dir.load(&train_device)?;
+    let lora_cfg = match recipe.method {
+        Method::Lora => {
+            let c = recipe.lora.clone().context("method = \"lora\" needs a [lora] section")?;
+            let targeted = lora::inject(&mut model, &c, &train_device)?;
+            tracing::info!("LoRA r={} on {} layers", c.r, targeted.len());
+            Some((c, targeted))
+        }
+        Method::Full => None,
+        other => bail!("transcription supports lora and full (not {})", other.name()),
+    };
+    // A frozen encoder (no adapter on it, not full fine-tuning) gives the same output every
+    // epoch: compute it once per clip.
+    let encoder_frozen = lora_cfg.as_ref().is_some_and(|(_, t)| !t.iter().any(|n| n.starts_with("model.encoder.")));
+    let encoded = encoder_frozen.then(|| {
+        tracing::info!("encoder frozen: computing its output once per clip");
+        splits.each_ref().map(|s| TranscriptExamples::encode_all(&base_model.model, s, dir.config.num_mel_bins, &base))
+    });
+    let examples = TranscriptExamples {
+        splits,
+        encoded,
+        prefix_len: prefix.len(),
+        pad: eos,
+        n_mels: dir.config.num_mel_bins,
+        device: base.clone(),
+    };
+    let vocab = dir.config.vocab_size;
+    let trainer_cfg = trainer_config(recipe, vocab, examples.len(Split::Train), show_progress);
+    let is_lora = lora_cfg.is_some();
+    let started = Cell::new(false);
+    let set_trainable = |m: Whisper, _: usize, _: usize| {
+        if started.replace(true) {
+            return (m, Vec::new());
+        }
+        (crate::io::params::set_trainable(m, |p| !is_lora || p.contains(".lora.")), Vec::new())
+    };
+    let lr_scale = |_: &str| 1.0;
+    let hooks = MethodHooks { set_trainable: &set_trainable, lr_scale: &lr_scale };
+    let outcome = train(model, &examples, &trainer_cfg, hooks, &run, resume, &train_device)?;
+    let model = outcome.best_model.valid();
+    let test = (examples.len(Split::Test) > 0)
+        .then(|| evaluate(&model, &examples, Split::Test, recipe.training.eval_batch_size, vocab));
+    let params = crate::io::params::list_params(&model);
+    let trainable_params = if is_lora {
+        params.iter().filter(|p| p.path.contains(".lora.")).map(|p| p.numel()).sum()
+    } else {
+        count_params(&model).0
+    };
+    if let Some((c, _)) = &lora_cfg {
+        write_adapter(&model, c, &recipe.model, &run.adapter())?;
+    }
+    let mut merged = model.clone();
+    lora::merge(&mut merged);
+    export_model(&merged, &dir, &run.model())?;
+    let tuned = Transcriber::new(merged, &dir, base.clone())?;
+    let test_wer = match &test_manifest {
+        Some(m) => {
+            let (wer, pairs) = tuned.word_error_rate(m)?;
+            tracing::info!("test WER after fine-tuning: {wer:.4}");
+            let lines: Vec<String> =
+                pairs.iter().map(|(r, h)| serde_json::json!({"reference": r, "hypothesis": h}).to_string()).collect();
+            crate::io::atomic::write_atomic(&run.root.join("test_transcripts.jsonl"), lines.join("\n").as_bytes())?;
+            Some(wer)
+        }
+        None => None,
+    };
+    let records = crate::training::metrics::read_log(&run.metrics())?;
+    if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
+        tracing::warn!("could not draw curves: {e:#}");
+    }
+    let state = outcome.state;
+    let report = TranscriptionReport {
+        train: TrainReport {
+            method: recipe.method.name().into(),
+            model: recipe.model.clone(),
+            labels: Vec::new(),
+            train_examples: examples.len(Split::Train),
+            skipped_rows: 0,
+            total_params: count_params(&model).0,
+            trainable_params,
+            optimizer_steps: state.step,
+            epochs_run: state.epoch.max(1),
+            stopped_early: state.stopped_early,
+            best: state.best.clone(),
+            test,
+            train_seconds: state.train_seconds,
+            feature_seconds: None,
+            feature_cache_hit: None,
+            run_dir: run.root.clone(),
+            model_dir: if is_lora { run.adapter() } else { run.model() },
+        },
+        test_wer_base,
+        test_wer,
+    };
+    crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(report)
+}
+
+/// The adapter in peft's format (keys `base_model.model.model.decoder.layers.0.self_attn.q_proj.lora_A.weight`, ...).
+fn write_adapter(model: &Whisper, cfg: &LoraConfig, base_model: &str, dir: &Path) -> Result<()> {
+    let tensors = lora::adapter_tensors(model, hf_key, |_| false);
+    let mut config = lora::adapter_config_json(cfg, base_model, "");
+    config["task_type"] = serde_json::Value::Null;
+    crate::io::peft::AdapterFiles::write(dir, &config, tensors)
 }
 
 /// Words for WER: lower case, punctuation removed (apostrophes and inner hyphens kept as part of

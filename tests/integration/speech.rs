@@ -84,7 +84,7 @@ fn whisper_features_encoder_and_decoder_match_transformers() {
 fn whisper_transcribes_librivox_like_transformers() {
     let Some((model_dir, data)) = assets() else { return };
     let (_, json) = reference();
-    let t = Transcriber::load(&model_dir, "cpu").unwrap();
+    let t = Transcriber::load(&model_dir, None, "cpu").unwrap();
     let mut pairs = Vec::new();
     for clip in json["clips"].as_array().unwrap() {
         let audio = read_wav(&data.join(clip["audio"].as_str().unwrap())).unwrap();
@@ -276,4 +276,99 @@ fn audio_lora_trains_only_adapters_and_head() {
         let adapted = name.ends_with("q_proj.weight") || name.ends_with("v_proj.weight");
         assert_eq!(moved, adapted, "{name}");
     }
+}
+
+pub const SENTENCES_REPO: &str = "finetune/espeak-sentences";
+
+/// LoRA transcription fine-tuning on a few synthetic clips (decoder q/v adapters, frozen encoder
+/// computed once): only adapter weights train, the run reports the test WER before and after,
+/// and `finetune transcribe --adapter` (base + adapter) gives the merged model's transcripts.
+#[test]
+fn whisper_lora_transcription_fine_tuning() {
+    let Some((model_dir, _)) = assets() else { return };
+    let Some(src) = cached_asset(SENTENCES_REPO, RepoKind::Dataset, "train.jsonl", "spoken-sentences") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (split, n) in [("train", 4), ("validation", 2), ("test", 2)] {
+        let text = std::fs::read_to_string(src.join(format!("{split}.jsonl"))).unwrap();
+        let rows: Vec<String> = text
+            .lines()
+            .take(n)
+            .map(|l| {
+                let mut row: serde_json::Value = serde_json::from_str(l).unwrap();
+                row["audio"] = serde_json::json!(src.join(row["audio"].as_str().unwrap()));
+                row.to_string()
+            })
+            .collect();
+        std::fs::write(data.join(format!("{split}.jsonl")), rows.join("\n")).unwrap();
+    }
+    let recipe = tmp.path().join("lora.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"task = "transcription"
+method = "lora"
+model = "{}"
+output_dir = "{}"
+[data]
+dataset = "{}"
+train = "train.jsonl"
+validation = "validation.jsonl"
+test = "test.jsonl"
+[training]
+epochs = 1
+batch_size = 2
+eval_batch_size = 2
+learning_rate = 1e-2
+warmup_ratio = 0.0
+metric = "loss"
+[lora]
+r = 4
+lora_alpha = 8
+target_modules = "model\\.decoder\\.layers\\.\\d+\\.(self_attn|encoder_attn)\\.(q_proj|v_proj)"
+"#,
+            model_dir.display(),
+            tmp.path().join("run").display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let report = finetune_json(&["train".as_ref(), "--json".as_ref(), "--no-progress".as_ref(), recipe.as_os_str()]);
+    assert_eq!(report["optimizer_steps"], 2);
+    // 4 layers x 2 attentions x (q, v) x (A [384, 4] + B [4, 384]).
+    assert_eq!(report["trainable_params"], 4 * 2 * 2 * 2 * 384 * 4);
+    assert!(report["test_wer_base"].as_f64().is_some() && report["test_wer"].as_f64().is_some(), "{report}");
+    let adapter = PathBuf::from(report["model_dir"].as_str().unwrap());
+    let files = finetune::io::peft::AdapterFiles::read(&adapter).unwrap();
+    assert_eq!(files.tensors.len(), 4 * 2 * 2 * 2);
+    let b = files.tensor("base_model.model.model.decoder.layers.0.encoder_attn.v_proj.lora_B.weight").unwrap();
+    assert!(b.data.iter().any(|v| *v != 0.0), "lora_B did not train");
+
+    // The merged model differs from the base only in the adapted projections.
+    let merged = SafetensorsFile::open(&tmp.path().join("run/model/model.safetensors")).unwrap();
+    let base = finetune::models::whisper::ct2_tensors(&finetune::io::ctranslate2::Ct2Model::open(&model_dir).unwrap())
+        .unwrap();
+    for (name, original) in &base {
+        let moved = max_abs_diff(&merged.tensor(name).unwrap().data, &original.data) > 0.0;
+        let adapted =
+            name.starts_with("model.decoder.") && (name.ends_with("q_proj.weight") || name.ends_with("v_proj.weight"));
+        assert_eq!(moved, adapted, "{name}");
+    }
+    // Base + adapter transcribes like the merged model.
+    let test = data.join("test.jsonl");
+    let with_adapter = finetune_json(&[
+        "transcribe".as_ref(),
+        "--json".as_ref(),
+        "--model".as_ref(),
+        model_dir.as_os_str(),
+        "--adapter".as_ref(),
+        adapter.as_os_str(),
+        "--data".as_ref(),
+        test.as_os_str(),
+    ]);
+    assert!(
+        (with_adapter["wer"].as_f64().unwrap() - report["test_wer"].as_f64().unwrap()).abs() < 1e-9,
+        "{with_adapter} {report}"
+    );
 }
