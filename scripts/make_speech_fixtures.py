@@ -12,11 +12,15 @@ tests/fixtures/whisper-reference.safetensors
   encoder        encoder output of clip 0880 at frames 0, 3, ..., 147 (50 rows) and 1000..1009
   logits_head    decoder logits (vocabulary ids 0..1024) at every position of clip 0880's
                  prefix + greedy transcript (teacher forcing)
+tests/fixtures/peft/whisper-lora/ (with --peft): a LoRA adapter made by Python peft on that
+  model (r=4 on q_proj/v_proj of every encoder and decoder attention, non-zero B) and
+  tests/fixtures/whisper-lora-reference.safetensors: its logits (ids 0..1024) on clip 0880 for
+  the clip's transcript tokens.
 tests/fixtures/whisper-reference.json
   per clip: greedy tokens and text from a plain greedy loop over the HF model (prefix
   <|startoftranscript|><|notimestamps|>, the model's suppress_ids / suppress_ids_begin applied).
 
-Usage: python3 scripts/make_speech_fixtures.py [--hub-cache DIR]
+Usage: python3 scripts/make_speech_fixtures.py [--hub-cache DIR] [--peft]
 """
 import argparse, glob, json, os, struct, wave
 
@@ -111,6 +115,7 @@ def read_wav(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hub-cache", default=os.environ.get("HF_HUB_CACHE", os.path.expanduser("~/.cache/huggingface/hub")))
+    ap.add_argument("--peft", action="store_true", help="only (re)make the peft adapter fixture")
     a = ap.parse_args()
     model_dir = glob.glob(os.path.join(a.hub_cache, "models--finetune--whisper-tiny.en-ct2/snapshots/*"))[0]
     data_dir = glob.glob(os.path.join(a.hub_cache, "datasets--finetune--pocketsphinx-librivox/snapshots/*"))[0]
@@ -126,6 +131,8 @@ def main():
     model.load_state_dict(sd, strict=True)
     model.eval()
     fe = WhisperFeatureExtractor(feature_size=80)
+    if a.peft:
+        return peft_fixture(model, fe, data_dir)
     suppress, begin = extra["suppress_ids"], extra["suppress_ids_begin"]
     prefix = [50257, 50362]  # <|startoftranscript|><|notimestamps|> in tiny.en's vocabulary
     clips = [json.loads(l) for l in open(os.path.join(data_dir, "test.jsonl"))]
@@ -159,6 +166,27 @@ def main():
             out["logits_head"] = full[:, :1024].contiguous()
     save_file(out, os.path.join(FIX, "whisper-reference.safetensors"))
     json.dump({"prefix": prefix, "clips": results}, open(os.path.join(FIX, "whisper-reference.json"), "w"), indent=1)
+
+
+def peft_fixture(model, fe, data_dir):
+    from peft import LoraConfig, get_peft_model
+    reference = json.load(open(os.path.join(FIX, "whisper-reference.json")))
+    clip = next(c for c in reference["clips"] if CLIP in c["audio"])
+    tokens = torch.tensor([reference["prefix"] + clip["tokens"]])
+    feats = torch.from_numpy(fe(read_wav(os.path.join(data_dir, clip["audio"])), sampling_rate=16000,
+                                return_tensors="np").input_features)
+    torch.manual_seed(3)
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                          init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    pm.eval()
+    pm.save_pretrained(os.path.join(FIX, "peft", "whisper-lora"))
+    with torch.no_grad():
+        logits = pm(input_features=feats, decoder_input_ids=tokens).logits[0]
+    save_file({"logits_head": logits[:, :1024].contiguous()}, os.path.join(FIX, "whisper-lora-reference.safetensors"))
 
 
 if __name__ == "__main__":

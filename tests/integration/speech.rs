@@ -372,3 +372,24 @@ target_modules = "model\\.decoder\\.layers\\.\\d+\\.(self_attn|encoder_attn)\\.(
         "{with_adapter} {report}"
     );
 }
+
+/// A LoRA adapter made by Python peft for Whisper tiny.en (q/v of every encoder and decoder
+/// attention, non-zero B) loads onto the CTranslate2 checkpoint and gives peft's logits.
+#[test]
+fn peft_whisper_adapter_gives_peft_logits() {
+    let Some((model_dir, data)) = assets() else { return };
+    let (_, json) = reference();
+    let t = Transcriber::load(&model_dir, Some(&fixtures().join("peft/whisper-lora")), "cpu").unwrap();
+    let audio = read_wav(&data.join(CLIP)).unwrap();
+    let clip = json["clips"].as_array().unwrap().iter().find(|c| c["audio"] == CLIP).unwrap();
+    let mut tokens: Vec<i64> = json["prefix"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    tokens.extend(clip["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()));
+    let n = tokens.len();
+    let device = Device::default();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, n]), &device);
+    let encoded = t.model.encoder.forward(t.features(&audio.samples));
+    let logits = t.model.decoder.forward(ids, &t.model.decoder.cross_cache(encoded));
+    let expected = SafetensorsFile::open(&fixtures().join("whisper-lora-reference.safetensors")).unwrap();
+    let d = max_abs_diff(&values(logits.slice(s![.., .., 0..1024])), &expected.tensor("logits_head").unwrap().data);
+    assert!(d < 1e-3, "logits differ from peft's by {d}");
+}
