@@ -153,3 +153,40 @@ fn real_minilm_matches_transformers() {
     let d = max_abs_diff(&got, &want);
     assert!(d < 1e-4, "MiniLM mean-pooled embeddings differ by {d}");
 }
+
+/// finetune's burn-flex patch (patches/README.md): the branch-free f32 `erf` and `exp` behind
+/// `Tensor::erf`, `Tensor::exp`, GELU and softmax agree with f64 references on a dense grid
+/// (exp within 3e-7 relative, erf 5e-7 absolute; below e^-87 exp gives 0, not a denormal).
+#[test]
+fn patched_erf_exp_gelu_softmax_match_f64_references() {
+    let device = Device::default();
+    let xs: Vec<f32> = (-400_000..=400_000).map(|i| i as f32 * 2.2e-4).collect(); // [-88, 88]
+    let n = xs.len();
+    let t = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &device);
+    let exp = values(t.clone().exp());
+    let erf = values(t.clone().erf());
+    let gelu = values(burn::tensor::activation::gelu(t.clone()));
+    let (mut e_rel, mut erf_abs, mut gelu_abs) = (0f64, 0f64, 0f64);
+    for (i, &x) in xs.iter().enumerate() {
+        let x = x as f64;
+        if x >= -87.0 {
+            e_rel = e_rel.max(((exp[i] as f64 - x.exp()) / x.exp()).abs());
+        } else {
+            // Below e^-87 (f32's normal range) the patch returns 0 instead of a denormal.
+            assert!(exp[i] < 1.2e-38);
+        }
+        erf_abs = erf_abs.max((erf[i] as f64 - libm::erf(x)).abs());
+        let g = 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        gelu_abs = gelu_abs.max((gelu[i] as f64 - g).abs() / g.abs().max(1.0));
+    }
+    assert!(e_rel < 3e-7, "exp relative error {e_rel}");
+    assert!(erf_abs < 5e-7, "erf absolute error {erf_abs}");
+    assert!(gelu_abs < 3e-7, "gelu error {gelu_abs}");
+    let masked = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, -1e9, 2.0, 1.0], [1, 4]), &device);
+    let p = values(burn::tensor::activation::softmax(masked, 1));
+    let z = 0.5f64.exp() + 2f64.exp() + 1f64.exp();
+    let want = [0.5f64.exp() / z, 0.0, 2f64.exp() / z, 1f64.exp() / z];
+    for (a, b) in p.iter().zip(want) {
+        assert!((*a as f64 - b).abs() < 1e-7, "{p:?}");
+    }
+}
