@@ -93,3 +93,22 @@ pub fn load_text_data(cfg: &DataConfig, labels: Option<LabelSet>, tokenizer: &Te
     let test = other(&cfg.test, "test")?;
     Ok(TextData { labels, train, validation, test })
 }
+
+/// Class names: `data.labels`, else `labels.txt` in the dataset directory (one per line, in
+/// label order), else `infer()` (e.g. the training split's class folders).
+pub fn label_names_for(
+    cfg: &DataConfig,
+    dir: &std::path::Path,
+    infer: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    Ok(match &cfg.labels {
+        Some(l) => l.clone(),
+        None if dir.join("labels.txt").is_file() => std::fs::read_to_string(dir.join("labels.txt"))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => infer()?,
+    })
+}

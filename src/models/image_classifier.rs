@@ -206,6 +206,35 @@ impl WeightSource for ImageWeights {
     }
 }
 
+/// Unfreezing groups of a stem → blocks → (final conv) → head backbone, top-down: the head, the
+/// final conv (`Layer(blocks + 1)`) when there is one, the blocks, the stem (`Layer(0)`).
+pub fn stem_block_groups(blocks: usize, final_conv: bool) -> Vec<LayerGroup> {
+    let top = if final_conv { blocks + 1 } else { blocks };
+    let mut order = vec![LayerGroup::Head];
+    order.extend((0..=top).rev().map(LayerGroup::Layer));
+    order
+}
+
+/// The group of a parameter path in such a backbone: `stem.*`, `blocks.N.*`, `last.*` (the final
+/// conv after `blocks` blocks), anything else the head.
+pub fn stem_block_group(path: &str, blocks: usize) -> LayerGroup {
+    if path.starts_with("stem.") {
+        LayerGroup::Layer(0)
+    } else if let Some(rest) = path.strip_prefix("blocks.") {
+        LayerGroup::Layer(1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0))
+    } else if path.starts_with("last.") {
+        LayerGroup::Layer(blocks + 1)
+    } else {
+        LayerGroup::Head
+    }
+}
+
+/// Global average pooling: `[b, c, h, w]` → `[b, c]`.
+pub fn global_average_pool(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = x.dims();
+    burn::tensor::module::adaptive_avg_pool2d(x, [1, 1]).reshape([b, c])
+}
+
 /// Build the backbone with `num_classes` outputs: every backbone tensor from the checkpoint, the
 /// classifier from it too when `head` is [`Head::FromCheckpoint`] and the sizes agree.
 pub fn load_image_classifier<M: ImageBackbone>(

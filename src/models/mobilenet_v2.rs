@@ -7,12 +7,13 @@
 //! everywhere except after the projections.
 
 use super::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
-use super::image_classifier::{ConvUnit, ImageBackbone, ImageConfig};
+use super::image_classifier::{
+    ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
+};
 use super::text_classifier::ClassificationHead;
 use crate::methods::LayerGroup;
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::module::adaptive_avg_pool2d;
 use serde::{Deserialize, Serialize};
 
 /// The architecture settings torchvision's constructor takes.
@@ -144,9 +145,7 @@ impl ImageBackbone for MobileNetV2 {
         for b in &self.blocks {
             x = b.forward(x);
         }
-        let x = self.last.forward(x);
-        let [b, c, _, _] = x.dims();
-        adaptive_avg_pool2d(x, [1, 1]).reshape([b, c])
+        global_average_pool(self.last.forward(x))
     }
 
     fn head(&self) -> &ClassificationHead {
@@ -180,21 +179,11 @@ impl ImageBackbone for MobileNetV2 {
     /// The head, then the final 1×1 conv (`Layer(18)`), the blocks top-down (`Layer(17)` …
     /// `Layer(1)`), and the stem last (`Layer(0)`).
     fn layer_groups(&self) -> Vec<LayerGroup> {
-        let mut order = vec![LayerGroup::Head];
-        order.extend((0..=NUM_BLOCKS + 1).rev().map(LayerGroup::Layer));
-        order
+        stem_block_groups(NUM_BLOCKS, true)
     }
 
     fn layer_group(path: &str) -> LayerGroup {
-        if path.starts_with("stem.") {
-            LayerGroup::Layer(0)
-        } else if let Some(rest) = path.strip_prefix("blocks.") {
-            LayerGroup::Layer(1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0))
-        } else if path.starts_with("last.") {
-            LayerGroup::Layer(NUM_BLOCKS + 1)
-        } else {
-            LayerGroup::Head
-        }
+        stem_block_group(path, NUM_BLOCKS)
     }
 
     fn checkpoint_key(&self, path: &str) -> String {

@@ -6,7 +6,9 @@
 //! shape changes, ReLU after each sum, global average pooling and a linear classifier.
 
 use super::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
-use super::image_classifier::{ConvUnit, ImageBackbone, ImageConfig};
+use super::image_classifier::{
+    ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
+};
 use super::text_classifier::ClassificationHead;
 use crate::methods::LayerGroup;
 use anyhow::bail;
@@ -14,7 +16,6 @@ use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
-use burn::tensor::module::adaptive_avg_pool2d;
 
 /// Blocks per stage and whether they are bottlenecks, by depth.
 fn layout(depth: usize) -> Option<([usize; 4], bool)> {
@@ -133,9 +134,7 @@ impl ImageBackbone for ResNet {
 
     fn features(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self.pool.forward(self.stem.forward(images));
-        let x = self.blocks.iter().fold(x, |h, b| b.forward(h));
-        let [b, c, _, _] = x.dims();
-        adaptive_avg_pool2d(x, [1, 1]).reshape([b, c])
+        global_average_pool(self.blocks.iter().fold(x, |h, b| b.forward(h)))
     }
 
     fn head(&self) -> &ClassificationHead {
@@ -170,19 +169,12 @@ impl ImageBackbone for ResNet {
 
     /// The head, the blocks top-down (`Layer(n)` … `Layer(1)`), the stem (`Layer(0)`).
     fn layer_groups(&self) -> Vec<LayerGroup> {
-        let mut order = vec![LayerGroup::Head];
-        order.extend((0..=self.blocks.len()).rev().map(LayerGroup::Layer));
-        order
+        stem_block_groups(self.blocks.len(), false)
     }
 
     fn layer_group(path: &str) -> LayerGroup {
-        if path.starts_with("stem.") {
-            LayerGroup::Layer(0)
-        } else if let Some(rest) = path.strip_prefix("blocks.") {
-            LayerGroup::Layer(1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0))
-        } else {
-            LayerGroup::Head
-        }
+        // No final conv: no `last.` paths.
+        stem_block_group(path, 0)
     }
 
     fn checkpoint_key(&self, path: &str) -> String {

@@ -53,16 +53,7 @@ pub fn load_audio_data(recipe: &Recipe) -> Result<AudioData> {
     files.extend(cfg.validation.as_deref());
     files.extend(cfg.test.as_deref());
     let dir = hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &files)?;
-    let labels = match &cfg.labels {
-        Some(l) => l.clone(),
-        None if dir.join("labels.txt").is_file() => std::fs::read_to_string(dir.join("labels.txt"))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-        None => label_names(&dir.join(&cfg.train))?,
-    };
+    let labels = crate::data::label_names_for(cfg, &dir, || label_names(&dir.join(&cfg.train)))?;
     let read = |name, f: &Option<String>| f.as_ref().map(|f| read_audio_split(name, &dir.join(f), &labels)).transpose();
     let train = read_audio_split("train", &dir.join(&cfg.train), &labels)?;
     let (validation, test) = (read("validation", &cfg.validation)?, read("test", &cfg.test)?);

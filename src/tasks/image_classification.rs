@@ -59,16 +59,7 @@ pub fn load_image_data(recipe: &Recipe) -> Result<ImageData> {
     files.extend(cfg.validation.as_deref());
     files.extend(cfg.test.as_deref());
     let dir = hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &files)?;
-    let labels = match &cfg.labels {
-        Some(l) => l.clone(),
-        None if dir.join("labels.txt").is_file() => std::fs::read_to_string(dir.join("labels.txt"))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-        None => folder_classes(&dir.join(&cfg.train))?,
-    };
+    let labels = crate::data::label_names_for(cfg, &dir, || folder_classes(&dir.join(&cfg.train)))?;
     let mut train = read_split("train", &dir.join(&cfg.train), &labels)?;
     let mut validation =
         cfg.validation.as_ref().map(|v| read_split("validation", &dir.join(v), &labels)).transpose()?;
