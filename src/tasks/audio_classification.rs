@@ -18,7 +18,7 @@ use crate::models::{checkpoint_tensors, count_params};
 use crate::recipe::{Method, Recipe};
 use crate::tasks::text_classification::{TrainReport, trainer_config};
 use crate::training::checkpoint::RunDir;
-use crate::training::metrics::{EvalMetrics, read_log};
+use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, MethodHooks, Split, classification_loss, evaluate, train};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -315,30 +315,18 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
         "seconds": recipe.audio.seconds,
     });
     export_model(&merged, &dir, &data.labels, meta, &run.model())?;
-    let records = read_log(&run.metrics())?;
-    if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
-        tracing::warn!("could not draw curves: {e:#}");
-    }
     let report = TrainReport {
-        method: recipe.method.name().into(),
-        model: recipe.model.clone(),
         labels: data.labels.clone(),
         train_examples: data.len(Split::Train),
-        skipped_rows: 0,
         total_params,
         trainable_params,
-        optimizer_steps: state.step,
-        epochs_run: state.epoch.max(1),
-        stopped_early: state.stopped_early,
-        best: state.best.clone(),
         test,
-        train_seconds: state.train_seconds,
         feature_seconds: feature_info.map(|f| f.0),
         feature_cache_hit: feature_info.map(|f| f.1),
-        run_dir: run.root.clone(),
         model_dir: if adapter.is_some() { run.adapter() } else { run.model() },
+        ..TrainReport::from_run(recipe, &state, &run)
     };
-    crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    run.finish(&report)?;
     Ok(report)
 }
 

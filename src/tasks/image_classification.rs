@@ -24,7 +24,7 @@ use crate::models::{Head, count_params};
 use crate::recipe::{BatchNormMode, Method, Recipe};
 use crate::tasks::text_classification::{TrainReport, trainer_config};
 use crate::training::checkpoint::RunDir;
-use crate::training::metrics::{EvalMetrics, read_log};
+use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, MethodHooks, Split, classification_loss, evaluate, train};
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
@@ -419,10 +419,6 @@ fn run_with<M: ImageBackbone>(
     let mut merged = model.clone();
     merge_lora(&mut merged);
     export_model(&merged, dir, &data.labels, &t, meta, &run.model())?;
-    let records = read_log(&run.metrics())?;
-    if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
-        tracing::warn!("could not draw curves: {e:#}");
-    }
     let (total_params, trainable_params) = match recipe.method {
         Method::FeatureExtraction => (count_params(&model).0, count_params(model.head()).0),
         Method::Lora => learnable_counts(&model, |p| p.contains(".lora.") || p.starts_with("head.")),
@@ -433,25 +429,17 @@ fn run_with<M: ImageBackbone>(
         }
     };
     let report = TrainReport {
-        method: recipe.method.name().into(),
-        model: recipe.model.clone(),
         labels: data.labels.clone(),
         train_examples: data.len(Split::Train),
-        skipped_rows: 0,
         total_params,
         trainable_params,
-        optimizer_steps: state.step,
-        epochs_run: state.epoch.max(1),
-        stopped_early: state.stopped_early,
-        best: state.best.clone(),
         test,
-        train_seconds: state.train_seconds,
         feature_seconds: feature_info.map(|f| f.0),
         feature_cache_hit: feature_info.map(|f| f.1),
-        run_dir: run.root.clone(),
         model_dir: if adapter.is_some() { run.adapter() } else { run.model() },
+        ..TrainReport::from_run(recipe, &state, &run)
     };
-    crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    run.finish(&report)?;
     Ok(report)
 }
 

@@ -16,7 +16,7 @@ use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClas
 use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
 use crate::recipe::{Method, Recipe};
 use crate::training::checkpoint::{BestSoFar, RunDir};
-use crate::training::metrics::{EvalMetrics, read_log};
+use crate::training::metrics::EvalMetrics;
 use crate::training::optimizer::AdamWConfig;
 use crate::training::schedule::LrSchedule;
 use crate::training::trainer::{Examples, MethodHooks, Split, TrainerConfig, classification_loss, evaluate, train};
@@ -52,6 +52,32 @@ pub struct TrainReport {
     pub feature_cache_hit: Option<bool>,
     pub run_dir: PathBuf,
     pub model_dir: PathBuf,
+}
+
+impl TrainReport {
+    /// The fields every task fills the same way: the recipe's method and model, the trainer's
+    /// final state, the run directory (`model_dir` defaults to `run/model`). Tasks set the rest.
+    pub fn from_run(recipe: &Recipe, state: &crate::training::checkpoint::TrainState, run: &RunDir) -> Self {
+        Self {
+            method: recipe.method.name().into(),
+            model: recipe.model.clone(),
+            labels: Vec::new(),
+            train_examples: 0,
+            skipped_rows: 0,
+            total_params: 0,
+            trainable_params: 0,
+            optimizer_steps: state.step,
+            epochs_run: state.epoch.max(1),
+            stopped_early: state.stopped_early,
+            best: state.best.clone(),
+            test: None,
+            train_seconds: state.train_seconds,
+            feature_seconds: None,
+            feature_cache_hit: None,
+            run_dir: run.root.clone(),
+            model_dir: run.model(),
+        }
+    }
 }
 
 /// Settings that finetune stores in a fine-tuned model's `config.json` under `"finetune"`.
@@ -235,31 +261,20 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
             run.model()
         }
     };
-    let records = read_log(&run.metrics())?;
-    if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
-        tracing::warn!("could not draw curves: {e:#}");
-    }
     let (total_params, trainable_params) = trainable_counts(recipe, &classifier, adapter.as_ref());
     let report = TrainReport {
-        method: recipe.method.name().into(),
-        model: recipe.model.clone(),
         labels: data.labels.names().to_vec(),
         train_examples: data.train.len(),
         skipped_rows,
         total_params,
         trainable_params,
-        optimizer_steps: state.step,
-        epochs_run: state.epoch.max(1),
-        stopped_early: state.stopped_early,
-        best: state.best.clone(),
         test,
-        train_seconds: state.train_seconds,
         feature_seconds: feature_info.map(|f| f.0),
         feature_cache_hit: feature_info.map(|f| f.1),
-        run_dir: run.root.clone(),
         model_dir: output_dir,
+        ..TrainReport::from_run(recipe, &state, &run)
     };
-    crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    run.finish(&report)?;
     Ok(report)
 }
 

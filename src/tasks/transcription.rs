@@ -376,35 +376,20 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<Transcr
         }
         None => None,
     };
-    let records = crate::training::metrics::read_log(&run.metrics())?;
-    if let Err(e) = crate::training::plot::plot_curves(&records, &run.plot()) {
-        tracing::warn!("could not draw curves: {e:#}");
-    }
     let state = outcome.state;
     let report = TranscriptionReport {
         train: TrainReport {
-            method: recipe.method.name().into(),
-            model: recipe.model.clone(),
-            labels: Vec::new(),
             train_examples: examples.len(Split::Train),
-            skipped_rows: 0,
             total_params: count_params(&model).0,
             trainable_params,
-            optimizer_steps: state.step,
-            epochs_run: state.epoch.max(1),
-            stopped_early: state.stopped_early,
-            best: state.best.clone(),
             test,
-            train_seconds: state.train_seconds,
-            feature_seconds: None,
-            feature_cache_hit: None,
-            run_dir: run.root.clone(),
             model_dir: if is_lora { run.adapter() } else { run.model() },
+            ..TrainReport::from_run(recipe, &state, &run)
         },
         test_wer_base,
         test_wer,
     };
-    crate::io::atomic::write_atomic(&run.results(), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    run.finish(&report)?;
     Ok(report)
 }
 

@@ -49,6 +49,16 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// End a run: draw its curves from `metrics.jsonl` (a failure only warns) and write the
+    /// report as `results.json`.
+    pub fn finish(&self, report: &impl Serialize) -> Result<()> {
+        let records = crate::training::metrics::read_log(&self.metrics())?;
+        if let Err(e) = crate::training::plot::plot_curves(&records, &self.plot()) {
+            tracing::warn!("could not draw curves: {e:#}");
+        }
+        write_atomic(&self.results(), serde_json::to_string_pretty(report)?.as_bytes())
+    }
+
     pub fn new(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("creating run directory {}", root.display()))?;
         Ok(Self { root: root.to_path_buf() })
