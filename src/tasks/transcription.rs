@@ -268,10 +268,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<Transcr
     let train_device = crate::device::training(&base);
     let dir = WhisperDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
     let cfg = &recipe.data;
-    let mut names = vec![cfg.train.as_str()];
-    names.extend(cfg.validation.as_deref());
-    names.extend(cfg.test.as_deref());
-    let data_dir = hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &names)?;
+    let data_dir = crate::data::dataset_dir(cfg)?;
     let base_model = Transcriber::load(&dir.dir, None, &recipe.device)?;
     let tokenizer =
         tokenizers::Tokenizer::from_file(&dir.tokenizer).map_err(|e| anyhow!("{}: {e}", dir.tokenizer.display()))?;
