@@ -26,6 +26,10 @@ use finetune::training::optimizer::{AdamW, AdamWConfig, GradStore};
 use finetune::training::trainer::cross_entropy;
 use std::time::Instant;
 
+// The same allocator as the `finetune` binary (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

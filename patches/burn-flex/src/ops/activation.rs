@@ -73,6 +73,7 @@ impl ActivationOps<Flex> for Flex {
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
         unary_op(
             tensor,
+            #[inline(always)]
             move |x: f32| 0.5 * x * (1.0 + erf_f32(x / sqrt2_f32)),
             move |x: f64| 0.5 * x * (1.0 + erf_f64(x / sqrt2_f64)),
         )
@@ -88,6 +89,7 @@ impl ActivationOps<Flex> for Flex {
         binary_op(
             x,
             grad,
+            #[inline(always)]
             move |x: f32, g| {
                 let cdf = 0.5 * (1.0 + erf_f32(x / sqrt2_f32));
                 let pdf = inv_sqrt_2pi_f32 * crate::ops::unary::exp_f32(-0.5 * x * x);

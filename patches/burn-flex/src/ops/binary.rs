@@ -126,7 +126,40 @@ where
     // they copy the dense operand and then make a second
     // read-modify-write pass, while the nest reads both operands and
     // writes the output once.
-    binary_op_typed(lhs, rhs, op)
+    binary_op_dense_f32(lhs, rhs, op)
+}
+
+/// finetune patch: two dense operands of the same shape (the common case, e.g. GELU's backward)
+/// go through `simd::wide`, whose loops are compiled for AVX-512/AVX2 and chosen at run time;
+/// anything else keeps `binary_op_typed`'s paths.
+fn binary_op_dense_f32<Op>(mut lhs: FlexTensor, mut rhs: FlexTensor, op: Op) -> FlexTensor
+where
+    Op: Fn(f32, f32) -> f32,
+{
+    use crate::simd::wide;
+    let (Some((l_start, l_end)), Some((r_start, r_end))) =
+        (lhs.layout().contiguous_offsets(), rhs.layout().contiguous_offsets())
+    else {
+        return binary_op_typed(lhs, rhs, op);
+    };
+    if l_end - l_start != r_end - r_start {
+        return binary_op_typed(lhs, rhs, op);
+    }
+    if lhs.is_unique() && l_start == 0 {
+        let r_slice: &[f32] = &rhs.storage()[r_start..r_end];
+        let l_slice: &mut [f32] = &mut lhs.storage_mut()[..l_end];
+        wide::zip_inplace_f32(l_slice, r_slice, op);
+        return lhs;
+    }
+    if rhs.is_unique() && r_start == 0 {
+        let l_slice: &[f32] = &lhs.storage()[l_start..l_end];
+        let r_slice: &mut [f32] = &mut rhs.storage_mut()[..r_end];
+        wide::zip_inplace_f32(r_slice, l_slice, #[inline(always)] |r, l| op(l, r));
+        return rhs;
+    }
+    let result = wide::zip_f32(&lhs.storage()[l_start..l_end], &rhs.storage()[r_start..r_end], op);
+    let shape = lhs.layout().shape().clone();
+    make_tensor(result, shape, DType::F32)
 }
 
 /// Fallback when SIMD is disabled.
@@ -140,7 +173,7 @@ fn binary_op_f32<Op>(
 where
     Op: Fn(f32, f32) -> f32,
 {
-    binary_op_typed(lhs, rhs, op)
+    binary_op_dense_f32(lhs, rhs, op)
 }
 
 /// Binary operation with in-place optimization for Pod types.
@@ -289,7 +322,7 @@ where
     let dtype = tensor.dtype();
 
     match dtype {
-        DType::F32 => scalar_op_typed(tensor, scalar as f32, f32_op),
+        DType::F32 => scalar_op_f32(tensor, scalar as f32, f32_op),
         DType::F64 => scalar_op_typed(tensor, scalar, f64_op),
         DType::F16 => {
             let scalar_f16 = f16::from_f32(scalar as f32);
@@ -306,6 +339,23 @@ where
             })
         }
         _ => panic!("scalar_op: unsupported dtype {:?}", dtype),
+    }
+}
+
+/// finetune patch: dense f32 tensors go through `simd::wide` (AVX-512/AVX2 loops chosen at run
+/// time); others keep `scalar_op_typed`'s paths.
+fn scalar_op_f32<Op: Fn(f32, f32) -> f32>(mut tensor: FlexTensor, scalar: f32, op: Op) -> FlexTensor {
+    use crate::simd::wide;
+    match tensor.layout().contiguous_offsets() {
+        Some((0, end)) if tensor.is_unique() => {
+            wide::map_inplace_f32(&mut tensor.storage_mut()[..end], #[inline(always)] |x| op(x, scalar));
+            tensor
+        }
+        Some((start, end)) => {
+            let result = wide::map_f32(&tensor.storage()[start..end], #[inline(always)] |x| op(x, scalar));
+            make_tensor(result, tensor.layout().shape().clone(), DType::F32)
+        }
+        None => scalar_op_typed(tensor, scalar, op),
     }
 }
 

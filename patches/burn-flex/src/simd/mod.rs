@@ -9,6 +9,9 @@
 //!
 //! Enable with the `simd` feature flag (enabled by default).
 
+// finetune patch: closure loops compiled per instruction set, chosen at run time
+pub mod wide;
+
 // Portable SIMD kernels using macerator (reductions, scatter-add)
 #[cfg(feature = "simd")]
 pub mod kernels;
