@@ -54,15 +54,51 @@ fn mask(n: usize, p: f64) -> Vec<f32> {
     let base = next_seed();
     let mut out = vec![0f32; n];
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = SplitMix64::new(base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for quad in chunk.chunks_mut(4) {
-            let bits = rng.next_u64();
+        fill_mask(chunk, base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), threshold, keep)
+    });
+    out
+}
+
+/// Fills `chunk` from `SplitMix64::new(seed)`, four 16-bit draws per output: element `4k + lane`
+/// is dropped when bits `16·lane..` of the generator's `k`-th output are below `threshold`.
+/// SplitMix64's `k`-th output is a pure function of `seed + (k+1)·γ`, so the loop below computes
+/// each one independently (the same values as calling `next_u64` in turn) and vectorizes; on
+/// AVX-512 it runs 8 generators at once (was 5% of a MiniLM LoRA step as a sequential loop).
+fn fill_mask(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
+    #[inline(always)]
+    fn body(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
+        const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+        let (quads, rest) = chunk.as_chunks_mut::<4>();
+        for (k, quad) in quads.iter_mut().enumerate() {
+            let bits = splitmix_output(seed.wrapping_add(GAMMA.wrapping_mul(k as u64 + 1)));
             for (lane, v) in quad.iter_mut().enumerate() {
                 *v = if (bits >> (16 * lane)) & 0xFFFF < threshold { 0.0 } else { keep };
             }
         }
-    });
-    out
+        let bits = splitmix_output(seed.wrapping_add(GAMMA.wrapping_mul(quads.len() as u64 + 1)));
+        for (lane, v) in rest.iter_mut().enumerate() {
+            *v = if (bits >> (16 * lane)) & 0xFFFF < threshold { 0.0 } else { keep };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2")]
+        fn avx512(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
+            body(chunk, seed, threshold, keep)
+        }
+        // SAFETY: the CPU has the features `avx512` is compiled for (checked just above).
+        return unsafe { avx512(chunk, seed, threshold, keep) };
+    }
+    body(chunk, seed, threshold, keep)
+}
+
+/// SplitMix64's output function (its state already advanced).
+#[inline(always)]
+fn splitmix_output(state: u64) -> u64 {
+    let mut z = state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -79,5 +115,23 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
         seed(1);
         assert_eq!(m, mask(100_000, 0.1));
+    }
+
+    #[test]
+    fn fill_mask_draws_what_the_sequential_generator_draws() {
+        let (threshold, keep) = ((0.3f64 * 65536.0).round() as u64, 1.0 / 0.7);
+        for n in [1usize, 7, 64, 1001] {
+            let mut rng = SplitMix64::new(42);
+            let mut expected = vec![0f32; n];
+            for quad in expected.chunks_mut(4) {
+                let bits = rng.next_u64();
+                for (lane, v) in quad.iter_mut().enumerate() {
+                    *v = if (bits >> (16 * lane)) & 0xFFFF < threshold { 0.0 } else { keep };
+                }
+            }
+            let mut got = vec![0f32; n];
+            fill_mask(&mut got, 42, threshold, keep);
+            assert_eq!(got, expected, "n = {n}");
+        }
     }
 }

@@ -233,7 +233,16 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        // finetune patch: a zeroed buffer of an element type as wide as the dtype. A `Vec<u8>`
+        // went through `Bytes::from_bytes_vec`, which copies it to a fresh allocation whenever the
+        // allocator's block is not 64-byte aligned (glibc's large blocks never are): a memset plus
+        // a memcpy of every matmul output, 7% of a MiniLM LoRA step.
+        let bytes = match elem_size {
+            8 => Bytes::from_elems(alloc::vec![0u64; num_elements]),
+            4 => Bytes::from_elems(alloc::vec![0u32; num_elements]),
+            2 => Bytes::from_elems(alloc::vec![0u16; num_elements]),
+            _ => Bytes::from_elems(alloc::vec![0u8; num_elements * elem_size]),
+        };
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),
