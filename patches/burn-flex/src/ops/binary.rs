@@ -35,7 +35,7 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync,
     F64Op: Fn(f64, f64) -> f64 + Copy,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
@@ -67,7 +67,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     // In-place SIMD fast path: lhs unique contiguous at offset 0, rhs
     // contiguous (no broadcast).
@@ -134,7 +134,7 @@ where
 /// anything else keeps `binary_op_typed`'s paths.
 fn binary_op_dense_f32<Op>(mut lhs: FlexTensor, mut rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     use crate::simd::wide;
     let (Some((l_start, l_end)), Some((r_start, r_end))) =
@@ -171,7 +171,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     binary_op_dense_f32(lhs, rhs, op)
 }
@@ -316,7 +316,7 @@ pub fn scalar_op<F32Op, F64Op>(
     f64_op: F64Op,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync,
     F64Op: Fn(f64, f64) -> f64 + Copy,
 {
     let dtype = tensor.dtype();
@@ -344,7 +344,7 @@ where
 
 /// finetune patch: dense f32 tensors go through `simd::wide` (AVX-512/AVX2 loops chosen at run
 /// time); others keep `scalar_op_typed`'s paths.
-fn scalar_op_f32<Op: Fn(f32, f32) -> f32>(mut tensor: FlexTensor, scalar: f32, op: Op) -> FlexTensor {
+fn scalar_op_f32<Op: Fn(f32, f32) -> f32 + Sync>(mut tensor: FlexTensor, scalar: f32, op: Op) -> FlexTensor {
     use crate::simd::wide;
     match tensor.layout().contiguous_offsets() {
         Some((0, end)) if tensor.is_unique() => {

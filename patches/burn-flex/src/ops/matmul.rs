@@ -53,6 +53,46 @@ fn checked_size(a: usize, b: usize) -> usize {
         .unwrap_or_else(|| panic!("matmul: matrix size overflow: {a} * {b}"))
 }
 
+/// finetune patch: matmul outputs are allocated unwritten and filled by gemm, instead of being
+/// zero-filled first (`FlexTensor::empty`) and then overwritten: the memset was 4% of a MiniLM
+/// LoRA step. gemm is called with `read_dst = false`, so it writes every element of a non-empty
+/// product without reading; when `k == 0` it may write nothing, so that case stays zero-filled.
+struct GemmOutput<T> {
+    values: Vec<T>,
+    len: usize,
+}
+
+impl<T: GemmScalar> GemmOutput<T> {
+    fn new(len: usize, k: usize) -> Self {
+        let values = if k == 0 { alloc::vec![T::zero(); len] } else { Vec::with_capacity(len) };
+        Self { values, len }
+    }
+
+    fn ptr(&mut self) -> *mut T {
+        self.values.as_mut_ptr()
+    }
+
+    /// The tensor, once gemm has written all `len` elements.
+    ///
+    /// # Safety
+    /// Every one of the `len` elements must have been written through `ptr()`.
+    unsafe fn into_tensor(mut self, shape: Shape) -> FlexTensor {
+        unsafe { self.values.set_len(self.len) };
+        FlexTensor::new(Bytes::from_elems(self.values), Layout::contiguous(shape), T::dtype())
+    }
+}
+
+/// A raw output pointer shared by the batch-parallel loop (each task writes its own matrix).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Threshold for enabling parallelism (M*N*K operations).
 /// 192^3 = ~7M ops - balance between 128x128 (no parallel) and 256x256 (parallel)
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
@@ -261,8 +301,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
+    let mut output = GemmOutput::<T>::new(checked_size(m, n), k);
 
     let parallelism = get_parallelism(m, n, k);
 
@@ -271,7 +310,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            output.ptr(),
             1,
             n as isize,
             lhs_ptr,
@@ -282,9 +321,9 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+        // SAFETY: gemm wrote the m × n product.
+        output.into_tensor(out_shape)
     }
-
-    output
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -364,13 +403,15 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    let mut output = GemmOutput::<T>::new(checked_size(batch_size, out_matrix_size), k);
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
     let lhs_start = lhs.layout().start_offset() as isize;
     let rhs_start = rhs.layout().start_offset() as isize;
-    let out_data: &mut [T] = output.storage_mut();
+    let out_data = SendPtr(output.ptr());
+    // The output matrix of batch `b` (inside the allocation `output` holds).
+    let out_matrix = |b: usize| unsafe { out_data.get().add(b * out_matrix_size) };
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
@@ -409,24 +450,17 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
             let parallelism = gemm::Parallelism::Rayon(0);
             for b in 0..batch_size {
-                run_one(out_data[b * out_matrix_size..].as_mut_ptr(), b, parallelism);
+                run_one(out_matrix(b), b, parallelism);
             }
         } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
             use rayon::prelude::*;
 
-            out_data
-                .par_chunks_mut(out_matrix_size)
-                .enumerate()
-                .for_each(|(b, out_chunk)| {
-                    run_one(out_chunk.as_mut_ptr(), b, gemm::Parallelism::None);
-                });
+            (0..batch_size).into_par_iter().for_each(|b| {
+                run_one(out_matrix(b), b, gemm::Parallelism::None);
+            });
         } else {
             for b in 0..batch_size {
-                run_one(
-                    out_data[b * out_matrix_size..].as_mut_ptr(),
-                    b,
-                    gemm::Parallelism::None,
-                );
+                run_one(out_matrix(b), b, gemm::Parallelism::None);
             }
         }
     }
@@ -435,15 +469,12 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     {
         let _ = per_matrix_ops;
         for b in 0..batch_size {
-            run_one(
-                out_data[b * out_matrix_size..].as_mut_ptr(),
-                b,
-                gemm::Parallelism::None,
-            );
+            run_one(out_matrix(b), b, gemm::Parallelism::None);
         }
     }
 
-    output
+    // SAFETY: every batch's m × n product was written above.
+    unsafe { output.into_tensor(out_shape) }
 }
 
 // ============================================================================

@@ -55,7 +55,7 @@ where
 /// Apply a unary operation element-wise to a tensor.
 pub fn unary_op<F32Op, F64Op>(tensor: FlexTensor, f32_op: F32Op, f64_op: F64Op) -> FlexTensor
 where
-    F32Op: Fn(f32) -> f32 + Copy,
+    F32Op: Fn(f32) -> f32 + Copy + Sync,
     F64Op: Fn(f64) -> f64 + Copy,
 {
     let dtype = tensor.dtype();
@@ -71,7 +71,7 @@ where
 
 /// finetune patch: the f32 cases that cover nearly every call (dense storage) run through
 /// `simd::wide`, whose loops are compiled for AVX-512/AVX2 and chosen at run time.
-fn unary_op_f32<Op: Fn(f32) -> f32>(mut tensor: FlexTensor, op: Op) -> FlexTensor {
+fn unary_op_f32<Op: Fn(f32) -> f32 + Sync>(mut tensor: FlexTensor, op: Op) -> FlexTensor {
     use crate::simd::wide;
     let n = tensor.layout().num_elements();
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0

@@ -9,6 +9,7 @@
 //! arithmetic, wider registers only run more lanes of the same operations.
 
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 #[inline(always)]
 fn map_inplace_body<F: Fn(f32) -> f32>(values: &mut [f32], op: &F) {
@@ -17,19 +18,15 @@ fn map_inplace_body<F: Fn(f32) -> f32>(values: &mut [f32], op: &F) {
     }
 }
 
-// The allocating bodies write into the vector's spare capacity with a plain indexed loop:
-// `collect()` would call iterator adapters that are not inlined here and so not compiled with
-// this function's instruction set.
+// The allocating bodies write into uninitialised output with a plain indexed loop: `collect()`
+// would call iterator adapters that are not inlined here and so not compiled with the caller's
+// instruction set.
 #[inline(always)]
-fn map_body<F: Fn(f32) -> f32>(src: &[f32], op: &F) -> Vec<f32> {
-    let mut out = Vec::with_capacity(src.len());
-    let dst = &mut out.spare_capacity_mut()[..src.len()];
+fn map_body<F: Fn(f32) -> f32>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &F) {
+    let dst = &mut dst[..src.len()];
     for i in 0..src.len() {
         dst[i].write(op(src[i]));
     }
-    // SAFETY: the loop initialised the first `src.len()` elements.
-    unsafe { out.set_len(src.len()) };
-    out
 }
 
 #[inline(always)]
@@ -42,17 +39,12 @@ fn zip_inplace_body<F: Fn(f32, f32) -> f32>(dst: &mut [f32], src: &[f32], op: &F
 }
 
 #[inline(always)]
-fn zip_body<F: Fn(f32, f32) -> f32>(lhs: &[f32], rhs: &[f32], op: &F) -> Vec<f32> {
-    let n = lhs.len().min(rhs.len());
-    let (lhs, rhs) = (&lhs[..n], &rhs[..n]);
-    let mut out = Vec::with_capacity(n);
-    let dst = &mut out.spare_capacity_mut()[..n];
+fn zip_body<F: Fn(f32, f32) -> f32>(lhs: &[f32], rhs: &[f32], dst: &mut [MaybeUninit<f32>], op: &F) {
+    let n = dst.len().min(lhs.len()).min(rhs.len());
+    let (lhs, rhs, dst) = (&lhs[..n], &rhs[..n], &mut dst[..n]);
     for i in 0..n {
         dst[i].write(op(lhs[i], rhs[i]));
     }
-    // SAFETY: the loop initialised the first `n` elements.
-    unsafe { out.set_len(n) };
-    out
 }
 
 /// The widest instruction set this CPU has that the helpers are compiled for.
@@ -81,7 +73,7 @@ fn level() -> Level {
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident <$f:ident: $bound:path> ($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident) => {
         $(#[$doc])*
-        pub fn $name<$f: $bound>($($arg: $ty,)* op: $f) -> $ret {
+        fn $name<$f: $bound>($($arg: $ty,)* op: &$f) -> $ret {
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
@@ -94,32 +86,94 @@ macro_rules! dispatch {
                 }
                 match level() {
                     // SAFETY: `level()` checked that this CPU has the enabled features.
-                    Level::Avx512 => return unsafe { avx512($($arg,)* &op) },
-                    Level::Avx2 => return unsafe { avx2($($arg,)* &op) },
+                    Level::Avx512 => return unsafe { avx512($($arg,)* op) },
+                    Level::Avx2 => return unsafe { avx2($($arg,)* op) },
                     Level::Baseline => {}
                 }
             }
-            $body($($arg,)* &op)
+            $body($($arg,)* op)
         }
     };
 }
 
+dispatch!(map_inplace_serial<F: Fn(f32) -> f32>(values: &mut [f32]) -> () = map_inplace_body);
+dispatch!(map_serial<F: Fn(f32) -> f32>(src: &[f32], dst: &mut [MaybeUninit<f32>]) -> () = map_body);
+dispatch!(zip_inplace_serial<F: Fn(f32, f32) -> f32>(dst: &mut [f32], src: &[f32]) -> () = zip_inplace_body);
 dispatch!(
-    /// `values[i] = op(values[i])`.
-    map_inplace_f32<F: Fn(f32) -> f32>(values: &mut [f32]) -> () = map_inplace_body
+    zip_serial<F: Fn(f32, f32) -> f32>(lhs: &[f32], rhs: &[f32], dst: &mut [MaybeUninit<f32>]) -> () = zip_body
 );
-dispatch!(
-    /// `op` of each element of `src`, in a new vector.
-    map_f32<F: Fn(f32) -> f32>(src: &[f32]) -> Vec<f32> = map_body
-);
-dispatch!(
-    /// `dst[i] = op(dst[i], src[i])` over the shorter of the two.
-    zip_inplace_f32<F: Fn(f32, f32) -> f32>(dst: &mut [f32], src: &[f32]) -> () = zip_inplace_body
-);
-dispatch!(
-    /// `op(lhs[i], rhs[i])` over the shorter of the two, in a new vector.
-    zip_f32<F: Fn(f32, f32) -> f32>(lhs: &[f32], rhs: &[f32]) -> Vec<f32> = zip_body
-);
+
+/// Elements per parallel task; smaller tensors run on the calling thread (splitting costs more
+/// than it saves below this).
+#[cfg(feature = "rayon")]
+const PARALLEL_CHUNK: usize = 1 << 15;
+
+/// `values[i] = op(values[i])`.
+pub fn map_inplace_f32<F: Fn(f32) -> f32 + Sync>(values: &mut [f32], op: F) {
+    #[cfg(feature = "rayon")]
+    if values.len() >= 2 * PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        values.par_chunks_mut(PARALLEL_CHUNK).for_each(|chunk| map_inplace_serial(chunk, &op));
+        return;
+    }
+    map_inplace_serial(values, &op)
+}
+
+/// `op` of each element of `src`, in a new vector.
+pub fn map_f32<F: Fn(f32) -> f32 + Sync>(src: &[f32], op: F) -> Vec<f32> {
+    let mut out = Vec::with_capacity(src.len());
+    let dst = &mut out.spare_capacity_mut()[..src.len()];
+    #[cfg(feature = "rayon")]
+    if src.len() >= 2 * PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(src.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(d, s)| map_serial(s, d, &op));
+    } else {
+        map_serial(src, dst, &op);
+    }
+    #[cfg(not(feature = "rayon"))]
+    map_serial(src, dst, &op);
+    // SAFETY: `map_serial` initialised every element of `dst`, the first `src.len()`.
+    unsafe { out.set_len(src.len()) };
+    out
+}
+
+/// `dst[i] = op(dst[i], src[i])`; the slices have the same length.
+pub fn zip_inplace_f32<F: Fn(f32, f32) -> f32 + Sync>(dst: &mut [f32], src: &[f32], op: F) {
+    assert_eq!(dst.len(), src.len(), "zip_inplace_f32: length mismatch");
+    #[cfg(feature = "rayon")]
+    if dst.len() >= 2 * PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(src.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(d, s)| zip_inplace_serial(d, s, &op));
+        return;
+    }
+    zip_inplace_serial(dst, src, &op)
+}
+
+/// `op(lhs[i], rhs[i])` in a new vector; the slices have the same length.
+pub fn zip_f32<F: Fn(f32, f32) -> f32 + Sync>(lhs: &[f32], rhs: &[f32], op: F) -> Vec<f32> {
+    assert_eq!(lhs.len(), rhs.len(), "zip_f32: length mismatch");
+    let n = lhs.len();
+    let mut out = Vec::with_capacity(n);
+    let dst = &mut out.spare_capacity_mut()[..n];
+    #[cfg(feature = "rayon")]
+    if n >= 2 * PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(lhs.par_chunks(PARALLEL_CHUNK).zip(rhs.par_chunks(PARALLEL_CHUNK)))
+            .for_each(|(d, (l, r))| zip_serial(l, r, d, &op));
+    } else {
+        zip_serial(lhs, rhs, dst, &op);
+    }
+    #[cfg(not(feature = "rayon"))]
+    zip_serial(lhs, rhs, dst, &op);
+    // SAFETY: `zip_serial` initialised every element of `dst`, the first `n`.
+    unsafe { out.set_len(n) };
+    out
+}
 
 #[cfg(test)]
 mod tests {
@@ -127,8 +181,8 @@ mod tests {
 
     #[test]
     fn dispatched_loops_equal_the_plain_loop() {
-        let a: Vec<f32> = (0..1037).map(|i| (i as f32 - 500.0) * 0.013).collect();
-        let b: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.37).sin()).collect();
+        let a: Vec<f32> = (0..200_037).map(|i| (i as f32 - 500.0) * 0.013).collect();
+        let b: Vec<f32> = (0..200_037).map(|i| (i as f32 * 0.37).sin()).collect();
         let f = |x: f32| crate::ops::unary::erf_f32(x) * x + 1.0;
         let g = |x: f32, y: f32| x * crate::ops::unary::exp_f32(-y * y) - y;
         let mut inplace = a.clone();
