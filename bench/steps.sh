@@ -18,8 +18,13 @@ echo "| method | framework | ms/step | tokens/s | peak RSS GB | trainable params
 echo "|---|---|---|---|---|---|"
 for m in "${methods[@]}"; do
   /usr/bin/time -v -o "$OUT/f.time" ./target/release/finetune-bench step "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/f.json"
-  /usr/bin/time -v -o "$OUT/p.time" "$PYTHON" bench/step_time.py "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/p.json" 2>/dev/null
-  for side in f p; do
+  sides=(f p)
+  if ! /usr/bin/time -v -o "$OUT/p.time" "$PYTHON" bench/step_time.py "$m" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" > "$OUT/p.json" 2>"$OUT/p.err"; then
+    # Report and go on (e.g. qlora needs bitsandbytes); the other methods still run.
+    echo "| $m | pytorch | failed: $(tail -1 "$OUT/p.err" | cut -c1-120) | | | |"
+    sides=(f)
+  fi
+  for side in "${sides[@]}"; do
     "$PYTHON" - "$OUT/$side.json" "$(rss "$OUT/$side.time")" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
