@@ -13,9 +13,19 @@ impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
+    /// The step added to the state before each output.
+    pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+        self.0 = self.0.wrapping_add(Self::GAMMA);
+        Self::output(self.0)
+    }
+
+    /// The output for an already advanced state: the `k`-th draw (from 1) of `new(seed)` is
+    /// `output(seed + k·GAMMA)`, so draws can be computed independently (and vectorized).
+    #[inline(always)]
+    pub fn output(state: u64) -> u64 {
+        let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)

@@ -53,9 +53,9 @@ fn mask(n: usize, p: f64) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let base = next_seed();
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        fill_mask(chunk, base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), threshold, keep)
-    });
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| fill_mask(chunk, base ^ (i as u64).wrapping_mul(SplitMix64::GAMMA), threshold, keep));
     out
 }
 
@@ -67,15 +67,18 @@ fn mask(n: usize, p: f64) -> Vec<f32> {
 fn fill_mask(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
     #[inline(always)]
     fn body(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
-        const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+        #[inline(always)]
+        fn draw(seed: u64, k: usize) -> u64 {
+            SplitMix64::output(seed.wrapping_add(SplitMix64::GAMMA.wrapping_mul(k as u64 + 1)))
+        }
         let (quads, rest) = chunk.as_chunks_mut::<4>();
         for (k, quad) in quads.iter_mut().enumerate() {
-            let bits = splitmix_output(seed.wrapping_add(GAMMA.wrapping_mul(k as u64 + 1)));
+            let bits = draw(seed, k);
             for (lane, v) in quad.iter_mut().enumerate() {
                 *v = if (bits >> (16 * lane)) & 0xFFFF < threshold { 0.0 } else { keep };
             }
         }
-        let bits = splitmix_output(seed.wrapping_add(GAMMA.wrapping_mul(quads.len() as u64 + 1)));
+        let bits = draw(seed, quads.len());
         for (lane, v) in rest.iter_mut().enumerate() {
             *v = if (bits >> (16 * lane)) & 0xFFFF < threshold { 0.0 } else { keep };
         }
@@ -90,15 +93,6 @@ fn fill_mask(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
         return unsafe { avx512(chunk, seed, threshold, keep) };
     }
     body(chunk, seed, threshold, keep)
-}
-
-/// SplitMix64's output function (its state already advanced).
-#[inline(always)]
-fn splitmix_output(state: u64) -> u64 {
-    let mut z = state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
