@@ -3,7 +3,7 @@ use clap::Parser;
 // Training allocates and frees tensors of the same few large sizes every step; glibc's malloc
 // hands blocks above its mmap threshold back to the kernel and takes them again as fresh,
 // zero-filled pages each time, which cost a third of an inference pass on MiniLM
-// (docs/BENCHMARKS.md, "allocator"). mimalloc keeps and reuses them.
+// (docs/BENCHMARKS.md, "Performance levers, round 2"). mimalloc keeps and reuses them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
