@@ -10,6 +10,7 @@
 use crate::methods::lora::LoraAdapter;
 use crate::models::precision::matmul;
 use crate::quant::FrozenWeight;
+use crate::quant::matmul::frozen_matmul;
 use crate::quant::nf4::Quantized4bit;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -23,9 +24,9 @@ pub struct Dense {
     pub bias: Option<Param<Tensor<1>>>,
     /// A LoRA/DoRA adapter, when one is attached (see `methods::lora`).
     pub lora: Option<LoraAdapter>,
-    /// The frozen weight held quantized (QLoRA's NF4, or GGUF blocks). The forward pass
-    /// dequantizes it into a temporary f32 matrix that is a constant for autodiff: gradients
-    /// reach the input (and the adapter), never the quantized weight.
+    /// The frozen weight held quantized (QLoRA's NF4, or GGUF blocks). Each product dequantizes
+    /// it into a temporary f32 matrix (again in backward, see `quant::matmul`): gradients reach
+    /// the input (and the adapter), never the quantized weight.
     #[module(skip)]
     pub quantized: Option<Arc<FrozenWeight>>,
 }
@@ -81,13 +82,22 @@ impl Dense {
         self.weight = Param::initialized(self.weight.id, Tensor::zeros([0, 0], &device));
     }
 
+    /// `x [rows, in] · W` without bias or adapter. A quantized weight goes through
+    /// `quant::matmul`, whose backward does not keep the dequantized matrix.
+    pub fn base_product(&self, x: Tensor<2>) -> Tensor<2> {
+        match &self.quantized {
+            Some(q) => frozen_matmul(x, q),
+            None => matmul(x, self.weight.val()),
+        }
+    }
+
     /// `x [.., in] → [.., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product();
         let x = x.reshape([rows, d_in]);
-        let mut y = matmul(x.clone(), self.effective_weight());
+        let mut y = self.base_product(x.clone());
         if let Some(adapter) = &self.lora {
             let base = y.clone();
             y = y + adapter.forward(self, x, || base);

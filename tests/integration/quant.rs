@@ -78,8 +78,9 @@ fn nf4_matches_bitsandbytes_bit_for_bit() {
     }
 }
 
-/// The quantized linear layer: its input gradient equals the one through the dequantized weight
-/// (autodiff and analytic), finite differences agree, and the weight gets no gradient.
+/// The quantized linear layer (its own autodiff node, `quant::matmul`): the forward equals the
+/// product with the dequantized weight, its input gradient equals the one through that weight
+/// (analytic), finite differences agree, and the weight gets no gradient.
 #[test]
 fn quantized_linear_gradient_is_the_dequantized_weights() {
     use burn::prelude::*;
@@ -92,7 +93,12 @@ fn quantized_linear_gradient_is_the_dequantized_weights() {
     let w = dense.effective_weight().inner(); // [in, out], dequantized
     let x = Tensor::<2>::random([3, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
     let r = Tensor::<2>::random([3, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let loss = (dense.forward(x.clone()) * r.clone()).sum();
+    let y = dense.forward(x.clone());
+    let plain =
+        values(x.clone().inner().matmul(w.clone()) + dense.bias.as_ref().unwrap().val().inner().unsqueeze::<2>());
+    let d = max_abs_diff(&values(y.clone().inner()), &plain);
+    assert!(d < 1e-5, "forward differs from x·W + b by {d}");
+    let loss = (y * r.clone()).sum();
     let grads = loss.backward();
     let gx = values(x.grad(&grads).expect("input gradient"));
     let analytic = values(r.clone().inner().matmul(w.clone().transpose()));

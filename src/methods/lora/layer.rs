@@ -91,7 +91,7 @@ impl LoraAdapter {
         // is recomputed on the dropped-out input when dropout is active.
         let mag_scale = (m.val() / self.weight_norm(base)).unsqueeze::<2>();
         let base_out = if self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff() {
-            matmul(dropped, base.effective_weight())
+            base.base_product(dropped)
         } else {
             base_out_no_bias()
         };
