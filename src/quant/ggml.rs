@@ -3,6 +3,7 @@
 //! float (the QLoRA idea with llama.cpp's quantization instead of NF4).
 
 use crate::io::gguf::{GgmlType, dequantize};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct GgmlWeight {
@@ -25,13 +26,46 @@ impl GgmlWeight {
         Self { ggml_type, shape, data }
     }
 
+    /// Runs on every forward and backward pass, so rows are decoded across the thread pool.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.shape[0] * self.shape[1]];
-        dequantize(self.ggml_type, &self.data, &mut out);
+        const ROWS_PER_TASK: usize = 16;
+        let [rows, cols] = self.shape;
+        let mut out = vec![0f32; rows * cols];
+        if out.is_empty() {
+            return out;
+        }
+        let row_bytes = self.data.len() / rows.max(1);
+        out.par_chunks_mut(cols * ROWS_PER_TASK)
+            .zip(self.data.par_chunks(row_bytes * ROWS_PER_TASK))
+            .for_each(|(dst, src)| dequantize(self.ggml_type, src, dst));
         out
     }
 
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decoding rows in parallel tasks gives what one pass over all the blocks gives (37 rows:
+    /// two full tasks and a partial one).
+    #[test]
+    fn parallel_dequantize_equals_one_pass() {
+        let (rows, cols) = (37, 64);
+        let (per_block, block_bytes) = GgmlType::Q8_0.block();
+        let mut raw = vec![0u8; rows * cols / per_block * block_bytes];
+        for (i, block) in raw.chunks_mut(block_bytes).enumerate() {
+            block[..2].copy_from_slice(&half::f16::from_f32(0.01 * (i + 1) as f32).to_le_bytes());
+            for (j, q) in block[2..].iter_mut().enumerate() {
+                *q = (i * 31 + j * 7) as u8;
+            }
+        }
+        let mut expected = vec![0f32; rows * cols];
+        dequantize(GgmlType::Q8_0, &raw, &mut expected);
+        let w = GgmlWeight::new(GgmlType::Q8_0, [rows, cols], &raw, None);
+        assert_eq!(w.dequantize(), expected);
     }
 }
