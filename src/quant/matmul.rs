@@ -24,11 +24,7 @@ use std::sync::Arc;
 /// `x [rows, in] · Wᵀ → [rows, out]`; gradients reach `x` only.
 pub fn frozen_matmul(x: Tensor<2>, weight: &Arc<FrozenWeight>) -> Tensor<2> {
     let device = x.device();
-    let custom_node = device.is_autodiff()
-        && crate::device::is_host(&device)
-        && precision::current() == Precision::F32
-        && x.dtype() == burn::tensor::DType::F32;
-    if custom_node {
+    if uses_own_node(&x) {
         match x.try_into_primitive::<Autodiff<Flex>>() {
             Ok(x) => return Tensor::from_primitive::<Autodiff<Flex>>(forward::<Flex>(x, weight)),
             Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
@@ -37,6 +33,15 @@ pub fn frozen_matmul(x: Tensor<2>, weight: &Arc<FrozenWeight>) -> Tensor<2> {
     let [rows, cols] = weight.shape();
     let w = Tensor::<2>::from_data(TensorData::new(weight.dequantize(), [rows, cols]), &device.inner());
     precision::matmul(x, w.transpose())
+}
+
+/// Whether `x` takes the custom autodiff node (f32 training on the CPU backend).
+fn uses_own_node(x: &Tensor<2>) -> bool {
+    let device = x.device();
+    device.is_autodiff()
+        && crate::device::is_host(&device)
+        && precision::current() == Precision::F32
+        && x.dtype() == burn::tensor::DType::F32
 }
 
 /// The weight as a backend tensor, `[out, in]`.
@@ -71,5 +76,19 @@ impl<B: Backend> Backward<B, 1> for FrozenMatmul {
             let w = dequantized::<B>(&weight, &grad.device());
             B::float_matmul(grad, w)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPU training takes the node that keeps no f32 weight; inference takes the plain product.
+    /// (The gradient itself is checked against the dequantized weight in the integration tests.)
+    #[test]
+    fn cpu_training_routes_through_the_custom_node() {
+        let cpu = Device::flex();
+        assert!(uses_own_node(&Tensor::<2>::zeros([2, 4], &cpu.clone().autodiff())));
+        assert!(!uses_own_node(&Tensor::<2>::zeros([2, 4], &cpu)));
     }
 }
