@@ -201,7 +201,7 @@ impl Quantized4bit {
         let code = self.quant_type.code();
         let absmax = self.absmax.values();
         let blocksize = self.blocksize;
-        if blocksize % 2 == 1 {
+        if !blocksize.is_multiple_of(2) {
             // Blocks do not start on byte boundaries.
             return (0..self.len()).map(|i| code[self.index(i) as usize] * absmax[i / blocksize]).collect();
         }
