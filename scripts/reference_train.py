@@ -310,6 +310,10 @@ def main():
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=gen).tolist()
+        if tr.get("group_by_length"):
+            # transformers' LengthGroupedSampler: mega-batches of 50 batches sorted by length.
+            perm = [i for m in range(0, n, 50 * bs)
+                    for i in sorted(perm[m:m + 50 * bs], key=lambda i: -len(enc["train"][i]))]
         batches = [perm[i:i + bs] for i in range(0, n, bs)]
         t_epoch = time.perf_counter()
         for g in range(0, len(batches), accum):

@@ -291,6 +291,10 @@ pub struct TrainingConfig {
     #[serde(default = "default_metric")]
     pub metric: Metric,
     pub early_stopping: Option<EarlyStopping>,
+    /// Put training examples of similar length in the same batch (transformers'
+    /// `group_by_length`): less padding, so less work per epoch; batches stay shuffled.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 fn default_eval_batch() -> usize {

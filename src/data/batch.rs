@@ -58,6 +58,23 @@ pub fn chunk(order: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
+/// Batches of similar lengths from a shuffled `order`, as transformers' `group_by_length`
+/// (`LengthGroupedSampler`) makes them: the order is cut into mega-batches of 50 batches, each
+/// mega-batch is sorted by length (longest first) and cut into batches. Batches stay random in
+/// content from epoch to epoch, but each pads far less; the batch count is unchanged.
+pub fn length_grouped(order: &[usize], lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    const BATCHES_PER_MEGABATCH: usize = 50;
+    let batch_size = batch_size.max(1);
+    order
+        .chunks(batch_size * BATCHES_PER_MEGABATCH)
+        .flat_map(|mega| {
+            let mut mega = mega.to_vec();
+            mega.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+            chunk(&mega, batch_size)
+        })
+        .collect()
+}
+
 /// Indices sorted by length (longest first), for inference where order does not matter:
 /// batches of similar lengths waste less work on padding.
 pub fn length_sorted(encoded: &[Encoded]) -> Vec<usize> {
@@ -107,6 +124,30 @@ mod tests {
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn length_grouped_batches_cover_the_order_and_pad_less() {
+        let n = 1000;
+        let lengths: Vec<usize> = (0..n).map(|i| 5 + (i * 7919) % 60).collect();
+        let order = epoch_order(n, 3, 0);
+        let grouped = length_grouped(&order, &lengths, 8);
+        let plain = chunk(&order, 8);
+        assert_eq!(grouped.len(), plain.len());
+        let mut seen: Vec<usize> = grouped.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        // Padded tokens: every batch padded to its longest member.
+        let padded = |batches: &[Vec<usize>]| -> usize {
+            batches.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum()
+        };
+        assert!(padded(&grouped) * 10 < padded(&plain) * 7, "{} vs {}", padded(&grouped), padded(&plain));
+        // Each mega-batch (400 examples) holds the same examples as the shuffled order's slice.
+        let mut first: Vec<usize> = grouped[..50].concat();
+        let mut expected = order[..400].to_vec();
+        first.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(first, expected);
     }
 
     #[test]

@@ -71,6 +71,10 @@ impl Examples<LlamaForCausalLM> for LmExamples {
         self.split(split).len()
     }
 
+    fn lengths(&self, split: Split) -> Option<Vec<usize>> {
+        Some(self.split(split).iter().map(|ex| ex.ids.len()).collect())
+    }
+
     fn weight(&self, split: Split, indices: &[usize]) -> f64 {
         let s = self.split(split);
         indices.iter().map(|&i| s[i].targets()).sum::<usize>() as f64

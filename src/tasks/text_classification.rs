@@ -119,6 +119,9 @@ impl Examples<TextClassifier> for TokenExamples<'_> {
         let logits = model.forward(&collate(&s.encoded, indices, self.pad_id, &self.device));
         classification_loss(logits, &s.labels, indices)
     }
+    fn lengths(&self, split: Split) -> Option<Vec<usize>> {
+        self.split(split).map(|s| s.encoded.iter().map(|e| e.ids.len()).collect())
+    }
     fn eval_order(&self, split: Split) -> Vec<usize> {
         self.split(split).map_or_else(Vec::new, |s| length_sorted(&s.encoded))
     }
@@ -301,6 +304,7 @@ pub(crate) fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize,
         max_steps: t.max_steps,
         metric: t.metric,
         early_stopping: t.early_stopping.clone(),
+        group_by_length: t.group_by_length,
         num_labels,
         show_progress,
     }

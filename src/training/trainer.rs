@@ -4,7 +4,7 @@
 //! It is generic over the model and over where logits come from ([`Examples`]), so training a
 //! whole encoder on token batches and training a head on cached features use the same loop.
 
-use crate::data::batch::{chunk, epoch_order};
+use crate::data::batch::{chunk, epoch_order, length_grouped};
 use crate::recipe::{EarlyStopping, Metric};
 use crate::training::checkpoint::{BestSoFar, RunDir, TrainState};
 use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog, accuracy_and_macro_f1};
@@ -48,6 +48,10 @@ pub trait Examples<M> {
     /// A hint that `indices` of `split` come next: examples that build batches on the host
     /// (decoding, augmenting images) can prepare them while the current batch computes.
     fn prefetch(&self, _split: Split, _indices: &[usize]) {}
+    /// Each example's length in tokens, for grouping batches by length (`None`: not sequences).
+    fn lengths(&self, _split: Split) -> Option<Vec<usize>> {
+        None
+    }
     /// The order in which to evaluate a split (any order gives the same metrics).
     fn eval_order(&self, split: Split) -> Vec<usize> {
         (0..self.len(split)).collect()
@@ -78,6 +82,8 @@ pub struct TrainerConfig {
     pub max_steps: Option<usize>,
     pub metric: Metric,
     pub early_stopping: Option<EarlyStopping>,
+    /// Batch training examples of similar length together (see `data::batch::length_grouped`).
+    pub group_by_length: bool,
     pub num_labels: usize,
     pub show_progress: bool,
 }
@@ -185,8 +191,16 @@ where
     let progress = progress_bar(cfg.show_progress, total_steps as u64, state.step as u64);
     let (mut window_loss, mut window_examples, mut window_start) = (0.0f64, 0usize, Instant::now());
 
+    let lengths = if cfg.group_by_length { data.lengths(Split::Train) } else { None };
+    if cfg.group_by_length && lengths.is_none() {
+        tracing::warn!("group_by_length: these examples have no lengths; batches are not grouped");
+    }
     'epochs: for epoch in state.epoch..cfg.epochs {
-        let batches = chunk(&epoch_order(n, cfg.seed, epoch), cfg.batch_size);
+        let order = epoch_order(n, cfg.seed, epoch);
+        let batches = match &lengths {
+            Some(lengths) => length_grouped(&order, lengths, cfg.batch_size),
+            None => chunk(&order, cfg.batch_size),
+        };
         let steps: Vec<&[Vec<usize>]> = batches.chunks(cfg.grad_accum_steps).collect();
         for (group_index, group) in steps.iter().enumerate().skip(state.step_in_epoch) {
             let (m, newly) = (hooks.set_trainable)(model, epoch, state.step);

@@ -165,6 +165,22 @@ fn same_seed_same_run() {
     assert!(weights(&a) == weights(&b), "same seed must give bit-identical weights");
 }
 
+/// `training.group_by_length` trains the same number of steps on other batches, deterministically.
+#[test]
+fn group_by_length_regroups_batches_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "plain", "");
+    let out = |name: &str| format!("output_dir=\"{}\"", dir.path().join(name).display());
+    let grouped = ["training.epochs=1", "training.group_by_length=true"];
+    let plain = train(&recipe, &[out("plain").as_str(), "training.epochs=1"]);
+    let a = train(&recipe, &[&[out("a").as_str()][..], &grouped[..]].concat());
+    let b = train(&recipe, &[&[out("b").as_str()][..], &grouped[..]].concat());
+    let (lp, la) = (train_losses(&plain.run_dir), train_losses(&a.run_dir));
+    assert_eq!(la, train_losses(&b.run_dir));
+    assert_eq!(la.len(), lp.len());
+    assert_ne!(la, lp, "grouping by length must change the batches");
+}
+
 /// Kill a training process (SIGKILL) after it has checkpointed, resume it, and get bit-identical
 /// final weights and the same loss curve as an uninterrupted run.
 #[test]
