@@ -60,10 +60,7 @@ impl Dense {
     /// The weight `[in, out]` the layer computes with: the parameter, or the dequantized codes.
     pub fn effective_weight(&self) -> Tensor<2> {
         let Some(q) = &self.quantized else { return self.weight.val() };
-        let device = self.weight.lazy_device();
-        let [rows, cols] = q.shape();
-        // PyTorch layout [out, in] → ours [in, out].
-        Tensor::<2>::from_data(TensorData::new(q.dequantize(), [rows, cols]), &device).inner().transpose()
+        q.to_tensor(&self.weight.lazy_device().inner())
     }
 
     /// Replace the float weight by its 4-bit quantization (the layer becomes frozen).

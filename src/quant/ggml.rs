@@ -34,7 +34,7 @@ impl GgmlWeight {
         if out.is_empty() {
             return out;
         }
-        let row_bytes = self.data.len() / rows.max(1);
+        let row_bytes = self.data.len() / rows;
         out.par_chunks_mut(cols * ROWS_PER_TASK)
             .zip(self.data.par_chunks(row_bytes * ROWS_PER_TASK))
             .for_each(|(dst, src)| dequantize(self.ggml_type, src, dst));

@@ -30,9 +30,7 @@ pub fn frozen_matmul(x: Tensor<2>, weight: &Arc<FrozenWeight>) -> Tensor<2> {
             Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
         }
     }
-    let [rows, cols] = weight.shape();
-    let w = Tensor::<2>::from_data(TensorData::new(weight.dequantize(), [rows, cols]), &device.inner());
-    precision::matmul(x, w.transpose())
+    precision::matmul(x, weight.to_tensor(&device.inner()))
 }
 
 /// Whether `x` takes the custom autodiff node (f32 training on the CPU backend).

@@ -27,6 +27,13 @@ impl FrozenWeight {
         }
     }
 
+    /// The dequantized weight as a constant tensor in our `[in, out]` layout (the transpose of
+    /// the stored PyTorch `[out, in]`).
+    pub fn to_tensor(&self, device: &burn::prelude::Device) -> burn::prelude::Tensor<2> {
+        let data = burn::prelude::TensorData::new(self.dequantize(), self.shape());
+        burn::prelude::Tensor::<2>::from_data(data, device).transpose()
+    }
+
     /// Bytes held (codes and statistics).
     pub fn bytes(&self) -> usize {
         match self {
