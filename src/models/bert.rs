@@ -7,9 +7,10 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, tanh};
 use serde::{Deserialize, Serialize};
 
+use super::attention_softmax::scaled_masked_softmax;
 use super::dense::Dense;
 use super::dropout::dropout;
 use super::precision::matmul;
@@ -309,8 +310,9 @@ impl BertSelfAttention {
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let scores = matmul(q, k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt()) + attention_bias;
-        let probs = dropout(&self.dropout, softmax(scores, 3));
+        let scores = matmul(q, k.swap_dims(2, 3));
+        let probs = scaled_masked_softmax(scores, 1.0 / (dh as f32).sqrt(), Some(attention_bias));
+        let probs = dropout(&self.dropout, probs);
         matmul(probs, v).swap_dims(1, 2).reshape([b, l, h])
     }
 }

@@ -8,9 +8,10 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
+use super::attention_softmax::scaled_masked_softmax;
 use super::dense::Dense;
 use super::precision::matmul;
 
@@ -380,9 +381,9 @@ impl LlamaAttention {
         // query heads that share a key/value head are stacked along the sequence axis.
         let group = nh / nkv;
         let q = q.reshape([b, nkv, group * l, dh]);
-        let scores = matmul(q, k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
-        let scores = scores.reshape([b, nh, l, total]) + bias.clone();
-        let probs = softmax(scores, 3).reshape([b, nkv, group * l, total]);
+        let scores = matmul(q, k.swap_dims(2, 3)).reshape([b, nh, l, total]);
+        let probs = scaled_masked_softmax(scores, 1.0 / (dh as f32).sqrt(), Some(bias.clone()));
+        let probs = probs.reshape([b, nkv, group * l, total]);
         let context = matmul(probs, v).reshape([b, nh, l, dh]).swap_dims(1, 2).reshape([b, l, nh * dh]);
         self.o_proj.forward(context)
     }

@@ -7,6 +7,7 @@
 //! Decoder: token and learned position embeddings, pre-LayerNorm layers with causal
 //! self-attention and cross-attention to the encoder, logits through the tied token embedding.
 
+use super::attention_softmax::scaled_masked_softmax;
 use super::dense::Dense;
 use super::precision::matmul;
 use super::{LoadReport, WeightSource, load_weights};
@@ -17,7 +18,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, PaddingConfig1d};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,11 +154,9 @@ impl WhisperAttention {
         let [b, l, d] = x.dims();
         let dh = d / self.num_heads;
         let q = self.split(self.q_proj.forward(x)).mul_scalar(1.0 / (dh as f64).sqrt());
-        let mut scores = matmul(q, kv.0.swap_dims(2, 3));
-        if let Some(m) = mask {
-            scores = scores + m.unsqueeze::<4>();
-        }
-        let context = matmul(softmax(scores, 3), kv.1).swap_dims(1, 2).reshape([b, l, d]);
+        let scores = matmul(q, kv.0.swap_dims(2, 3));
+        let probs = scaled_masked_softmax(scores, 1.0, mask.map(|m| m.unsqueeze::<4>()));
+        let context = matmul(probs, kv.1).swap_dims(1, 2).reshape([b, l, d]);
         self.out_proj.forward(context)
     }
 }
