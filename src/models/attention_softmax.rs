@@ -12,6 +12,7 @@
 //! (a GPU device) the same function is computed with burn's ops. `bias` is a constant (an
 //! attention mask): no gradient flows into it.
 
+use crate::models::avx512::with_avx512;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -156,27 +157,6 @@ impl Backward<Flex, 1> for ScaledMaskedSoftmax {
 /// Lanes of the partial sums and maxima: 16 f32 fill one AVX-512 register, and the fixed-width
 /// accumulators let the compiler vectorize the reductions without reassociating a serial sum.
 const LANES: usize = 16;
-
-/// Compiles `$body` once more with AVX-512 enabled and picks that copy at run time when the CPU
-/// has it (the crate itself targets baseline x86-64).
-macro_rules! with_avx512 {
-    ($name:ident($($arg:ident: $ty:ty),*) = $body:ident) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
-                    // SAFETY: the CPU has the features the copy was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
 
 with_avx512!(softmax_row(s: &[f32], bias: Option<&[f32]>, scale: f32, y: &mut [f32]) = softmax_row_body);
 with_avx512!(softmax_backward_row(y: &[f32], g: &[f32], scale: f32, dx: &mut [f32]) = softmax_backward_row_body);

@@ -5,7 +5,7 @@
 //! `layer_norm.{gamma,beta}` ↔ `LayerNorm.{weight,bias}`; dense weights are transposed.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, tanh};
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::attention_softmax::scaled_masked_softmax;
 use super::dense::Dense;
 use super::dropout::dropout;
+use super::layer_norm::LayerNorm;
 use super::precision::matmul;
 
 /// Mirrors the fields of a BERT `config.json` that the architecture needs.
@@ -189,7 +190,7 @@ fn linear(cfg: &BertConfig, d_in: usize, d_out: usize, device: &Device) -> Dense
 }
 
 fn layer_norm(cfg: &BertConfig, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(cfg.hidden_size).with_epsilon(cfg.layer_norm_eps).init(device)
+    LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, device)
 }
 
 fn embedding(cfg: &BertConfig, n: usize, device: &Device) -> Embedding {

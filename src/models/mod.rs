@@ -1,6 +1,7 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
 pub mod attention_softmax;
+mod avx512;
 pub mod bert;
 pub mod causal_lm;
 pub mod conv_bn;
@@ -10,6 +11,7 @@ pub mod efficientnet_lite;
 pub mod generation;
 pub mod gguf_llama;
 pub mod image_classifier;
+pub mod layer_norm;
 pub mod llama;
 pub mod mobilenet_v2;
 pub mod precision;

@@ -9,6 +9,7 @@
 
 use super::attention_softmax::scaled_masked_softmax;
 use super::dense::Dense;
+use super::layer_norm::LayerNorm;
 use super::precision::matmul;
 use super::{LoadReport, WeightSource, load_weights};
 use crate::io::ctranslate2::Ct2Model;
@@ -16,7 +17,7 @@ use crate::io::safetensors::{HostTensor, SafetensorsFile};
 use anyhow::{Context, Result, ensure};
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, PaddingConfig1d};
+use burn::nn::{Embedding, EmbeddingConfig, PaddingConfig1d};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
@@ -162,7 +163,7 @@ impl WhisperAttention {
 }
 
 fn layer_norm(d: usize, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(d).with_epsilon(1e-5).init(device)
+    LayerNorm::new(d, 1e-5, device)
 }
 
 #[derive(Module, Debug)]
