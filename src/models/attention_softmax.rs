@@ -12,7 +12,7 @@
 //! (a GPU device) the same function is computed with burn's ops. `bias` is a constant (an
 //! attention mask): no gradient flows into it.
 
-use crate::models::avx512::with_avx512;
+use crate::avx512::with_avx512;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;

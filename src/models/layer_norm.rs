@@ -9,7 +9,7 @@
 //! `dx = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`, with `dγ = Σ g·x̂` and `dβ = Σ g` over rows
 //! when those are trained. Elsewhere (inference, a GPU) it is burn's `layer_norm`.
 
-use crate::models::avx512::with_avx512;
+use crate::avx512::with_avx512;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;

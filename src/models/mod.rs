@@ -1,7 +1,6 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
 pub mod attention_softmax;
-mod avx512;
 pub mod bert;
 pub mod causal_lm;
 pub mod conv_bn;
