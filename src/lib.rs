@@ -4,6 +4,7 @@
 //! [`data`] (datasets, tokenization, batching), [`training`] (the loop, optimizer, checkpoints),
 //! [`tasks`] (recipes wiring them for a task), [`io`] (file formats, hub cache), [`cli`].
 
+pub mod allocator;
 pub(crate) mod avx512;
 pub mod cli;
 pub mod data;

@@ -3,11 +3,13 @@ use clap::Parser;
 // Training allocates and frees tensors of the same few large sizes every step; glibc's malloc
 // hands blocks above its mmap threshold back to the kernel and takes them again as fresh,
 // zero-filled pages each time, which cost a third of an inference pass on MiniLM
-// (docs/BENCHMARKS.md, "Performance levers, round 2"). mimalloc keeps and reuses them.
+// (docs/BENCHMARKS.md, "Performance levers, round 2"). mimalloc keeps and reuses them
+// (`allocator::reuse_freed_pages`: without page faults).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    finetune::allocator::reuse_freed_pages();
     let cli = finetune::cli::Cli::parse();
     let default = match cli.verbose {
         0 => "info",

@@ -26,7 +26,7 @@ use finetune::training::optimizer::{AdamW, AdamWConfig, GradStore};
 use finetune::training::trainer::cross_entropy;
 use std::time::Instant;
 
-// The same allocator as the `finetune` binary (see src/main.rs).
+// The same allocator and settings as the `finetune` binary (see src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -91,6 +91,7 @@ fn prepare(method: &str, files: &ModelDir, device: &Device) -> anyhow::Result<Te
 }
 
 fn main() -> anyhow::Result<()> {
+    finetune::allocator::reuse_freed_pages();
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("step");
     let device_name = text_arg(&args, "--device", "cpu");
