@@ -55,3 +55,24 @@ mod tests {
         assert!(super::select("cuda").unwrap_err().to_string().contains("--features cuda"));
     }
 }
+
+/// The autodiff tensor type of the CPU backend (what a tensor on `Device::flex().autodiff()` holds).
+pub type HostAutodiffTensor =
+    <burn::backend::Autodiff<burn::backend::Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// The CPU backend's tensor behind `t`, for ops that work on its buffer directly. `t` must be on
+/// the CPU without autodiff (callers check `is_host` first; anything else is a bug).
+pub fn host_tensor<const D: usize>(t: burn::prelude::Tensor<D>) -> burn_flex::FlexTensor {
+    match t.try_into_primitive::<burn::backend::Flex>() {
+        Ok(t) => t,
+        Err(err) => panic!("a CPU tensor is not a Flex primitive: {err:?}"),
+    }
+}
+
+/// The CPU autodiff tensor behind `t` (on `Device::flex().autodiff()`), for custom autodiff nodes.
+pub fn host_autodiff_tensor<const D: usize>(t: burn::prelude::Tensor<D>) -> HostAutodiffTensor {
+    match t.try_into_primitive::<burn::backend::Autodiff<burn::backend::Flex>>() {
+        Ok(t) => t,
+        Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
+    }
+}

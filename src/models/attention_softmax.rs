@@ -13,6 +13,7 @@
 //! attention mask): no gradient flows into it.
 
 use crate::avx512::with_avx512;
+use crate::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -32,15 +33,11 @@ pub fn scaled_masked_softmax(scores: Tensor<4>, scale: f32, bias: Option<Tensor<
     if crate::device::is_host(&device) && scores.dtype() == DType::F32 {
         let bias = bias.map(|b| host_bias(b, &scores.dims()));
         if device.is_autodiff() {
-            match scores.try_into_primitive::<Autodiff<Flex>>() {
-                Ok(s) => return Tensor::from_primitive::<Autodiff<Flex>>(forward_tracked(s, scale, bias)),
-                Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
-            }
+            let y = forward_tracked(host_autodiff_tensor(scores), scale, bias);
+            return Tensor::from_primitive::<Autodiff<Flex>>(y);
         }
-        match scores.try_into_primitive::<Flex>() {
-            Ok(s) => return Tensor::from_primitive::<Flex>(forward_rows(&s, scale, bias.as_ref())),
-            Err(err) => panic!("a CPU tensor is not a Flex primitive: {err:?}"),
-        }
+        let y = forward_rows(&host_tensor(scores), scale, bias.as_ref());
+        return Tensor::from_primitive::<Flex>(y);
     }
     let scaled = scores.mul_scalar(scale);
     softmax(
@@ -66,10 +63,7 @@ fn host_bias(bias: Tensor<4>, scores: &[usize; 4]) -> HostBias {
         "attention bias {dims:?} does not broadcast to scores {scores:?}"
     );
     let bias = bias.inner().cast(DType::F32);
-    let values = match bias.try_into_primitive::<Flex>() {
-        Ok(t) => t.to_contiguous(),
-        Err(err) => panic!("a CPU tensor is not a Flex primitive: {err:?}"),
-    };
+    let values = host_tensor(bias).to_contiguous();
     // Row `(i, j, k)` of the scores reads bias row `Σ iₐ·strideₐ`, with stride 0 on broadcast axes.
     let mut row_strides = [0; 3];
     let mut stride = 1;
@@ -111,11 +105,7 @@ fn forward_rows(scores: &FlexTensor, scale: f32, bias: Option<&HostBias>) -> Fle
     FlexTensor::from_data(TensorData::new(out, dims))
 }
 
-fn forward_tracked(
-    scores: <Autodiff<Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive,
-    scale: f32,
-    bias: Option<HostBias>,
-) -> <Autodiff<Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive {
+fn forward_tracked(scores: HostAutodiffTensor, scale: f32, bias: Option<HostBias>) -> HostAutodiffTensor {
     let prep = ScaledMaskedSoftmax.prepare::<NoCheckpointing>([scores.node()]).compute_bound().stateful();
     let y = forward_rows(&scores.into_primitive(), scale, bias.as_ref());
     match prep {

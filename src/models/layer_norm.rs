@@ -10,6 +10,7 @@
 //! when those are trained. Elsewhere (inference, a GPU) it is burn's `layer_norm`.
 
 use crate::avx512::with_avx512;
+use crate::device::{HostAutodiffTensor, host_autodiff_tensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -51,17 +52,12 @@ impl LayerNorm {
         let d = dims[D - 1];
         let beta = beta.unwrap_or_else(|| Tensor::zeros([d], &device));
         let rows = x.reshape([-1, d as i32]);
-        let primitive = |t: Tensor<2>| match t.try_into_primitive::<Autodiff<Flex>>() {
-            Ok(p) => p,
-            Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
-        };
+        let primitive = host_autodiff_tensor::<2>;
         let as_2d = |t: Tensor<1>| t.reshape([1, d]);
         let y = forward_tracked(primitive(rows), primitive(as_2d(gamma)), primitive(as_2d(beta)), self.epsilon);
         Tensor::<2>::from_primitive::<Autodiff<Flex>>(y).reshape(dims)
     }
 }
-
-type AdTensor = <Autodiff<Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// What the backward pass needs: `x̂` `[rows, d]`, `1/σ` per row and `γ`.
 #[derive(Debug, Clone)]
@@ -80,7 +76,12 @@ fn host_f32(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
-fn forward_tracked(x: AdTensor, gamma: AdTensor, beta: AdTensor, epsilon: f64) -> AdTensor {
+fn forward_tracked(
+    x: HostAutodiffTensor,
+    gamma: HostAutodiffTensor,
+    beta: HostAutodiffTensor,
+    epsilon: f64,
+) -> HostAutodiffTensor {
     let prep =
         FusedLayerNorm.prepare::<NoCheckpointing>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
     let (x, gamma, beta) = (host_f32(x.primitive()), host_f32(gamma.primitive()), host_f32(beta.primitive()));

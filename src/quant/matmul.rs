@@ -25,10 +25,8 @@ use std::sync::Arc;
 pub fn frozen_matmul(x: Tensor<2>, weight: &Arc<FrozenWeight>) -> Tensor<2> {
     let device = x.device();
     if uses_own_node(&x) {
-        match x.try_into_primitive::<Autodiff<Flex>>() {
-            Ok(x) => return Tensor::from_primitive::<Autodiff<Flex>>(forward::<Flex>(x, weight)),
-            Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
-        }
+        let x = crate::device::host_autodiff_tensor(x);
+        return Tensor::from_primitive::<Autodiff<Flex>>(forward::<Flex>(x, weight));
     }
     precision::matmul(x, weight.to_tensor(&device.inner()))
 }

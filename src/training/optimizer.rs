@@ -275,12 +275,7 @@ fn host_update(
     use burn::backend::Flex;
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
-    fn host(t: Tensor<1>) -> FlexTensor {
-        match t.try_into_primitive::<Flex>() {
-            Ok(t) => t.to_contiguous(),
-            Err(err) => panic!("a CPU tensor is not a Flex primitive: {err:?}"),
-        }
-    }
+    let host = |t: Tensor<1>| crate::device::host_tensor(t).to_contiguous();
     let (mut p, g, mut m, mut v) = (host(p), host(g), host(m), host(v));
     let c = step.cfg;
     let k = AdamWScalars {
