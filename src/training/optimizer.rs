@@ -195,8 +195,18 @@ impl AdamW {
                 Some(s) => (s.m, s.v),
                 None => (Tensor::zeros(p.shape(), &device), Tensor::zeros(p.shape(), &device)),
             };
-            let step = HostStep { lr, decay, bias1, bias2, cfg: c };
-            host_update(p, g, m, v, &step)
+            let k = AdamWScalars {
+                beta1: c.beta1 as f32,
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                keep: (1.0 - lr * decay) as f32,
+                decays: decay > 0.0,
+                sqrt_bias2: bias2.sqrt() as f32,
+                epsilon: c.epsilon as f32,
+                step_size: (lr / bias1) as f32,
+            };
+            host_update(p, g, m, v, &k)
         } else {
             let (m, v) = match entry {
                 Some(s) => (
@@ -252,43 +262,22 @@ impl AdamW {
     }
 }
 
-/// The scalars of one AdamW update of one parameter.
-struct HostStep {
-    lr: f64,
-    decay: f64,
-    bias1: f64,
-    bias2: f64,
-    cfg: AdamWConfig,
-}
-
 /// The whole update of one parameter on the CPU in one pass over `p`, `g`, `m` and `v` (moments
 /// and parameter updated in place where their buffers are not shared). As tensor ops it was 14
 /// passes, each allocating a full-size result; for full fine-tuning of MiniLM (22.6M parameters)
-/// that was a tenth of the step. Same arithmetic, element by element, as the tensor ops below.
+/// that was a tenth of the step. Same arithmetic, element by element, as the tensor ops in `update`.
 fn host_update(
     p: Tensor<1>,
     g: Tensor<1>,
     m: Tensor<1>,
     v: Tensor<1>,
-    step: &HostStep,
+    k: &AdamWScalars,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     use burn::backend::Flex;
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
     let host = |t: Tensor<1>| crate::device::host_tensor(t).to_contiguous();
     let (mut p, g, mut m, mut v) = (host(p), host(g), host(m), host(v));
-    let c = step.cfg;
-    let k = AdamWScalars {
-        beta1: c.beta1 as f32,
-        one_minus_beta1: (1.0 - c.beta1) as f32,
-        beta2: c.beta2 as f32,
-        one_minus_beta2: (1.0 - c.beta2) as f32,
-        keep: (1.0 - step.lr * step.decay) as f32,
-        decays: step.decay > 0.0,
-        sqrt_bias2: step.bias2.sqrt() as f32,
-        epsilon: c.epsilon as f32,
-        step_size: (step.lr / step.bias1) as f32,
-    };
     const CHUNK: usize = 1 << 14;
     let g_values: &[f32] = g.storage();
     p.storage_mut::<f32>()
@@ -296,7 +285,7 @@ fn host_update(
         .zip(m.storage_mut::<f32>().par_chunks_mut(CHUNK))
         .zip(v.storage_mut::<f32>().par_chunks_mut(CHUNK))
         .zip(g_values.par_chunks(CHUNK))
-        .for_each(|(((p, m), v), g)| adamw_chunk(p, m, v, g, &k));
+        .for_each(|(((p, m), v), g)| adamw_chunk(p, m, v, g, k));
     let back = |t: FlexTensor| Tensor::<1>::from_primitive::<Flex>(t);
     (back(p), back(m), back(v))
 }
