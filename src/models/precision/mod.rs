@@ -7,6 +7,9 @@
 //! so a model is loaded once and can be run either way; the thread that calls the model's forward
 //! and backward is the one that sets it.
 
+mod bf16_gemm;
+mod host_bf16;
+
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -51,11 +54,21 @@ pub fn current() -> Precision {
 }
 
 /// `a · b` in the current precision; the result is always f32.
+///
+/// bf16 on a CPU with AVX512-BF16 runs our own kernel (`bf16_gemm`), which rounds the f32
+/// operands while packing them; elsewhere (a GPU, an older CPU) the operands are cast and burn's
+/// bf16 product runs (on an older CPU that is slower than f32: burn computes it in f32).
 pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     match current() {
         Precision::F32 => a.matmul(b),
+        Precision::Bf16Autocast if host_bf16::supports(&a, &b) => host_bf16::matmul(a, b),
         Precision::Bf16Autocast => a.cast(FloatDType::BF16).matmul(b.cast(FloatDType::BF16)).cast(FloatDType::F32),
     }
+}
+
+/// Whether bf16 products on this machine's CPU use the AVX512-BF16 kernel.
+pub fn host_bf16_kernel() -> bool {
+    bf16_gemm::available()
 }
 
 #[cfg(test)]
