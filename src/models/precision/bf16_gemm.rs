@@ -120,6 +120,27 @@ fn bf16_pair(lo: f32, hi: f32) -> u32 {
 /// Packs rows `first..first + lanes` of `src` over the k pairs `p0..p0 + kp` into
 /// `out[p · lanes + lane]`, with zeros past the matrix's last row or column.
 fn pack(src: &MatRef, first: usize, lanes: usize, p0: usize, kp: usize, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `gemm`, the only caller, checked that the CPU has AVX-512 with BF16.
+    unsafe {
+        pack_avx512(src, first, lanes, p0, kp, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pack_body(src, first, lanes, p0, kp, out)
+}
+
+/// [`pack_body`] compiled for AVX-512 (the crate targets baseline x86-64).
+///
+/// # Safety
+/// The CPU must have AVX512-F/BW/VL and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pack_avx512(src: &MatRef, first: usize, lanes: usize, p0: usize, kp: usize, out: &mut [u32]) {
+    pack_body(src, first, lanes, p0, kp, out)
+}
+
+#[inline(always)]
+fn pack_body(src: &MatRef, first: usize, lanes: usize, p0: usize, kp: usize, out: &mut [u32]) {
     let out = &mut out[..kp * lanes];
     let valid = lanes.min(src.rows.saturating_sub(first));
     let at = |i: usize, k: usize| src.data[src.offset + (first + i) * src.row_stride + k * src.col_stride];
@@ -140,15 +161,24 @@ fn pack(src: &MatRef, first: usize, lanes: usize, p0: usize, kp: usize, out: &mu
             }
         }
     } else if src.col_stride == 1 {
-        // k contiguous (a row-major A, a transposed B): pairs are adjacent in memory.
+        // k contiguous (a row-major A, a transposed B): pairs are adjacent in memory, so 32
+        // consecutive values round to 16 packed pairs in one instruction.
         for lane in 0..valid {
             let row = &src.data[src.offset + (first + lane) * src.row_stride..][k0..k_end];
-            let (pairs, tail) = row.as_chunks::<2>();
-            for (p, &[l, h]) in pairs.iter().enumerate() {
-                out[p * lanes + lane] = bf16_pair(l, h);
+            let (blocks, tail) = row.as_chunks::<32>();
+            for (b, block) in blocks.iter().enumerate() {
+                let pairs = round_32(block);
+                for (j, &pair) in pairs.iter().enumerate() {
+                    out[(16 * b + j) * lanes + lane] = pair;
+                }
             }
-            if let [l] = tail {
-                out[pairs.len() * lanes + lane] = bf16_pair(*l, 0.0);
+            let (pairs, last) = tail.as_chunks::<2>();
+            let p = 16 * blocks.len();
+            for (j, &[l, h]) in pairs.iter().enumerate() {
+                out[(p + j) * lanes + lane] = bf16_pair(l, h);
+            }
+            if let [l] = last {
+                out[(p + pairs.len()) * lanes + lane] = bf16_pair(*l, 0.0);
             }
         }
     } else {
@@ -160,6 +190,22 @@ fn pack(src: &MatRef, first: usize, lanes: usize, p0: usize, kp: usize, out: &mu
             }
         }
     }
+}
+
+/// 32 consecutive values as 16 bf16 pairs (`vcvtne2ps2bf16`, round to nearest even).
+#[inline(always)]
+fn round_32(block: &[f32; 32]) -> [u32; 16] {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only reached from `pack_avx512`, compiled with (and run on a CPU with) AVX512-BF16.
+    unsafe {
+        use std::arch::x86_64::*;
+        let lo = _mm512_loadu_ps(block.as_ptr());
+        let hi = _mm512_loadu_ps(block.as_ptr().add(16));
+        // The second operand fills the low 16 bf16 lanes.
+        std::mem::transmute::<__m512bh, [u32; 16]>(_mm512_cvtne2ps_pbh(hi, lo))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::array::from_fn(|j| bf16_pair(block[2 * j], block[2 * j + 1]))
 }
 
 /// Where one register tile goes in `C`, and how much of it is real.
