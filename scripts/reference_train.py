@@ -277,7 +277,9 @@ def main():
     def logits_for(split, idx):
         if feats is not None:
             return model.head(feats[split][idx])
-        return model.head(model.features(*collate(split, idx)))
+        # recipe `precision = "bf16"`: PyTorch's autocast (bf16 products, f32 weights), like finetune's.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.get("precision", "f32") == "bf16"):
+            return model.head(model.features(*collate(split, idx))).float()
 
     def evaluate(split):
         model.eval()
@@ -362,6 +364,7 @@ def main():
     report = {
         "framework": f"torch {torch.__version__}",
         "trainable_params": trainable, "threads": torch.get_num_threads(), "method": method,
+        "precision": recipe.get("precision", "f32"),
         "recipe": args.recipe, "overrides": args.overrides, "optimizer_steps": step,
         "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, "feature_seconds": feature_seconds,
         "best_epoch": best[0] + 1 if best else None, "validation": history, "test": test,
