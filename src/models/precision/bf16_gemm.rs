@@ -24,11 +24,14 @@ const MC: usize = 8 * MR;
 /// `k` pairs per block: a packed `MC`-row block of `A` is `MC · KCP · 4` bytes (384 KiB).
 const KCP: usize = 1024;
 
-/// Whether this CPU has the instructions (checked once per call; it is a cached lookup).
+/// Whether this CPU has every feature the kernel and packer are compiled with (a cached lookup).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -267,6 +270,17 @@ fn lane_mask(n: usize) -> u16 {
     if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
 }
 
+/// For tests: whether the kernel cannot run on this CPU, saying so (the tests that need it return
+/// early there rather than fail).
+#[cfg(test)]
+pub(super) fn unavailable_in_tests() -> bool {
+    let missing = !available();
+    if missing {
+        eprintln!("this CPU has no AVX512-BF16; the bf16 kernel is not exercised here");
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,8 +327,7 @@ mod tests {
     /// up to f32 summation error.
     #[test]
     fn products_match_a_reference_on_rounded_operands() {
-        if !available() {
-            eprintln!("this CPU has no AVX512-BF16; the kernel is not exercised here");
+        if unavailable_in_tests() {
             return;
         }
         for &(m, k, n) in &[(1, 1, 1), (13, 7, 33), (40, 64, 70), (100, 2 * KCP * 2 + 3, 17)] {
@@ -349,8 +362,7 @@ mod tests {
     /// A general-stride view (neither stride 1) goes through the generic packer.
     #[test]
     fn general_strides() {
-        if !available() {
-            eprintln!("this CPU has no AVX512-BF16; the kernel is not exercised here");
+        if unavailable_in_tests() {
             return;
         }
         let data = values(2 * 5 * 9, 3);

@@ -66,11 +66,6 @@ pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// Whether bf16 products on this machine's CPU use the AVX512-BF16 kernel.
-pub fn host_bf16_kernel() -> bool {
-    bf16_gemm::available()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
