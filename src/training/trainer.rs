@@ -278,7 +278,8 @@ where
         state.epoch = epoch + 1;
         state.step_in_epoch = 0;
         if stop {
-            state.stopped_early = true;
+            // Patience running out on the last epoch skips nothing, so it is not an early stop.
+            state.stopped_early = epoch + 1 < cfg.epochs;
             break;
         }
         if epoch + 1 < cfg.epochs {

@@ -123,6 +123,12 @@ fn early_stopping_stops() {
         .filter(|r| matches!(r, LogRecord::Eval { .. }))
         .count();
     assert_eq!(evals, 3);
+
+    // Patience running out on the last asked-for epoch skipped nothing: not an early stop.
+    let out = format!("output_dir={:?}", dir.path().join("run-last"));
+    let report = train(&recipe, &["training.epochs=3", &out]);
+    assert_eq!(report.epochs_run, 3);
+    assert!(!report.stopped_early);
 }
 
 /// Gradual unfreezing: groups unfreeze top-down, one per epoch, and a group never reached stays
