@@ -5,13 +5,13 @@
 //! [`tasks`] (recipes wiring them for a task), [`io`] (file formats, hub cache), [`cli`].
 
 pub mod allocator;
-pub(crate) mod avx512;
 pub mod cli;
 pub mod data;
-pub mod device;
 pub mod io;
 pub mod methods;
 pub mod models;
+pub mod nn;
+pub mod ops;
 pub mod quant;
 pub mod recipe;
 pub mod tasks;

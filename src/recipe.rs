@@ -423,7 +423,7 @@ impl Recipe {
         if self.transfer.unfreeze_every_epochs.is_some() && self.transfer.unfreeze_every_steps.is_some() {
             bail!("set one of transfer.unfreeze_every_epochs and transfer.unfreeze_every_steps, not both");
         }
-        crate::models::precision::Precision::parse(&self.precision)?;
+        crate::ops::context::Precision::parse(&self.precision)?;
         if self.data.max_length < 2 {
             bail!("data.max_length must be at least 2");
         }

@@ -18,8 +18,8 @@ use finetune::data::batch::collate;
 use finetune::data::tokenizer::Encoded;
 use finetune::io::hub::{RepoKind, resolve};
 use finetune::methods::lora::{self, InitLoraWeights, LoraConfig, TargetModules};
-use finetune::methods::prompt_tuning::SoftPrompt;
-use finetune::models::precision::Precision;
+use finetune::nn::soft_prompt::SoftPrompt;
+use finetune::ops::context::Precision;
 use finetune::models::text_classifier::{Pooling, TextClassifier};
 use finetune::models::{Head, ModelDir, load_text_classifier};
 use finetune::training::optimizer::{AdamW, AdamWConfig, GradStore};
@@ -95,9 +95,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("step");
     let device_name = text_arg(&args, "--device", "cpu");
-    let device = finetune::device::select(device_name)?;
+    let device = finetune::ops::device::select(device_name)?;
     let precision = Precision::parse(text_arg(&args, "--precision", "f32"))?;
-    finetune::models::precision::set(precision);
+    let _precision = finetune::ops::context::enter(precision);
     if what == "matmul" {
         for n in [384usize, 1536, 2048] {
             let a = Tensor::<2>::random([2048, n], burn::tensor::Distribution::Default, &device);
@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             let mut t = vec![];
             for _ in 0..5 {
                 let s = Instant::now();
-                let _ = finetune::models::precision::matmul(a.clone(), b.clone()).into_data();
+                let _ = finetune::ops::matmul::matmul(a.clone(), b.clone()).into_data();
                 t.push(s.elapsed().as_secs_f64());
             }
             let flops = 2.0 * (2048 * n * n) as f64;
@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
             finetune::io::params::list_params(&model).iter().filter(|p| p.trainable).map(|p| p.numel()).sum::<usize>();
         let mut optim = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.01 });
         for step in 0..steps + 3 {
-            finetune::models::dropout::seed(step as u64);
+            finetune::ops::context::seed_dropout(step as u64);
             let s = Instant::now();
             let loss = cross_entropy(model.forward(&input), labels.clone());
             let mut grads = GradStore::default();

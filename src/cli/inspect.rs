@@ -1,7 +1,8 @@
 //! `finetune inspect`: what a model is and what each method would train.
 
 use crate::io::hub::{self, RepoKind};
-use crate::methods::{LayerGroup, TrainPlan};
+use crate::methods::TrainPlan;
+use crate::nn::layer_group::LayerGroup;
 use crate::models::causal_lm::DecoderFiles;
 use crate::models::text_classifier::Pooling;
 use crate::models::{Head, ModelDir, load_text_classifier};
@@ -27,7 +28,7 @@ pub fn run(
     let cfg = files.bert_config()?;
     let labels = files.labels()?;
     let num_labels = labels.as_ref().map_or(2, Vec::len);
-    let device = crate::device::select("cpu")?;
+    let device = crate::ops::device::select("cpu")?;
     let (model, report) = load_text_classifier(&files, num_labels, Pooling::Mean, 0.1, Head::FromCheckpoint, &device)?;
     println!("model:       {}", files.dir.display());
     println!(
@@ -61,7 +62,7 @@ pub fn run(
     println!("\n{:<12} {:>12}  {}", "group", "parameters", format!("trains under '{}'", method.name()));
     let mut trainable = 0;
     for group in &plan.order {
-        let n: usize = params.iter().filter(|p| LayerGroup::of_path(&p.path) == *group).map(|p| p.numel()).sum();
+        let n: usize = params.iter().filter(|p| crate::models::text_classifier::layer_group(&p.path) == *group).map(|p| p.numel()).sum();
         let trains = match method {
             Method::FeatureExtraction => *group == LayerGroup::Head,
             Method::Lora | Method::PromptTuning => *group == LayerGroup::Head && model.pooling != Pooling::Pooler,
@@ -111,7 +112,7 @@ pub fn run(
 /// memory of the frozen base under QLoRA (`nf4`/`fp4`) or kept in the file's blocks (`gguf`).
 fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
     let cfg = files.config()?;
-    let device = crate::device::select("cpu")?;
+    let device = crate::ops::device::select("cpu")?;
     println!("model:       {}", files.describe());
     println!(
         "arch:        Llama decoder, {} layers, hidden {}, {} query / {} key-value heads (head dim {}), FFN {}, \

@@ -4,7 +4,7 @@
 //! SpecAugment masks on the features.
 
 use super::audio::read_wav;
-use super::batch::SplitMix64;
+use crate::ops::rng::SplitMix64;
 use super::log_mel::SAMPLE_RATE;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};

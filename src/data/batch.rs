@@ -1,46 +1,17 @@
 //! Batches: seeded shuffling and dynamic padding to the longest sequence in the batch.
 
 use super::tokenizer::Encoded;
-use crate::models::bert::EncoderInput;
+use crate::ops::rng::SplitMix64;
 use burn::prelude::*;
 
-/// SplitMix64: a tiny, portable generator. Shuffles depend only on (seed, epoch), so a resumed
-/// run replays exactly the order an uninterrupted run would have used.
+/// Token ids, segment ids and a 1/0 attention mask, all `[batch, seq]`.
 #[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    /// The step added to the state before each output.
-    pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(Self::GAMMA);
-        Self::output(self.0)
-    }
-
-    /// The output for an already advanced state: the `k`-th draw (from 1) of `new(seed)` is
-    /// `output(seed + k·GAMMA)`, so draws can be computed independently (and vectorized).
-    #[inline(always)]
-    pub fn output(state: u64) -> u64 {
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (rejection sampling, no modulo bias).
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return v % n;
-            }
-        }
-    }
+pub struct EncoderInput {
+    pub input_ids: Tensor<2, Int>,
+    pub token_type_ids: Tensor<2, Int>,
+    pub attention_mask: Tensor<2>,
 }
+
 
 /// Indices `0..n` in the order used for `epoch` (Fisher-Yates with a generator seeded by both).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {

@@ -6,7 +6,7 @@
 //! whatever the augmentation. Grayscale images are repeated into three channels; the pretrained
 //! backbone's mean and std then normalise each channel.
 
-use crate::data::batch::SplitMix64;
+use crate::ops::rng::SplitMix64;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::io::Read;

@@ -14,4 +14,4 @@ pub mod lora;
 pub mod prompt_tuning;
 pub mod transfer;
 
-pub use transfer::{LayerGroup, TrainPlan};
+pub use transfer::TrainPlan;

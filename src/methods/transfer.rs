@@ -1,38 +1,7 @@
 //! Layer groups of an encoder classifier, gradual unfreezing and layer-wise learning rates.
 
+use crate::nn::layer_group::LayerGroup;
 use crate::recipe::{Method, Recipe};
-
-/// A unit of unfreezing. Ordered top-down: the head first, the embeddings last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerGroup {
-    /// The classifier (and the pooler, which only the head uses).
-    Head,
-    /// Encoder layer `i` (0 is the lowest).
-    Layer(usize),
-    Embeddings,
-}
-
-impl LayerGroup {
-    /// The group of a [`TextClassifier`](crate::models::text_classifier::TextClassifier) parameter path.
-    pub fn of_path(path: &str) -> LayerGroup {
-        if let Some(rest) = path.strip_prefix("bert.encoder.layer.") {
-            let index = rest.split('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
-            LayerGroup::Layer(index)
-        } else if path.starts_with("bert.embeddings.") {
-            LayerGroup::Embeddings
-        } else {
-            LayerGroup::Head
-        }
-    }
-
-    pub fn name(self) -> String {
-        match self {
-            Self::Head => "head".into(),
-            Self::Layer(i) => format!("layer.{i}"),
-            Self::Embeddings => "embeddings".into(),
-        }
-    }
-}
 
 /// How many groups train at a given point of training, and their learning-rate multipliers.
 #[derive(Debug, Clone)]
@@ -54,7 +23,7 @@ impl TrainPlan {
         let mut order = vec![LayerGroup::Head];
         order.extend((0..num_layers).rev().map(LayerGroup::Layer));
         order.push(LayerGroup::Embeddings);
-        Self::for_groups(recipe, order, LayerGroup::of_path)
+        Self::for_groups(recipe, order, crate::models::text_classifier::layer_group)
     }
 
     /// The plan for any model: its groups top-down (head first) and how paths map to them.

@@ -10,11 +10,12 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, tanh};
 use serde::{Deserialize, Serialize};
 
-use super::attention_softmax::scaled_masked_softmax;
-use super::dense::Dense;
-use super::dropout::dropout;
-use super::layer_norm::LayerNorm;
-use super::precision::matmul;
+use crate::ops::attention_softmax::scaled_masked_softmax;
+use crate::nn::dense::Dense;
+use crate::data::batch::EncoderInput;
+use crate::nn::dropout::dropout;
+use crate::nn::layer_norm::LayerNorm;
+use crate::ops::matmul::matmul;
 
 /// Mirrors the fields of a BERT `config.json` that the architecture needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -111,14 +112,6 @@ impl Activation {
             Self::Relu => relu(x),
         }
     }
-}
-
-/// Token ids, segment ids and a 1/0 attention mask, all `[batch, seq]`.
-#[derive(Debug, Clone)]
-pub struct EncoderInput {
-    pub input_ids: Tensor<2, Int>,
-    pub token_type_ids: Tensor<2, Int>,
-    pub attention_mask: Tensor<2>,
 }
 
 #[derive(Module, Debug)]

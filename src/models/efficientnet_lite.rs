@@ -6,12 +6,12 @@
 //! and BatchNorm uses eps 1e-3 and momentum 0.01. Drop-connect (stochastic depth) of the
 //! original training recipe is not applied when fine-tuning.
 
-use super::conv_bn::{Activation, ConvBn, ConvBnSpec, Padding, conv_bn_key};
+use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, Padding, conv_bn_key};
 use super::image_classifier::{
     ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
 };
-use super::text_classifier::ClassificationHead;
-use crate::methods::LayerGroup;
+use crate::nn::classification_head::ClassificationHead;
+use crate::nn::layer_group::LayerGroup;
 use burn::module::Module;
 use burn::prelude::*;
 

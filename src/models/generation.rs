@@ -2,7 +2,7 @@
 //! (top-p) truncation, reproducible from a seed.
 
 use super::llama::{KvCache, LlamaForCausalLM};
-use crate::data::batch::SplitMix64;
+use crate::ops::rng::SplitMix64;
 use burn::prelude::*;
 
 #[derive(Debug, Clone)]

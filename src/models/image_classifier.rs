@@ -3,15 +3,15 @@
 //! normalisation), and weights as `model.safetensors` or a PyTorch checkpoint (`pytorch_model.bin`
 //! or one `*.pth`, read without running Python).
 
-use super::conv_bn::ConvBn;
+use crate::nn::conv_bn::ConvBn;
 use super::efficientnet_lite::EfficientNetLite;
 use super::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use super::resnet::ResNet;
-use super::text_classifier::ClassificationHead;
+use crate::nn::classification_head::ClassificationHead;
 use super::{Head, LoadReport, WeightSource, load_weights};
 use crate::io::pth::PthFile;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
-use crate::methods::LayerGroup;
+use crate::nn::layer_group::LayerGroup;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -11,9 +11,9 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use super::attention_softmax::scaled_masked_softmax;
-use super::dense::Dense;
-use super::precision::matmul;
+use crate::ops::attention_softmax::scaled_masked_softmax;
+use crate::nn::dense::Dense;
+use crate::ops::matmul::matmul;
 
 /// Mirrors the fields of a Llama `config.json` that the architecture needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

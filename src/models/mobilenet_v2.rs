@@ -6,12 +6,12 @@
 //! pooling, then dropout and a linear classifier. Every conv is followed by BatchNorm; ReLU6
 //! everywhere except after the projections.
 
-use super::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
+use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
 use super::image_classifier::{
     ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
 };
-use super::text_classifier::ClassificationHead;
-use crate::methods::LayerGroup;
+use crate::nn::classification_head::ClassificationHead;
+use crate::nn::layer_group::LayerGroup;
 use burn::module::Module;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -230,7 +230,7 @@ mod tests {
     /// device) reach γ, β and the input: frozen statistics must not freeze the layers.
     #[test]
     fn frozen_batch_norm_is_differentiable() {
-        let device = crate::device::training(&Device::default());
+        let device = crate::ops::device::training(&Device::default());
         let mut bn = BatchNormConfig::new(2).init(&device);
         bn.running_mean = burn::module::RunningState::new(Tensor::from_floats([0.5, -1.0], &device));
         bn.running_var = burn::module::RunningState::new(Tensor::from_floats([4.0, 0.25], &device));

@@ -1,19 +1,13 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
-pub mod attention_softmax;
 pub mod bert;
 pub mod causal_lm;
-pub mod conv_bn;
-pub mod dense;
-pub mod dropout;
 pub mod efficientnet_lite;
 pub mod generation;
 pub mod gguf_llama;
 pub mod image_classifier;
-pub mod layer_norm;
 pub mod llama;
 pub mod mobilenet_v2;
-pub mod precision;
 pub mod resnet;
 pub mod text_classifier;
 pub mod whisper;
@@ -30,8 +24,8 @@ use text_classifier::{Pooling, TextClassifier};
 /// A model whose linear layers adapters can attach to, listed by Hugging Face module name
 /// (`bert.encoder.layer.0.attention.self.query`, `classifier`, ...).
 pub trait DenseLayers {
-    fn dense_layers(&self) -> Vec<(String, &dense::Dense)>;
-    fn dense_layers_mut(&mut self) -> Vec<(String, &mut dense::Dense)>;
+    fn dense_layers(&self) -> Vec<(String, &crate::nn::dense::Dense)>;
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut crate::nn::dense::Dense)>;
 }
 
 /// The files of a Hugging Face model directory that we use.

@@ -5,12 +5,12 @@
 //! bottleneck: 1×1, 3×3 with the stride, 1×1 to 4× width), a projection shortcut where the
 //! shape changes, ReLU after each sum, global average pooling and a linear classifier.
 
-use super::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
+use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
 use super::image_classifier::{
     ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
 };
-use super::text_classifier::ClassificationHead;
-use crate::methods::LayerGroup;
+use crate::nn::classification_head::ClassificationHead;
+use crate::nn::layer_group::LayerGroup;
 use anyhow::bail;
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;

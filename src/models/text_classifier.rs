@@ -1,11 +1,13 @@
 //! A BERT encoder with a pooling step and a classification head
 //! (`BertForSequenceClassification` in Hugging Face terms, plus CLS and mean pooling).
 
-use super::bert::{BertConfig, BertModel, EncoderInput};
-use super::dense::Dense;
-use crate::methods::prompt_tuning::SoftPrompt;
+use super::bert::{BertConfig, BertModel};
+use crate::data::batch::EncoderInput;
+use crate::nn::dense::Dense;
+use crate::nn::classification_head::ClassificationHead;
+use crate::nn::layer_group::LayerGroup;
+use crate::nn::soft_prompt::SoftPrompt;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -30,31 +32,6 @@ impl std::str::FromStr for Pooling {
             "pooler" => Self::Pooler,
             other => anyhow::bail!("unknown pooling '{other}' (cls, mean, pooler)"),
         })
-    }
-}
-
-/// Dropout then a linear layer from features to label logits.
-#[derive(Module, Debug)]
-pub struct ClassificationHead {
-    pub dropout: Dropout,
-    pub classifier: Dense,
-}
-
-impl ClassificationHead {
-    pub fn new(hidden: usize, num_labels: usize, dropout: f64, init_std: f64, device: &Device) -> Self {
-        Self {
-            dropout: DropoutConfig::new(dropout).init(),
-            classifier: Dense::new(hidden, num_labels, init_std, true, device),
-        }
-    }
-
-    pub fn num_labels(&self) -> usize {
-        self.classifier.d_out()
-    }
-
-    /// `features [batch, hidden]` → logits `[batch, labels]`.
-    pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
-        self.classifier.forward(super::dropout::dropout(&self.dropout, features))
     }
 }
 
@@ -157,5 +134,18 @@ impl super::DenseLayers for TextClassifier {
             self.bert.dense_layers_mut().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();
         out.push(("classifier".into(), &mut self.head.classifier));
         out
+    }
+}
+
+/// The unfreezing group of a [`TextClassifier`] parameter path: an encoder layer, the
+/// embeddings, or the head (classifier and pooler).
+pub fn layer_group(path: &str) -> LayerGroup {
+    if let Some(rest) = path.strip_prefix("bert.encoder.layer.") {
+        let index = rest.split('.').next().and_then(|i| i.parse().ok()).unwrap_or(0);
+        LayerGroup::Layer(index)
+    } else if path.starts_with("bert.embeddings.") {
+        LayerGroup::Embeddings
+    } else {
+        LayerGroup::Head
     }
 }

@@ -7,10 +7,10 @@
 //! Decoder: token and learned position embeddings, pre-LayerNorm layers with causal
 //! self-attention and cross-attention to the encoder, logits through the tied token embedding.
 
-use super::attention_softmax::scaled_masked_softmax;
-use super::dense::Dense;
-use super::layer_norm::LayerNorm;
-use super::precision::matmul;
+use crate::ops::attention_softmax::scaled_masked_softmax;
+use crate::nn::dense::Dense;
+use crate::nn::layer_norm::LayerNorm;
+use crate::ops::matmul::matmul;
 use super::{LoadReport, WeightSource, load_weights};
 use crate::io::ctranslate2::Ct2Model;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
@@ -388,7 +388,7 @@ impl Whisper {
 #[derive(Module, Debug)]
 pub struct WhisperAudioClassifier {
     pub encoder: WhisperEncoder,
-    pub head: super::text_classifier::ClassificationHead,
+    pub head: crate::nn::classification_head::ClassificationHead,
 }
 
 impl WhisperAudioClassifier {
@@ -415,7 +415,7 @@ impl WhisperAudioClassifier {
         let full = Whisper::new(&files.config, device)?;
         let model = Self {
             encoder: full.encoder,
-            head: super::text_classifier::ClassificationHead::new(
+            head: crate::nn::classification_head::ClassificationHead::new(
                 files.config.d_model,
                 num_labels,
                 dropout,

@@ -1,7 +1,6 @@
 //! Quantized storage for frozen weights.
 
 pub mod ggml;
-pub mod matmul;
 pub mod nf4;
 
 /// A frozen linear weight held quantized (`[out, in]`, PyTorch layout): NF4/FP4 for QLoRA, or

@@ -6,13 +6,13 @@
 
 use crate::data::audio::read_wav;
 use crate::data::audio_set::{AudioAugment, AudioSplit, label_names, place_in_window, read_audio_split, spec_augment};
-use crate::data::batch::SplitMix64;
+use crate::ops::rng::SplitMix64;
 use crate::data::log_mel::{HOP, SAMPLE_RATE, log_mel_frames};
 use crate::io::hub::{self, RepoKind};
 use crate::io::peft::AdapterFiles;
 use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
 use crate::methods::lora::{self, BiasMode, LoraConfig};
-use crate::models::text_classifier::ClassificationHead;
+use crate::nn::classification_head::ClassificationHead;
 use crate::models::whisper::{WhisperAudioClassifier, WhisperDir, classifier_key};
 use crate::models::{checkpoint_tensors, count_params};
 use crate::recipe::{Method, Recipe};
@@ -162,9 +162,9 @@ fn cache_key(dir: &WhisperDir, frames: usize, data: &AudioData) -> Result<String
 
 /// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.
 pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainReport> {
-    let base = crate::device::select(&recipe.device)?;
-    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
-    let train_device = crate::device::training(&base);
+    let base = crate::ops::device::select(&recipe.device)?;
+    let _precision = crate::ops::context::enter(crate::ops::context::Precision::parse(&recipe.precision)?);
+    let train_device = crate::ops::device::training(&base);
     let dir = WhisperDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
     let data = load_audio_data(recipe)?;
     let frames = window_frames(recipe.audio.seconds);
@@ -400,7 +400,7 @@ impl FinetunedAudioClassifier {
     }
 
     pub fn load(path: &Path, device: &str) -> Result<Self> {
-        let device = crate::device::select(device)?;
+        let device = crate::ops::device::select(device)?;
         let dir = WhisperDir::open(path)?;
         let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join("config.json"))?)?;
         let id2label = raw["id2label"].as_object().with_context(|| format!("{}: no id2label", path.display()))?;

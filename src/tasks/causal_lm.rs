@@ -262,9 +262,9 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     if !matches!(recipe.method, Method::Lora | Method::Full) {
         bail!("method '{}' is not available for causal-lm yet (lora, full)", recipe.method.name());
     }
-    let base = crate::device::select(&recipe.device)?;
-    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
-    let train_device = crate::device::training(&base);
+    let base = crate::ops::device::select(&recipe.device)?;
+    let _precision = crate::ops::context::enter(crate::ops::context::Precision::parse(&recipe.precision)?);
+    let train_device = crate::ops::device::training(&base);
     let model_path = resolve_model(&recipe.model, recipe.gguf_file.as_deref(), &recipe.revision)?;
     base.seed(recipe.seed);
     train_device.seed(recipe.seed);
@@ -567,7 +567,7 @@ pub fn generate_cli(
     device: &str,
 ) -> Result<()> {
     use std::io::Write;
-    let device = crate::device::select(device)?;
+    let device = crate::ops::device::select(device)?;
     let lm = load_with_adapter(model, adapter, &device)?;
     let model = lm.model.valid();
     let template = if opts.raw { None } else { lm.template.as_ref() };

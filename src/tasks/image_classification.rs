@@ -3,7 +3,7 @@
 //! `transfer` (gradual unfreezing by blocks, layer-wise learning rates, BatchNorm statistics
 //! frozen in frozen layers), plus evaluation and prediction with a fine-tuned model directory.
 
-use crate::data::batch::SplitMix64;
+use crate::ops::rng::SplitMix64;
 use crate::data::image::{AugmentConfig, Image, ImageSplit, Transform, folder_classes, read_split};
 use crate::io::hub::{self, RepoKind};
 use crate::io::peft::AdapterFiles;
@@ -12,14 +12,14 @@ use crate::methods::TrainPlan;
 use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
 use crate::methods::lora::conv as conv_lora;
 use crate::methods::lora::{self, BiasMode, InitLoraWeights, KEY_PREFIX, LoraConfig, LoraInit};
-use crate::models::conv_bn::ConvBn;
+use crate::nn::conv_bn::ConvBn;
 use crate::models::efficientnet_lite::EfficientNetLite;
 use crate::models::image_classifier::{
     AnyImageClassifier, ConvUnit, ImageBackbone, ImageModelDir, checkpoint_tensors, load_image_classifier,
 };
 use crate::models::mobilenet_v2::MobileNetV2;
 use crate::models::resnet::ResNet;
-use crate::models::text_classifier::ClassificationHead;
+use crate::nn::classification_head::ClassificationHead;
 use crate::models::{Head, count_params};
 use crate::recipe::{BatchNormMode, Method, Recipe};
 use crate::tasks::text_classification::{TrainReport, trainer_config};
@@ -267,9 +267,9 @@ fn run_with<M: ImageBackbone>(
     resume: bool,
     show_progress: bool,
 ) -> Result<TrainReport> {
-    let base = crate::device::select(&recipe.device)?;
-    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
-    let train_device = crate::device::training(&base);
+    let base = crate::ops::device::select(&recipe.device)?;
+    let _precision = crate::ops::context::enter(crate::ops::context::Precision::parse(&recipe.precision)?);
+    let train_device = crate::ops::device::training(&base);
     let data = load_image_data(recipe)?;
     let t = transform(recipe, dir);
     tracing::info!(
@@ -604,7 +604,7 @@ pub struct ImagePrediction {
 
 impl FinetunedImageClassifier {
     pub fn load(path: &Path, device: &str) -> Result<Self> {
-        let device = crate::device::select(device)?;
+        let device = crate::ops::device::select(device)?;
         let dir = ImageModelDir::open(path)?;
         let n = dir.config.num_classes;
         let labels = dir.config.label_names.clone().unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());

@@ -11,8 +11,10 @@ use crate::io::safetensors::{HostTensor, write_safetensors};
 use crate::methods::TrainPlan;
 use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
 use crate::methods::lora::{self, LoraConfig};
-use crate::methods::prompt_tuning::{self, PromptInit, PromptTuningConfig, SoftPrompt};
-use crate::models::text_classifier::{self, ClassificationHead, Pooling, TextClassifier};
+use crate::methods::prompt_tuning::{self, PromptInit, PromptTuningConfig};
+use crate::nn::soft_prompt::SoftPrompt;
+use crate::models::text_classifier::{self, Pooling, TextClassifier};
+use crate::nn::classification_head::ClassificationHead;
 use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
 use crate::recipe::{Method, Recipe};
 use crate::training::checkpoint::{BestSoFar, RunDir};
@@ -129,9 +131,9 @@ impl Examples<TextClassifier> for TokenExamples<'_> {
 
 /// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.
 pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainReport> {
-    let base = crate::device::select(&recipe.device)?;
-    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
-    let train_device = crate::device::training(&base);
+    let base = crate::ops::device::select(&recipe.device)?;
+    let _precision = crate::ops::context::enter(crate::ops::context::Precision::parse(&recipe.precision)?);
+    let train_device = crate::ops::device::training(&base);
     let model_dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &MODEL_FILES)?)?;
     let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer, recipe.data.max_length)?;
     let data = load_text_data(&recipe.data, None, &tokenizer)?;
@@ -578,7 +580,7 @@ impl FinetunedClassifier {
         device_name: &str,
         max_length: Option<usize>,
     ) -> Result<Self> {
-        let device = crate::device::select(device_name)?;
+        let device = crate::ops::device::select(device_name)?;
         let adapter_files = adapter.map(AdapterFiles::read).transpose()?;
         let notes: Option<AdapterNotes> = match adapter {
             Some(dir) if dir.join(FINETUNE_ADAPTER_FILE).is_file() => {

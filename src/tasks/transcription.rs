@@ -44,7 +44,7 @@ pub struct Transcript {
 impl Transcriber {
     /// A Whisper model, with a peft LoRA adapter (ours or Python peft's) when `adapter` is given.
     pub fn load(dir: &Path, adapter: Option<&Path>, device: &str) -> Result<Self> {
-        let device = crate::device::select(device)?;
+        let device = crate::ops::device::select(device)?;
         let files = WhisperDir::open(dir)?;
         let (mut model, _) = files.load(&device)?;
         if let Some(a) = adapter {
@@ -263,9 +263,9 @@ pub struct TranscriptionReport {
 /// Fine-tune Whisper per `recipe` (`method = "lora"` or `"full"`) on JSONL manifests with `audio`
 /// and `text`; writes the adapter (peft format) and/or the model in the Hugging Face layout.
 pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TranscriptionReport> {
-    let base = crate::device::select(&recipe.device)?;
-    crate::models::precision::set(crate::models::precision::Precision::parse(&recipe.precision)?);
-    let train_device = crate::device::training(&base);
+    let base = crate::ops::device::select(&recipe.device)?;
+    let _precision = crate::ops::context::enter(crate::ops::context::Precision::parse(&recipe.precision)?);
+    let train_device = crate::ops::device::training(&base);
     let dir = WhisperDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
     let cfg = &recipe.data;
     let data_dir = crate::data::dataset_dir(cfg)?;

@@ -117,7 +117,7 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 }
 
 fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
-    let mut rng = crate::data::batch::SplitMix64::new(seed ^ ((step as u64) << 16) ^ micro as u64);
+    let mut rng = crate::ops::rng::SplitMix64::new(seed ^ ((step as u64) << 16) ^ micro as u64);
     rng.next_u64()
 }
 
@@ -220,7 +220,7 @@ where
                 }
                 let seed = step_seed(cfg.seed, state.step, micro);
                 device.seed(seed);
-                crate::models::dropout::seed(seed);
+                crate::ops::context::seed_dropout(seed);
                 let (loss, _) = data.loss(&model, Split::Train, batch);
                 let loss = loss.mul_scalar(data.weight(Split::Train, batch) / group_weight);
                 let value: f32 = loss.clone().into_scalar();

@@ -4,7 +4,7 @@ use super::common::*;
 use burn::prelude::*;
 use finetune::data::tokenizer::TextTokenizer;
 use finetune::io::safetensors::{HostTensor, SafetensorsFile, write_safetensors};
-use finetune::models::bert::EncoderInput;
+use finetune::data::batch::EncoderInput;
 use finetune::models::text_classifier::{Pooling, TextClassifier, pool};
 use finetune::models::{Head, ModelDir, load_text_classifier};
 use finetune::training::trainer::cross_entropy;

@@ -84,7 +84,7 @@ fn nf4_matches_bitsandbytes_bit_for_bit() {
 #[test]
 fn quantized_linear_gradient_is_the_dequantized_weights() {
     use burn::prelude::*;
-    use finetune::models::dense::Dense;
+    use finetune::nn::dense::Dense;
     use finetune::quant::nf4::QuantType;
     let device = Device::flex().autodiff();
     device.seed(5);

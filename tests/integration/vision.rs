@@ -105,7 +105,7 @@ fn real_mobilenet_v2_matches_torchvision() {
     assert_eq!(labels[top1[0] as usize], "Egyptian cat");
 
     // Training mode: batch statistics (the autodiff device takes BatchNorm's training path).
-    let train_device = finetune::device::training(&device);
+    let train_device = finetune::ops::device::training(&device);
     let (model, _) =
         load_image_classifier::<MobileNetV2>(&dir, 1000, 0.0, Head::FromCheckpoint, &train_device).unwrap();
     let logits = model.forward(x.to_device(&train_device));
@@ -148,7 +148,7 @@ fn real_efficientnet_lite0_matches_reference() {
     let names: Vec<&str> = top1.iter().map(|&i| labels[i as usize].as_str()).collect();
     assert_eq!(names, ["tiger cat", "espresso", "bobsled", "missile"]);
 
-    let train_device = finetune::device::training(&device);
+    let train_device = finetune::ops::device::training(&device);
     let (model, _) =
         load_image_classifier::<EfficientNetLite>(&dir, 1000, 0.0, Head::FromCheckpoint, &train_device).unwrap();
     let d = max_abs_diff(

@@ -9,10 +9,9 @@
 
 pub mod config;
 pub mod conv;
-pub mod layer;
 
 pub use config::{BiasMode, InitLoraWeights, LoraConfig, TargetModules, in_modules};
-pub use layer::{LoraAdapter, LoraInit};
+pub use crate::nn::lora::{LoraAdapter, LoraInit};
 
 use crate::models::DenseLayers;
 use anyhow::{Result, bail};

@@ -1,9 +1,9 @@
 //! The LoRA adapter of one linear layer: `y = base(x) + scale · dropout(x) · A · B`, computed as
 //! two thin products (never by forming `W + BA`), plus DoRA's magnitude rescaling.
 
-use crate::models::dense::Dense;
-use crate::models::dropout::dropout;
-use crate::models::precision::matmul;
+use crate::nn::dense::Dense;
+use crate::nn::dropout::dropout;
+use crate::ops::matmul::matmul;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::prelude::*;

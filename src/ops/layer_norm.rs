@@ -1,7 +1,7 @@
-//! LayerNorm whose training pass on the CPU is one autodiff node.
+//! Layer normalisation whose training pass on the CPU is one autodiff node (the module with
+//! its parameters is `nn::layer_norm::LayerNorm`).
 //!
-//! The parameters and their names are burn's `nn::LayerNorm` (`gamma`, optional `beta`), so
-//! checkpoints and weight maps are unchanged. burn's CPU backend normalises in one fused pass when
+//! burn's CPU backend normalises in one fused pass when
 //! nothing is tracked, but under autodiff its layer norm is recorded as ten ops (mean, subtract,
 //! square, mean, add, sqrt, divide, scale, shift) whose backward passes walk the activations again
 //! each; BERT has 13 of them per forward. Here training on the CPU (f32) runs one row-wise pass
@@ -9,54 +9,34 @@
 //! `dx = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`, with `dγ = Σ g·x̂` and `dβ = Σ g` over rows
 //! when those are trained. Elsewhere (inference, a GPU) it is burn's `layer_norm`.
 
-use crate::avx512::with_avx512;
-use crate::device::{HostAutodiffTensor, host_autodiff_tensor};
+use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor};
+use crate::ops::simd::with_avx512;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, Param};
-use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-#[derive(Module, Debug)]
-pub struct LayerNorm {
-    pub gamma: Param<Tensor<1>>,
-    pub beta: Option<Param<Tensor<1>>>,
-    epsilon: f64,
-}
-
-impl LayerNorm {
-    /// γ = 1, β = 0 (PyTorch's initialisation).
-    pub fn new(d_model: usize, epsilon: f64, device: &Device) -> Self {
-        Self {
-            gamma: Initializer::Ones.init([d_model], device),
-            beta: Some(Initializer::Zeros.init([d_model], device)),
-            epsilon,
-        }
+/// `layer_norm(x)·γ + β` over the last axis: one fused autodiff node when training on the CPU in
+/// f32, burn's `layer_norm` elsewhere (inference, a GPU).
+pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Option<Tensor<1>>, epsilon: f64) -> Tensor<D> {
+    let device = x.device();
+    let fused = device.is_autodiff() && crate::ops::device::is_host(&device) && x.dtype() == DType::F32;
+    if !fused {
+        return burn::tensor::module::layer_norm(x, gamma, beta, epsilon);
     }
-
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gamma = self.gamma.val();
-        let beta = self.beta.as_ref().map(|b| b.val());
-        let device = x.device();
-        let fused = device.is_autodiff() && crate::device::is_host(&device) && x.dtype() == DType::F32;
-        if !fused {
-            return burn::tensor::module::layer_norm(x, gamma, beta, self.epsilon);
-        }
-        let dims = x.dims();
-        let d = dims[D - 1];
-        let beta = beta.unwrap_or_else(|| Tensor::zeros([d], &device));
-        let rows = x.reshape([-1, d as i32]);
-        let primitive = host_autodiff_tensor::<2>;
-        let as_2d = |t: Tensor<1>| t.reshape([1, d]);
-        let y = forward_tracked(primitive(rows), primitive(as_2d(gamma)), primitive(as_2d(beta)), self.epsilon);
-        Tensor::<2>::from_primitive::<Autodiff<Flex>>(y).reshape(dims)
-    }
+    let dims = x.dims();
+    let d = dims[D - 1];
+    let beta = beta.unwrap_or_else(|| Tensor::zeros([d], &device));
+    let rows = x.reshape([-1, d as i32]);
+    let primitive = host_autodiff_tensor::<2>;
+    let as_2d = |t: Tensor<1>| t.reshape([1, d]);
+    let y = forward_tracked(primitive(rows), primitive(as_2d(gamma)), primitive(as_2d(beta)), epsilon);
+    Tensor::<2>::from_primitive::<Autodiff<Flex>>(y).reshape(dims)
 }
 
 /// What the backward pass needs: `x̂` `[rows, d]`, `1/σ` per row and `γ`.
@@ -235,25 +215,18 @@ mod tests {
     fn fused_layer_norm_and_its_gradients_match_burns() {
         let device = Device::flex().autodiff();
         for d in [37, 384] {
-            let mut ln = LayerNorm::new(d, 1e-12, &device);
-            ln.gamma = Param::from_tensor(Tensor::random([d], Distribution::Normal(1.0, 0.5), &device));
-            ln.beta = Some(Param::from_tensor(Tensor::random([d], Distribution::Normal(0.0, 0.5), &device)));
+            let gamma = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &device).require_grad();
+            let beta = Tensor::<1>::random([d], Distribution::Normal(0.0, 0.5), &device).require_grad();
             let x = Tensor::<3>::random([3, 70, d], Distribution::Normal(2.0, 3.0), &device).require_grad();
             let upstream = Tensor::<3>::random([3, 70, d], Distribution::Normal(0.0, 1.0), &device);
             let run = |fused: bool| {
                 let y = if fused {
-                    ln.forward(x.clone())
+                    layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-12)
                 } else {
-                    burn::tensor::module::layer_norm(
-                        x.clone(),
-                        ln.gamma.val(),
-                        ln.beta.as_ref().map(|b| b.val()),
-                        1e-12,
-                    )
+                    burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-12)
                 };
                 let grads = (y.clone() * upstream.clone()).sum().backward();
-                let beta = ln.beta.as_ref().unwrap();
-                (y, x.grad(&grads).unwrap(), ln.gamma.val().grad(&grads).unwrap(), beta.val().grad(&grads).unwrap())
+                (y, x.grad(&grads).unwrap(), gamma.grad(&grads).unwrap(), beta.grad(&grads).unwrap())
             };
             let ((y, dx, dg, db), (y0, dx0, dg0, db0)) = (run(true), run(false));
             assert!(max_abs_diff(y, y0) < 2e-5, "output, d = {d}");
@@ -268,13 +241,13 @@ mod tests {
     #[test]
     fn frozen_parameters_get_no_gradient() {
         let device = Device::flex().autodiff();
-        let ln = LayerNorm::new(16, 1e-5, &device).no_grad();
+        let gamma = Tensor::<1>::ones([16], &device);
+        let beta = Tensor::<1>::zeros([16], &device);
         let x = Tensor::<2>::random([4, 16], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let grads = ln.forward(x.clone()).powi_scalar(2).sum().backward();
+        let grads = layer_norm(x.clone(), gamma.clone(), Some(beta), 1e-5).powi_scalar(2).sum().backward();
         assert!(x.grad(&grads).is_some());
-        assert!(ln.gamma.val().grad(&grads).is_none());
-        let plain = LayerNorm::new(16, 1e-5, &Device::flex());
-        let y = plain.forward(x.inner());
+        assert!(gamma.grad(&grads).is_none());
+        let y = layer_norm(x.inner(), gamma.inner(), None, 1e-5);
         let mean: f32 = y.clone().mean_dim(1).abs().max().into_scalar();
         assert!(mean < 1e-5);
     }

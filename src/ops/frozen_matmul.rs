@@ -11,7 +11,8 @@
 //! It applies to f32 training on the CPU backend. Anywhere else (inference, bf16 autocast, a GPU
 //! device) the plain product is used: without autodiff nothing is kept anyway.
 
-use crate::models::precision::{self, Precision};
+use crate::ops::context::{self, Precision};
+use crate::ops::matmul;
 use crate::quant::FrozenWeight;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -25,18 +26,18 @@ use std::sync::Arc;
 pub fn frozen_matmul(x: Tensor<2>, weight: &Arc<FrozenWeight>) -> Tensor<2> {
     let device = x.device();
     if uses_own_node(&x) {
-        let x = crate::device::host_autodiff_tensor(x);
+        let x = crate::ops::device::host_autodiff_tensor(x);
         return Tensor::from_primitive::<Autodiff<Flex>>(forward::<Flex>(x, weight));
     }
-    precision::matmul(x, weight.to_tensor(&device.inner()))
+    matmul::matmul(x, weight.to_tensor(&device.inner()))
 }
 
 /// Whether `x` takes the custom autodiff node (f32 training on the CPU backend).
 fn uses_own_node(x: &Tensor<2>) -> bool {
     let device = x.device();
     device.is_autodiff()
-        && crate::device::is_host(&device)
-        && precision::current() == Precision::F32
+        && crate::ops::device::is_host(&device)
+        && context::precision() == Precision::F32
         && x.dtype() == burn::tensor::DType::F32
 }
 

@@ -6,7 +6,7 @@
 //! transposed views, so nothing is cast, copied or transposed in memory.
 
 use super::bf16_gemm::{self, MatRef};
-use crate::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor};
+use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -20,7 +20,7 @@ use rayon::prelude::*;
 /// Whether `a · b` can take this path: CPU tensors in f32, the same batch dimensions (no
 /// broadcasting between operands), and a CPU with AVX512-BF16.
 pub fn supports<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> bool {
-    crate::device::is_host(&a.device())
+    crate::ops::device::is_host(&a.device())
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
         && a.dims()[..D - 2] == b.dims()[..D - 2]

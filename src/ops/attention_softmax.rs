@@ -12,8 +12,8 @@
 //! (a GPU device) the same function is computed with burn's ops. `bias` is a constant (an
 //! attention mask): no gradient flows into it.
 
-use crate::avx512::with_avx512;
-use crate::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor};
+use crate::ops::simd::with_avx512;
+use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -23,14 +23,14 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 use burn_flex::FlexTensor;
-use burn_flex::ops::unary::exp_f32;
+use crate::ops::simd_math::exp_f32;
 use rayon::prelude::*;
 
 /// `softmax(scores · scale + bias)` along the last axis. `bias`, if any, broadcasts to `scores`
 /// (each of its dimensions is 1 or the scores' size; the last is the scores' last).
 pub fn scaled_masked_softmax(scores: Tensor<4>, scale: f32, bias: Option<Tensor<4>>) -> Tensor<4> {
     let device = scores.device();
-    if crate::device::is_host(&device) && scores.dtype() == DType::F32 {
+    if crate::ops::device::is_host(&device) && scores.dtype() == DType::F32 {
         let bias = bias.map(|b| host_bias(b, &scores.dims()));
         if device.is_autodiff() {
             let y = forward_tracked(host_autodiff_tensor(scores), scale, bias);

@@ -1,7 +1,7 @@
 //! The unit every CNN backbone here is built from: a convolution without bias, BatchNorm, and
 //! an optional activation, with an optional LoRA adapter on the convolution.
 
-use crate::methods::lora::conv::ConvLoraAdapter;
+use crate::nn::conv_lora::ConvLoraAdapter;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};

@@ -3,55 +3,15 @@
 //! weights"). A product casts both operands to bf16 and its result back to f32; autodiff casts
 //! the gradients the same way, so the backward products run in bf16 too.
 //!
-//! It is a per-thread switch, like PyTorch's autocast context, rather than a field in every layer,
-//! so a model is loaded once and can be run either way; the thread that calls the model's forward
-//! and backward is the one that sets it.
+//! The precision is the run's setting in `ops::context` (a model is loaded once and can be run
+//! either way). Measured (docs/BENCHMARKS.md, round 4): with our AVX512-BF16 kernel a MiniLM LoRA
+//! step is 1.74x faster than PyTorch fp32. On CPUs without those instructions burn computes the
+//! cast product in f32, slower than plain f32, so f32 stays the default.
 
-mod bf16_gemm;
-mod host_bf16;
-
-use anyhow::{Result, bail};
+use super::bf16_matmul;
+use super::context::{Precision, precision};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use std::cell::Cell;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// Everything in f32.
-    F32,
-    /// Matrix products in bf16, the rest in f32.
-    Bf16Autocast,
-}
-
-impl Precision {
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "f32" | "fp32" => Ok(Self::F32),
-            "bf16" | "bf16-autocast" => Ok(Self::Bf16Autocast),
-            other => bail!("precision = {other:?}: expected \"f32\" or \"bf16\" (bf16 matrix products, f32 weights)"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Bf16Autocast => "bf16",
-        }
-    }
-}
-
-thread_local! {
-    static CURRENT: Cell<Precision> = const { Cell::new(Precision::F32) };
-}
-
-/// Set the precision every following matrix product on this thread uses.
-pub fn set(precision: Precision) {
-    CURRENT.with(|c| c.set(precision));
-}
-
-pub fn current() -> Precision {
-    CURRENT.with(Cell::get)
-}
 
 /// `a · b` in the current precision; the result is always f32.
 ///
@@ -59,9 +19,9 @@ pub fn current() -> Precision {
 /// operands while packing them; elsewhere (a GPU, an older CPU) the operands are cast and burn's
 /// bf16 product runs (on an older CPU that is slower than f32: burn computes it in f32).
 pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
-    match current() {
+    match precision() {
         Precision::F32 => a.matmul(b),
-        Precision::Bf16Autocast if host_bf16::supports(&a, &b) => host_bf16::matmul(a, b),
+        Precision::Bf16Autocast if bf16_matmul::supports(&a, &b) => bf16_matmul::matmul(a, b),
         Precision::Bf16Autocast => a.cast(FloatDType::BF16).matmul(b.cast(FloatDType::BF16)).cast(FloatDType::F32),
     }
 }
@@ -84,9 +44,10 @@ mod tests {
         let device = Device::flex().autodiff();
         let a = Tensor::<2>::random([32, 64], Distribution::Normal(0.0, 1.0), &device).require_grad();
         let b = Tensor::<2>::random([64, 16], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        set(Precision::Bf16Autocast);
-        let y16 = matmul(a.clone(), b.clone());
-        set(Precision::F32);
+        let y16 = {
+            let _bf16 = super::super::context::enter(Precision::Bf16Autocast);
+            matmul(a.clone(), b.clone())
+        };
         let y32 = matmul(a.clone(), b.clone());
         assert_eq!(y16.dtype(), DType::F32);
         let err = max_rel_err(y16.clone(), y32.clone());
@@ -100,12 +61,5 @@ mod tests {
             let err = max_rel_err(d16, d32);
             assert!(err < 2e-2, "gradient of {name}: relative error {err}");
         }
-    }
-
-    #[test]
-    fn parse_names() {
-        assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16Autocast);
-        assert_eq!(Precision::parse("f32").unwrap(), Precision::F32);
-        assert!(Precision::parse("fp8").unwrap_err().to_string().contains("fp8"));
     }
 }

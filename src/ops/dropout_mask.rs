@@ -1,57 +1,18 @@
-//! Dropout with a fast, seedable mask generator.
-//!
-//! burn's `Dropout::forward` samples a Bernoulli tensor element by element through a
-//! cryptographic RNG; on MiniLM at batch 16 × 128 tokens that made the forward pass 2.5× slower
-//! (3.8 s instead of 1.5 s; BERT drops out ~29M activations per step). Here the mask comes from
-//! SplitMix64, 16 bits per element, built on the host and uploaded once. The generator is
-//! process-wide and reseeded by the trainer before every step, so runs are reproducible and a
-//! resumed run draws the same masks as an uninterrupted one.
+//! The dropout mask kernel: `n` values, 0 with probability `p` and `1/(1-p)` otherwise, from
+//! SplitMix64 16 bits per element (see `nn::dropout` for why not burn's Bernoulli sampling).
 
-use crate::data::batch::SplitMix64;
-use burn::nn::Dropout;
-use burn::prelude::*;
-use burn::tensor::Distribution;
-use std::sync::Mutex;
-
-static RNG: Mutex<Option<SplitMix64>> = Mutex::new(None);
-
-/// Reseed the dropout generator (the trainer calls this before every micro-batch).
-pub fn seed(seed: u64) {
-    *RNG.lock().unwrap_or_else(|e| e.into_inner()) = Some(SplitMix64::new(seed));
-}
-
-/// Apply `layer`'s dropout to `x` when training (its flag is on and autodiff is active).
-pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
-    if layer.prob == 0.0 || !layer.training.is_enabled() || !x.device().is_autodiff() {
-        return x;
-    }
-    let shape = x.shape();
-    let device = x.device();
-    if !crate::device::is_host(&device) {
-        // On a GPU the mask is drawn on the device (uploading a host mask per layer would cost
-        // more than the layer); the device generator is seeded from ours, so runs still repeat.
-        device.seed(next_seed());
-        let keep = Tensor::<D>::random(shape, Distribution::Bernoulli(1.0 - layer.prob), &device).inner();
-        return x * keep.mul_scalar(1.0 / (1.0 - layer.prob));
-    }
-    let mask = mask(shape.num_elements(), layer.prob);
-    let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &device).inner();
-    x * mask
-}
-
-fn next_seed() -> u64 {
-    RNG.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| SplitMix64::new(0x5EED)).next_u64()
-}
+use super::context::next_dropout_seed;
+use super::rng::SplitMix64;
 
 /// `n` values, each 0 with probability `p` and 1/(1-p) otherwise. Chunks are filled in parallel,
 /// each from its own generator seeded by one draw of the shared one, so the result does not depend
 /// on the number of threads.
-fn mask(n: usize, p: f64) -> Vec<f32> {
+pub fn mask(n: usize, p: f64) -> Vec<f32> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
     let threshold = (p * 65536.0).round() as u64;
     let keep = (1.0 / (1.0 - p)) as f32;
-    let base = next_seed();
+    let base = next_dropout_seed();
     let mut out = vec![0f32; n];
     out.par_chunks_mut(CHUNK)
         .enumerate()
@@ -98,16 +59,17 @@ fn fill_mask(chunk: &mut [f32], seed: u64, threshold: u64, keep: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::context::seed_dropout;
 
     #[test]
     fn mask_drops_the_right_fraction_and_rescales() {
-        seed(1);
+        seed_dropout(1);
         let m = mask(100_000, 0.1);
         let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
         assert!((dropped - 0.1).abs() < 0.005, "dropped {dropped}");
         let mean: f64 = m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64;
         assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
-        seed(1);
+        seed_dropout(1);
         assert_eq!(m, mask(100_000, 0.1));
     }
 

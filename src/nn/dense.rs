@@ -7,10 +7,10 @@
 //! Having our own type is also where parameter-efficient methods attach (LoRA wraps this layer)
 //! and where a frozen weight can be held 4-bit quantized (QLoRA).
 
-use crate::methods::lora::LoraAdapter;
-use crate::models::precision::matmul;
+use crate::nn::lora::LoraAdapter;
+use crate::ops::matmul::matmul;
 use crate::quant::FrozenWeight;
-use crate::quant::matmul::frozen_matmul;
+use crate::ops::frozen_matmul::frozen_matmul;
 use crate::quant::nf4::Quantized4bit;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;

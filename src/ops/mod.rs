@@ -1,0 +1,25 @@
+//! Kernels: the compute finetune writes itself instead of taking burn's composed ops, each with
+//! its backward pass (when it has one) and a test against a reference. Everything above (`nn`,
+//! the models) calls these; they know nothing of layers, models or recipes.
+//!
+//! - [`matmul`]: products in the run's precision; [`bf16_gemm`] and [`bf16_matmul`] are the
+//!   AVX512-BF16 kernel and its autodiff node; [`frozen_matmul`] multiplies by a quantized frozen
+//!   weight without keeping its dequantized copy for the backward pass.
+//! - [`attention_softmax`], [`layer_norm`]: fused CPU training passes (burn recorded 5-10 ops).
+//! - [`adamw`]: the optimizer's update in one pass; [`dropout_mask`]: the mask generator.
+//! - [`context`]: the run's precision and dropout generator; [`device`]: device names and access
+//!   to the CPU backend's buffers; [`rng`], [`simd`], [`simd_math`]: shared helpers.
+
+pub mod adamw;
+pub mod attention_softmax;
+pub mod bf16_gemm;
+pub mod bf16_matmul;
+pub mod context;
+pub mod device;
+pub mod dropout_mask;
+pub mod frozen_matmul;
+pub mod layer_norm;
+pub mod matmul;
+pub mod rng;
+pub mod simd;
+pub mod simd_math;
