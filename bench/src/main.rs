@@ -72,7 +72,7 @@ fn prepare(method: &str, files: &ModelDir, device: &Device) -> anyhow::Result<Te
                     blocksize: 64,
                     compute_dtype: "f32".into(),
                 };
-                finetune::quant::quantize_model(&mut model, &q, |name| name == "classifier")?;
+                finetune::methods::lora::qlora::quantize_model(&mut model, &q, |name| name == "classifier")?;
             }
             lora::inject(&mut model, &cfg, device)?;
             Box::new(move |p: &str| p.contains(".lora.") || p.starts_with("head."))

@@ -4,9 +4,9 @@ use crate::io::hub::{self, RepoKind};
 use crate::methods::TrainPlan;
 use crate::nn::layer_group::LayerGroup;
 use crate::models::causal_lm::DecoderFiles;
-use crate::models::text_classifier::Pooling;
+use crate::nn::classification_head::Pooling;
 use crate::models::{Head, ModelDir, load_text_classifier};
-use crate::recipe::{Method, Recipe};
+use crate::methods::Method;
 use crate::tasks::text_classification::MODEL_FILES;
 use anyhow::Result;
 
@@ -47,15 +47,8 @@ pub fn run(
     if !report.unused.is_empty() {
         println!("unused keys: {}", report.unused.join(", "));
     }
-    let recipe_text = format!(
-        "method = \"{}\"\nmodel = \"m\"\noutput_dir = \"r\"\n[data]\ndataset = \"d\"\ntrain = \"t.csv\"\n\
-         [training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-5\n[transfer]\ntrainable_layers = {trainable_layers}\n\
-         [lora]\nr = 8\nlora_alpha = 16\ntarget_modules = [\"query\", \"value\"]\n\
-         [prompt_tuning]\nnum_virtual_tokens = 20\n",
-        method.name()
-    );
-    let recipe = Recipe::parse(&recipe_text, &[])?;
-    let plan = TrainPlan::new(&recipe, cfg.num_hidden_layers);
+    let transfer = crate::methods::transfer::TransferConfig { trainable_layers, ..Default::default() };
+    let plan = TrainPlan::new(method, &transfer, model.layer_groups(), crate::models::text_classifier::layer_group);
     let start = plan.unfrozen(0, 0);
     let params = crate::io::params::list_params(&model);
     let total: usize = params.iter().map(|p| p.numel()).sum();
@@ -84,7 +77,10 @@ pub fn run(
         let extra = match method {
             Method::Lora => {
                 let mut with = model.clone();
-                crate::methods::lora::inject(&mut with, recipe.lora.as_ref().expect("lora section"), &device)?;
+                let lora: crate::methods::lora::LoraConfig = serde_json::from_value(serde_json::json!({
+                    "r": 8, "lora_alpha": 16, "target_modules": ["query", "value"]
+                }))?;
+                crate::methods::lora::inject(&mut with, &lora, &device)?;
                 crate::io::params::list_params(&with)
                     .iter()
                     .filter(|p| p.path.contains(".lora."))
@@ -102,7 +98,7 @@ pub fn run(
     if let Some(kind) = quantize {
         let mut model = model;
         // The head stays in float, as bitsandbytes' llm_int8_skip_modules keeps it.
-        let report = crate::quant::quantize_model(&mut model, &quant_config(kind), |name| name == "classifier")?;
+        let report = crate::methods::lora::qlora::quantize_model(&mut model, &quant_config(kind), |name| name == "classifier")?;
         print_quantized(kind, total, &report, "embeddings, norms and head stay f32");
     }
     Ok(())
@@ -143,7 +139,7 @@ fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
         files.load_keeping_quantization(&device)?.2
     } else {
         let mut model = model;
-        crate::quant::quantize_model(&mut model, &quant_config(kind), |_| false)?
+        crate::methods::lora::qlora::quantize_model(&mut model, &quant_config(kind), |_| false)?
     };
     print_quantized(kind, total, &report, "embeddings and norms stay f32");
     Ok(())

@@ -165,6 +165,28 @@ pub fn spec_augment(mel: &mut [f32], n_mels: usize, frames: usize, aug: &AudioAu
     }
 }
 
+/// `[audio]` in a recipe: how audio clips are fed to a speech encoder (`task = "audio-classification"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioConfig {
+    /// Window length in seconds (clips are padded or cut to it): Whisper's own 30, or shorter
+    /// for short clips (the encoder then sees 50 positions per second).
+    #[serde(default = "default_audio_seconds")]
+    pub seconds: f32,
+    /// Random augmentation of training clips; absent: none.
+    pub augment: Option<AudioAugment>,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self { seconds: default_audio_seconds(), augment: None }
+    }
+}
+
+fn default_audio_seconds() -> f32 {
+    30.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

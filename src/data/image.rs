@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use crate::nn::conv_bn::BatchNormMode;
 
 /// An 8-bit image, row-major, `channels` 1 (gray) or 3 (RGB) interleaved.
 #[derive(Debug, Clone, PartialEq)]
@@ -377,6 +378,30 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<usize>> {
     let bytes = read_maybe_gz(path)?;
     let (_, start) = idx_dims(&bytes, path, 1)?;
     Ok(bytes[start..].iter().map(|&b| b as usize).collect())
+}
+
+/// `[image]` in a recipe: how images are fed to an image backbone (`task = "image-classification"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Input side length; default: the backbone's pretraining size (224 for ImageNet models).
+    pub size: Option<usize>,
+    /// Evaluation crop as a fraction of the resized short side; default: the backbone's
+    /// (0.875 for ImageNet models). 1.0 keeps the whole image (e.g. Fashion-MNIST).
+    pub crop_pct: Option<f32>,
+    /// Without a validation file: hold out this fraction of the training images, every
+    /// `round(1/f)`-th one (index ≡ k-1 mod k), so any language reproduces the split.
+    #[serde(default)]
+    pub validation_split: f64,
+    /// Train on the first this many training images only (quick runs on a CPU).
+    pub max_train_examples: Option<usize>,
+    /// Random augmentation of training images; absent: none.
+    pub augment: Option<AugmentConfig>,
+    /// BatchNorm in trainable layers: `train` (batch statistics, running averages updated, as
+    /// PyTorch's `model.train()`), or `frozen` (the pretrained statistics throughout). Frozen
+    /// layers always use the pretrained statistics.
+    #[serde(default)]
+    pub batch_norm: BatchNormMode,
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ pub mod text;
 pub mod tokenizer;
 
 use crate::io::hub::{self, RepoKind};
-use crate::recipe::DataConfig;
 use anyhow::Result;
 use std::path::PathBuf;
-use text::{LabelSet, LabeledSplit, label_rows, read_rows};
+use text::{Columns, LabelSet, LabeledSplit, label_rows, read_rows};
 use tokenizer::{Encoded, TextTokenizer};
+use serde::{Deserialize, Serialize};
 
 /// A tokenized split ready for batching.
 #[derive(Debug, Clone)]
@@ -111,4 +111,52 @@ pub fn label_names_for(
             .collect(),
         None => infer()?,
     })
+}
+
+/// `[data]` in a recipe: where the examples are and how they are read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A dataset hub id (`finetune/movie-review-polarity`) resolved through the hub cache, or
+    /// a local directory; split file names below are relative to it.
+    pub dataset: String,
+    pub train: String,
+    pub validation: Option<String>,
+    pub test: Option<String>,
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Label names in id order; inferred (sorted) from the training split when absent.
+    pub labels: Option<Vec<String>>,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+    /// Causal LM: train only on completions / assistant turns (the prompt is context).
+    #[serde(default = "default_true")]
+    pub completion_only_loss: bool,
+    /// Causal LM: concatenate training examples into rows of `max_length` tokens.
+    #[serde(default)]
+    pub packing: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+fn default_max_length() -> usize {
+    128
+}
+
+impl DataConfig {
+    pub fn columns(&self) -> Columns {
+        Columns { text: self.text_column.clone(), label: self.label_column.clone() }
+    }
 }

@@ -5,7 +5,7 @@
 //! `models--ORG--NAME/` (or `datasets--ORG--NAME/`) with `refs/<revision>` (a commit hash),
 //! `blobs/<etag>` (file contents) and `snapshots/<commit>/<file>` (symlinks into `blobs/`).
 
-use crate::recipe::home_dir;
+use super::paths::home_dir;
 use anyhow::{Context, Result, bail};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ pub fn cached_snapshot(cache: &Path, kind: RepoKind, repo_id: &str, revision: &s
 /// Hub ids are looked up in the cache first; missing files are downloaded from `HF_ENDPOINT`
 /// unless `HF_HUB_OFFLINE=1`.
 pub fn resolve(spec: &str, kind: RepoKind, revision: &str, files: &[&str]) -> Result<PathBuf> {
-    let as_path = crate::recipe::expand_path(spec);
+    let as_path = super::paths::expand_path(spec);
     if as_path.is_dir() {
         return Ok(as_path);
     }

@@ -63,7 +63,7 @@ impl PthFile {
     }
 }
 
-impl crate::models::WeightSource for PthFile {
+impl super::WeightSource for PthFile {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

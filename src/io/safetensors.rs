@@ -153,6 +153,21 @@ pub fn write_safetensors(
     })
 }
 
+impl super::WeightSource for SafetensorsFile {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+    fn contains(&self, key: &str) -> bool {
+        SafetensorsFile::contains(self, key)
+    }
+    fn names(&self) -> Vec<String> {
+        SafetensorsFile::names(self)
+    }
+    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        SafetensorsFile::tensor_with_shape(self, key, expected)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use burn::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use serde::{Deserialize, Serialize};
 
 /// Features of one split: `[examples, hidden]`.
 pub type Features = HostTensor;
@@ -43,7 +44,7 @@ pub fn cache_key(weights: &Path, config: &Path, pooling: &str, splits: &[&Tokeni
 pub fn default_cache_dir() -> PathBuf {
     std::env::var_os("FINETUNE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::recipe::home_dir().join(".cache/finetune"))
+        .unwrap_or_else(|| crate::io::paths::home_dir().join(".cache/finetune"))
         .join("features")
 }
 
@@ -192,4 +193,12 @@ fn read_cache(path: &Path, splits: &[(&str, usize)]) -> Result<Vec<Features>> {
             Ok(t)
         })
         .collect()
+}
+
+/// `[feature_extraction]` in a recipe.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureExtractionConfig {
+    /// Where cached features live; default `$FINETUNE_CACHE` or `~/.cache/finetune/features`.
+    pub cache_dir: Option<PathBuf>,
 }

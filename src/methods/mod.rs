@@ -15,3 +15,48 @@ pub mod prompt_tuning;
 pub mod transfer;
 
 pub use transfer::TrainPlan;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// The fine-tuning method.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Backbone frozen, features computed once and cached, only the head trains.
+    FeatureExtraction,
+    /// Every parameter trains.
+    Full,
+    /// New head plus the top layers; more layers unfreeze over time; layer-wise learning rates.
+    Transfer,
+    /// Low-rank adapters (LoRA/DoRA) on chosen layers; the base is frozen.
+    Lora,
+    /// A trainable soft prompt; the base is frozen.
+    PromptTuning,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FeatureExtraction => "feature-extraction",
+            Self::Full => "full",
+            Self::Transfer => "transfer",
+            Self::Lora => "lora",
+            Self::PromptTuning => "prompt-tuning",
+        }
+    }
+
+    /// Methods whose result is an adapter on a frozen base rather than a whole model.
+    pub fn is_peft(self) -> bool {
+        matches!(self, Self::Lora | Self::PromptTuning)
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        toml::Value::String(s.into()).try_into().map_err(|_| {
+            anyhow::anyhow!("unknown method '{s}' (feature-extraction, full, transfer, lora, prompt-tuning)")
+        })
+    }
+}

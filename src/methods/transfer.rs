@@ -1,7 +1,34 @@
 //! Layer groups of an encoder classifier, gradual unfreezing and layer-wise learning rates.
 
 use crate::nn::layer_group::LayerGroup;
-use crate::recipe::{Method, Recipe};
+use super::Method;
+use serde::{Deserialize, Serialize};
+
+/// `[transfer]` in a recipe: what trains from the start and how the rest unfreezes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Encoder layers (from the top) that train from the start, besides the head.
+    #[serde(default)]
+    pub trainable_layers: usize,
+    /// Unfreeze one more layer group (top-down; embeddings last) every this many epochs.
+    pub unfreeze_every_epochs: Option<usize>,
+    /// Or every this many optimizer steps.
+    pub unfreeze_every_steps: Option<usize>,
+    /// Learning rate of a layer = lr × decay^(distance from the head); 1.0 disables it.
+    #[serde(default = "default_lr_decay")]
+    pub layer_lr_decay: f64,
+}
+
+fn default_lr_decay() -> f64 {
+    1.0
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self { trainable_layers: 0, unfreeze_every_epochs: None, unfreeze_every_steps: None, layer_lr_decay: 1.0 }
+    }
+}
 
 /// How many groups train at a given point of training, and their learning-rate multipliers.
 #[derive(Debug, Clone)]
@@ -18,23 +45,16 @@ pub struct TrainPlan {
 }
 
 impl TrainPlan {
-    /// The plan for a BERT-style encoder classifier with `num_layers` layers.
-    pub fn new(recipe: &Recipe, num_layers: usize) -> Self {
-        let mut order = vec![LayerGroup::Head];
-        order.extend((0..num_layers).rev().map(LayerGroup::Layer));
-        order.push(LayerGroup::Embeddings);
-        Self::for_groups(recipe, order, crate::models::text_classifier::layer_group)
-    }
-
-    /// The plan for any model: its groups top-down (head first) and how paths map to them.
-    pub fn for_groups(recipe: &Recipe, order: Vec<LayerGroup>, group_of: fn(&str) -> LayerGroup) -> Self {
+    /// The plan of `method` for a model with these groups (top-down, head first) and this map
+    /// from parameter paths to groups.
+    pub fn new(method: Method, cfg: &TransferConfig, order: Vec<LayerGroup>, group_of: fn(&str) -> LayerGroup) -> Self {
         let all = order.len();
-        match recipe.method {
+        match method {
             Method::Transfer => Self {
-                initial: (1 + recipe.transfer.trainable_layers).min(all),
-                every_epochs: recipe.transfer.unfreeze_every_epochs.filter(|&n| n > 0),
-                every_steps: recipe.transfer.unfreeze_every_steps.filter(|&n| n > 0),
-                layer_lr_decay: recipe.transfer.layer_lr_decay,
+                initial: (1 + cfg.trainable_layers).min(all),
+                every_epochs: cfg.unfreeze_every_epochs.filter(|&n| n > 0),
+                every_steps: cfg.unfreeze_every_steps.filter(|&n| n > 0),
+                layer_lr_decay: cfg.layer_lr_decay,
                 order,
                 group_of,
             },
@@ -75,25 +95,17 @@ impl TrainPlan {
 mod tests {
     use super::*;
 
-    fn recipe(extra: &[&str]) -> Recipe {
-        let base = r#"
-method = "transfer"
-model = "m"
-output_dir = "r"
-[data]
-dataset = "d"
-train = "t.csv"
-[training]
-epochs = 10
-batch_size = 2
-learning_rate = 1e-3
-"#;
-        Recipe::parse(base, &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    /// The plan of a 3-layer (or `n`-layer) BERT classifier.
+    fn bert_plan(cfg: TransferConfig, n: usize) -> TrainPlan {
+        let mut order = vec![LayerGroup::Head];
+        order.extend((0..n).rev().map(LayerGroup::Layer));
+        order.push(LayerGroup::Embeddings);
+        TrainPlan::new(Method::Transfer, &cfg, order, crate::models::text_classifier::layer_group)
     }
 
     #[test]
     fn gradual_unfreezing_goes_top_down_with_embeddings_last() {
-        let plan = TrainPlan::new(&recipe(&["transfer.trainable_layers=1", "transfer.unfreeze_every_epochs=2"]), 3);
+        let plan = bert_plan(TransferConfig { trainable_layers: 1, unfreeze_every_epochs: Some(2), ..Default::default() }, 3);
         let groups_at = |epoch| plan.order[..plan.unfrozen(epoch, 0)].to_vec();
         use LayerGroup::*;
         assert_eq!(groups_at(0), vec![Head, Layer(2)]);
@@ -111,7 +123,7 @@ learning_rate = 1e-3
 
     #[test]
     fn step_based_unfreezing_and_layer_lr_decay() {
-        let plan = TrainPlan::new(&recipe(&["transfer.unfreeze_every_steps=5", "transfer.layer_lr_decay=0.5"]), 2);
+        let plan = bert_plan(TransferConfig { unfreeze_every_steps: Some(5), layer_lr_decay: 0.5, ..Default::default() }, 2);
         assert_eq!(plan.unfrozen(0, 4), 1);
         assert_eq!(plan.unfrozen(0, 5), 2);
         assert_eq!(plan.unfrozen(0, 100), 4);

@@ -13,13 +13,15 @@ pub mod text_classifier;
 pub mod whisper;
 
 use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};
+use crate::io::WeightSource;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
 use anyhow::{Context, Result, bail};
 use bert::BertConfig;
 use burn::prelude::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use text_classifier::{Pooling, TextClassifier};
+use crate::nn::classification_head::Pooling;
+use text_classifier::TextClassifier;
 
 /// A model whose linear layers adapters can attach to, listed by Hugging Face module name
 /// (`bert.encoder.layer.0.attention.self.query`, `classifier`, ...).
@@ -151,32 +153,6 @@ pub fn load_text_classifier(
         let optional = info.path.starts_with("head.") || info.path.starts_with("bert.pooler.");
         (candidates, optional)
     })
-}
-
-/// Where checkpoint tensors come from: a safetensors file, or a GGUF file seen through the
-/// Hugging Face names (see [`gguf_llama`]). Tensors come back in PyTorch layout.
-pub trait WeightSource {
-    /// The file, for error messages.
-    fn describe(&self) -> String;
-    fn contains(&self, key: &str) -> bool;
-    fn names(&self) -> Vec<String>;
-    /// Read a tensor, checking its shape (the error names the source, the key and both shapes).
-    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor>;
-}
-
-impl WeightSource for SafetensorsFile {
-    fn describe(&self) -> String {
-        self.path().display().to_string()
-    }
-    fn contains(&self, key: &str) -> bool {
-        SafetensorsFile::contains(self, key)
-    }
-    fn names(&self) -> Vec<String> {
-        SafetensorsFile::names(self)
-    }
-    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
-        SafetensorsFile::tensor_with_shape(self, key, expected)
-    }
 }
 
 /// Load every parameter of `model` from `file`. `keys(info)` gives the candidate checkpoint keys

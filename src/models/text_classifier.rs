@@ -4,36 +4,11 @@
 use super::bert::{BertConfig, BertModel};
 use crate::data::batch::EncoderInput;
 use crate::nn::dense::Dense;
-use crate::nn::classification_head::ClassificationHead;
+use crate::nn::classification_head::{ClassificationHead, Pooling};
 use crate::nn::layer_group::LayerGroup;
 use crate::nn::soft_prompt::SoftPrompt;
 use burn::module::Module;
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
-
-/// How a sequence of hidden states becomes one feature vector.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// The `[CLS]` hidden state as is.
-    Cls,
-    /// Mean over real (unpadded) tokens; what sentence-transformers models are trained for.
-    Mean,
-    /// `BertPooler`: tanh(dense(h_CLS)), as `BertForSequenceClassification` does.
-    Pooler,
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        Ok(match s {
-            "cls" => Self::Cls,
-            "mean" => Self::Mean,
-            "pooler" => Self::Pooler,
-            other => anyhow::bail!("unknown pooling '{other}' (cls, mean, pooler)"),
-        })
-    }
-}
 
 #[derive(Module, Debug)]
 pub struct TextClassifier {
@@ -82,6 +57,14 @@ impl TextClassifier {
 
     pub fn forward(&self, input: &EncoderInput) -> Tensor<2> {
         self.head.forward(self.features(input))
+    }
+
+    /// The unfreezing groups, top-down: the head, the encoder layers from the top, the embeddings.
+    pub fn layer_groups(&self) -> Vec<LayerGroup> {
+        let mut order = vec![LayerGroup::Head];
+        order.extend((0..self.bert.num_layers()).rev().map(LayerGroup::Layer));
+        order.push(LayerGroup::Embeddings);
+        order
     }
 
     /// Turn every dropout off while keeping autodiff (for gradient checks against references

@@ -5,6 +5,7 @@ use super::dense::Dense;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Dropout then a linear layer from features to label logits.
 #[derive(Module, Debug)]
@@ -28,5 +29,53 @@ impl ClassificationHead {
     /// `features [batch, hidden]` → logits `[batch, labels]`.
     pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
         self.classifier.forward(super::dropout::dropout(&self.dropout, features))
+    }
+}
+
+/// How a sequence of hidden states becomes one feature vector.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The `[CLS]` hidden state as is.
+    Cls,
+    /// Mean over real (unpadded) tokens; what sentence-transformers models are trained for.
+    Mean,
+    /// `BertPooler`: tanh(dense(h_CLS)), as `BertForSequenceClassification` does.
+    Pooler,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "cls" => Self::Cls,
+            "mean" => Self::Mean,
+            "pooler" => Self::Pooler,
+            other => anyhow::bail!("unknown pooling '{other}' (cls, mean, pooler)"),
+        })
+    }
+}
+
+/// `[head]` in a recipe: how a classifier pools its features and the dropout before its linear layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    #[serde(default = "default_pooling")]
+    pub pooling: Pooling,
+    /// Dropout before the classifier (HF: `classifier_dropout`, else `hidden_dropout_prob`).
+    #[serde(default = "default_head_dropout")]
+    pub dropout: f64,
+}
+
+fn default_pooling() -> Pooling {
+    Pooling::Mean
+}
+fn default_head_dropout() -> f64 {
+    0.1
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self { pooling: default_pooling(), dropout: default_head_dropout() }
     }
 }

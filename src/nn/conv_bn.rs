@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -136,6 +137,15 @@ pub fn conv_bn_key(rest: &str, conv: &str, bn: &str) -> String {
         Some(("bn", leaf)) => format!("{bn}.{}", batch_norm_leaf(leaf)),
         _ => rest.to_string(),
     }
+}
+
+/// How BatchNorm layers behave while their layer trains (`image.batch_norm` in a recipe).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchNormMode {
+    #[default]
+    Train,
+    Frozen,
 }
 
 #[cfg(test)]

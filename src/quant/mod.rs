@@ -1,4 +1,7 @@
-//! Quantized storage for frozen weights.
+//! Quantized storage for frozen weights: bitsandbytes' NF4/FP4 with double quantization
+//! ([`nf4`], our own: burn has none) and llama.cpp's GGUF blocks ([`ggml`]), behind one
+//! [`FrozenWeight`]. Which layers get quantized, and LoRA on top (QLoRA), is `methods::lora::qlora`;
+//! the product with a frozen weight is `ops::frozen_matmul`.
 
 pub mod ggml;
 pub mod nf4;
@@ -42,7 +45,6 @@ impl FrozenWeight {
     }
 }
 
-use crate::models::DenseLayers;
 use serde::{Deserialize, Serialize};
 
 /// `[quantization]` in a recipe: how frozen linear weights are stored (QLoRA).
@@ -117,30 +119,4 @@ impl QuantReport {
     pub fn bits_per_parameter(&self) -> f64 {
         8.0 * self.quantized_bytes as f64 / self.parameters.max(1) as f64
     }
-}
-
-/// Quantize the weight of every linear layer for which `keep_float(name)` is false (like
-/// bitsandbytes' `llm_int8_skip_modules`, the head stays in float).
-pub fn quantize_model<M: DenseLayers>(
-    model: &mut M,
-    cfg: &QuantConfig,
-    keep_float: impl Fn(&str) -> bool,
-) -> anyhow::Result<QuantReport> {
-    let quant_type = cfg.validate()?;
-    let mut report = QuantReport::default();
-    for (name, dense) in model.dense_layers_mut() {
-        if keep_float(&name) || dense.quantized.is_some() {
-            continue;
-        }
-        let n = dense.d_in() * dense.d_out();
-        if n % cfg.blocksize != 0 {
-            continue;
-        }
-        dense.quantize(quant_type, cfg.blocksize, cfg.double_quant);
-        report.layers += 1;
-        report.parameters += n;
-        report.f32_bytes += 4 * n;
-        report.quantized_bytes += dense.quantized.as_ref().map_or(0, |q| q.bytes());
-    }
-    Ok(report)
 }

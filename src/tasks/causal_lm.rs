@@ -14,7 +14,8 @@ use crate::models::generation::{Sampling, generate};
 use crate::models::llama::{self, LlamaConfig, LlamaForCausalLM};
 use crate::models::{checkpoint_tensors, count_params};
 use crate::quant::{QuantConfig, QuantReport};
-use crate::recipe::{Method, Recipe};
+use crate::methods::Method;
+use crate::recipe::Recipe;
 use crate::training::checkpoint::{BestSoFar, RunDir};
 use crate::training::metrics::{EvalMetrics, read_log};
 use crate::training::trainer::{Examples, MethodHooks, Split, cross_entropy, evaluate, train};
@@ -235,7 +236,7 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
             bail!("{}: only LoRA adapters can be used with a causal LM today", a.dir.display());
         }
         if let Some(q) = quantization.as_ref().filter(|q| !q.keeps_file_quantization()) {
-            crate::quant::quantize_model(&mut model, q, |_| false)?;
+            crate::methods::lora::qlora::quantize_model(&mut model, q, |_| false)?;
         }
         model = lora::load_adapter(model, a, llama::hf_key, device)?.0;
     }
@@ -338,7 +339,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
     // QLoRA quantizes the base before anything runs: "before" scores the base as trained over.
     let mut model = model;
     if let (Some(q), Some(lora_cfg)) = (quantization.filter(|_| !keep_gguf), &recipe.lora) {
-        let report = crate::quant::quantize_model(&mut model, q, |name| lora_cfg.saves(name))?;
+        let report = crate::methods::lora::qlora::quantize_model(&mut model, q, |name| lora_cfg.saves(name))?;
         log_quantization(&format!("QLoRA: quantized to {}", q.quant_type), &report);
     }
     // Before training: the base model on the held-out splits, and its answers to sample prompts.
@@ -361,7 +362,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<LmRepor
         _ => None,
     };
     let trainer_cfg =
-        crate::tasks::text_classification::trainer_config(recipe, vocab, examples.len(Split::Train), show_progress);
+        crate::training::trainer::TrainerConfig::new(&recipe.training, recipe.seed, vocab, examples.len(Split::Train), show_progress);
     let set_once = Cell::new(false);
     let set_trainable = |m: LlamaForCausalLM, _: usize, _: usize| {
         if set_once.replace(true) {

@@ -21,8 +21,10 @@ use crate::models::mobilenet_v2::MobileNetV2;
 use crate::models::resnet::ResNet;
 use crate::nn::classification_head::ClassificationHead;
 use crate::models::{Head, count_params};
-use crate::recipe::{BatchNormMode, Method, Recipe};
-use crate::tasks::text_classification::{TrainReport, trainer_config};
+use crate::methods::Method;
+use crate::nn::conv_bn::BatchNormMode;
+use crate::recipe::Recipe;
+use crate::tasks::text_classification::TrainReport;
 use crate::training::checkpoint::RunDir;
 use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, MethodHooks, Split, classification_loss, evaluate, train};
@@ -290,7 +292,7 @@ fn run_with<M: ImageBackbone>(
     } else {
         Head::New
     };
-    let cfg = trainer_config(recipe, num_labels, data.len(Split::Train), show_progress);
+    let cfg = crate::training::trainer::TrainerConfig::new(&recipe.training, recipe.seed, num_labels, data.len(Split::Train), show_progress);
     let eval_batch = recipe.training.eval_batch_size;
     let dropout = recipe.head.dropout;
 
@@ -354,7 +356,7 @@ fn run_with<M: ImageBackbone>(
             if !report.initialized.is_empty() {
                 tracing::info!("newly initialised: {}", report.initialized.join(", "));
             }
-            let plan = TrainPlan::for_groups(recipe, model.layer_groups(), M::layer_group);
+            let plan = TrainPlan::new(recipe.method, &recipe.transfer, model.layer_groups(), M::layer_group);
             let bn_mode = recipe.image.batch_norm;
             let unfrozen = Cell::new(usize::MAX);
             let set_trainable = |m: M, epoch: usize, step: usize| {
@@ -420,7 +422,7 @@ fn run_with<M: ImageBackbone>(
         Method::FeatureExtraction => (count_params(&model).0, count_params(model.head()).0),
         Method::Lora => learnable_counts(&model, |p| p.contains(".lora.") || p.starts_with("head.")),
         _ => {
-            let plan = TrainPlan::for_groups(recipe, model.layer_groups(), M::layer_group);
+            let plan = TrainPlan::new(recipe.method, &recipe.transfer, model.layer_groups(), M::layer_group);
             let k = plan.unfrozen(state.epoch.saturating_sub(1), state.step);
             learnable_counts(&model, |p| plan.is_trainable(p, k))
         }

@@ -13,15 +13,15 @@ use crate::methods::feature_extraction::{self, FeatureExamples, to_tensor};
 use crate::methods::lora::{self, LoraConfig};
 use crate::methods::prompt_tuning::{self, PromptInit, PromptTuningConfig};
 use crate::nn::soft_prompt::SoftPrompt;
-use crate::models::text_classifier::{self, Pooling, TextClassifier};
+use crate::models::text_classifier::{self, TextClassifier};
+use crate::nn::classification_head::Pooling;
 use crate::nn::classification_head::ClassificationHead;
 use crate::models::{Head, ModelDir, checkpoint_tensors, count_params, load_text_classifier};
-use crate::recipe::{Method, Recipe};
+use crate::methods::Method;
+use crate::recipe::Recipe;
 use crate::training::checkpoint::{BestSoFar, RunDir};
 use crate::training::metrics::EvalMetrics;
-use crate::training::optimizer::AdamWConfig;
-use crate::training::schedule::LrSchedule;
-use crate::training::trainer::{Examples, MethodHooks, Split, TrainerConfig, classification_loss, evaluate, train};
+use crate::training::trainer::{Examples, MethodHooks, Split, classification_loss, evaluate, train};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
@@ -158,7 +158,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     // Keep a fine-tuned checkpoint's head only when it was trained for exactly these labels.
     let head =
         if model_dir.labels()?.as_deref() == Some(data.labels.names()) { Head::FromCheckpoint } else { Head::New };
-    let trainer_cfg = trainer_config(recipe, num_labels, data.train.len(), show_progress);
+    let trainer_cfg = crate::training::trainer::TrainerConfig::new(&recipe.training, recipe.seed, num_labels, data.train.len(), show_progress);
 
     let eval_batch = recipe.training.eval_batch_size;
     let mut adapter: Option<AdapterSpec> = None;
@@ -217,7 +217,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
                 tracing::info!("newly initialised: {}", report.initialized.join(", "));
             }
             adapter = attach_new_adapter(recipe, &mut model, &tokenizer, &train_device)?;
-            let plan = TrainPlan::new(recipe, model.bert.num_layers());
+            let plan = TrainPlan::new(recipe.method, &recipe.transfer, model.layer_groups(), text_classifier::layer_group);
             let unfrozen = Cell::new(0usize);
             let set_trainable = |m: TextClassifier, epoch: usize, step: usize| {
                 if let Some(a) = &adapter {
@@ -283,35 +283,6 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
     Ok(report)
 }
 
-pub(crate) fn trainer_config(recipe: &Recipe, num_labels: usize, n_train: usize, show_progress: bool) -> TrainerConfig {
-    let t = &recipe.training;
-    let per_epoch = TrainerConfig::steps_per_epoch(t.batch_size, t.grad_accum_steps, n_train);
-    let total = t.max_steps.map_or(per_epoch * t.epochs, |m| m.min(per_epoch * t.epochs));
-    let warmup = t.warmup_steps.unwrap_or_else(|| (t.warmup_ratio * total as f64).ceil() as usize);
-    TrainerConfig {
-        epochs: t.epochs,
-        batch_size: t.batch_size,
-        eval_batch_size: t.eval_batch_size,
-        grad_accum_steps: t.grad_accum_steps,
-        max_grad_norm: t.max_grad_norm,
-        schedule: LrSchedule { kind: t.schedule, peak: t.learning_rate, warmup_steps: warmup, total_steps: total },
-        adamw: AdamWConfig {
-            beta1: t.adam_beta1,
-            beta2: t.adam_beta2,
-            epsilon: t.adam_epsilon,
-            weight_decay: t.weight_decay,
-        },
-        seed: recipe.seed,
-        checkpoint_every_steps: t.checkpoint_every_steps,
-        max_steps: t.max_steps,
-        metric: t.metric,
-        early_stopping: t.early_stopping.clone(),
-        group_by_length: t.group_by_length,
-        num_labels,
-        show_progress,
-    }
-}
-
 /// A parameter-efficient method's adapter, as configured.
 #[derive(Debug, Clone)]
 pub enum AdapterSpec {
@@ -346,7 +317,7 @@ fn attach_new_adapter(
                 cfg.modules_to_save.push("classifier".into());
             }
             if let Some(q) = &recipe.quantization {
-                let report = crate::quant::quantize_model(model, q, |name| cfg.saves(name))?;
+                let report = crate::methods::lora::qlora::quantize_model(model, q, |name| cfg.saves(name))?;
                 tracing::info!(
                     "QLoRA: {} layers ({} parameters) quantized to {} ({:.3} bits/parameter): {:.1} MB -> {:.1} MB",
                     report.layers,
@@ -490,7 +461,7 @@ fn trainable_counts(recipe: &Recipe, classifier: &TextClassifier, adapter: Optio
             .sum();
         return (total, trainable);
     }
-    let plan = TrainPlan::new(recipe, classifier.bert.num_layers());
+    let plan = TrainPlan::new(recipe.method, &recipe.transfer, classifier.layer_groups(), text_classifier::layer_group);
     let widest = plan.unfrozen(recipe.training.epochs.saturating_sub(1), usize::MAX / 2);
     let trainable = crate::io::params::list_params(classifier)
         .iter()
@@ -630,7 +601,7 @@ impl FinetunedClassifier {
                 if let Some(q) = meta.as_ref().and_then(|m| m.quantization.as_ref()) {
                     let saved: Vec<String> =
                         serde_json::from_value(files.config["modules_to_save"].clone()).unwrap_or_default();
-                    crate::quant::quantize_model(&mut model, q, |name| lora::in_modules(name, &saved))?;
+                    crate::methods::lora::qlora::quantize_model(&mut model, q, |name| lora::in_modules(name, &saved))?;
                 }
                 let (m, a) = attach_adapter(model, files, &device)?;
                 (m, Some(a))

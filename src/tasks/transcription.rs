@@ -11,8 +11,9 @@ use crate::models::count_params;
 use crate::models::whisper::{
     CrossCache, SelfCache, Whisper, WhisperConfig, WhisperDir, export_model, hf_key, special_token,
 };
-use crate::recipe::{Method, Recipe};
-use crate::tasks::text_classification::{TrainReport, trainer_config};
+use crate::methods::Method;
+use crate::recipe::Recipe;
+use crate::tasks::text_classification::TrainReport;
 use crate::training::checkpoint::RunDir;
 use crate::training::trainer::{Examples, MethodHooks, Split, cross_entropy, evaluate, train};
 use anyhow::{Context, Result, anyhow, bail};
@@ -334,7 +335,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<Transcr
         device: base.clone(),
     };
     let vocab = dir.config.vocab_size;
-    let trainer_cfg = trainer_config(recipe, vocab, examples.len(Split::Train), show_progress);
+    let trainer_cfg = crate::training::trainer::TrainerConfig::new(&recipe.training, recipe.seed, vocab, examples.len(Split::Train), show_progress);
     let is_lora = lora_cfg.is_some();
     let started = Cell::new(false);
     let set_trainable = |m: Whisper, _: usize, _: usize| {

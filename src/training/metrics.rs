@@ -15,11 +15,11 @@ pub struct EvalMetrics {
 }
 
 impl EvalMetrics {
-    pub fn get(&self, metric: crate::recipe::Metric) -> f64 {
+    pub fn get(&self, metric: crate::training::config::Metric) -> f64 {
         match metric {
-            crate::recipe::Metric::Accuracy => self.accuracy,
-            crate::recipe::Metric::MacroF1 => self.macro_f1,
-            crate::recipe::Metric::Loss => self.loss,
+            crate::training::config::Metric::Accuracy => self.accuracy,
+            crate::training::config::Metric::MacroF1 => self.macro_f1,
+            crate::training::config::Metric::Loss => self.loss,
         }
     }
 }

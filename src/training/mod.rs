@@ -1,6 +1,7 @@
 //! The training loop and what it needs: optimizer, schedules, metrics, checkpoints, plots.
 
 pub mod checkpoint;
+pub mod config;
 pub mod metrics;
 pub mod optimizer;
 pub mod plot;

@@ -1,6 +1,6 @@
 //! Learning-rate schedules with linear warmup (the Hugging Face `get_*_schedule_with_warmup`).
 
-use crate::recipe::Schedule;
+use super::config::Schedule;
 
 #[derive(Debug, Clone, Copy)]
 pub struct LrSchedule {

@@ -5,7 +5,7 @@
 //! whole encoder on token batches and training a head on cached features use the same loop.
 
 use crate::data::batch::{chunk, epoch_order, length_grouped};
-use crate::recipe::{EarlyStopping, Metric};
+use super::config::{EarlyStopping, Metric};
 use crate::training::checkpoint::{BestSoFar, RunDir, TrainState};
 use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog, accuracy_and_macro_f1};
 use crate::training::optimizer::{AdamW, AdamWConfig, GradStore};

@@ -5,7 +5,8 @@ use super::common::*;
 use burn::prelude::*;
 use finetune::io::peft::AdapterFiles;
 use finetune::io::safetensors::SafetensorsFile;
-use finetune::models::text_classifier::{Pooling, TextClassifier};
+use finetune::models::text_classifier::TextClassifier;
+use finetune::nn::classification_head::Pooling;
 use finetune::models::{Head, ModelDir, load_text_classifier};
 use finetune::tasks::text_classification::attach_adapter;
 

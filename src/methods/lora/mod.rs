@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod conv;
+pub mod qlora;
 
 pub use config::{BiasMode, InitLoraWeights, LoraConfig, TargetModules, in_modules};
 pub use crate::nn::lora::{LoraAdapter, LoraInit};

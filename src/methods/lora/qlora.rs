@@ -1,0 +1,44 @@
+//! QLoRA (Dettmers et al. 2023): the frozen base's linear weights held in 4 bits (NF4 with
+//! double quantization, `quant::nf4`), LoRA adapters in f32 on top. Layers named in
+//! `modules_to_save` (the head) stay in float, as bitsandbytes' `llm_int8_skip_modules` keeps them.
+
+use crate::models::DenseLayers;
+use crate::quant::{QuantConfig, QuantReport};
+
+/// Quantize the weight of every linear layer for which `keep_float(name)` is false (like
+/// bitsandbytes' `llm_int8_skip_modules`, the head stays in float).
+pub fn quantize_model<M: DenseLayers>(
+    model: &mut M,
+    cfg: &QuantConfig,
+    keep_float: impl Fn(&str) -> bool,
+) -> anyhow::Result<QuantReport> {
+    let quant_type = cfg.validate()?;
+    let mut report = QuantReport::default();
+    for (name, dense) in model.dense_layers_mut() {
+        if keep_float(&name) || dense.quantized.is_some() {
+            continue;
+        }
+        let n = dense.d_in() * dense.d_out();
+        if n % cfg.blocksize != 0 {
+            continue;
+        }
+        dense.quantize(quant_type, cfg.blocksize, cfg.double_quant);
+        report.layers += 1;
+        report.parameters += n;
+        report.f32_bytes += 4 * n;
+        report.quantized_bytes += dense.quantized.as_ref().map_or(0, |q| q.bytes());
+    }
+    Ok(report)
+}
+
+/// Log what quantizing did (`what`: e.g. "QLoRA: quantized to nf4").
+pub fn log_report(what: &str, r: &QuantReport) {
+    tracing::info!(
+        "{what} {} layers ({} parameters, {:.3} bits/parameter): {:.1} MB -> {:.1} MB",
+        r.layers,
+        r.parameters,
+        r.bits_per_parameter(),
+        r.f32_bytes as f64 / 1e6,
+        r.quantized_bytes as f64 / 1e6
+    );
+}

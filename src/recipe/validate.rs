@@ -1,0 +1,195 @@
+//! What a recipe must satisfy before a run starts: the task × method table, the sections a
+//! method needs, and each section's values — checked only for the tasks that read that section.
+//! Nothing here reads a file; `finetune train` calls this before it resolves the model, reads
+//! data or creates the run directory.
+
+use super::{Recipe, Task};
+use crate::methods::Method;
+use crate::ops::context::Precision;
+use anyhow::{Result, bail};
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TextClassification => "text-classification",
+            Self::CausalLm => "causal-lm",
+            Self::ImageClassification => "image-classification",
+            Self::AudioClassification => "audio-classification",
+            Self::Transcription => "transcription",
+        }
+    }
+
+    /// The methods this task runs: the task × method table.
+    pub fn methods(self) -> &'static [Method] {
+        use Method::*;
+        match self {
+            Self::TextClassification => &[FeatureExtraction, Full, Transfer, Lora, PromptTuning],
+            Self::CausalLm => &[Full, Lora],
+            Self::ImageClassification => &[FeatureExtraction, Full, Transfer, Lora],
+            Self::AudioClassification => &[FeatureExtraction, Full, Lora],
+            Self::Transcription => &[Full, Lora],
+        }
+    }
+
+    /// Whether the task can hold its frozen base quantized under LoRA (QLoRA).
+    pub fn quantizes(self) -> bool {
+        matches!(self, Self::TextClassification | Self::CausalLm)
+    }
+
+    /// Whether the task ends in a classification head (`[head]` applies).
+    fn has_head(self) -> bool {
+        matches!(self, Self::TextClassification | Self::ImageClassification | Self::AudioClassification)
+    }
+}
+
+impl Recipe {
+    /// Check the recipe as far as that is possible without reading a file.
+    pub fn validate(&self) -> Result<()> {
+        let task = self.task;
+        if !task.methods().contains(&self.method) {
+            let names: Vec<&str> = task.methods().iter().map(|m| m.name()).collect();
+            bail!(
+                "method = \"{}\" is not available for task = \"{}\"; it supports: {}",
+                self.method.name(),
+                task.name(),
+                names.join(", ")
+            );
+        }
+        let t = &self.training;
+        if t.epochs == 0 || t.batch_size == 0 || t.eval_batch_size == 0 || t.grad_accum_steps == 0 {
+            bail!("training.epochs, batch_size, eval_batch_size and grad_accum_steps must be positive");
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            bail!("training.learning_rate must be a positive number, got {}", t.learning_rate);
+        }
+        Precision::parse(&self.precision)?;
+        if self.data.max_length < 2 {
+            bail!("data.max_length must be at least 2");
+        }
+        match self.method {
+            Method::Lora if self.lora.is_none() => {
+                bail!("method = \"lora\" needs a [lora] section (r, lora_alpha, target_modules, ...)")
+            }
+            Method::PromptTuning if self.prompt_tuning.is_none() => {
+                bail!("method = \"prompt-tuning\" needs a [prompt_tuning] section (num_virtual_tokens, ...)")
+            }
+            Method::Transfer
+                if self.transfer.unfreeze_every_epochs.is_some() && self.transfer.unfreeze_every_steps.is_some() =>
+            {
+                bail!("set one of transfer.unfreeze_every_epochs and transfer.unfreeze_every_steps, not both")
+            }
+            _ => {}
+        }
+        if let Some(q) = &self.quantization {
+            if self.method != Method::Lora {
+                bail!("[quantization] needs method = \"lora\" (QLoRA): other methods train the base weights");
+            }
+            if !task.quantizes() {
+                bail!(
+                    "[quantization] is not available for task = \"{}\" (text-classification and causal-lm hold \
+                     their base quantized)",
+                    task.name()
+                );
+            }
+            if q.keeps_file_quantization() {
+                if task != Task::CausalLm {
+                    bail!(
+                        "quantization.type = \"gguf\" keeps a GGUF decoder's own quantization (task = \"causal-lm\")"
+                    );
+                }
+            } else {
+                q.validate()?;
+            }
+        }
+        if task.has_head() && !(0.0..1.0).contains(&self.head.dropout) {
+            bail!("head.dropout must be in [0, 1), got {}", self.head.dropout);
+        }
+        match task {
+            Task::AudioClassification if !(self.audio.seconds >= 0.02 && self.audio.seconds <= 30.0) => bail!(
+                "audio.seconds must be in [0.02, 30] (Whisper's encoder sees at most 30 s), got {}",
+                self.audio.seconds
+            ),
+            Task::ImageClassification if !(0.0..1.0).contains(&self.image.validation_split) => {
+                bail!("image.validation_split must be in [0, 1), got {}", self.image.validation_split)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(task: &str, method: &str) -> Result<Recipe> {
+        let text = format!(
+            r#"
+task = "{task}"
+method = "{method}"
+model = "m"
+output_dir = "r"
+[data]
+dataset = "d"
+train = "t.csv"
+[training]
+epochs = 1
+batch_size = 2
+learning_rate = 1e-3
+[lora]
+r = 4
+lora_alpha = 8
+target_modules = ["q"]
+[prompt_tuning]
+num_virtual_tokens = 4
+"#
+        );
+        Recipe::parse(&text, &[])
+    }
+
+    /// Every cell of the table parses or is refused naming what the task supports.
+    #[test]
+    fn task_by_method_table() {
+        let tasks = ["text-classification", "causal-lm", "image-classification", "audio-classification", "transcription"];
+        let methods = ["feature-extraction", "full", "transfer", "lora", "prompt-tuning"];
+        let mut accepted = 0;
+        for t in tasks {
+            for m in methods {
+                match recipe(t, m) {
+                    Ok(r) => {
+                        assert!(r.task.methods().contains(&r.method));
+                        accepted += 1;
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        assert!(msg.contains(&format!("not available for task = \"{t}\"")), "{msg}");
+                        assert!(msg.contains("it supports: "), "{msg}");
+                    }
+                }
+            }
+        }
+        assert_eq!(accepted, 5 + 2 + 4 + 3 + 2);
+        let err = format!("{:#}", recipe("image-classification", "prompt-tuning").unwrap_err());
+        assert!(err.contains("feature-extraction, full, transfer, lora"), "{err}");
+    }
+
+    #[test]
+    fn sections_are_checked_for_the_tasks_that_read_them() {
+        let with = |task: &str, set: &str| Recipe::parse(
+            &format!("task = \"{task}\"\nmethod = \"full\"\nmodel = \"m\"\noutput_dir = \"r\"\n[data]\ndataset = \"d\"\ntrain = \"t\"\n[training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-3\n"),
+            &[set.to_string()],
+        );
+        assert!(with("audio-classification", "audio.seconds=60").is_err());
+        assert!(with("transcription", "audio.seconds=60").is_ok());
+        assert!(with("image-classification", "image.validation_split=1.5").is_err());
+        assert!(with("text-classification", "image.validation_split=1.5").is_ok());
+        assert!(with("text-classification", "head.dropout=1.0").is_err());
+        assert!(with("causal-lm", "head.dropout=1.0").is_ok());
+        let q = "quantization.type=nf4";
+        assert!(with("text-classification", q).unwrap_err().to_string().contains("needs method = \"lora\""));
+        let lora = |task: &str| recipe(task, "lora").map(|r| r.to_toml()).and_then(|t| Recipe::parse(&t, &[q.into()]));
+        assert!(lora("text-classification").is_ok() && lora("causal-lm").is_ok());
+        let err = lora("image-classification").unwrap_err().to_string();
+        assert!(err.contains("not available for task = \"image-classification\""), "{err}");
+    }
+}
