@@ -7,11 +7,13 @@
 pub mod allocator;
 pub mod cli;
 pub mod data;
+pub mod inference;
 pub mod io;
 pub mod methods;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod pipeline;
 pub mod quant;
 pub mod recipe;
 pub mod tasks;

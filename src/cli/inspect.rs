@@ -1,13 +1,13 @@
 //! `finetune inspect`: what a model is and what each method would train.
 
+use crate::inference::text::MODEL_FILES;
 use crate::io::hub::{self, RepoKind};
-use crate::methods::TrainPlan;
-use crate::nn::layer_group::LayerGroup;
-use crate::models::causal_lm::DecoderFiles;
-use crate::nn::classification_head::Pooling;
-use crate::models::{Head, ModelDir, load_text_classifier};
 use crate::methods::Method;
-use crate::tasks::text_classification::MODEL_FILES;
+use crate::methods::TrainPlan;
+use crate::models::causal_lm::DecoderFiles;
+use crate::models::{Head, ModelDir, load_text_classifier};
+use crate::nn::classification_head::Pooling;
+use crate::nn::layer_group::LayerGroup;
 use anyhow::Result;
 
 pub fn run(
@@ -17,7 +17,7 @@ pub fn run(
     trainable_layers: usize,
     quantize: Option<&str>,
 ) -> Result<()> {
-    let path = crate::tasks::causal_lm::resolve_model(spec, gguf_file, "main")?;
+    let path = crate::inference::lm::resolve_model(spec, gguf_file, "main")?;
     if let Ok(files) = DecoderFiles::open(&path)
         && files.config().is_ok()
     {
@@ -55,7 +55,11 @@ pub fn run(
     println!("\n{:<12} {:>12}  {}", "group", "parameters", format!("trains under '{}'", method.name()));
     let mut trainable = 0;
     for group in &plan.order {
-        let n: usize = params.iter().filter(|p| crate::models::text_classifier::layer_group(&p.path) == *group).map(|p| p.numel()).sum();
+        let n: usize = params
+            .iter()
+            .filter(|p| crate::models::text_classifier::layer_group(&p.path) == *group)
+            .map(|p| p.numel())
+            .sum();
         let trains = match method {
             Method::FeatureExtraction => *group == LayerGroup::Head,
             Method::Lora | Method::PromptTuning => *group == LayerGroup::Head && model.pooling != Pooling::Pooler,
@@ -98,7 +102,8 @@ pub fn run(
     if let Some(kind) = quantize {
         let mut model = model;
         // The head stays in float, as bitsandbytes' llm_int8_skip_modules keeps it.
-        let report = crate::methods::lora::qlora::quantize_model(&mut model, &quant_config(kind), |name| name == "classifier")?;
+        let report =
+            crate::methods::lora::qlora::quantize_model(&mut model, &quant_config(kind), |name| name == "classifier")?;
         print_quantized(kind, total, &report, "embeddings, norms and head stay f32");
     }
     Ok(())

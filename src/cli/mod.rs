@@ -2,13 +2,13 @@
 
 mod inspect;
 
+use crate::inference::audio::FinetunedAudioClassifier;
+use crate::inference::image::FinetunedImageClassifier;
+use crate::inference::lm;
+use crate::inference::text::FinetunedClassifier;
 use crate::models::generation::Sampling;
 use crate::models::image_classifier::ImageModelDir;
-use crate::recipe::{Recipe, Task};
-use crate::tasks::audio_classification::FinetunedAudioClassifier;
-use crate::tasks::causal_lm::{self, LmReport};
-use crate::tasks::image_classification::{self, FinetunedImageClassifier};
-use crate::tasks::text_classification::{self, FinetunedClassifier, TrainReport};
+use crate::recipe::Recipe;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal};
@@ -172,35 +172,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train { recipe, overrides, resume, no_progress, json } => {
             let r = Recipe::load(&recipe, &overrides)?;
             let show = !no_progress && std::io::stderr().is_terminal();
-            if r.task == Task::Transcription {
-                let report = crate::tasks::transcription::run(&r, resume, show)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    print_train_report(&report.train);
-                    let wer = |w: Option<f64>| w.map_or("-".to_string(), |w| format!("{w:.4}"));
-                    println!("test WER:      {} (base model {})", wer(report.test_wer), wer(report.test_wer_base));
-                }
-                return Ok(());
-            }
-            if r.task == Task::CausalLm {
-                let report = causal_lm::run(&r, resume, show)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    print_lm_report(&report);
-                }
-                return Ok(());
-            }
-            let report = match r.task {
-                Task::ImageClassification => image_classification::run(&r, resume, show)?,
-                Task::AudioClassification => crate::tasks::audio_classification::run(&r, resume, show)?,
-                _ => text_classification::run(&r, resume, show)?,
-            };
+            let outcome = crate::tasks::train(&r, resume, show)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&outcome.json)?);
             } else {
-                print_train_report(&report);
+                println!("{}", outcome.summary.join("\n"));
             }
         }
         Command::Eval { model: Some(model), data, batch_size, device, json, .. } if is_image_model(&model) => {
@@ -277,16 +253,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Merge { base, adapter, out, gguf_file } if causal_lm::is_causal_lm_adapter(&adapter)? => {
+        Command::Merge { base, adapter, out, gguf_file } if lm::is_causal_lm_adapter(&adapter)? => {
             let base = base.context("--base is needed for a causal-LM adapter")?;
-            let path = causal_lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
-            let n = causal_lm::merge_cli(&path, &adapter, &out)?;
+            let path = lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
+            let n = lm::merge(&path, &adapter, &out)?;
             println!("merged {n} adapted layers into {}", out.display());
         }
         Command::Merge { base, adapter, out, .. } => {
             let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
             let n = m.merge_adapter()?;
-            m.save(&out)?;
+            m.save_model(&out)?;
             println!("merged {n} adapted layers into {}", out.display());
         }
         Command::Generate {
@@ -303,13 +279,13 @@ pub fn run(cli: Cli) -> Result<()> {
             device,
         } => {
             let sampling = Sampling { temperature, top_p, seed, max_new_tokens, stop_ids: Vec::new() };
-            let opts = causal_lm::GenerateOptions { system, raw };
-            let path = causal_lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
-            causal_lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
+            let opts = lm::GenerateOptions { system, raw };
+            let path = lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
+            lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
         }
         Command::Transcribe { model, adapter, data, files, device, json } => {
             anyhow::ensure!(!files.is_empty() || data.is_some(), "no audio files given (or --data MANIFEST)");
-            let t = crate::tasks::transcription::Transcriber::load(
+            let t = crate::inference::transcriber::Transcriber::load(
                 &resolve_model_dir(&model)?,
                 adapter.as_deref(),
                 &device,
@@ -371,72 +347,4 @@ fn print_eval(metrics: &crate::training::metrics::EvalMetrics, json: bool) -> Re
         );
     }
     Ok(())
-}
-
-fn print_train_report(report: &TrainReport) {
-    println!("method:        {}", report.method);
-    println!("model:         {}", report.model);
-    println!("trainable:     {} of {} parameters", report.trainable_params, report.total_params);
-    println!(
-        "steps:         {} ({} epochs{})",
-        report.optimizer_steps,
-        report.epochs_run,
-        if report.stopped_early { ", stopped early" } else { "" }
-    );
-    println!("train time:    {:.1} s", report.train_seconds);
-    if let Some(s) = report.feature_seconds {
-        println!(
-            "features:      {:.1} s ({})",
-            s,
-            if report.feature_cache_hit == Some(true) { "cache hit" } else { "computed" }
-        );
-    }
-    if let Some(b) = &report.best {
-        println!(
-            "best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})",
-            b.epoch + 1,
-            b.metrics.accuracy,
-            b.metrics.macro_f1
-        );
-    }
-    if let Some(t) = &report.test {
-        println!(
-            "test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)",
-            t.accuracy, t.macro_f1, t.loss, t.examples
-        );
-    }
-    println!("model saved:   {}", report.model_dir.display());
-    println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", report.run_dir.display());
-}
-
-fn print_lm_report(r: &LmReport) {
-    println!("method:        {}", r.method);
-    println!("model:         {}", r.model);
-    println!("trainable:     {} of {} parameters", r.trainable_params, r.total_params);
-    println!(
-        "steps:         {} ({} epochs{}), {:.1} s, {:.0} tokens/s",
-        r.optimizer_steps,
-        r.epochs_run,
-        if r.stopped_early { ", stopped early" } else { "" },
-        r.train_seconds,
-        r.train_tokens_per_second
-    );
-    for (name, before, after) in
-        [("validation", &r.validation_before, &r.validation_after), ("test", &r.test_before, &r.test_after)]
-    {
-        if let (Some(b), Some(a)) = (before, after) {
-            println!(
-                "{name:<11}    loss {:.4} -> {:.4}, perplexity {:.2} -> {:.2}, token accuracy {:.4} -> {:.4}",
-                b.loss, a.loss, b.perplexity, a.perplexity, b.token_accuracy, a.token_accuracy
-            );
-        }
-    }
-    for s in &r.samples {
-        println!(
-            "\nprompt:    {}\nreference: {}\nbefore:    {}\nafter:     {}",
-            s.prompt, s.reference, s.before, s.after
-        );
-    }
-    println!("\nsaved:         {}", r.output_dir.display());
-    println!("run dir:       {} (metrics.jsonl, curves.svg, results.json)", r.run_dir.display());
 }

@@ -4,8 +4,8 @@
 //! SpecAugment masks on the features.
 
 use super::audio::read_wav;
-use crate::ops::rng::SplitMix64;
 use super::log_mel::SAMPLE_RATE;
+use crate::ops::rng::SplitMix64;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -185,6 +185,66 @@ impl Default for AudioConfig {
 
 fn default_audio_seconds() -> f32 {
     30.0
+}
+
+/// Labelled clips (16 kHz; train, validation, test) and their class names.
+pub struct AudioData {
+    pub labels: Vec<String>,
+    pub splits: [Option<std::sync::Arc<AudioSplit>>; 3],
+}
+
+impl AudioData {
+    /// Split `slot` (0 train, 1 validation, 2 test).
+    pub fn split(&self, slot: usize) -> Option<&AudioSplit> {
+        self.splits[slot].as_deref()
+    }
+    pub fn len(&self, slot: usize) -> usize {
+        self.split(slot).map_or(0, AudioSplit::len)
+    }
+}
+
+/// Read the splits of `[data]`. Class names: `data.labels`, else `labels.txt` in the dataset
+/// directory, else the training split's labels in sorted order.
+pub fn load_audio_data(cfg: &super::DataConfig) -> Result<AudioData> {
+    use std::sync::Arc;
+    let dir = super::dataset_dir(cfg)?;
+    let labels = super::label_names_for(cfg, &dir, || label_names(&dir.join(&cfg.train)))?;
+    let read = |name, f: &Option<String>| f.as_ref().map(|f| read_audio_split(name, &dir.join(f), &labels)).transpose();
+    let train = read_audio_split("train", &dir.join(&cfg.train), &labels)?;
+    let (validation, test) = (read("validation", &cfg.validation)?, read("test", &cfg.test)?);
+    Ok(AudioData { labels, splits: [Some(Arc::new(train)), validation.map(Arc::new), test.map(Arc::new)] })
+}
+
+/// Mel frames of a window of `seconds` (even: the encoder halves them).
+pub fn window_frames(seconds: f32) -> usize {
+    (((seconds * SAMPLE_RATE as f32) as usize / super::log_mel::HOP) / 2 * 2).max(2)
+}
+
+/// Log-Mel features `[n, n_mels, frames]` of `indices`, augmented when `augment` is given (each
+/// clip's randomness from `seed`, the batch and its position: reproducible and resumable).
+pub fn prepare_mel(
+    split: &AudioSplit,
+    indices: &[usize],
+    n_mels: usize,
+    frames: usize,
+    augment: Option<&AudioAugment>,
+    seed: u64,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let hop = super::log_mel::HOP;
+    let per = n_mels * frames;
+    let mut out = vec![0f32; indices.len() * per];
+    let batch_key = indices.iter().fold(seed, |h, &i| SplitMix64::new(h ^ i as u64).next_u64());
+    out.par_chunks_mut(per).zip(indices.par_iter()).enumerate().for_each(|(pos, (dst, &i))| {
+        let mut rng = SplitMix64::new(batch_key ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let window = place_in_window(&split.clips[i], frames * hop, augment, &mut rng);
+        let mut mel = super::log_mel::log_mel_frames(&window, n_mels, frames);
+        if let Some(aug) = augment {
+            spec_augment(&mut mel, n_mels, frames, aug, &mut rng);
+        }
+        dst.copy_from_slice(&mel);
+    });
+    out
 }
 
 #[cfg(test)]

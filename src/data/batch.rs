@@ -12,7 +12,6 @@ pub struct EncoderInput {
     pub attention_mask: Tensor<2>,
 }
 
-
 /// Indices `0..n` in the order used for `epoch` (Fisher-Yates with a generator seeded by both).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();

@@ -6,12 +6,12 @@
 //! whatever the augmentation. Grayscale images are repeated into three channels; the pretrained
 //! backbone's mean and std then normalise each channel.
 
+use crate::nn::conv_bn::BatchNormMode;
 use crate::ops::rng::SplitMix64;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use crate::nn::conv_bn::BatchNormMode;
 
 /// An 8-bit image, row-major, `channels` 1 (gray) or 3 (RGB) interleaved.
 #[derive(Debug, Clone, PartialEq)]
@@ -402,6 +402,75 @@ pub struct ImageConfig {
     /// layers always use the pretrained statistics.
     #[serde(default)]
     pub batch_norm: BatchNormMode,
+}
+
+/// Labelled image splits (train, validation, test; absent splits `None`) and their class names.
+pub struct ImageData {
+    pub labels: Vec<String>,
+    pub splits: [Option<std::sync::Arc<ImageSplit>>; 3],
+}
+
+impl ImageData {
+    /// Split `slot` (0 train, 1 validation, 2 test).
+    pub fn split(&self, slot: usize) -> Option<&ImageSplit> {
+        self.splits[slot].as_deref()
+    }
+    pub fn len(&self, slot: usize) -> usize {
+        self.split(slot).map_or(0, ImageSplit::len)
+    }
+}
+
+/// Read the splits of `[data]`. Class names: `data.labels`, else `labels.txt` in the dataset
+/// directory (one per line, in label order), else the training folder's class directories.
+/// Without a validation file `image.validation_split` holds out every `round(1/f)`-th training
+/// image; `image.max_train_examples` keeps the first images only.
+pub fn load_image_data(cfg: &super::DataConfig, image: &ImageConfig) -> Result<ImageData> {
+    let dir = super::dataset_dir(cfg)?;
+    let labels = super::label_names_for(cfg, &dir, || folder_classes(&dir.join(&cfg.train)))?;
+    let mut train = read_split("train", &dir.join(&cfg.train), &labels)?;
+    let mut validation =
+        cfg.validation.as_ref().map(|v| read_split("validation", &dir.join(v), &labels)).transpose()?;
+    let test = cfg.test.as_ref().map(|t| read_split("test", &dir.join(t), &labels)).transpose()?;
+    let f = image.validation_split;
+    if validation.is_none() && f > 0.0 {
+        let k = (1.0 / f).round().max(2.0) as usize;
+        let (held, kept): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|i| i % k == k - 1);
+        validation = Some(train.select("validation", &held));
+        train = train.select("train", &kept);
+    }
+    if let Some(n) = image.max_train_examples
+        && n < train.len()
+    {
+        train = train.select("train", &(0..n).collect::<Vec<_>>());
+    }
+    if train.is_empty() {
+        bail!("{}: the training split is empty", train.source.display());
+    }
+    use std::sync::Arc;
+    Ok(ImageData { labels, splits: [Some(Arc::new(train)), validation.map(Arc::new), test.map(Arc::new)] })
+}
+
+/// Normalised pixels `[n, 3, size, size]` of `indices`, augmented when `augment` is given
+/// (each image's randomness from `seed`, the batch and its position: reproducible and resumable).
+pub fn prepare_pixels(
+    split: &ImageSplit,
+    indices: &[usize],
+    t: &Transform,
+    augment: Option<&AugmentConfig>,
+    seed: u64,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let per = 3 * t.size * t.size;
+    let mut out = vec![0f32; indices.len() * per];
+    let batch_key = indices.iter().fold(seed, |h, &i| SplitMix64::new(h ^ i as u64).next_u64());
+    out.par_chunks_mut(per).zip(indices.par_iter()).enumerate().for_each(|(pos, (dst, &i))| match augment {
+        Some(aug) => {
+            let mut rng = SplitMix64::new(batch_key ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            t.apply_augmented(&split.images[i], aug, &mut rng, dst)
+        }
+        None => t.apply(&split.images[i], dst),
+    });
+    out
 }
 
 #[cfg(test)]

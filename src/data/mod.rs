@@ -12,10 +12,10 @@ pub mod tokenizer;
 
 use crate::io::hub::{self, RepoKind};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use text::{Columns, LabelSet, LabeledSplit, label_rows, read_rows};
 use tokenizer::{Encoded, TextTokenizer};
-use serde::{Deserialize, Serialize};
 
 /// A tokenized split ready for batching.
 #[derive(Debug, Clone)]

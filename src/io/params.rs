@@ -17,6 +17,8 @@ pub struct ParamInfo {
     pub path: String,
     /// The struct that owns the parameter, e.g. `Linear`, `LayerNorm`, `Embedding`.
     pub owner: String,
+    /// Every struct on the way down to it, outermost first (the owner last).
+    pub owners: Vec<String>,
     pub shape: Vec<usize>,
     pub trainable: bool,
 }
@@ -24,6 +26,12 @@ pub struct ParamInfo {
 impl ParamInfo {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// Whether the parameter lives inside a struct named `ty` (e.g. a LoRA adapter): what a
+    /// parameter *is* comes from the layer that holds it, not from its path's spelling.
+    pub fn within(&self, ty: &str) -> bool {
+        self.owners.iter().any(|o| o == ty)
     }
 
     /// Linear layers keep `[in, out]` (burn's convention); PyTorch checkpoints keep `[out, in]`.
@@ -58,6 +66,7 @@ impl PathTracker {
         ParamInfo {
             path: self.path(),
             owner: self.owner(),
+            owners: self.owners.clone(),
             shape: param.lazy_shape().to_vec(),
             trainable: param.is_require_grad(),
         }
@@ -172,13 +181,13 @@ pub fn import_params<M: Module>(
     }
 }
 
-/// Set which parameters train: `trainable(path)` decides for each float parameter.
-pub fn set_trainable<M: Module>(module: M, trainable: impl Fn(&str) -> bool) -> M {
+/// Set which parameters train: `trainable(info)` decides for each float parameter.
+pub fn set_trainable<M: Module>(module: M, trainable: impl Fn(&ParamInfo) -> bool) -> M {
     struct Setter<F> {
         at: PathTracker,
         trainable: F,
     }
-    impl<F: Fn(&str) -> bool> ModuleMapper for Setter<F> {
+    impl<F: Fn(&ParamInfo) -> bool> ModuleMapper for Setter<F> {
         fn enter_module(&mut self, name: &str, container: &str) {
             self.at.enter(name, container);
         }
@@ -186,7 +195,8 @@ pub fn set_trainable<M: Module>(module: M, trainable: impl Fn(&str) -> bool) -> 
             self.at.exit();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.set_require_grad((self.trainable)(&self.at.path()))
+            let info = self.at.info(&param);
+            param.set_require_grad((self.trainable)(&info))
         }
     }
     module.map(&mut Setter { at: PathTracker::default(), trainable })

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// finetune's notes beside an adapter (labels, input settings, how the base was held); peft
+/// ignores the file.
+pub const NOTES_FILE: &str = "finetune.json";
 
 /// An adapter directory read into memory.
 #[derive(Debug, Clone)]

@@ -2,6 +2,19 @@
 //! embeddings are placed before the word embeddings (so position and token-type embeddings and
 //! the embedding LayerNorm apply to them too); the attention mask is extended with ones and the
 //! token types with zeros. Everything else is frozen except `modules_to_save` (the classifier).
+//!
+//! This file owns the method: its settings, attaching the prompt (`nn::soft_prompt`) to a model
+//! that takes one (`models::Adaptable::prompt_slot`), what trains, and the adapter in peft's
+//! format both ways (`prompt_embeddings`; modules to save as `base_model.<key>`).
+
+use crate::io::params::ParamInfo;
+use crate::io::peft::AdapterFiles;
+use crate::io::safetensors::HostTensor;
+use crate::models::{Adaptable, checkpoint_tensors, import_by_key};
+use crate::nn::soft_prompt::SoftPrompt;
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +54,7 @@ pub const PROMPT_KEY: &str = "prompt_embeddings";
 pub const KEY_PREFIX: &str = "base_model.";
 
 /// `adapter_config.json` for a prompt-tuning adapter, in peft's schema.
-pub fn adapter_config_json(
+fn config_json(
     cfg: &PromptTuningConfig,
     hidden: usize,
     num_layers: usize,
@@ -64,4 +77,90 @@ pub fn adapter_config_json(
         "inference_mode": true,
         "revision": null,
     })
+}
+
+/// Attach a fresh soft prompt to `model`: random, or the word embeddings of `init_text` tokenized
+/// by `tokenize` (without special tokens, as peft does).
+pub fn attach<M: Adaptable>(
+    model: &mut M,
+    cfg: &PromptTuningConfig,
+    tokenize: &dyn Fn(&str) -> Result<Vec<u32>>,
+    device: &Device,
+) -> Result<()> {
+    let slot = model.prompt_slot().context("this model takes no soft prompt (prompt tuning needs a text encoder)")?;
+    let hidden = slot.word_embeddings.dims()[1];
+    let prompt = match cfg.init {
+        PromptInit::Random => SoftPrompt::random(cfg.num_virtual_tokens, hidden, device),
+        PromptInit::Text => {
+            let text = cfg.init_text.as_deref().context("prompt_tuning.init = \"text\" needs init_text")?;
+            SoftPrompt::from_tokens(slot.word_embeddings, &tokenize(text)?, cfg.num_virtual_tokens)?
+        }
+    };
+    *slot.prompt = Some(prompt);
+    Ok(())
+}
+
+/// Whether prompt tuning trains `info` (checkpoint module `module`): the prompt and the modules
+/// to save.
+pub fn trains(cfg: &PromptTuningConfig, info: &ParamInfo, module: &str) -> bool {
+    info.within("SoftPrompt") || crate::methods::lora::in_modules(module, &cfg.modules_to_save)
+}
+
+/// Write the prompt (and the modules to save) of `model` in peft's format.
+pub fn save_adapter<M: Adaptable + Clone>(
+    model: &M,
+    cfg: &PromptTuningConfig,
+    base_model: &str,
+    saved: impl Fn(&ParamInfo) -> bool,
+    dir: &Path,
+) -> Result<()> {
+    let mut copy = model.clone();
+    let slot = copy.prompt_slot().context("this model takes no soft prompt")?;
+    let p = slot.prompt.as_ref().context("no soft prompt attached")?.embeddings.val();
+    let [n, h] = p.dims();
+    let data = p.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+    let config = config_json(cfg, h, slot.num_layers, slot.num_heads, base_model);
+    let mut tensors = vec![(PROMPT_KEY.to_string(), HostTensor::new(vec![n, h], data))];
+    let others = checkpoint_tensors(model, |p| model.checkpoint_key(p), |p| !p.within("SoftPrompt") && saved(p));
+    tensors.extend(others.into_iter().map(|(k, t)| (format!("{KEY_PREFIX}{k}"), t)));
+    AdapterFiles::write(dir, &config, tensors)
+}
+
+/// Attach the prompt-tuning adapter in `files` (finetune's or Python peft's) to `model`.
+pub fn load_adapter<M: Adaptable>(
+    mut model: M,
+    files: &AdapterFiles,
+    device: &Device,
+) -> Result<(M, PromptTuningConfig)> {
+    let n = files.config["num_virtual_tokens"].as_u64().context("adapter_config.json: no num_virtual_tokens")? as usize;
+    let t = files.tensor(PROMPT_KEY)?;
+    let modules_to_save: Vec<String> =
+        serde_json::from_value(files.config["modules_to_save"].clone()).unwrap_or_default();
+    let cfg = PromptTuningConfig { num_virtual_tokens: n, init: PromptInit::Random, init_text: None, modules_to_save };
+    {
+        let slot =
+            model.prompt_slot().with_context(|| format!("{}: this model takes no soft prompt", files.dir.display()))?;
+        let hidden = slot.word_embeddings.dims()[1];
+        if t.shape != [n, hidden] {
+            bail!("{}: prompt_embeddings has shape {:?}, expected [{n}, {hidden}]", files.dir.display(), t.shape);
+        }
+        *slot.prompt = Some(SoftPrompt {
+            embeddings: burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(t.data.clone(), [n, hidden]),
+                device,
+            )),
+        });
+    }
+    let mut used = std::collections::BTreeSet::from([PROMPT_KEY.to_string()]);
+    let keys: std::collections::HashMap<String, String> = crate::io::params::list_params(&model)
+        .into_iter()
+        .map(|p| (p.path.clone(), model.checkpoint_key(&p.path)))
+        .collect();
+    let model = import_by_key(model, &files.tensors, |i| format!("{KEY_PREFIX}{}", keys[&i.path]), &mut used)
+        .with_context(|| format!("{}", files.dir.display()))?;
+    let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
+    if !unused.is_empty() {
+        bail!("{}: tensors that match no layer of the model: {:?}", files.dir.display(), unused);
+    }
+    Ok((model, cfg))
 }

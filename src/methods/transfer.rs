@@ -1,7 +1,7 @@
 //! Layer groups of an encoder classifier, gradual unfreezing and layer-wise learning rates.
 
-use crate::nn::layer_group::LayerGroup;
 use super::Method;
+use crate::nn::layer_group::LayerGroup;
 use serde::{Deserialize, Serialize};
 
 /// `[transfer]` in a recipe: what trains from the start and how the rest unfreezes.
@@ -105,7 +105,8 @@ mod tests {
 
     #[test]
     fn gradual_unfreezing_goes_top_down_with_embeddings_last() {
-        let plan = bert_plan(TransferConfig { trainable_layers: 1, unfreeze_every_epochs: Some(2), ..Default::default() }, 3);
+        let plan =
+            bert_plan(TransferConfig { trainable_layers: 1, unfreeze_every_epochs: Some(2), ..Default::default() }, 3);
         let groups_at = |epoch| plan.order[..plan.unfrozen(epoch, 0)].to_vec();
         use LayerGroup::*;
         assert_eq!(groups_at(0), vec![Head, Layer(2)]);
@@ -123,7 +124,8 @@ mod tests {
 
     #[test]
     fn step_based_unfreezing_and_layer_lr_decay() {
-        let plan = bert_plan(TransferConfig { unfreeze_every_steps: Some(5), layer_lr_decay: 0.5, ..Default::default() }, 2);
+        let plan =
+            bert_plan(TransferConfig { unfreeze_every_steps: Some(5), layer_lr_decay: 0.5, ..Default::default() }, 2);
         assert_eq!(plan.unfrozen(0, 4), 1);
         assert_eq!(plan.unfrozen(0, 5), 2);
         assert_eq!(plan.unfrozen(0, 100), 4);

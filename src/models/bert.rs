@@ -1,7 +1,7 @@
 //! BERT-family encoder (BERT, MiniLM and other `model_type = "bert"` checkpoints).
 //!
 //! Field names follow the Hugging Face module tree so that a parameter's burn path maps onto its
-//! checkpoint key with three renames (see [`hf_key`]): `self_attn` ↔ `self` (a Rust keyword) and
+//! checkpoint key with three renames (see [`checkpoint_key`]): `self_attn` ↔ `self` (a Rust keyword) and
 //! `layer_norm.{gamma,beta}` ↔ `LayerNorm.{weight,bias}`; dense weights are transposed.
 
 use burn::module::Module;
@@ -10,11 +10,11 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, tanh};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::attention_softmax::scaled_masked_softmax;
-use crate::nn::dense::Dense;
 use crate::data::batch::EncoderInput;
+use crate::nn::dense::Dense;
 use crate::nn::dropout::dropout;
 use crate::nn::layer_norm::LayerNorm;
+use crate::ops::attention_softmax::scaled_masked_softmax;
 use crate::ops::matmul::matmul;
 
 /// Mirrors the fields of a BERT `config.json` that the architecture needs.
@@ -317,8 +317,9 @@ impl BertResidualOutput {
     }
 }
 
-impl super::DenseLayers for BertModel {
-    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+/// Linear layers by checkpoint module name (without the `bert.` prefix).
+impl BertModel {
+    pub fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.encoder.layer.iter().enumerate() {
             let p = format!("encoder.layer.{i}");
@@ -334,7 +335,7 @@ impl super::DenseLayers for BertModel {
         }
         out
     }
-    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+    pub fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.encoder.layer.iter_mut().enumerate() {
             let p = format!("encoder.layer.{i}");
@@ -353,14 +354,14 @@ impl super::DenseLayers for BertModel {
 }
 
 /// The Hugging Face key of a parameter given its path inside [`BertModel`].
-pub fn hf_key(path: &str) -> String {
+pub fn checkpoint_key(path: &str) -> String {
     path.replace("self_attn.", "self.")
         .replace("layer_norm.gamma", "LayerNorm.weight")
         .replace("layer_norm.beta", "LayerNorm.bias")
 }
 
 /// The key older (TF-converted) BERT checkpoints use for the same parameter, if it differs.
-pub fn legacy_hf_key(path: &str) -> Option<String> {
+pub fn legacy_checkpoint_key(path: &str) -> Option<String> {
     path.contains("layer_norm.").then(|| {
         path.replace("self_attn.", "self.")
             .replace("layer_norm.gamma", "LayerNorm.gamma")

@@ -4,7 +4,7 @@
 
 use super::gguf_llama::GgufLlama;
 use super::llama::{LlamaConfig, LlamaForCausalLM};
-use super::{DenseLayers, LoadReport, ModelDir, load_weights};
+use super::{Adaptable, LoadReport, ModelDir, load_weights};
 use crate::data::chat::ChatTemplate;
 use crate::data::tokenizer::{LmTokenizer, tokenizer_json_from_gguf};
 use crate::io::gguf::{GgufFile, Value};
@@ -167,4 +167,39 @@ impl DecoderFiles {
         };
         source.map(|s| ChatTemplate::new(&s, &bos, &eos).with_context(|| self.describe())).transpose()
     }
+}
+
+/// Write a fully fine-tuned decoder as a Hugging Face directory: `config.json`,
+/// `model.safetensors` (transformers' keys and layout), `tokenizer.json`, and with a chat
+/// template `chat_template.jinja` + `tokenizer_config.json` (its special tokens).
+pub fn save_model(
+    model: &LlamaForCausalLM,
+    cfg: &LlamaConfig,
+    tokenizer: &LmTokenizer,
+    template: Option<&ChatTemplate>,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors = super::checkpoint_tensors(model, super::llama::checkpoint_key, |_| true);
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    crate::io::safetensors::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))?;
+    let mut config = serde_json::to_value(cfg)?;
+    config["model_type"] = "llama".into();
+    config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    crate::io::atomic::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    if let Some(t) = template {
+        crate::io::atomic::write_atomic(&dir.join("chat_template.jinja"), t.source().as_bytes())?;
+        let tc = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": t.bos_token(),
+            "eos_token": t.eos_token(),
+            "pad_token": t.eos_token(),
+        });
+        crate::io::atomic::write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&tc)?.as_bytes(),
+        )?;
+    }
+    tokenizer.save(&dir.join("tokenizer.json"))
 }

@@ -6,11 +6,10 @@
 //! and BatchNorm uses eps 1e-3 and momentum 0.01. Drop-connect (stochastic depth) of the
 //! original training recipe is not applied when fine-tuning.
 
-use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, Padding, conv_bn_key};
-use super::image_classifier::{
-    ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
-};
+use super::image_classifier::{ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups};
+use super::{Adaptable, ConvUnit};
 use crate::nn::classification_head::ClassificationHead;
+use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, Padding, conv_bn_key};
 use crate::nn::layer_group::LayerGroup;
 use burn::module::Module;
 use burn::prelude::*;
@@ -130,7 +129,9 @@ impl ImageBackbone for EfficientNetLite {
     fn head_mut(&mut self) -> &mut ClassificationHead {
         &mut self.head
     }
+}
 
+impl Adaptable for EfficientNetLite {
     fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>> {
         let mut out = vec![ConvUnit { path: "stem".into(), name: "_conv_stem".into(), unit: &mut self.stem }];
         for (i, b) in self.blocks.iter_mut().enumerate() {

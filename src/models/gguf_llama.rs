@@ -3,8 +3,8 @@
 //! `model.layers.0.self_attn.q_proj.weight`), dequantized to f32, with llama.cpp's Q/K row
 //! permutation undone.
 
-use crate::io::WeightSource;
 use super::llama::{LlamaConfig, unpermute_qk_rows};
+use crate::io::WeightSource;
 use crate::io::gguf::{GgufFile, Value};
 use crate::io::safetensors::HostTensor;
 use anyhow::{Result, bail};

@@ -3,15 +3,14 @@
 //! normalisation), and weights as `model.safetensors` or a PyTorch checkpoint (`pytorch_model.bin`
 //! or one `*.pth`, read without running Python).
 
-use crate::nn::conv_bn::ConvBn;
 use super::efficientnet_lite::EfficientNetLite;
 use super::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use super::resnet::ResNet;
-use crate::nn::classification_head::ClassificationHead;
-use super::{Head, LoadReport, load_weights};
+use super::{Adaptable, Head, LoadReport, load_weights};
 use crate::io::WeightSource;
 use crate::io::pth::PthFile;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use crate::nn::classification_head::ClassificationHead;
 use crate::nn::layer_group::LayerGroup;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -52,18 +51,10 @@ pub struct ImageConfig {
 pub const ARCHITECTURES: [&str; 7] =
     ["mobilenet_v2", "efficientnet_lite0", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"];
 
-/// One conv + BatchNorm unit of a backbone: our parameter path (`blocks.3.layers.1`), the
-/// checkpoint's module name of its convolution (`features.4.conv.1.0`), and the unit.
-pub struct ConvUnit<'a> {
-    pub path: String,
-    pub name: String,
-    pub unit: &'a mut ConvBn,
-}
-
-/// What the image task needs from a CNN backbone with a classification head. One
-/// implementation per architecture file; the task, the adapters and the checkpoint code are
-/// written once against this.
-pub trait ImageBackbone: burn::module::Module + Sized {
+/// What the image task needs from a CNN backbone with a classification head, beyond what every
+/// trainable model shows methods ([`Adaptable`]: convolutions, groups, checkpoint keys). One
+/// implementation per architecture file.
+pub trait ImageBackbone: Adaptable {
     /// The classifier's module name in the checkpoint (peft's `modules_to_save` entry).
     const CLASSIFIER_MODULE: &'static str;
     /// The checkpoint key of the classifier's weight `[classes, features]`.
@@ -74,14 +65,6 @@ pub trait ImageBackbone: burn::module::Module + Sized {
     fn features(&self, images: Tensor<4>) -> Tensor<2>;
     fn head(&self) -> &ClassificationHead;
     fn head_mut(&mut self) -> &mut ClassificationHead;
-    /// Every conv + BatchNorm unit, bottom-up.
-    fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>>;
-    /// Transfer-learning groups top-down: the head first, the stem (`Layer(0)`) last.
-    fn layer_groups(&self) -> Vec<LayerGroup>;
-    /// The group of a parameter path (see [`Self::layer_groups`]).
-    fn layer_group(path: &str) -> LayerGroup;
-    /// The checkpoint's key for one of our parameter paths.
-    fn checkpoint_key(&self, path: &str) -> String;
 
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.head().forward(self.features(images))
@@ -90,17 +73,6 @@ pub trait ImageBackbone: burn::module::Module + Sized {
     /// Channels of the pooled features the head sees.
     fn feature_dim(&self) -> usize {
         self.head().classifier.d_in()
-    }
-
-    /// Switch BatchNorm layers between updating their statistics from each training batch
-    /// (`train(path of the BatchNorm)` true) and normalising with the stored running statistics.
-    /// Frozen layers of a transfer-learning run keep the pretrained statistics; a layer in
-    /// inference mode also skips the batch-statistics pass.
-    fn set_batch_norm_training(mut self, train: &dyn Fn(&str) -> bool) -> Self {
-        for u in self.conv_units_mut() {
-            u.unit.bn.training = burn::module::Param::from_bool(train(&format!("{}.bn", u.path)));
-        }
-        self
     }
 }
 
@@ -306,4 +278,27 @@ impl AnyImageClassifier {
             Self::ResNet(m) => m.forward(images),
         }
     }
+}
+
+/// Write a fine-tuned image model: `config.json` (the base's, with the new classes, the input
+/// `size`/`crop_pct` used and what finetune did under `"finetune"`) and `model.safetensors` under
+/// the base checkpoint's keys, so e.g. `torchvision.models.mobilenet_v2(num_classes=...)` loads it
+/// with `load_state_dict`.
+pub fn save_model<M: ImageBackbone>(
+    model: &M,
+    base: &ImageModelDir,
+    labels: &[String],
+    input: (usize, f32),
+    meta: serde_json::Value,
+    out: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut config = base.config.clone();
+    config.num_classes = labels.len();
+    config.label_names = Some(labels.to_vec());
+    config.pretrained_cfg.input_size = [3, input.0, input.0];
+    config.pretrained_cfg.crop_pct = input.1;
+    config.finetune = Some(meta);
+    crate::io::atomic::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    crate::io::safetensors::write_safetensors(&out.join("model.safetensors"), &checkpoint_tensors(model), None)
 }

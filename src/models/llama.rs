@@ -11,8 +11,8 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::attention_softmax::scaled_masked_softmax;
 use crate::nn::dense::Dense;
+use crate::ops::attention_softmax::scaled_masked_softmax;
 use crate::ops::matmul::matmul;
 
 /// Mirrors the fields of a Llama `config.json` that the architecture needs.
@@ -389,7 +389,11 @@ impl LlamaAttention {
     }
 }
 
-impl super::DenseLayers for LlamaForCausalLM {
+impl super::Adaptable for LlamaForCausalLM {
+    fn checkpoint_key(&self, path: &str) -> String {
+        checkpoint_key(path)
+    }
+
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
@@ -429,7 +433,7 @@ impl super::DenseLayers for LlamaForCausalLM {
 }
 
 /// The Hugging Face key of a parameter given its burn path (they are the same by construction).
-pub fn hf_key(path: &str) -> String {
+pub fn checkpoint_key(path: &str) -> String {
     path.to_string()
 }
 

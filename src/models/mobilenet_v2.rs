@@ -6,11 +6,10 @@
 //! pooling, then dropout and a linear classifier. Every conv is followed by BatchNorm; ReLU6
 //! everywhere except after the projections.
 
-use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
-use super::image_classifier::{
-    ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
-};
+use super::image_classifier::{ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups};
+use super::{Adaptable, ConvUnit};
 use crate::nn::classification_head::ClassificationHead;
+use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
 use crate::nn::layer_group::LayerGroup;
 use burn::module::Module;
 use burn::prelude::*;
@@ -155,7 +154,9 @@ impl ImageBackbone for MobileNetV2 {
     fn head_mut(&mut self) -> &mut ClassificationHead {
         &mut self.head
     }
+}
 
+impl Adaptable for MobileNetV2 {
     /// torchvision's module names: `features.0.0`, `features.3.conv.1.0`, `features.3.conv.2`
     /// for a projection (a bare conv in torchvision), `features.18.0`.
     fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>> {

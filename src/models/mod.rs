@@ -12,22 +12,85 @@ pub mod resnet;
 pub mod text_classifier;
 pub mod whisper;
 
-use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};
 use crate::io::WeightSource;
+use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use crate::nn::classification_head::Pooling;
+use crate::nn::conv_bn::ConvBn;
+use crate::nn::dense::Dense;
+use crate::nn::layer_group::LayerGroup;
+use crate::nn::soft_prompt::SoftPrompt;
 use anyhow::{Context, Result, bail};
 use bert::BertConfig;
 use burn::prelude::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use crate::nn::classification_head::Pooling;
 use text_classifier::TextClassifier;
 
-/// A model whose linear layers adapters can attach to, listed by Hugging Face module name
-/// (`bert.encoder.layer.0.attention.self.query`, `classifier`, ...).
-pub trait DenseLayers {
-    fn dense_layers(&self) -> Vec<(String, &crate::nn::dense::Dense)>;
-    fn dense_layers_mut(&mut self) -> Vec<(String, &mut crate::nn::dense::Dense)>;
+/// What methods see of a trainable model: the checkpoint's name of every parameter, the linear
+/// layers and convolutions adapters attach to (by the checkpoint's module names, which is how
+/// peft's `target_modules` name them), and the groups gradual unfreezing works in. One impl per
+/// model; `methods` is written once against it and no model code mentions a method.
+pub trait Adaptable: burn::module::Module + Sized {
+    /// The checkpoint key of parameter `path` (`bert.encoder.layer.0.attention.self.query.weight`,
+    /// `features.3.conv.1.0.weight`, ...).
+    fn checkpoint_key(&self, path: &str) -> String;
+
+    /// Linear layers by checkpoint module name (`bert.encoder.layer.0.attention.self.query`).
+    fn dense_layers(&self) -> Vec<(String, &Dense)> {
+        Vec::new()
+    }
+    fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        Vec::new()
+    }
+
+    /// Every convolution + BatchNorm unit, bottom-up.
+    fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>> {
+        Vec::new()
+    }
+
+    /// Unfreezing groups top-down: the head first (default: one group, the whole model).
+    fn layer_groups(&self) -> Vec<LayerGroup> {
+        vec![LayerGroup::Head]
+    }
+
+    /// The group of a parameter path (see [`Self::layer_groups`]).
+    fn layer_group(_path: &str) -> LayerGroup {
+        LayerGroup::Head
+    }
+
+    /// Where a soft prompt goes, for models that take one (prompt tuning).
+    fn prompt_slot(&mut self) -> Option<PromptSlot<'_>> {
+        None
+    }
+
+    /// Switch BatchNorm layers between updating their statistics from each training batch
+    /// (`train(path of the BatchNorm)` true) and normalising with the stored running statistics.
+    /// Frozen layers of a transfer-learning run keep the pretrained statistics; a layer in
+    /// inference mode also skips the batch-statistics pass.
+    fn set_batch_norm_training(mut self, train: &dyn Fn(&str) -> bool) -> Self {
+        for u in self.conv_units_mut() {
+            u.unit.bn.training = burn::module::Param::from_bool(train(&format!("{}.bn", u.path)));
+        }
+        self
+    }
+}
+
+/// Where a model takes prompt tuning's soft prompt (`Adaptable::prompt_slot`).
+pub struct PromptSlot<'a> {
+    pub prompt: &'a mut Option<SoftPrompt>,
+    /// The word embeddings `[vocab, hidden]` a prompt may start from.
+    pub word_embeddings: Tensor<2>,
+    pub num_layers: usize,
+    pub num_heads: usize,
+}
+
+/// One conv + BatchNorm unit of a backbone: our parameter path (`blocks.3.layers.1`), the
+/// checkpoint's module name of its convolution (`features.4.conv.1.0`), and the unit.
+pub struct ConvUnit<'a> {
+    pub path: String,
+    pub name: String,
+    pub unit: &'a mut ConvBn,
 }
 
 /// The files of a Hugging Face model directory that we use.
@@ -141,11 +204,11 @@ pub fn load_text_classifier(
         if head == Head::New && info.path.starts_with("head.") {
             return (Vec::new(), true);
         }
-        let key = text_classifier::hf_key(&info.path);
+        let key = text_classifier::checkpoint_key(&info.path);
         let mut candidates = vec![key.clone()];
         if let Some(bare) = key.strip_prefix("bert.") {
             candidates.push(bare.to_string());
-            if let Some(legacy) = bert::legacy_hf_key(bare) {
+            if let Some(legacy) = bert::legacy_checkpoint_key(bare) {
                 candidates.push(format!("bert.{legacy}"));
                 candidates.push(legacy);
             }

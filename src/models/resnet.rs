@@ -5,11 +5,10 @@
 //! bottleneck: 1×1, 3×3 with the stride, 1×1 to 4× width), a projection shortcut where the
 //! shape changes, ReLU after each sum, global average pooling and a linear classifier.
 
-use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
-use super::image_classifier::{
-    ConvUnit, ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups,
-};
+use super::image_classifier::{ImageBackbone, ImageConfig, global_average_pool, stem_block_group, stem_block_groups};
+use super::{Adaptable, ConvUnit};
 use crate::nn::classification_head::ClassificationHead;
+use crate::nn::conv_bn::{Activation, ConvBn, ConvBnSpec, conv_bn_key};
 use crate::nn::layer_group::LayerGroup;
 use anyhow::bail;
 use burn::module::Module;
@@ -144,7 +143,9 @@ impl ImageBackbone for ResNet {
     fn head_mut(&mut self) -> &mut ClassificationHead {
         &mut self.head
     }
+}
 
+impl Adaptable for ResNet {
     fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>> {
         let names: Vec<String> = (0..self.blocks.len()).map(|i| self.block_name(i)).collect();
         let mut out = vec![ConvUnit { path: "stem".into(), name: "conv1".into(), unit: &mut self.stem }];

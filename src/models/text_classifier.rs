@@ -3,8 +3,8 @@
 
 use super::bert::{BertConfig, BertModel};
 use crate::data::batch::EncoderInput;
-use crate::nn::dense::Dense;
 use crate::nn::classification_head::{ClassificationHead, Pooling};
+use crate::nn::dense::Dense;
 use crate::nn::layer_group::LayerGroup;
 use crate::nn::soft_prompt::SoftPrompt;
 use burn::module::Module;
@@ -98,14 +98,35 @@ pub fn pool(bert: &BertModel, hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooli
 
 /// Hugging Face key for a parameter path of [`TextClassifier`] (`BertForSequenceClassification`
 /// names: `bert.…` for the encoder, `classifier.…` for the head).
-pub fn hf_key(path: &str) -> String {
+pub fn checkpoint_key(path: &str) -> String {
     match path.strip_prefix("head.") {
         Some(rest) => rest.to_string(),
-        None => super::bert::hf_key(path),
+        None => super::bert::checkpoint_key(path),
     }
 }
 
-impl super::DenseLayers for TextClassifier {
+impl super::Adaptable for TextClassifier {
+    fn checkpoint_key(&self, path: &str) -> String {
+        checkpoint_key(path)
+    }
+
+    fn layer_groups(&self) -> Vec<LayerGroup> {
+        TextClassifier::layer_groups(self)
+    }
+
+    fn layer_group(path: &str) -> LayerGroup {
+        layer_group(path)
+    }
+
+    fn prompt_slot(&mut self) -> Option<super::PromptSlot<'_>> {
+        Some(super::PromptSlot {
+            word_embeddings: self.bert.embeddings.word_embeddings.weight.val(),
+            num_layers: self.bert.num_layers(),
+            num_heads: self.bert.encoder.layer[0].attention.self_attn.num_heads,
+            prompt: &mut self.prompt,
+        })
+    }
+
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out: Vec<(String, &Dense)> =
             self.bert.dense_layers().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();
@@ -131,4 +152,55 @@ pub fn layer_group(path: &str) -> LayerGroup {
     } else {
         LayerGroup::Head
     }
+}
+
+/// Settings that finetune stores in a fine-tuned model's `config.json` under `"finetune"`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FinetuneMeta {
+    pub pooling: Pooling,
+    pub max_length: usize,
+    pub method: String,
+    pub base_model: String,
+    /// The base's linear weights were 4-bit quantized during training (QLoRA); loading the
+    /// adapter quantizes the base the same way so the trained function is reproduced exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::quant::QuantConfig>,
+}
+
+/// Write a fine-tuned model directory: `model.safetensors` with `BertForSequenceClassification`
+/// keys, `config.json` with `id2label`/`label2id` (and our pooling under `"finetune"`), and the
+/// tokenizer files of the base model.
+pub fn save_model(
+    model: &TextClassifier,
+    base: &super::ModelDir,
+    labels: &crate::data::text::LabelSet,
+    meta: &FinetuneMeta,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tensors = super::checkpoint_tensors(model, checkpoint_key, |_| true);
+    let mut config = base.raw_config()?;
+    let obj = config.as_object_mut().context("config.json is not an object")?;
+    let id2label: serde_json::Map<String, serde_json::Value> =
+        labels.names().iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+    let label2id: serde_json::Map<String, serde_json::Value> =
+        labels.names().iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+    obj.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+    obj.insert("id2label".into(), id2label.into());
+    obj.insert("label2id".into(), label2id.into());
+    obj.insert("num_labels".into(), labels.len().into());
+    obj.insert("finetune".into(), serde_json::to_value(meta)?);
+    crate::io::atomic::replace_dir_atomic(out, |dir| {
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        crate::io::safetensors::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(metadata))?;
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+            let src = base.dir.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        Ok(())
+    })
 }

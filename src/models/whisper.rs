@@ -7,14 +7,14 @@
 //! Decoder: token and learned position embeddings, pre-LayerNorm layers with causal
 //! self-attention and cross-attention to the encoder, logits through the tied token embedding.
 
-use crate::ops::attention_softmax::scaled_masked_softmax;
-use crate::nn::dense::Dense;
-use crate::nn::layer_norm::LayerNorm;
-use crate::ops::matmul::matmul;
 use super::{LoadReport, load_weights};
 use crate::io::WeightSource;
 use crate::io::ctranslate2::Ct2Model;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use crate::nn::dense::Dense;
+use crate::nn::layer_norm::LayerNorm;
+use crate::ops::attention_softmax::scaled_masked_softmax;
+use crate::ops::matmul::matmul;
 use anyhow::{Context, Result, ensure};
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
@@ -428,9 +428,9 @@ impl WhisperAudioClassifier {
         let fine_tuned = weights.contains("encoder.conv1.weight");
         let (model, mut report) = load_weights(model, &weights, |info| {
             if info.path.starts_with("head.") {
-                return (if keep_head { vec![classifier_key(&info.path)] } else { Vec::new() }, !keep_head);
+                return (if keep_head { vec![classifier_checkpoint_key(&info.path)] } else { Vec::new() }, !keep_head);
             }
-            let key = classifier_key(&info.path);
+            let key = classifier_checkpoint_key(&info.path);
             (vec![if fine_tuned { key } else { format!("model.{key}") }], false)
         })?;
         // A speech-recognition checkpoint's decoder is not used.
@@ -440,14 +440,18 @@ impl WhisperAudioClassifier {
 }
 
 /// The key of a [`WhisperAudioClassifier`] parameter (`encoder.*`, `classifier.*`).
-pub fn classifier_key(path: &str) -> String {
+pub fn classifier_checkpoint_key(path: &str) -> String {
     if let Some(rest) = path.strip_prefix("head.classifier.") {
         return format!("classifier.{rest}");
     }
-    hf_key(path).trim_start_matches("model.").to_string()
+    checkpoint_key(path).trim_start_matches("model.").to_string()
 }
 
-impl super::DenseLayers for WhisperAudioClassifier {
+impl super::Adaptable for WhisperAudioClassifier {
+    fn checkpoint_key(&self, path: &str) -> String {
+        classifier_checkpoint_key(path)
+    }
+
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.encoder.layers.iter().enumerate() {
@@ -475,7 +479,11 @@ impl super::DenseLayers for WhisperAudioClassifier {
     }
 }
 
-impl super::DenseLayers for Whisper {
+impl super::Adaptable for Whisper {
+    fn checkpoint_key(&self, path: &str) -> String {
+        checkpoint_key(path)
+    }
+
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.encoder.layers.iter().enumerate() {
@@ -513,7 +521,7 @@ impl super::DenseLayers for Whisper {
 }
 
 /// The Hugging Face key of a parameter path inside [`Whisper`].
-pub fn hf_key(path: &str) -> String {
+pub fn checkpoint_key(path: &str) -> String {
     format!(
         "model.{}",
         path.replace("layer_norm.gamma", "layer_norm.weight").replace("layer_norm.beta", "layer_norm.bias")
@@ -580,7 +588,8 @@ impl WhisperDir {
     pub fn load(&self, device: &Device) -> Result<(Whisper, LoadReport)> {
         let model = Whisper::new(&self.config, device)?;
         let weights = self.weights()?;
-        let (model, mut report) = load_weights(model, &BoxedSource(weights), |info| (vec![hf_key(&info.path)], false))?;
+        let (model, mut report) =
+            load_weights(model, &BoxedSource(weights), |info| (vec![checkpoint_key(&info.path)], false))?;
         // The output projection is tied to the token embedding.
         report.unused.retain(|k| k != "proj_out.weight");
         Ok((model, report))
@@ -793,8 +802,8 @@ pub fn export_hf(src: &WhisperDir, out: &Path) -> Result<()> {
 
 /// A model in memory (e.g. fine-tuned, adapters merged) as a Hugging Face directory next to the
 /// configuration and tokenizer of `src`.
-pub fn export_model(model: &Whisper, src: &WhisperDir, out: &Path) -> Result<()> {
-    write_hf_dir(src, out, &super::checkpoint_tensors(model, hf_key, |_| true))
+pub fn save_model(model: &Whisper, src: &WhisperDir, out: &Path) -> Result<()> {
+    write_hf_dir(src, out, &super::checkpoint_tensors(model, checkpoint_key, |_| true))
 }
 
 fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
@@ -843,19 +852,44 @@ fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) 
     Ok(())
 }
 
+/// Write a fine-tuned audio classifier: `config.json` (the base's Whisper config with `id2label`
+/// and what finetune did), `model.safetensors` (`encoder.*`, `classifier.*`), `tokenizer.json`.
+pub fn save_classifier(
+    model: &WhisperAudioClassifier,
+    base: &WhisperDir,
+    labels: &[String],
+    meta: serde_json::Value,
+    out: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut config = serde_json::to_value(&base.config)?;
+    config["architectures"] = serde_json::json!(["WhisperForAudioClassification"]);
+    config["id2label"] = labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect();
+    config["label2id"] = labels.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::json!(i))).collect();
+    config["finetune"] = meta;
+    crate::io::atomic::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    crate::io::safetensors::write_safetensors(
+        &out.join("model.safetensors"),
+        &super::checkpoint_tensors(model, classifier_checkpoint_key, |_| true),
+        None,
+    )?;
+    std::fs::copy(&base.tokenizer, out.join("tokenizer.json")).context("copying tokenizer.json")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn hf_keys_rename_layer_norms_only() {
+    fn checkpoint_keys_rename_layer_norms_only() {
         assert_eq!(
-            hf_key("encoder.layers.0.self_attn_layer_norm.gamma"),
+            checkpoint_key("encoder.layers.0.self_attn_layer_norm.gamma"),
             "model.encoder.layers.0.self_attn_layer_norm.weight"
         );
-        assert_eq!(hf_key("decoder.layer_norm.beta"), "model.decoder.layer_norm.bias");
+        assert_eq!(checkpoint_key("decoder.layer_norm.beta"), "model.decoder.layer_norm.bias");
         assert_eq!(
-            hf_key("decoder.layers.1.encoder_attn.k_proj.weight"),
+            checkpoint_key("decoder.layers.1.encoder_attn.k_proj.weight"),
             "model.decoder.layers.1.encoder_attn.k_proj.weight"
         );
     }

@@ -3,8 +3,8 @@
 //! a 1×1 convolution back to the output channels. Grouped (depthwise) convolutions are not
 //! adapted. Weights keep peft's layout: `lora_A.weight [r, in, kh, kw]`, `lora_B.weight [out, r, 1, 1]`.
 
-use super::lora::LoraInit;
 use super::dropout::dropout;
+use super::lora::LoraInit;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Initializer};

@@ -8,9 +8,9 @@
 //! and where a frozen weight can be held 4-bit quantized (QLoRA).
 
 use crate::nn::lora::LoraAdapter;
+use crate::ops::frozen_matmul::frozen_matmul;
 use crate::ops::matmul::matmul;
 use crate::quant::FrozenWeight;
-use crate::ops::frozen_matmul::frozen_matmul;
 use crate::quant::nf4::Quantized4bit;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;

@@ -12,8 +12,9 @@
 //! (a GPU device) the same function is computed with burn's ops. `bias` is a constant (an
 //! attention mask): no gradient flows into it.
 
-use crate::ops::simd::with_avx512;
 use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor};
+use crate::ops::simd::with_avx512;
+use crate::ops::simd_math::exp_f32;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -23,7 +24,6 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 use burn_flex::FlexTensor;
-use crate::ops::simd_math::exp_f32;
 use rayon::prelude::*;
 
 /// `softmax(scores · scale + bias)` along the last axis. `bias`, if any, broadcasts to `scores`

@@ -209,5 +209,4 @@ learning_rate = 5e-5
         assert!(Recipe::parse(MINIMAL, &["training.epochs=0".into()]).is_err());
         assert!(Recipe::parse(MINIMAL, &["nonsense".into()]).is_err());
     }
-
 }

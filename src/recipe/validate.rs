@@ -150,7 +150,8 @@ num_virtual_tokens = 4
     /// Every cell of the table parses or is refused naming what the task supports.
     #[test]
     fn task_by_method_table() {
-        let tasks = ["text-classification", "causal-lm", "image-classification", "audio-classification", "transcription"];
+        let tasks =
+            ["text-classification", "causal-lm", "image-classification", "audio-classification", "transcription"];
         let methods = ["feature-extraction", "full", "transfer", "lora", "prompt-tuning"];
         let mut accepted = 0;
         for t in tasks {
@@ -175,10 +176,14 @@ num_virtual_tokens = 4
 
     #[test]
     fn sections_are_checked_for_the_tasks_that_read_them() {
-        let with = |task: &str, set: &str| Recipe::parse(
-            &format!("task = \"{task}\"\nmethod = \"full\"\nmodel = \"m\"\noutput_dir = \"r\"\n[data]\ndataset = \"d\"\ntrain = \"t\"\n[training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-3\n"),
-            &[set.to_string()],
-        );
+        let with = |task: &str, set: &str| {
+            Recipe::parse(
+                &format!(
+                    "task = \"{task}\"\nmethod = \"full\"\nmodel = \"m\"\noutput_dir = \"r\"\n[data]\ndataset = \"d\"\ntrain = \"t\"\n[training]\nepochs = 1\nbatch_size = 1\nlearning_rate = 1e-3\n"
+                ),
+                &[set.to_string()],
+            )
+        };
         assert!(with("audio-classification", "audio.seconds=60").is_err());
         assert!(with("transcription", "audio.seconds=60").is_ok());
         assert!(with("image-classification", "image.validation_split=1.5").is_err());

@@ -113,6 +113,37 @@ pub fn read_log(path: &Path) -> Result<Vec<LogRecord>> {
         .collect()
 }
 
+/// Words for WER: lower case, punctuation removed (apostrophes and inner hyphens kept as part of
+/// a word), whitespace collapsed.
+pub fn normalize_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Word-level edit distance (substitutions + deletions + insertions) and the reference length.
+pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
+    let (r, h) = (normalize_words(reference), normalize_words(hypothesis));
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut row = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            row[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(row[j] + 1);
+        }
+        prev = row;
+    }
+    (prev[h.len()], r.len())
+}
+
+/// Corpus word error rate of (reference, hypothesis) pairs.
+pub fn word_error_rate<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> f64 {
+    let (errors, words) = pairs.into_iter().map(|(r, h)| word_errors(r, h)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    errors as f64 / words.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +156,16 @@ mod tests {
         assert!((f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         let (_, f1_3) = accuracy_and_macro_f1(&[0, 0, 0, 1], &[0, 0, 1, 1], 3);
         assert!((f1_3 - (0.8 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn word_error_rate_counts_edits_after_normalising() {
+        assert_eq!(
+            word_errors("He was not an ill-disposed young man.", "he was not an ill disposed young man"),
+            (0, 8)
+        );
+        assert_eq!(word_errors("a b c d", "a x c"), (2, 4));
+        assert_eq!(word_errors("a b", "a b c"), (1, 2));
+        assert!((word_error_rate([("a b c d", "a x c"), ("e f", "e f")]) - 2.0 / 6.0).abs() < 1e-12);
     }
 }

@@ -4,8 +4,8 @@
 //! It is generic over the model and over where logits come from ([`Examples`]), so training a
 //! whole encoder on token batches and training a head on cached features use the same loop.
 
-use crate::data::batch::{chunk, epoch_order, length_grouped};
 use super::config::{EarlyStopping, Metric};
+use crate::data::batch::{chunk, epoch_order, length_grouped};
 use crate::training::checkpoint::{BestSoFar, RunDir, TrainState};
 use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog, accuracy_and_macro_f1};
 use crate::training::optimizer::{AdamW, AdamWConfig, GradStore};
@@ -24,6 +24,15 @@ pub enum Split {
 }
 
 impl Split {
+    /// Its index among (train, validation, test).
+    pub fn slot(self) -> usize {
+        match self {
+            Self::Train => 0,
+            Self::Validation => 1,
+            Self::Test => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Train => "train",
@@ -55,6 +64,28 @@ pub trait Examples<M> {
     /// The order in which to evaluate a split (any order gives the same metrics).
     fn eval_order(&self, split: Split) -> Vec<usize> {
         (0..self.len(split)).collect()
+    }
+}
+
+/// Examples held elsewhere (a task that keeps its batches) lend themselves by reference.
+impl<M, E: Examples<M> + ?Sized> Examples<M> for &E {
+    fn len(&self, split: Split) -> usize {
+        (**self).len(split)
+    }
+    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+        (**self).loss(model, split, indices)
+    }
+    fn weight(&self, split: Split, indices: &[usize]) -> f64 {
+        (**self).weight(split, indices)
+    }
+    fn prefetch(&self, split: Split, indices: &[usize]) {
+        (**self).prefetch(split, indices)
+    }
+    fn lengths(&self, split: Split) -> Option<Vec<usize>> {
+        (**self).lengths(split)
+    }
+    fn eval_order(&self, split: Split) -> Vec<usize> {
+        (**self).eval_order(split)
     }
 }
 
@@ -95,13 +126,15 @@ impl TrainerConfig {
     }
 }
 
-/// What the method controls during training.
-pub struct MethodHooks<'a, M> {
+/// What the method controls during training (implemented in `methods`).
+pub trait MethodHooks<M> {
     /// Make the right parameters trainable for (epoch, step); return the names of groups that
     /// became trainable at this call (for the log).
-    pub set_trainable: &'a dyn Fn(M, usize, usize) -> (M, Vec<String>),
+    fn set_trainable(&self, model: M, epoch: usize, step: usize) -> (M, Vec<String>);
     /// Learning-rate multiplier per parameter path.
-    pub lr_scale: &'a dyn Fn(&str) -> f64,
+    fn lr_scale(&self, _path: &str) -> f64 {
+        1.0
+    }
 }
 
 pub struct TrainOutcome<M> {
@@ -122,7 +155,7 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
 }
 
 /// Evaluate `model` (in validation mode: no dropout, no autodiff) on a split.
-pub fn evaluate<M, E: Examples<M>>(
+pub fn evaluate<M, E: Examples<M> + ?Sized>(
     model: &M,
     data: &E,
     split: Split,
@@ -152,14 +185,14 @@ pub fn train<M, E>(
     model: M,
     data: &E,
     cfg: &TrainerConfig,
-    hooks: MethodHooks<'_, M>,
+    hooks: &dyn MethodHooks<M>,
     run: &RunDir,
     resume: bool,
     device: &Device,
 ) -> Result<TrainOutcome<M>>
 where
     M: Module,
-    E: Examples<M>,
+    E: Examples<M> + ?Sized,
 {
     let n = data.len(Split::Train);
     if n == 0 {
@@ -172,12 +205,12 @@ where
             tracing::info!("resuming from {}", dir.display());
             let state = RunDir::read_state(&dir)?;
             // Trainability must match the checkpoint before its parameters are loaded.
-            let (m, _) = (hooks.set_trainable)(model, state.epoch, state.step);
+            let (m, _) = hooks.set_trainable(model, state.epoch, state.step);
             (run.load_checkpoint(&dir, m, &mut optim, &state, device)?, state)
         }
         None if resume => bail!("--resume: no checkpoint in {}", run.checkpoints().display()),
         None => {
-            let (m, _) = (hooks.set_trainable)(model, 0, 0);
+            let (m, _) = hooks.set_trainable(model, 0, 0);
             (m, TrainState::default())
         }
     };
@@ -203,7 +236,7 @@ where
         };
         let steps: Vec<&[Vec<usize>]> = batches.chunks(cfg.grad_accum_steps).collect();
         for (group_index, group) in steps.iter().enumerate().skip(state.step_in_epoch) {
-            let (m, newly) = (hooks.set_trainable)(model, epoch, state.step);
+            let (m, newly) = hooks.set_trainable(model, epoch, state.step);
             model = m;
             for g in newly {
                 tracing::info!("unfreezing {g} at epoch {epoch}, step {}", state.step);
@@ -241,7 +274,7 @@ where
             }
             let grad_norm = grads.clip_global_norm(cfg.max_grad_norm);
             let lr = cfg.schedule.at(state.step);
-            model = optim.step(model, &grads, &|p| lr * (hooks.lr_scale)(p));
+            model = optim.step(model, &grads, &|p| lr * hooks.lr_scale(p));
             state.step += 1;
             state.step_in_epoch += 1;
             state.train_seconds += step_start.elapsed().as_secs_f64();
@@ -306,7 +339,7 @@ fn end_of_epoch<M, E>(
 ) -> Result<bool>
 where
     M: Module,
-    E: Examples<M>,
+    E: Examples<M> + ?Sized,
 {
     if data.len(Split::Validation) == 0 {
         // Without validation data the last model is the one we keep.

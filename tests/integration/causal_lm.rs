@@ -118,8 +118,7 @@ fn peft_llama_adapter_matches_peft_and_merges() {
     let files = DecoderFiles::open(&fixtures().join("tiny-llama")).unwrap();
     let (model, _, _) = files.load(&device).unwrap();
     let adapter = finetune::io::peft::AdapterFiles::read(&fixtures().join("peft/llama-lora")).unwrap();
-    let (mut model, cfg) =
-        finetune::methods::lora::load_adapter(model, &adapter, finetune::models::llama::hf_key, &device).unwrap();
+    let (mut model, cfg) = finetune::methods::lora::adapter::load_adapter(model, &adapter, &device).unwrap();
     assert_eq!(cfg.r, 4);
     let (ids, _) = tiny_ids(&device);
     assert_logits(model.forward(ids.clone(), None), "logits_lora");
@@ -189,12 +188,12 @@ target_modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
     );
     let recipe = finetune::recipe::Recipe::parse(&recipe, &[]).unwrap();
     let report = finetune::tasks::causal_lm::run(&recipe, false, false).unwrap();
-    let (before, after) = (report.validation_before.unwrap(), report.validation_after.unwrap());
+    let (before, after) = (report.extra.validation_before.unwrap(), report.extra.validation_after.unwrap());
     assert!(after.loss < before.loss * 0.7, "loss {:.3} -> {:.3}", before.loss, after.loss);
     assert_eq!(report.optimizer_steps, 6);
     assert_eq!(report.trainable_params, 30 * 8 * (576 + 576 + 576 + 192 + 576 + 576 + 1536 + 576));
 
-    let adapter = finetune::io::peft::AdapterFiles::read(&report.output_dir).unwrap();
+    let adapter = finetune::io::peft::AdapterFiles::read(&report.model_dir).unwrap();
     assert_eq!(adapter.config["task_type"], "CAUSAL_LM");
     let b = adapter.tensor("base_model.model.model.layers.29.self_attn.v_proj.lora_B.weight").unwrap();
     assert_eq!(b.shape, vec![192, 8]);
@@ -204,7 +203,7 @@ target_modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
     // The adapter on a fresh base reproduces the trained model's loss on the same rows.
     // (The loading path of `finetune generate` and `finetune merge`.)
     let device = Device::flex();
-    let lm = finetune::tasks::causal_lm::load_with_adapter(&path, Some(&report.output_dir), &device).unwrap();
+    let lm = finetune::inference::lm::load_with_adapter(&path, Some(&report.model_dir), &device).unwrap();
     let eos = lm.eos_id().unwrap();
     let model = lm.model;
     let encoder = finetune::data::sft::SftEncoder {

@@ -2,12 +2,12 @@
 
 use super::common::*;
 use burn::prelude::*;
+use finetune::data::batch::EncoderInput;
 use finetune::data::tokenizer::TextTokenizer;
 use finetune::io::safetensors::{HostTensor, SafetensorsFile, write_safetensors};
-use finetune::data::batch::EncoderInput;
 use finetune::models::text_classifier::{TextClassifier, pool};
-use finetune::nn::classification_head::Pooling;
 use finetune::models::{Head, ModelDir, load_text_classifier};
+use finetune::nn::classification_head::Pooling;
 use finetune::training::trainer::cross_entropy;
 
 pub fn reference_input(device: &Device) -> EncoderInput {

@@ -6,9 +6,8 @@ use burn::prelude::*;
 use finetune::io::peft::AdapterFiles;
 use finetune::io::safetensors::SafetensorsFile;
 use finetune::models::text_classifier::TextClassifier;
-use finetune::nn::classification_head::Pooling;
 use finetune::models::{Head, ModelDir, load_text_classifier};
-use finetune::tasks::text_classification::attach_adapter;
+use finetune::nn::classification_head::Pooling;
 
 fn peft_reference(name: &str) -> Vec<f32> {
     SafetensorsFile::open(&fixtures().join("peft-reference.safetensors")).unwrap().tensor(name).unwrap().data
@@ -19,9 +18,9 @@ fn tiny(device: &Device) -> TextClassifier {
     load_text_classifier(&dir, 3, Pooling::Pooler, 0.1, Head::FromCheckpoint, device).unwrap().0
 }
 
-fn with_adapter(name: &str, device: &Device) -> (TextClassifier, finetune::tasks::text_classification::AdapterSpec) {
+fn with_adapter(name: &str, device: &Device) -> (TextClassifier, finetune::methods::Tuner) {
     let files = AdapterFiles::read(&fixtures().join("peft").join(name)).unwrap();
-    attach_adapter(tiny(device), &files, device).unwrap()
+    finetune::methods::load_adapter(tiny(device), &files, device).unwrap()
 }
 
 /// LoRA (with modules_to_save), rsLoRA (regex targets), DoRA and prompt tuning adapters written by
@@ -44,26 +43,22 @@ fn trainable_parameter_counts_match_peft() {
     let device = Device::flex().autodiff();
     for name in ["lora", "rslora", "dora", "prompt"] {
         let (model, spec) = with_adapter(name, &device);
-        let count: usize = finetune::io::params::list_params(&model)
-            .iter()
-            .filter(|p| spec.is_trainable(&p.path))
-            .map(|p| p.numel())
-            .sum();
+        let (_, count) = spec.trainable_counts(&model, &Default::default());
         assert_eq!(count as f32, peft_reference(&format!("{name}.trainable_params"))[0], "{name}");
     }
 }
 
-fn load_with_adapter(name: &str) -> finetune::tasks::text_classification::FinetunedClassifier {
+fn load_with_adapter(name: &str) -> finetune::inference::text::FinetunedClassifier {
     let base = tiny_bert().display().to_string();
     let adapter = fixtures().join("peft").join(name);
-    finetune::tasks::text_classification::FinetunedClassifier::load(Some(&base), Some(&adapter), "cpu", None).unwrap()
+    finetune::inference::text::FinetunedClassifier::load(Some(&base), Some(&adapter), "cpu", None).unwrap()
 }
 
 /// `merge` folds LoRA/rsLoRA/DoRA into the base exactly as peft's `merge_and_unload` (1e-6), the
 /// merged model's forward equals the adapted one's, and the saved merged model gives peft's logits.
 #[test]
 fn merge_matches_peft_merge_and_unload() {
-    use finetune::models::DenseLayers;
+    use finetune::models::Adaptable;
     let device = Device::flex();
     let input = super::numerics::reference_input(&device);
     for name in ["lora", "rslora", "dora"] {
@@ -86,8 +81,8 @@ fn merge_matches_peft_merge_and_unload() {
         }
         assert!(compared >= 4, "{name}: only {compared} merged weights compared");
         let out = tempfile::tempdir().unwrap();
-        m.save(out.path()).unwrap();
-        let plain = finetune::tasks::text_classification::FinetunedClassifier::load(
+        m.save_model(out.path()).unwrap();
+        let plain = finetune::inference::text::FinetunedClassifier::load(
             Some(&out.path().display().to_string()),
             None,
             "cpu",
@@ -176,7 +171,7 @@ fn prompt_tuning_trains_prompt_and_head() {
 /// Switching adapters over one base gives each adapter's own logits, and the bare base is intact.
 #[test]
 fn adapters_switch_without_reloading_the_base() {
-    use finetune::tasks::text_classification::AdapterSet;
+    use finetune::inference::text::AdapterSet;
     let device = Device::flex();
     let input = super::numerics::reference_input(&device);
     let base = tiny(&device).valid();

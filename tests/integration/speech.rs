@@ -7,10 +7,11 @@ use super::common::*;
 use burn::prelude::*;
 use finetune::data::audio::read_wav;
 use finetune::data::log_mel::{N_FRAMES, log_mel_spectrogram};
+use finetune::inference::transcriber::Transcriber;
 use finetune::io::hub::RepoKind;
 use finetune::io::safetensors::SafetensorsFile;
 use finetune::models::whisper::{WhisperDir, WhisperFormat};
-use finetune::tasks::transcription::{Transcriber, word_error_rate};
+use finetune::training::metrics::word_error_rate;
 use std::path::PathBuf;
 
 pub const WHISPER_REPO: &str = "finetune/whisper-tiny.en-ct2";

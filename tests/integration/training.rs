@@ -4,8 +4,9 @@
 
 use super::common::*;
 use finetune::io::safetensors::SafetensorsFile;
+use finetune::pipeline::TrainReport;
 use finetune::recipe::Recipe;
-use finetune::tasks::text_classification::{TrainReport, run};
+use finetune::tasks::text_classification::run;
 use finetune::training::metrics::{LogRecord, read_log};
 use std::path::Path;
 use std::process::Command;

@@ -424,7 +424,7 @@ fn peft_conv_lora_adapter_gives_peft_logits() {
     let Some(path) = mobilenet_dir() else { return };
     let dir = ImageModelDir::open(&path).unwrap();
     let device = Device::default();
-    let model = finetune::tasks::image_classification::load_with_adapter::<MobileNetV2>(
+    let model = finetune::inference::image::load_with_adapter::<MobileNetV2>(
         &dir,
         &fixtures().join("peft/mobilenet-lora"),
         &device,
@@ -473,8 +473,7 @@ fn image_lora_trains_only_adapters_and_head() {
     // Base + adapter == merged model.
     let device = Device::default();
     let dir = ImageModelDir::open(&base).unwrap();
-    let with_adapter =
-        finetune::tasks::image_classification::load_with_adapter::<MobileNetV2>(&dir, &adapter, &device).unwrap();
+    let with_adapter = finetune::inference::image::load_with_adapter::<MobileNetV2>(&dir, &adapter, &device).unwrap();
     let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
     let (merged_model, _) =
         load_image_classifier::<MobileNetV2>(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
@@ -526,7 +525,7 @@ fn efficientnet_lora_with_same_padding_matches_merged_model() {
     let device = Device::default();
     let dir = ImageModelDir::open(&base).unwrap();
     let with_adapter =
-        finetune::tasks::image_classification::load_with_adapter::<EfficientNetLite>(&dir, &adapter, &device).unwrap();
+        finetune::inference::image::load_with_adapter::<EfficientNetLite>(&dir, &adapter, &device).unwrap();
     let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
     let (merged, _) =
         load_image_classifier::<EfficientNetLite>(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();

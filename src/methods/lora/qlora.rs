@@ -2,12 +2,12 @@
 //! double quantization, `quant::nf4`), LoRA adapters in f32 on top. Layers named in
 //! `modules_to_save` (the head) stay in float, as bitsandbytes' `llm_int8_skip_modules` keeps them.
 
-use crate::models::DenseLayers;
+use crate::models::Adaptable;
 use crate::quant::{QuantConfig, QuantReport};
 
 /// Quantize the weight of every linear layer for which `keep_float(name)` is false (like
 /// bitsandbytes' `llm_int8_skip_modules`, the head stays in float).
-pub fn quantize_model<M: DenseLayers>(
+pub fn quantize_model<M: Adaptable>(
     model: &mut M,
     cfg: &QuantConfig,
     keep_float: impl Fn(&str) -> bool,

@@ -1,0 +1,163 @@
+//! A causal language model in use: a decoder (Hugging Face directory or GGUF file) with an
+//! optional LoRA adapter held the way it was trained (quantized base included), text generation
+//! streamed to the terminal, and merging an adapter into a plain model directory.
+
+use crate::data::chat::{ChatTemplate, Message};
+use crate::data::tokenizer::LmTokenizer;
+use crate::io::hub::{self, RepoKind};
+use crate::io::peft::{AdapterFiles, NOTES_FILE};
+use crate::methods::lora;
+use crate::models::causal_lm::{DecoderFiles, save_model};
+use crate::models::generation::{Sampling, generate};
+use crate::models::llama::{LlamaConfig, LlamaForCausalLM};
+use crate::quant::QuantConfig;
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Resolve a model given as a path, or a hub id (with `gguf_file` for a GGUF repository).
+pub fn resolve_model(model: &str, gguf_file: Option<&str>, revision: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.exists() {
+        return Ok(match gguf_file {
+            Some(f) if path.is_dir() => path.join(f),
+            _ => path.to_path_buf(),
+        });
+    }
+    match gguf_file {
+        Some(f) => Ok(hub::resolve(model, RepoKind::Model, revision, &[f])?.join(f)),
+        None => hub::resolve(model, RepoKind::Model, revision, &["config.json", "model.safetensors", "tokenizer.json"]),
+    }
+}
+
+/// A decoder with its tokenizer and chat template.
+pub struct LoadedLm {
+    pub model: LlamaForCausalLM,
+    pub cfg: LlamaConfig,
+    pub tokenizer: LmTokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+impl LoadedLm {
+    pub fn eos_id(&self) -> Result<u32> {
+        eos_id(&self.cfg, &self.tokenizer)
+    }
+}
+
+/// The end-of-sequence id: the config's, else the tokenizer's `</s>`/`<|endoftext|>`.
+pub fn eos_id(cfg: &LlamaConfig, tokenizer: &LmTokenizer) -> Result<u32> {
+    cfg.eos_token_ids()
+        .first()
+        .copied()
+        .or_else(|| ["</s>", "<|endoftext|>", "<|im_end|>"].iter().find_map(|t| tokenizer.token_to_id(t)))
+        .context("the model names no end-of-sequence token (eos_token_id)")
+}
+
+/// Load a base model (held as the adapter's notes say it was trained over) and attach a LoRA
+/// adapter to it.
+pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<LoadedLm> {
+    let files = DecoderFiles::open(path)?;
+    let tokenizer = files.tokenizer()?;
+    let adapter_files = adapter.map(AdapterFiles::read).transpose()?;
+    let quantization: Option<QuantConfig> = match adapter {
+        Some(dir) if dir.join(NOTES_FILE).is_file() => {
+            let notes: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(NOTES_FILE))?)
+                .with_context(|| format!("{}", dir.join(NOTES_FILE).display()))?;
+            serde_json::from_value(notes["finetune"]["quantization"].clone())
+                .with_context(|| format!("{}: quantization", dir.join(NOTES_FILE).display()))?
+        }
+        _ => None,
+    };
+    let (mut model, cfg) = match &quantization {
+        Some(q) if q.keeps_file_quantization() => {
+            let (m, c, _) = files.load_keeping_quantization(device)?;
+            (m, c)
+        }
+        _ => {
+            let (m, c, _) = files.load(device)?;
+            (m, c)
+        }
+    };
+    if let Some(a) = &adapter_files {
+        if a.peft_type()? != "LORA" {
+            bail!("{}: only LoRA adapters can be used with a causal LM today", a.dir.display());
+        }
+        if let Some(q) = quantization.as_ref().filter(|q| !q.keeps_file_quantization()) {
+            lora::qlora::quantize_model(&mut model, q, |_| false)?;
+        }
+        model = lora::adapter::load_adapter(model, a, device)?.0;
+    }
+    let template = files.chat_template(&tokenizer, &cfg)?;
+    Ok(LoadedLm { model, cfg, tokenizer, template })
+}
+
+/// How `finetune generate` builds its prompt.
+pub struct GenerateOptions {
+    pub system: Option<String>,
+    /// The prompt is raw text: no chat template.
+    pub raw: bool,
+}
+
+/// Load a decoder (and an adapter), then stream a completion of `prompt` to stdout.
+pub fn generate_cli(
+    model: &Path,
+    adapter: Option<&Path>,
+    prompt: &str,
+    opts: &GenerateOptions,
+    mut sampling: Sampling,
+    device: &str,
+) -> Result<()> {
+    use std::io::Write;
+    let device = crate::ops::device::select(device)?;
+    let lm = load_with_adapter(model, adapter, &device)?;
+    let model = lm.model.valid();
+    let template = if opts.raw { None } else { lm.template.as_ref() };
+    let text = match template {
+        Some(t) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &opts.system {
+                messages.push(Message::new("system", s));
+            }
+            messages.push(Message::new("user", prompt));
+            t.render(&messages, true)?
+        }
+        None => prompt.to_string(),
+    };
+    let ids = lm.tokenizer.encode(&text, template.is_none())?;
+    sampling.stop_ids.push(lm.eos_id()?);
+    let mut generated: Vec<u32> = Vec::new();
+    let mut printed = 0;
+    let start = std::time::Instant::now();
+    let mut stdout = std::io::stdout();
+    let out = generate(&model, &ids, &sampling, &device, |t| {
+        // Decode the whole continuation each time: a token can be half of a UTF-8 character.
+        generated.push(t);
+        if let Ok(s) = lm.tokenizer.decode(&generated, true)
+            && s.len() > printed
+            && s.is_char_boundary(printed)
+        {
+            let _ = write!(stdout, "{}", &s[printed..]);
+            let _ = stdout.flush();
+            printed = s.len();
+        }
+    });
+    println!();
+    tracing::info!("{} prompt tokens, {} new tokens in {:.2} s", ids.len(), out.len(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Does the adapter in `dir` belong to a causal language model (peft `task_type = "CAUSAL_LM"`)?
+pub fn is_causal_lm_adapter(dir: &Path) -> Result<bool> {
+    Ok(AdapterFiles::read(dir)?.config.get("task_type").and_then(|t| t.as_str()) == Some("CAUSAL_LM"))
+}
+
+/// Fold a LoRA adapter into its base decoder (dequantized, when the base was held quantized)
+/// and write a plain Hugging Face model directory. Returns the number of merged layers.
+pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize> {
+    let device = Device::flex();
+    let mut lm = load_with_adapter(base, Some(adapter), &device)?;
+    let n = lora::merge(&mut lm.model);
+    save_model(&lm.model, &lm.cfg, &lm.tokenizer, lm.template.as_ref(), out)?;
+    Ok(n)
+}
