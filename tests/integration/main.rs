@@ -1,5 +1,6 @@
 //! Integration tests (one binary, to keep link time down).
 
+mod architecture;
 mod causal_lm;
 mod common;
 mod errors;
