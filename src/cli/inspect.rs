@@ -4,7 +4,7 @@ use crate::inference::text::MODEL_FILES;
 use crate::io::hub::{self, RepoKind};
 use crate::methods::Method;
 use crate::methods::TrainPlan;
-use crate::models::causal_lm::DecoderFiles;
+use crate::models::decoder;
 use crate::models::{Head, ModelDir, load_text_classifier};
 use crate::nn::classification_head::Pooling;
 use crate::nn::layer_group::LayerGroup;
@@ -18,14 +18,14 @@ pub fn run(
     quantize: Option<&str>,
 ) -> Result<()> {
     let path = crate::inference::lm::resolve_model(spec, gguf_file, "main")?;
-    if let Ok(files) = DecoderFiles::open(&path)
-        && files.config().is_ok()
+    if let Ok(files) = ModelDir::open(&path)
+        && decoder::config(&files).is_ok()
     {
         return run_decoder(&files, quantize);
     }
     let method: Method = method.parse()?;
     let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
-    let cfg = files.bert_config()?;
+    let cfg = crate::models::bert::BertConfig::read(&files)?;
     let labels = files.labels()?;
     let num_labels = labels.as_ref().map_or(2, Vec::len);
     let device = crate::ops::device::select("cpu")?;
@@ -111,8 +111,8 @@ pub fn run(
 
 /// A decoder: architecture, parameters, how a GGUF file stores them, and (with `quantize`) the
 /// memory of the frozen base under QLoRA (`nf4`/`fp4`) or kept in the file's blocks (`gguf`).
-fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
-    let cfg = files.config()?;
+fn run_decoder(files: &ModelDir, quantize: Option<&str>) -> Result<()> {
+    let cfg = decoder::config(&files)?;
     let device = crate::ops::device::select("cpu")?;
     println!("model:       {}", files.describe());
     println!(
@@ -128,7 +128,7 @@ fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
         cfg.rope_theta(),
         if cfg.tie_word_embeddings { "tied" } else { "separate input/output" }
     );
-    if let DecoderFiles::Gguf(g) = files {
+    if let Some(g) = files.gguf() {
         let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
         for info in g.tensors.values() {
             *kinds.entry(info.ggml_type.name()).or_default() += 1;
@@ -136,12 +136,12 @@ fn run_decoder(files: &DecoderFiles, quantize: Option<&str>) -> Result<()> {
         let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!("stored as:   {} tensors: {}", g.tensors.len(), kinds.join(", "));
     }
-    let (model, _, _) = files.load(&device)?;
+    let (model, _, _) = decoder::load(&files, &device)?;
     let total: usize = crate::io::params::list_params(&model).iter().map(|p| p.numel()).sum();
     println!("parameters:  {total} ({:.1} MB in f32)", 4.0 * total as f64 / 1e6);
     let Some(kind) = quantize else { return Ok(()) };
     let report = if kind == "gguf" {
-        files.load_keeping_quantization(&device)?.2
+        decoder::load_keeping_quantization(&files, &device)?.2
     } else {
         let mut model = model;
         crate::methods::lora::qlora::quantize_model(&mut model, &quant_config(kind), |_| false)?

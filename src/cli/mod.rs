@@ -7,7 +7,6 @@ use crate::inference::image::FinetunedImageClassifier;
 use crate::inference::lm;
 use crate::inference::text::FinetunedClassifier;
 use crate::models::generation::Sampling;
-use crate::models::image_classifier::ImageModelDir;
 use crate::recipe::Recipe;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -311,8 +310,9 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Convert { from, out } => {
-            let dir = crate::models::whisper::WhisperDir::open(&resolve_model_dir(&from)?)?;
-            crate::models::whisper::export_hf(&dir, &out)?;
+            let dir = crate::models::ModelDir::open(&resolve_model_dir(&from)?)?;
+            let config = crate::models::whisper::WhisperConfig::read(&dir)?;
+            crate::models::whisper::convert(&dir, &config, &out)?;
             println!("{}", out.display());
         }
         Command::Inspect { model, gguf_file, method, trainable_layers, quantize } => {
@@ -329,7 +329,7 @@ fn is_audio_classifier(model: &str) -> bool {
 
 /// Whether `--model` names an image model (a directory, or a hub id in the cache).
 fn is_image_model(model: &str) -> bool {
-    resolve_model_dir(model).is_ok_and(|d| ImageModelDir::is_image_model(&d))
+    resolve_model_dir(model).is_ok_and(|d| crate::models::image_classifier::is_image_model(&d))
 }
 
 /// A model directory, or a hub id resolved in the cache (any model with a `config.json`).

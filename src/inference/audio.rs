@@ -4,7 +4,8 @@
 use crate::data::audio::read_wav;
 use crate::data::audio_set::{AudioAugment, AudioData, AudioSplit, prepare_mel, read_audio_split, window_frames};
 use crate::data::log_mel::SAMPLE_RATE;
-use crate::models::whisper::{WhisperAudioClassifier, WhisperDir};
+use crate::models::ModelDir;
+use crate::models::whisper::{WhisperAudioClassifier, WhisperConfig};
 use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, Split, classification_loss, evaluate};
 use anyhow::{Context, Result};
@@ -77,7 +78,8 @@ impl FinetunedAudioClassifier {
 
     pub fn load(path: &Path, device: &str) -> Result<Self> {
         let device = crate::ops::device::select(device)?;
-        let dir = WhisperDir::open(path)?;
+        let dir = ModelDir::open(path)?;
+        let config = WhisperConfig::read(&dir)?;
         let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join("config.json"))?)?;
         let id2label = raw["id2label"].as_object().with_context(|| format!("{}: no id2label", path.display()))?;
         let labels: Vec<String> = (0..id2label.len())
@@ -85,8 +87,8 @@ impl FinetunedAudioClassifier {
             .collect::<Option<_>>()
             .with_context(|| format!("{}: id2label is not 0..n", path.display()))?;
         let seconds = raw["finetune"]["seconds"].as_f64().unwrap_or(30.0) as f32;
-        let (model, _) = WhisperAudioClassifier::load(&dir, labels.len(), 0.0, true, &device)?;
-        Ok(Self { model, labels, frames: window_frames(seconds), n_mels: dir.config.num_mel_bins, device })
+        let (model, _) = WhisperAudioClassifier::load(&dir, &config, labels.len(), 0.0, true, &device)?;
+        Ok(Self { model, labels, frames: window_frames(seconds), n_mels: config.num_mel_bins, device })
     }
 
     pub fn predict(&self, files: &[PathBuf], top_k: usize) -> Result<Vec<AudioPrediction>> {

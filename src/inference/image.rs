@@ -6,7 +6,8 @@ use crate::data::image::{AugmentConfig, Image, ImageData, ImageSplit, Transform,
 use crate::io::peft::AdapterFiles;
 use crate::methods::lora;
 use crate::models::Head;
-use crate::models::image_classifier::{AnyImageClassifier, ImageBackbone, ImageModelDir, load_image_classifier};
+use crate::models::ModelDir;
+use crate::models::image_classifier::{AnyImageClassifier, ImageBackbone, ImageConfig, load_image_classifier};
 use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, Split, classification_loss, evaluate};
 use anyhow::{Result, bail};
@@ -103,10 +104,10 @@ impl Examples<AnyImageClassifier> for ImageExamples<'_> {
 
 /// The base backbone with a peft LoRA adapter (ours or Python peft's) attached: adapters on the
 /// convolutions it names, the classifier from the adapter when it carries one.
-pub fn load_with_adapter<M: ImageBackbone>(base: &ImageModelDir, adapter_dir: &Path, device: &Device) -> Result<M> {
+pub fn load_with_adapter<M: ImageBackbone>(base: &ModelDir, adapter_dir: &Path, device: &Device) -> Result<M> {
     let files = AdapterFiles::read(adapter_dir)?;
     let head_key = format!("{}{}", lora::adapter::KEY_PREFIX, M::CLASSIFIER_WEIGHT);
-    let num_classes = files.tensors.get(&head_key).map_or(base.config.num_classes, |t| t.shape[0]);
+    let num_classes = files.tensors.get(&head_key).map_or(ImageConfig::read(base)?.num_classes, |t| t.shape[0]);
     let (model, _) = load_image_classifier::<M>(base, num_classes, 0.0, Head::FromCheckpoint, device)?;
     Ok(lora::adapter::load_adapter(model, &files, device)?.0)
 }
@@ -130,14 +131,15 @@ pub struct ImagePrediction {
 impl FinetunedImageClassifier {
     pub fn load(path: &Path, device: &str) -> Result<Self> {
         let device = crate::ops::device::select(device)?;
-        let dir = ImageModelDir::open(path)?;
-        let n = dir.config.num_classes;
-        let labels = dir.config.label_names.clone().unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
+        let dir = ModelDir::open(path)?;
+        let config = ImageConfig::read(&dir)?;
+        let n = config.num_classes;
+        let labels = config.label_names.clone().unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
         if labels.len() != n {
-            bail!("{}: {} label names for {n} classes", dir.config_path.display(), labels.len());
+            bail!("{}: {} label names for {n} classes", dir.config_path().display(), labels.len());
         }
         let model = AnyImageClassifier::load(&dir, n, Head::FromCheckpoint, &device)?;
-        let p = &dir.config.pretrained_cfg;
+        let p = &config.pretrained_cfg;
         let transform = Transform { size: p.input_size[1], crop_pct: p.crop_pct, mean: p.mean, std: p.std };
         Ok(Self { model, labels, transform, device })
     }

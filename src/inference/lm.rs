@@ -7,7 +7,8 @@ use crate::data::tokenizer::LmTokenizer;
 use crate::io::hub::{self, RepoKind};
 use crate::io::peft::{AdapterFiles, NOTES_FILE};
 use crate::methods::lora;
-use crate::models::causal_lm::{DecoderFiles, save_model};
+use crate::models::ModelDir;
+use crate::models::decoder::{self, save_model};
 use crate::models::generation::{Sampling, generate};
 use crate::models::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::quant::QuantConfig;
@@ -57,8 +58,8 @@ pub fn eos_id(cfg: &LlamaConfig, tokenizer: &LmTokenizer) -> Result<u32> {
 /// Load a base model (held as the adapter's notes say it was trained over) and attach a LoRA
 /// adapter to it.
 pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<LoadedLm> {
-    let files = DecoderFiles::open(path)?;
-    let tokenizer = files.tokenizer()?;
+    let files = ModelDir::open(path)?;
+    let tokenizer = decoder::tokenizer(&files)?;
     let adapter_files = adapter.map(AdapterFiles::read).transpose()?;
     let quantization: Option<QuantConfig> = match adapter {
         Some(dir) if dir.join(NOTES_FILE).is_file() => {
@@ -71,11 +72,11 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
     };
     let (mut model, cfg) = match &quantization {
         Some(q) if q.keeps_file_quantization() => {
-            let (m, c, _) = files.load_keeping_quantization(device)?;
+            let (m, c, _) = decoder::load_keeping_quantization(&files, device)?;
             (m, c)
         }
         _ => {
-            let (m, c, _) = files.load(device)?;
+            let (m, c, _) = decoder::load(&files, device)?;
             (m, c)
         }
     };
@@ -88,7 +89,7 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
         }
         model = lora::adapter::load_adapter(model, a, device)?.0;
     }
-    let template = files.chat_template(&tokenizer, &cfg)?;
+    let template = decoder::chat_template(&files, &tokenizer, &cfg)?;
     Ok(LoadedLm { model, cfg, tokenizer, template })
 }
 

@@ -138,7 +138,7 @@ impl FinetunedClassifier {
         };
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
         let max_len = max_length.or(meta.as_ref().map(|m| m.max_length)).unwrap_or(512);
-        let tokenizer = TextTokenizer::from_file(&base.tokenizer, max_len)?;
+        let tokenizer = TextTokenizer::from_file(&base.tokenizer_path(), max_len)?;
         let head = if base_labels.as_deref() == Some(labels.names()) { Head::FromCheckpoint } else { Head::New };
         let (model, report) = load_text_classifier(&base, labels.len(), pooling, 0.0, head, &device)?;
         let head_from_base = !report.initialized.iter().any(|p| p.starts_with("head."));

@@ -5,7 +5,8 @@
 
 use crate::data::audio::{Audio, read_wav};
 use crate::data::log_mel::{CHUNK_SAMPLES, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram};
-use crate::models::whisper::{CrossCache, SelfCache, Whisper, WhisperConfig, WhisperDir, special_token};
+use crate::models::ModelDir;
+use crate::models::whisper::{CrossCache, SelfCache, Whisper, WhisperConfig, special_token};
 use crate::training::metrics::word_error_rate;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
@@ -34,25 +35,25 @@ impl Transcriber {
     /// A Whisper model, with a peft LoRA adapter (ours or Python peft's) when `adapter` is given.
     pub fn load(dir: &Path, adapter: Option<&Path>, device: &str) -> Result<Self> {
         let device = crate::ops::device::select(device)?;
-        let files = WhisperDir::open(dir)?;
-        let (mut model, _) = files.load(&device)?;
+        let files = ModelDir::open(dir)?;
+        let config = WhisperConfig::read(&files)?;
+        let (mut model, _) = crate::models::whisper::load(&files, &config, &device)?;
         if let Some(a) = adapter {
             let adapter_files = crate::io::peft::AdapterFiles::read(a)?;
             model = crate::methods::lora::adapter::load_adapter(model, &adapter_files, &device)?.0;
         }
-        Self::new(model, &files, device)
+        Self::new(model, &files, config, device)
     }
 
-    pub fn new(model: Whisper, files: &WhisperDir, device: Device) -> Result<Self> {
-        let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
-            .map_err(|e| anyhow!("{}: {e}", files.tokenizer.display()))?;
-        let config = files.config.clone();
+    pub fn new(model: Whisper, files: &ModelDir, config: WhisperConfig, device: Device) -> Result<Self> {
+        let path = files.tokenizer_path();
+        let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let mut prefix = vec![config.decoder_start_token_id];
         if config.is_multilingual() {
-            prefix.push(special_token(&files.tokenizer, "<|en|>")?);
-            prefix.push(special_token(&files.tokenizer, "<|transcribe|>")?);
+            prefix.push(special_token(&path, "<|en|>")?);
+            prefix.push(special_token(&path, "<|transcribe|>")?);
         }
-        prefix.push(special_token(&files.tokenizer, "<|notimestamps|>")?);
+        prefix.push(special_token(&path, "<|notimestamps|>")?);
         Ok(Self { model, config, tokenizer, prefix, device })
     }
 

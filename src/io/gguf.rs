@@ -141,6 +141,12 @@ pub struct GgufFile {
     pub tensors: BTreeMap<String, TensorInfo>,
 }
 
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,

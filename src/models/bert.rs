@@ -69,6 +69,24 @@ fn default_init_range() -> f64 {
 
 impl BertConfig {
     /// Check the combinations this implementation supports, with a message a user can act on.
+    /// The config of a BERT-family model directory (`model_type = "bert"`), checked.
+    pub fn read(dir: &super::ModelDir) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let raw = dir.raw_config()?;
+        let path = dir.config_path();
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert");
+        if model_type != "bert" {
+            anyhow::bail!(
+                "{}: model_type '{model_type}' is not supported yet; finetune loads BERT-family encoders (model_type = \"bert\")",
+                path.display()
+            );
+        }
+        let cfg: BertConfig =
+            serde_json::from_value(raw).with_context(|| format!("{}: not a BERT config", path.display()))?;
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.hidden_size % self.num_attention_heads == 0,

@@ -1,21 +1,19 @@
-//! Image-classification model directories: `config.json` in the layout timm uses on the Hugging
-//! Face hub (`architecture`, `num_classes`, `pretrained_cfg` with the input size and
-//! normalisation), and weights as `model.safetensors` or a PyTorch checkpoint (`pytorch_model.bin`
-//! or one `*.pth`, read without running Python).
+//! Image classifiers: `config.json` in the layout timm uses on the Hugging Face hub
+//! (`architecture`, `num_classes`, `pretrained_cfg` with the input size and normalisation), weights
+//! as `model.safetensors` or a PyTorch checkpoint (`pytorch_model.bin` or one `*.pth`, read
+//! without running Python); what every CNN backbone shows the task ([`ImageBackbone`]).
 
 use super::efficientnet_lite::EfficientNetLite;
 use super::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use super::resnet::ResNet;
-use super::{Adaptable, Head, LoadReport, load_weights};
-use crate::io::WeightSource;
-use crate::io::pth::PthFile;
-use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use super::{Adaptable, Head, LoadReport, ModelDir, load_weights};
+use crate::io::safetensors::HostTensor;
 use crate::nn::classification_head::ClassificationHead;
 use crate::nn::layer_group::LayerGroup;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How the backbone was pretrained to see images.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,20 +74,12 @@ pub trait ImageBackbone: Adaptable {
     }
 }
 
-/// The files of an image model directory.
-#[derive(Debug, Clone)]
-pub struct ImageModelDir {
-    pub dir: PathBuf,
-    pub config_path: PathBuf,
-    pub weights: PathBuf,
-    pub config: ImageConfig,
-}
-
-impl ImageModelDir {
-    pub fn open(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
+impl ImageConfig {
+    /// The config of an image model directory (timm's layout), checked.
+    pub fn read(dir: &ModelDir) -> Result<Self> {
+        let config_path = dir.config_path();
         let text = std::fs::read_to_string(&config_path).with_context(|| {
-            format!("{}: no readable config.json; is this an image model directory?", dir.display())
+            format!("{}: no readable config.json; is this an image model directory?", dir.dir.display())
         })?;
         let config: ImageConfig = serde_json::from_str(&text).with_context(|| {
             format!(
@@ -105,78 +95,16 @@ impl ImageModelDir {
                 ARCHITECTURES
             );
         }
-        Ok(Self { dir: dir.to_path_buf(), weights: find_weights(dir)?, config_path, config })
-    }
-
-    /// Whether `dir` holds an image model rather than a text or causal-LM one.
-    pub fn is_image_model(dir: &Path) -> bool {
-        std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v.get("architecture").is_some() && v.get("pretrained_cfg").is_some())
-    }
-
-    pub fn open_weights(&self) -> Result<ImageWeights> {
-        let is_safetensors = self.weights.extension().is_some_and(|e| e == "safetensors");
-        Ok(if is_safetensors {
-            ImageWeights::Safetensors(SafetensorsFile::open(&self.weights)?)
-        } else {
-            ImageWeights::Pth(PthFile::open(&self.weights)?)
-        })
+        Ok(config)
     }
 }
 
-fn find_weights(dir: &Path) -> Result<PathBuf> {
-    for name in ["model.safetensors", "pytorch_model.bin"] {
-        if dir.join(name).is_file() {
-            return Ok(dir.join(name));
-        }
-    }
-    let mut pth: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pth" || e == "pt"))
-        .collect();
-    pth.sort();
-    match pth.len() {
-        1 => Ok(pth.remove(0)),
-        0 => bail!("{}: no weights (model.safetensors, pytorch_model.bin or a .pth file)", dir.display()),
-        _ => bail!("{}: several .pth files ({pth:?}); keep one", dir.display()),
-    }
-}
-
-/// A checkpoint in either format.
-pub enum ImageWeights {
-    Safetensors(SafetensorsFile),
-    Pth(PthFile),
-}
-
-impl WeightSource for ImageWeights {
-    fn describe(&self) -> String {
-        match self {
-            Self::Safetensors(f) => f.describe(),
-            Self::Pth(f) => f.describe(),
-        }
-    }
-    fn contains(&self, key: &str) -> bool {
-        match self {
-            Self::Safetensors(f) => WeightSource::contains(f, key),
-            Self::Pth(f) => WeightSource::contains(f, key),
-        }
-    }
-    fn names(&self) -> Vec<String> {
-        match self {
-            Self::Safetensors(f) => WeightSource::names(f),
-            Self::Pth(f) => WeightSource::names(f),
-        }
-    }
-    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
-        match self {
-            Self::Safetensors(f) => f.tensor_with_shape(key, expected),
-            Self::Pth(f) => f.tensor_with_shape(key, expected),
-        }
-    }
+/// Whether `dir` holds an image model rather than a text or causal-LM one.
+pub fn is_image_model(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("architecture").is_some() && v.get("pretrained_cfg").is_some())
 }
 
 /// Unfreezing groups of a stem → blocks → (final conv) → head backbone, top-down: the head, the
@@ -211,15 +139,16 @@ pub fn global_average_pool(x: Tensor<4>) -> Tensor<2> {
 /// Build the backbone with `num_classes` outputs: every backbone tensor from the checkpoint, the
 /// classifier from it too when `head` is [`Head::FromCheckpoint`] and the sizes agree.
 pub fn load_image_classifier<M: ImageBackbone>(
-    files: &ImageModelDir,
+    files: &ModelDir,
     num_classes: usize,
     dropout: f64,
     head: Head,
     device: &Device,
 ) -> Result<(M, LoadReport)> {
-    let weights = files.open_weights()?;
-    let model = M::build(&files.config, num_classes, dropout, device)?;
-    let new_head = head == Head::New || num_classes != files.config.num_classes;
+    let config = ImageConfig::read(files)?;
+    let weights = files.weights()?;
+    let model = M::build(&config, num_classes, dropout, device)?;
+    let new_head = head == Head::New || num_classes != config.num_classes;
     let keys: Vec<(String, String)> = crate::io::params::list_params(&model)
         .into_iter()
         .map(|p| {
@@ -257,8 +186,9 @@ pub enum AnyImageClassifier {
 }
 
 impl AnyImageClassifier {
-    pub fn load(files: &ImageModelDir, num_classes: usize, head: Head, device: &Device) -> Result<Self> {
-        let arch = files.config.architecture.as_str();
+    pub fn load(files: &ModelDir, num_classes: usize, head: Head, device: &Device) -> Result<Self> {
+        let config = ImageConfig::read(files)?;
+        let arch = config.architecture.as_str();
         Ok(match arch {
             "mobilenet_v2" => Self::MobileNetV2(load_image_classifier(files, num_classes, 0.0, head, device)?.0),
             "efficientnet_lite0" => {
@@ -267,7 +197,7 @@ impl AnyImageClassifier {
             _ if arch.starts_with("resnet") => {
                 Self::ResNet(load_image_classifier(files, num_classes, 0.0, head, device)?.0)
             }
-            _ => bail!("{}: architecture '{arch}' is not supported", files.config_path.display()),
+            _ => bail!("{}: architecture '{arch}' is not supported", files.config_path().display()),
         })
     }
 
@@ -286,14 +216,14 @@ impl AnyImageClassifier {
 /// with `load_state_dict`.
 pub fn save_model<M: ImageBackbone>(
     model: &M,
-    base: &ImageModelDir,
+    base: &ModelDir,
     labels: &[String],
     input: (usize, f32),
     meta: serde_json::Value,
     out: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut config = base.config.clone();
+    let mut config = ImageConfig::read(base)?;
     config.num_classes = labels.len();
     config.label_names = Some(labels.to_vec());
     config.pretrained_cfg.input_size = [3, input.0, input.0];

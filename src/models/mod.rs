@@ -1,30 +1,31 @@
 //! Model architectures and loading them from Hugging Face model directories.
 
 pub mod bert;
-pub mod causal_lm;
+pub mod decoder;
 pub mod efficientnet_lite;
 pub mod generation;
 pub mod gguf_llama;
 pub mod image_classifier;
 pub mod llama;
 pub mod mobilenet_v2;
+pub mod model_dir;
 pub mod resnet;
 pub mod text_classifier;
 pub mod whisper;
 
 use crate::io::WeightSource;
 use crate::io::params::{ParamInfo, import_params, list_params, require_all_present};
-use crate::io::safetensors::{HostTensor, SafetensorsFile};
+use crate::io::safetensors::HostTensor;
 use crate::nn::classification_head::Pooling;
 use crate::nn::conv_bn::ConvBn;
 use crate::nn::dense::Dense;
 use crate::nn::layer_group::LayerGroup;
 use crate::nn::soft_prompt::SoftPrompt;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bert::BertConfig;
 use burn::prelude::*;
+pub use model_dir::{Format, ModelDir};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use text_classifier::TextClassifier;
 
 /// What methods see of a trainable model: the checkpoint's name of every parameter, the linear
@@ -93,81 +94,6 @@ pub struct ConvUnit<'a> {
     pub unit: &'a mut ConvBn,
 }
 
-/// The files of a Hugging Face model directory that we use.
-#[derive(Debug, Clone)]
-pub struct ModelDir {
-    pub dir: PathBuf,
-    pub config: PathBuf,
-    pub weights: PathBuf,
-    pub tokenizer: PathBuf,
-}
-
-impl ModelDir {
-    /// Locate `config.json`, `model.safetensors` and `tokenizer.json` in `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let config = dir.join("config.json");
-        if !config.is_file() {
-            bail!("{}: no config.json; is this a Hugging Face model directory?", dir.display());
-        }
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            if dir.join("pytorch_model.bin").is_file() {
-                bail!(
-                    "{}: only pytorch_model.bin is present; finetune reads model.safetensors \
-                     (convert with `transformers` save_pretrained(safe_serialization=True))",
-                    dir.display()
-                );
-            }
-            bail!("{}: no model.safetensors", dir.display());
-        }
-        Ok(Self { dir: dir.to_path_buf(), config, weights, tokenizer: dir.join("tokenizer.json") })
-    }
-
-    /// The raw `config.json` as JSON.
-    pub fn raw_config(&self) -> Result<serde_json::Value> {
-        let text =
-            std::fs::read_to_string(&self.config).with_context(|| format!("reading {}", self.config.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", self.config.display()))
-    }
-
-    pub fn bert_config(&self) -> Result<BertConfig> {
-        let raw = self.raw_config()?;
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert");
-        if model_type != "bert" {
-            bail!(
-                "{}: model_type '{model_type}' is not supported yet; finetune loads BERT-family encoders (model_type = \"bert\")",
-                self.config.display()
-            );
-        }
-        let cfg: BertConfig =
-            serde_json::from_value(raw).with_context(|| format!("{}: not a BERT config", self.config.display()))?;
-        cfg.validate().with_context(|| format!("{}", self.config.display()))?;
-        Ok(cfg)
-    }
-
-    /// Labels stored by a fine-tuned model (`id2label`), in id order; `None` for a base model.
-    pub fn labels(&self) -> Result<Option<Vec<String>>> {
-        let raw = self.raw_config()?;
-        let has_head = raw
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))));
-        let Some(map) = raw.get("id2label").and_then(|m| m.as_object()).filter(|_| has_head) else {
-            return Ok(None);
-        };
-        let mut pairs: Vec<(usize, String)> = map
-            .iter()
-            .map(|(k, v)| {
-                let id =
-                    k.parse::<usize>().with_context(|| format!("{}: id2label key '{k}'", self.config.display()))?;
-                Ok((id, v.as_str().unwrap_or_default().to_string()))
-            })
-            .collect::<Result<_>>()?;
-        pairs.sort();
-        Ok(Some(pairs.into_iter().map(|(_, l)| l).collect()))
-    }
-}
-
 /// What loading a checkpoint into a model did.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -197,8 +123,8 @@ pub fn load_text_classifier(
     head: Head,
     device: &Device,
 ) -> Result<(TextClassifier, LoadReport)> {
-    let cfg = files.bert_config()?;
-    let weights = SafetensorsFile::open(&files.weights)?;
+    let cfg = BertConfig::read(files)?;
+    let weights = files.weights()?;
     let model = TextClassifier::new(&cfg, num_labels, pooling, head_dropout, device)?;
     load_weights(model, &weights, |info| {
         if head == Head::New && info.path.starts_with("head.") {

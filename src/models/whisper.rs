@@ -7,7 +7,7 @@
 //! Decoder: token and learned position embeddings, pre-LayerNorm layers with causal
 //! self-attention and cross-attention to the encoder, logits through the tied token embedding.
 
-use super::{LoadReport, load_weights};
+use super::{Format, LoadReport, ModelDir, load_weights};
 use crate::io::WeightSource;
 use crate::io::ctranslate2::Ct2Model;
 use crate::io::safetensors::{HostTensor, SafetensorsFile};
@@ -15,7 +15,7 @@ use crate::nn::dense::Dense;
 use crate::nn::layer_norm::LayerNorm;
 use crate::ops::attention_softmax::scaled_masked_softmax;
 use crate::ops::matmul::matmul;
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, PaddingConfig1d};
@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The fields of a Whisper `config.json` the architecture and decoding need.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -407,24 +407,25 @@ impl WhisperAudioClassifier {
     /// Load the encoder of a Whisper checkpoint (`model.encoder.*`) or of a fine-tuned audio
     /// classifier (`encoder.*`, with `classifier.*` when `keep_head`).
     pub fn load(
-        files: &WhisperDir,
+        files: &ModelDir,
+        config: &WhisperConfig,
         num_labels: usize,
         dropout: f64,
         keep_head: bool,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
-        let full = Whisper::new(&files.config, device)?;
+        let full = Whisper::new(config, device)?;
         let model = Self {
             encoder: full.encoder,
             head: crate::nn::classification_head::ClassificationHead::new(
-                files.config.d_model,
+                config.d_model,
                 num_labels,
                 dropout,
                 0.02,
                 device,
             ),
         };
-        let weights = BoxedSource(files.weights()?);
+        let weights = BoxedSource(weights(files)?);
         let fine_tuned = weights.contains("encoder.conv1.weight");
         let (model, mut report) = load_weights(model, &weights, |info| {
             if info.path.starts_with("head.") {
@@ -528,72 +529,58 @@ pub fn checkpoint_key(path: &str) -> String {
     )
 }
 
-/// A Whisper model directory: Hugging Face (`config.json` + `model.safetensors`) or
-/// CTranslate2 (`model.bin` + `config.json`, converted on load), with `tokenizer.json`.
-#[derive(Debug, Clone)]
-pub struct WhisperDir {
-    pub dir: PathBuf,
-    pub config: WhisperConfig,
-    pub tokenizer: PathBuf,
-    pub format: WhisperFormat,
+impl WhisperConfig {
+    /// The config of a Whisper model: `config.json` (with `generation_config.json`'s suppression
+    /// lists), or derived from a CTranslate2 `model.bin`. `tokenizer.json` must be beside it.
+    pub fn read(dir: &ModelDir) -> Result<Self> {
+        let tokenizer = dir.tokenizer_path();
+        ensure!(tokenizer.is_file(), "{}: no tokenizer.json next to the model", dir.dir.display());
+        match &dir.format {
+            Format::CTranslate2(_) => ct2_config(&Ct2Model::open(&dir.dir)?, &tokenizer),
+            Format::Safetensors(_) => {
+                let config_path = dir.config_path();
+                let text = std::fs::read_to_string(&config_path)
+                    .with_context(|| format!("reading {}", config_path.display()))?;
+                let mut config: WhisperConfig = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a Whisper config", config_path.display()))?;
+                // transformers keeps the suppression lists in generation_config.json.
+                if let Ok(text) = std::fs::read_to_string(dir.dir.join("generation_config.json")) {
+                    let g: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    let ids = |k: &str| -> Option<Vec<usize>> { serde_json::from_value(g.get(k)?.clone()).ok() };
+                    if config.suppress_tokens.is_empty() {
+                        config.suppress_tokens = ids("suppress_tokens").unwrap_or_default();
+                    }
+                    if config.begin_suppress_tokens.is_empty() {
+                        config.begin_suppress_tokens = ids("begin_suppress_tokens").unwrap_or_default();
+                    }
+                }
+                config.validate().with_context(|| config_path.display().to_string())?;
+                Ok(config)
+            }
+            _ => bail!("{}: a Whisper model is model.safetensors or CTranslate2's model.bin", dir.dir.display()),
+        }
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhisperFormat {
-    HuggingFace,
-    CTranslate2,
+/// The checkpoint tensors of a Whisper model under Hugging Face keys.
+pub fn weights(dir: &ModelDir) -> Result<Box<dyn WeightSource>> {
+    Ok(match &dir.format {
+        Format::CTranslate2(path) => Box::new(HostWeights {
+            describe: path.display().to_string(),
+            tensors: ct2_tensors(&Ct2Model::open(&dir.dir)?)?,
+        }),
+        _ => Box::new(dir.weights()?),
+    })
 }
 
-impl WhisperDir {
-    pub fn open(dir: &Path) -> Result<Self> {
-        let tokenizer = dir.join("tokenizer.json");
-        ensure!(tokenizer.is_file(), "{}: no tokenizer.json next to the model", dir.display());
-        if dir.join("model.bin").is_file() {
-            let model = Ct2Model::open(dir)?;
-            let config = ct2_config(&model, &tokenizer)?;
-            return Ok(Self { dir: dir.into(), config, tokenizer, format: WhisperFormat::CTranslate2 });
-        }
-        let config_path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        let mut config: WhisperConfig =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a Whisper config", config_path.display()))?;
-        // transformers keeps the suppression lists in generation_config.json.
-        if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
-            let g: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let ids = |k: &str| -> Option<Vec<usize>> { serde_json::from_value(g.get(k)?.clone()).ok() };
-            if config.suppress_tokens.is_empty() {
-                config.suppress_tokens = ids("suppress_tokens").unwrap_or_default();
-            }
-            if config.begin_suppress_tokens.is_empty() {
-                config.begin_suppress_tokens = ids("begin_suppress_tokens").unwrap_or_default();
-            }
-        }
-        config.validate().with_context(|| config_path.display().to_string())?;
-        ensure!(dir.join("model.safetensors").is_file(), "{}: no model.safetensors", dir.display());
-        Ok(Self { dir: dir.into(), config, tokenizer, format: WhisperFormat::HuggingFace })
-    }
-
-    /// The checkpoint tensors under Hugging Face keys.
-    pub fn weights(&self) -> Result<Box<dyn WeightSource>> {
-        Ok(match self.format {
-            WhisperFormat::HuggingFace => Box::new(SafetensorsFile::open(&self.dir.join("model.safetensors"))?),
-            WhisperFormat::CTranslate2 => Box::new(HostWeights {
-                describe: self.dir.join("model.bin").display().to_string(),
-                tensors: ct2_tensors(&Ct2Model::open(&self.dir)?)?,
-            }),
-        })
-    }
-
-    pub fn load(&self, device: &Device) -> Result<(Whisper, LoadReport)> {
-        let model = Whisper::new(&self.config, device)?;
-        let weights = self.weights()?;
-        let (model, mut report) =
-            load_weights(model, &BoxedSource(weights), |info| (vec![checkpoint_key(&info.path)], false))?;
-        // The output projection is tied to the token embedding.
-        report.unused.retain(|k| k != "proj_out.weight");
-        Ok((model, report))
-    }
+/// A Whisper model with its pretrained weights.
+pub fn load(dir: &ModelDir, config: &WhisperConfig, device: &Device) -> Result<(Whisper, LoadReport)> {
+    let model = Whisper::new(config, device)?;
+    let (model, mut report) =
+        load_weights(model, &BoxedSource(weights(dir)?), |info| (vec![checkpoint_key(&info.path)], false))?;
+    // The output projection is tied to the token embedding.
+    report.unused.retain(|k| k != "proj_out.weight");
+    Ok((model, report))
 }
 
 struct BoxedSource(Box<dyn WeightSource>);
@@ -787,28 +774,28 @@ pub fn ct2_tensors(m: &Ct2Model) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
-/// Write a Hugging Face Whisper directory from any [`WhisperDir`]: `config.json`,
-/// `generation_config.json`, `preprocessor_config.json`, `model.safetensors`, `tokenizer.json`.
-pub fn export_hf(src: &WhisperDir, out: &Path) -> Result<()> {
-    let tensors: Vec<(String, HostTensor)> = match src.format {
-        WhisperFormat::CTranslate2 => ct2_tensors(&Ct2Model::open(&src.dir)?)?.into_iter().collect(),
-        WhisperFormat::HuggingFace => {
-            let f = SafetensorsFile::open(&src.dir.join("model.safetensors"))?;
+/// Write a Hugging Face Whisper directory from any Whisper model (CTranslate2's included):
+/// `config.json`, `generation_config.json`, `preprocessor_config.json`, `model.safetensors`,
+/// `tokenizer.json`.
+pub fn convert(src: &ModelDir, config: &WhisperConfig, out: &Path) -> Result<()> {
+    let tensors: Vec<(String, HostTensor)> = match &src.format {
+        Format::CTranslate2(_) => ct2_tensors(&Ct2Model::open(&src.dir)?)?.into_iter().collect(),
+        _ => {
+            let f = SafetensorsFile::open(&src.weights_path())?;
             f.names().into_iter().map(|n| f.tensor(&n).map(|t| (n, t))).collect::<Result<_>>()?
         }
     };
-    write_hf_dir(src, out, &tensors)
+    write_hf_dir(src, config, out, &tensors)
 }
 
 /// A model in memory (e.g. fine-tuned, adapters merged) as a Hugging Face directory next to the
 /// configuration and tokenizer of `src`.
-pub fn save_model(model: &Whisper, src: &WhisperDir, out: &Path) -> Result<()> {
-    write_hf_dir(src, out, &super::checkpoint_tensors(model, checkpoint_key, |_| true))
+pub fn save_model(model: &Whisper, src: &ModelDir, config: &WhisperConfig, out: &Path) -> Result<()> {
+    write_hf_dir(src, config, out, &super::checkpoint_tensors(model, checkpoint_key, |_| true))
 }
 
-fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+fn write_hf_dir(src: &ModelDir, c: &WhisperConfig, out: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let c = &src.config;
     let mut config = serde_json::to_value(c)?;
     config["architectures"] = serde_json::json!(["WhisperForConditionalGeneration"]);
     let write = |name: &str, v: &serde_json::Value| -> Result<()> {
@@ -824,7 +811,7 @@ fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) 
             "bos_token_id": c.bos_token_id,
             "suppress_tokens": c.suppress_tokens,
             "begin_suppress_tokens": c.begin_suppress_tokens,
-            "no_timestamps_token_id": special_token(&src.tokenizer, "<|notimestamps|>")?,
+            "no_timestamps_token_id": special_token(&src.tokenizer_path(), "<|notimestamps|>")?,
             "max_length": c.max_target_positions,
             "is_multilingual": c.is_multilingual(),
         }),
@@ -846,8 +833,8 @@ fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) 
         }),
     )?;
     crate::io::safetensors::write_safetensors(&out.join("model.safetensors"), tensors, None)?;
-    if src.tokenizer != out.join("tokenizer.json") {
-        std::fs::copy(&src.tokenizer, out.join("tokenizer.json")).context("copying tokenizer.json")?;
+    if src.tokenizer_path() != out.join("tokenizer.json") {
+        std::fs::copy(src.tokenizer_path(), out.join("tokenizer.json")).context("copying tokenizer.json")?;
     }
     Ok(())
 }
@@ -856,13 +843,14 @@ fn write_hf_dir(src: &WhisperDir, out: &Path, tensors: &[(String, HostTensor)]) 
 /// and what finetune did), `model.safetensors` (`encoder.*`, `classifier.*`), `tokenizer.json`.
 pub fn save_classifier(
     model: &WhisperAudioClassifier,
-    base: &WhisperDir,
+    base: &ModelDir,
+    base_config: &WhisperConfig,
     labels: &[String],
     meta: serde_json::Value,
     out: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut config = serde_json::to_value(&base.config)?;
+    let mut config = serde_json::to_value(base_config)?;
     config["architectures"] = serde_json::json!(["WhisperForAudioClassification"]);
     config["id2label"] = labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect();
     config["label2id"] = labels.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::json!(i))).collect();
@@ -873,7 +861,7 @@ pub fn save_classifier(
         &super::checkpoint_tensors(model, classifier_checkpoint_key, |_| true),
         None,
     )?;
-    std::fs::copy(&base.tokenizer, out.join("tokenizer.json")).context("copying tokenizer.json")?;
+    std::fs::copy(base.tokenizer_path(), out.join("tokenizer.json")).context("copying tokenizer.json")?;
     Ok(())
 }
 

@@ -9,7 +9,8 @@ use crate::inference::audio::AudioExamples;
 use crate::io::hub::{self, RepoKind};
 use crate::io::safetensors::HostTensor;
 use crate::methods::Method;
-use crate::models::whisper::{WhisperAudioClassifier, WhisperDir, save_classifier};
+use crate::models::ModelDir;
+use crate::models::whisper::{WhisperAudioClassifier, WhisperConfig, save_classifier};
 use crate::nn::classification_head::ClassificationHead;
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
@@ -28,7 +29,8 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
 
 /// An audio-classification run: the Whisper model's files and the labelled clips.
 pub struct AudioClassification {
-    dir: WhisperDir,
+    dir: ModelDir,
+    config: WhisperConfig,
     data: AudioData,
     frames: usize,
     seconds: f32,
@@ -47,7 +49,8 @@ struct AudioRecipe {
 
 impl AudioClassification {
     fn prepare(recipe: &Recipe, devices: &Devices) -> Result<Self> {
-        let dir = WhisperDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+        let dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+        let config = WhisperConfig::read(&dir)?;
         let data = load_audio_data(&recipe.data)?;
         tracing::info!(
             "{} classes; {} train / {} validation / {} test clips in {:.2} s windows",
@@ -59,6 +62,7 @@ impl AudioClassification {
         );
         Ok(Self {
             dir,
+            config,
             data,
             frames: window_frames(recipe.audio.seconds),
             seconds: recipe.audio.seconds,
@@ -76,7 +80,7 @@ impl AudioClassification {
     fn clips(&self) -> AudioExamples<'_> {
         AudioExamples {
             data: &self.data,
-            n_mels: self.dir.config.num_mel_bins,
+            n_mels: self.config.num_mel_bins,
             frames: self.frames,
             augment: self.recipe.augment.clone(),
             seed: self.recipe.seed,
@@ -126,7 +130,15 @@ impl Task for AudioClassification {
     }
 
     fn load_model(&mut self, device: &Device) -> Result<WhisperAudioClassifier> {
-        Ok(WhisperAudioClassifier::load(&self.dir, self.num_outputs(), self.recipe.head_dropout, false, device)?.0)
+        Ok(WhisperAudioClassifier::load(
+            &self.dir,
+            &self.config,
+            self.num_outputs(),
+            self.recipe.head_dropout,
+            false,
+            device,
+        )?
+        .0)
     }
 
     fn examples<'a>(&'a self, _model: &WhisperAudioClassifier) -> Box<dyn Examples<WhisperAudioClassifier> + 'a> {
@@ -139,7 +151,7 @@ impl Task for AudioClassification {
             "base_model": self.recipe.base_model,
             "seconds": self.seconds,
         });
-        save_classifier(model, &self.dir, &self.data.labels, meta, dir)
+        save_classifier(model, &self.dir, &self.config, &self.data.labels, meta, dir)
     }
 
     fn saves_merged_model(&self) -> bool {
@@ -161,7 +173,15 @@ impl Task for AudioClassification {
     }
 
     fn frozen_model(&mut self, device: &Device) -> Result<WhisperAudioClassifier> {
-        Ok(WhisperAudioClassifier::load(&self.dir, self.num_outputs(), self.recipe.head_dropout, false, device)?.0)
+        Ok(WhisperAudioClassifier::load(
+            &self.dir,
+            &self.config,
+            self.num_outputs(),
+            self.recipe.head_dropout,
+            false,
+            device,
+        )?
+        .0)
     }
     fn head_mut(model: &mut WhisperAudioClassifier) -> &mut ClassificationHead {
         &mut model.head
@@ -201,7 +221,7 @@ impl Task for AudioClassification {
         progress: &indicatif::ProgressBar,
     ) -> Result<HostTensor> {
         let split = self.present()[i];
-        let (d, n_mels, frames) = (self.dir.config.d_model, self.dir.config.num_mel_bins, self.frames);
+        let (d, n_mels, frames) = (self.config.d_model, self.config.num_mel_bins, self.frames);
         let mut out = Vec::with_capacity(split.len() * d);
         let order: Vec<usize> = (0..split.len()).collect();
         for batch in order.chunks(self.recipe.eval_batch_size) {

@@ -9,7 +9,8 @@ use crate::data::sft::{SftEncoder, SftExample, SftRow, load_jsonl, pack, parse_r
 use crate::data::tokenizer::LmTokenizer;
 use crate::inference::lm::{eos_id, resolve_model};
 use crate::methods::Method;
-use crate::models::causal_lm::{DecoderFiles, save_model};
+use crate::models::ModelDir;
+use crate::models::decoder::{self, save_model};
 use crate::models::generation::{Sampling, generate};
 use crate::models::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::pipeline::{self, Devices, ReportExtra, Task, TrainReport};
@@ -169,7 +170,7 @@ impl ReportExtra for LmExtra {
 
 /// A causal-LM run: the decoder's files, tokenizer and template, and the tokenized data.
 pub struct CausalLm {
-    files: DecoderFiles,
+    files: ModelDir,
     cfg: LlamaConfig,
     tokenizer: LmTokenizer,
     template: Option<ChatTemplate>,
@@ -188,10 +189,10 @@ pub struct CausalLm {
 
 impl CausalLm {
     fn prepare(recipe: &Recipe, devices: &Devices) -> Result<Self> {
-        let files = DecoderFiles::open(&resolve_model(&recipe.model, recipe.gguf_file.as_deref(), &recipe.revision)?)?;
-        let tokenizer = files.tokenizer()?;
-        let cfg = files.config()?;
-        let template = files.chat_template(&tokenizer, &cfg)?;
+        let files = ModelDir::open(&resolve_model(&recipe.model, recipe.gguf_file.as_deref(), &recipe.revision)?)?;
+        let tokenizer = decoder::tokenizer(&files)?;
+        let cfg = decoder::config(&files)?;
+        let template = decoder::chat_template(&files, &tokenizer, &cfg)?;
         let eos_id = eos_id(&cfg, &tokenizer)?;
         let d = &recipe.data;
         let data_dir = crate::data::dataset_dir(d)?;
@@ -298,11 +299,11 @@ impl Task for CausalLm {
 
     fn load_model(&mut self, device: &Device) -> Result<LlamaForCausalLM> {
         let (model, cfg) = if self.quantization.as_ref().is_some_and(QuantConfig::keeps_file_quantization) {
-            let (model, cfg, report) = self.files.load_keeping_quantization(device)?;
+            let (model, cfg, report) = decoder::load_keeping_quantization(&self.files, device)?;
             crate::methods::lora::qlora::log_report("kept the GGUF file's quantization for", &report);
             (model, cfg)
         } else {
-            let (model, cfg, _) = self.files.load(device)?;
+            let (model, cfg, _) = decoder::load(&self.files, device)?;
             (model, cfg)
         };
         self.cfg = cfg;

@@ -11,8 +11,9 @@ use crate::io::hub::{self, RepoKind};
 use crate::io::safetensors::HostTensor;
 use crate::methods::Method;
 use crate::models::Head;
+use crate::models::ModelDir;
 use crate::models::efficientnet_lite::EfficientNetLite;
-use crate::models::image_classifier::{ImageBackbone, ImageModelDir, load_image_classifier, save_model};
+use crate::models::image_classifier::{ImageBackbone, ImageConfig, load_image_classifier, save_model};
 use crate::models::mobilenet_v2::MobileNetV2;
 use crate::models::resnet::ResNet;
 use crate::nn::classification_head::ClassificationHead;
@@ -28,25 +29,29 @@ use std::path::Path;
 
 /// Fine-tune per `recipe`; with `resume`, continue the run in `recipe.output_dir`.
 pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainReport> {
-    let dir = ImageModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+    let dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+    let config = ImageConfig::read(&dir)?;
     fn with<M: ImageBackbone + Clone + 'static>(
         recipe: &Recipe,
-        dir: ImageModelDir,
+        dir: ModelDir,
+        config: ImageConfig,
         resume: bool,
         show_progress: bool,
     ) -> Result<TrainReport> {
-        pipeline::run(recipe, resume, show_progress, |devices| ImageClassification::<M>::prepare(recipe, dir, devices))
+        pipeline::run(recipe, resume, show_progress, |devices| {
+            ImageClassification::<M>::prepare(recipe, dir, config, devices)
+        })
     }
-    match dir.config.architecture.as_str() {
-        "mobilenet_v2" => with::<MobileNetV2>(recipe, dir, resume, show_progress),
-        "efficientnet_lite0" => with::<EfficientNetLite>(recipe, dir, resume, show_progress),
-        _ => with::<ResNet>(recipe, dir, resume, show_progress),
+    match config.architecture.as_str() {
+        "mobilenet_v2" => with::<MobileNetV2>(recipe, dir, config, resume, show_progress),
+        "efficientnet_lite0" => with::<EfficientNetLite>(recipe, dir, config, resume, show_progress),
+        _ => with::<ResNet>(recipe, dir, config, resume, show_progress),
     }
 }
 
 /// An image-classification run over backbone `M`.
 pub struct ImageClassification<M> {
-    dir: ImageModelDir,
+    dir: ModelDir,
     data: ImageData,
     transform: Transform,
     augment: Option<AugmentConfig>,
@@ -60,9 +65,9 @@ pub struct ImageClassification<M> {
 }
 
 impl<M: ImageBackbone> ImageClassification<M> {
-    fn prepare(recipe: &Recipe, dir: ImageModelDir, devices: &Devices) -> Result<Self> {
+    fn prepare(recipe: &Recipe, dir: ModelDir, config: ImageConfig, devices: &Devices) -> Result<Self> {
         let data = load_image_data(&recipe.data, &recipe.image)?;
-        let p = &dir.config.pretrained_cfg;
+        let p = &config.pretrained_cfg;
         let transform = Transform {
             size: recipe.image.size.unwrap_or(p.input_size[1]),
             crop_pct: recipe.image.crop_pct.unwrap_or(p.crop_pct),
@@ -79,7 +84,7 @@ impl<M: ImageBackbone> ImageClassification<M> {
             transform.size
         );
         // A fine-tuned checkpoint's head is kept when it was trained for exactly these classes.
-        let head = if dir.config.label_names.as_deref() == Some(&data.labels[..]) && dir.config.finetune.is_some() {
+        let head = if config.label_names.as_deref() == Some(&data.labels[..]) && config.finetune.is_some() {
             Head::FromCheckpoint
         } else {
             Head::New
@@ -207,8 +212,8 @@ impl<M: ImageBackbone + Clone + 'static> Task for ImageClassification<M> {
     fn feature_cache_key(&self) -> Result<String> {
         let mut h = Sha256::new();
         h.update(b"finetune-image-features-v1\0");
-        h.update(hub::sha256_file(&self.dir.weights)?.as_bytes());
-        h.update(std::fs::read(&self.dir.config_path)?);
+        h.update(hub::sha256_file(&self.dir.weights_path())?.as_bytes());
+        h.update(std::fs::read(self.dir.config_path())?);
         h.update(format!("{:?}", self.transform).as_bytes());
         for s in self.present() {
             h.update(s.name.as_bytes());

@@ -46,7 +46,7 @@ pub struct TextClassification {
 impl TextClassification {
     fn prepare(recipe: &Recipe, devices: &Devices) -> Result<Self> {
         let model_dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &MODEL_FILES)?)?;
-        let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer, recipe.data.max_length)?;
+        let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer_path(), recipe.data.max_length)?;
         let data = load_text_data(&recipe.data, None, &tokenizer)?;
         tracing::info!(
             "{} labels {:?}; {} train / {} validation / {} test examples",
@@ -171,8 +171,8 @@ impl Task for TextClassification {
     fn feature_cache_key(&self) -> Result<String> {
         let mut h = Sha256::new();
         h.update(b"finetune-features-v1\0");
-        h.update(sha256_file(&self.model_dir.weights)?.as_bytes());
-        h.update(std::fs::read(&self.model_dir.config)?);
+        h.update(sha256_file(&self.model_dir.weights_path())?.as_bytes());
+        h.update(std::fs::read(self.model_dir.config_path())?);
         h.update(format!("{:?}/{}", self.meta.pooling, self.meta.max_length).as_bytes());
         for s in self.present() {
             h.update(s.name.as_bytes());

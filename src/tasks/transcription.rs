@@ -9,7 +9,8 @@ use crate::inference::transcriber::{Transcriber, read_manifest};
 use crate::io::hub::{self, RepoKind};
 use crate::methods::{Method, lora};
 use crate::models::Adaptable as _;
-use crate::models::whisper::{Whisper, WhisperDir, save_model};
+use crate::models::ModelDir;
+use crate::models::whisper::{Whisper, WhisperConfig, save_model};
 use crate::pipeline::{self, Devices, ReportExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
 use crate::training::checkpoint::{RunDir, TrainState};
@@ -112,7 +113,8 @@ impl Examples<Whisper> for TranscriptExamples<'_> {
 /// A transcription run: the Whisper model's files, the base model (for its word error rate and,
 /// when the encoder stays frozen, its encoder outputs) and the tokenized clips.
 pub struct Transcription {
-    dir: WhisperDir,
+    dir: ModelDir,
+    config: WhisperConfig,
     base: Transcriber,
     splits: [Vec<Utterance>; 3],
     encoded: OnceCell<Option<[Vec<Tensor<2>>; 3]>>,
@@ -123,13 +125,14 @@ pub struct Transcription {
 
 impl Transcription {
     fn prepare(recipe: &Recipe, devices: &Devices) -> Result<Self> {
-        let dir = WhisperDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
+        let dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &["config.json"])?)?;
         let cfg = &recipe.data;
         let data_dir = crate::data::dataset_dir(cfg)?;
         let base = Transcriber::load(&dir.dir, None, &recipe.device)?;
-        let tokenizer = tokenizers::Tokenizer::from_file(&dir.tokenizer)
-            .map_err(|e| anyhow!("{}: {e}", dir.tokenizer.display()))?;
-        let (eos, max_len) = (dir.config.eos_token_id, dir.config.max_target_positions);
+        let config = base.config.clone();
+        let tokenizer = tokenizers::Tokenizer::from_file(dir.tokenizer_path())
+            .map_err(|e| anyhow!("{}: {e}", dir.tokenizer_path().display()))?;
+        let (eos, max_len) = (config.eos_token_id, config.max_target_positions);
         let read = |file: Option<&String>| -> Result<Vec<Utterance>> {
             let Some(file) = file else { return Ok(Vec::new()) };
             read_manifest(&data_dir.join(file))?
@@ -164,6 +167,7 @@ impl Transcription {
         };
         Ok(Self {
             dir,
+            config,
             base,
             splits,
             encoded: OnceCell::new(),
@@ -175,7 +179,7 @@ impl Transcription {
 
     /// Encoder outputs of every clip in inference mode (a frozen encoder).
     fn encode_all(&self) -> [Vec<Tensor<2>>; 3] {
-        let n_mels = self.dir.config.num_mel_bins;
+        let n_mels = self.config.num_mel_bins;
         self.splits.each_ref().map(|s| {
             s.iter()
                 .map(|u| {
@@ -196,14 +200,14 @@ impl Task for Transcription {
         TaskKind::Transcription
     }
     fn num_outputs(&self) -> usize {
-        self.dir.config.vocab_size
+        self.config.vocab_size
     }
     fn train_len(&self) -> usize {
         self.splits[0].len()
     }
 
     fn load_model(&mut self, device: &Device) -> Result<Whisper> {
-        Ok(self.dir.load(device)?.0)
+        Ok(crate::models::whisper::load(&self.dir, &self.config, device)?.0)
     }
 
     fn examples<'a>(&'a self, model: &Whisper) -> Box<dyn Examples<Whisper> + 'a> {
@@ -222,14 +226,14 @@ impl Task for Transcription {
             splits: &self.splits,
             encoded: encoded.as_ref(),
             prefix_len: self.base.prefix.len(),
-            pad: self.dir.config.eos_token_id,
-            n_mels: self.dir.config.num_mel_bins,
+            pad: self.config.eos_token_id,
+            n_mels: self.config.num_mel_bins,
             device: self.device.clone(),
         })
     }
 
     fn save_model(&self, model: &Whisper, _: Method, dir: &Path) -> Result<()> {
-        save_model(model, &self.dir, dir)
+        save_model(model, &self.dir, &self.config, dir)
     }
 
     fn saves_merged_model(&self) -> bool {
@@ -242,7 +246,7 @@ impl Task for Transcription {
         };
         let mut merged = model.clone();
         lora::merge(&mut merged);
-        let tuned = Transcriber::new(merged, &self.dir, self.device.clone())?;
+        let tuned = Transcriber::new(merged, &self.dir, self.config.clone(), self.device.clone())?;
         let (wer, pairs) = tuned.word_error_rate(manifest)?;
         tracing::info!("test WER after fine-tuning: {wer:.4}");
         let lines: Vec<String> =

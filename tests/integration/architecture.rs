@@ -7,8 +7,27 @@ use std::path::Path;
 
 /// Each layer and the crate modules it may import (besides itself).
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("cli", &["tasks", "pipeline", "inference", "recipe", "methods", "models", "data", "training", "nn", "ops", "quant", "io"]),
-    ("tasks", &["pipeline", "inference", "recipe", "methods", "models", "data", "training", "nn", "ops", "quant", "io"]),
+    (
+        "cli",
+        &[
+            "tasks",
+            "pipeline",
+            "inference",
+            "recipe",
+            "methods",
+            "models",
+            "data",
+            "training",
+            "nn",
+            "ops",
+            "quant",
+            "io",
+        ],
+    ),
+    (
+        "tasks",
+        &["pipeline", "inference", "recipe", "methods", "models", "data", "training", "nn", "ops", "quant", "io"],
+    ),
     ("pipeline", &["recipe", "methods", "models", "data", "training", "nn", "ops", "quant", "io"]),
     ("inference", &["methods", "models", "data", "training", "nn", "ops", "quant", "io"]),
     ("recipe", &["methods", "models", "data", "training", "nn", "ops", "quant", "io"]),

@@ -7,7 +7,8 @@ use super::common::*;
 use burn::prelude::*;
 use finetune::data::chat::Message;
 use finetune::io::safetensors::SafetensorsFile;
-use finetune::models::causal_lm::DecoderFiles;
+use finetune::models::ModelDir;
+use finetune::models::decoder;
 use finetune::models::generation::{Sampling, generate};
 use std::path::PathBuf;
 
@@ -33,17 +34,17 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 fn smollm2_gguf_matches_transformers() {
     let Some(path) = smollm2() else { return };
     let reference = reference();
-    let files = DecoderFiles::open(&path).unwrap();
-    let tok = files.tokenizer().unwrap();
+    let files = ModelDir::open(&path).unwrap();
+    let tok = decoder::tokenizer(&files).unwrap();
     for case in reference["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(tok.encode(text, true).unwrap(), ids(&case["ids"]), "tokens of {text:?}");
     }
     let device = Device::flex();
-    let (model, cfg, report) = files.load(&device).unwrap();
+    let (model, cfg, report) = decoder::load(&files, &device).unwrap();
     assert!(report.initialized.is_empty(), "{:?}", report.initialized);
     assert!(cfg.tie_word_embeddings);
-    let template = files.chat_template(&tok, &cfg).unwrap().expect("SmolLM2 has a chat template");
+    let template = decoder::chat_template(&files, &tok, &cfg).unwrap().expect("SmolLM2 has a chat template");
     let messages = [Message::new("user", "Explain in two sentences what fine-tuning a language model means.")];
     let chat = template.render(&messages, true).unwrap();
     assert_eq!(chat, reference["chat_text"].as_str().unwrap());
@@ -93,8 +94,8 @@ fn assert_logits(got: Tensor<3>, name: &str) {
 #[test]
 fn tiny_llama_matches_transformers_and_cache_is_consistent() {
     let device = Device::flex();
-    let files = DecoderFiles::open(&fixtures().join("tiny-llama")).unwrap();
-    let (model, cfg, report) = files.load(&device).unwrap();
+    let files = ModelDir::open(&fixtures().join("tiny-llama")).unwrap();
+    let (model, cfg, report) = decoder::load(&files, &device).unwrap();
     assert!(report.initialized.is_empty() && report.unused.is_empty(), "{report:?}");
     assert!(!cfg.tie_word_embeddings && model.lm_head.is_some());
     let (ids, [b, l]) = tiny_ids(&device);
@@ -115,8 +116,8 @@ fn tiny_llama_matches_transformers_and_cache_is_consistent() {
 #[test]
 fn peft_llama_adapter_matches_peft_and_merges() {
     let device = Device::flex();
-    let files = DecoderFiles::open(&fixtures().join("tiny-llama")).unwrap();
-    let (model, _, _) = files.load(&device).unwrap();
+    let files = ModelDir::open(&fixtures().join("tiny-llama")).unwrap();
+    let (model, _, _) = decoder::load(&files, &device).unwrap();
     let adapter = finetune::io::peft::AdapterFiles::read(&fixtures().join("peft/llama-lora")).unwrap();
     let (mut model, cfg) = finetune::methods::lora::adapter::load_adapter(model, &adapter, &device).unwrap();
     assert_eq!(cfg.r, 4);

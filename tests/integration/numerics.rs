@@ -132,7 +132,7 @@ fn real_minilm_matches_transformers() {
     let sentences: Vec<String> =
         reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     let files = ModelDir::open(&dir).unwrap();
-    let tok = TextTokenizer::from_file(&files.tokenizer, 128).unwrap();
+    let tok = TextTokenizer::from_file(&files.tokenizer_path(), 128).unwrap();
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let encoded = tok.encode_all(&refs).unwrap();
     for (e, r) in encoded.iter().zip(reference["input_ids"].as_array().unwrap()) {

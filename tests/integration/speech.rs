@@ -10,7 +10,8 @@ use finetune::data::log_mel::{N_FRAMES, log_mel_spectrogram};
 use finetune::inference::transcriber::Transcriber;
 use finetune::io::hub::RepoKind;
 use finetune::io::safetensors::SafetensorsFile;
-use finetune::models::whisper::{WhisperDir, WhisperFormat};
+use finetune::models::whisper::WhisperConfig;
+use finetune::models::{Format, ModelDir};
 use finetune::training::metrics::word_error_rate;
 use std::path::PathBuf;
 
@@ -52,11 +53,12 @@ fn whisper_features_encoder_and_decoder_match_transformers() {
     let d = max_abs_diff(&columns(&mel, 80, 2990..3000), &expected.tensor("mel_max").unwrap().data);
     assert!(d < 1e-4, "padded mel differs by {d}");
 
-    let dir = WhisperDir::open(&model_dir).unwrap();
-    assert_eq!(dir.format, WhisperFormat::CTranslate2);
-    assert_eq!((dir.config.d_model, dir.config.encoder_layers, dir.config.vocab_size), (384, 4, 51864));
+    let dir = ModelDir::open(&model_dir).unwrap();
+    assert!(matches!(dir.format, Format::CTranslate2(_)));
+    let config = WhisperConfig::read(&dir).unwrap();
+    assert_eq!((config.d_model, config.encoder_layers, config.vocab_size), (384, 4, 51864));
     let device = Device::default();
-    let (model, report) = dir.load(&device).unwrap();
+    let (model, report) = finetune::models::whisper::load(&dir, &config, &device).unwrap();
     assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
     let x = Tensor::<3>::from_data(TensorData::new(mel, [1, 80, N_FRAMES]), &device);
     let encoded = model.encoder.forward(x);
@@ -118,10 +120,10 @@ fn ctranslate2_whisper_converts_to_hugging_face_layout() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let hf = WhisperDir::open(&out).unwrap();
-    assert_eq!(hf.format, WhisperFormat::HuggingFace);
-    let ct2 = WhisperDir::open(&model_dir).unwrap();
-    assert_eq!(hf.config, ct2.config);
+    let hf = ModelDir::open(&out).unwrap();
+    assert!(matches!(hf.format, Format::Safetensors(_)));
+    let ct2 = ModelDir::open(&model_dir).unwrap();
+    assert_eq!(WhisperConfig::read(&hf).unwrap(), WhisperConfig::read(&ct2).unwrap());
     let st = SafetensorsFile::open(&out.join("model.safetensors")).unwrap();
     // Encoder: 2 convs (4), positions, final norm (2), 4 layers of 15; decoder: tokens, positions,
     // final norm (2), 4 layers of 24.

@@ -9,8 +9,9 @@ use finetune::data::image::{Image, Transform};
 use finetune::io::pth::PthFile;
 use finetune::io::safetensors::SafetensorsFile;
 use finetune::models::Head;
+use finetune::models::ModelDir;
 use finetune::models::efficientnet_lite::EfficientNetLite;
-use finetune::models::image_classifier::{ImageBackbone, ImageModelDir, load_image_classifier};
+use finetune::models::image_classifier::{ImageBackbone, ImageConfig, load_image_classifier};
 use finetune::models::mobilenet_v2::MobileNetV2;
 use finetune::models::resnet::ResNet;
 use std::path::PathBuf;
@@ -61,11 +62,12 @@ fn pth_reader_refuses_code_and_names_the_file() {
     assert!(e.contains("junk.pth") && e.contains("not a PyTorch checkpoint"), "{e}");
 }
 
-fn reference_batch(dir: &ImageModelDir) -> (Tensor<4>, serde_json::Value) {
+fn reference_batch(dir: &ModelDir) -> (Tensor<4>, serde_json::Value) {
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("mobilenet_v2-reference.json")).unwrap())
             .unwrap();
-    let cfg = &dir.config.pretrained_cfg;
+    let config = ImageConfig::read(dir).unwrap();
+    let cfg = &config.pretrained_cfg;
     let t = Transform { size: 224, crop_pct: 1.0, mean: cfg.mean, std: cfg.std };
     let names = reference["images"].as_array().unwrap();
     let mut pixels = vec![0f32; names.len() * 3 * 224 * 224];
@@ -84,7 +86,7 @@ fn reference_batch(dir: &ImageModelDir) -> (Tensor<4>, serde_json::Value) {
 #[test]
 fn real_mobilenet_v2_matches_torchvision() {
     let Some(path) = mobilenet_dir() else { return };
-    let dir = ImageModelDir::open(&path).unwrap();
+    let dir = ModelDir::open(&path).unwrap();
     let device = Device::default();
     let (model, report) = load_image_classifier::<MobileNetV2>(&dir, 1000, 0.0, Head::FromCheckpoint, &device).unwrap();
     assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
@@ -101,7 +103,8 @@ fn real_mobilenet_v2_matches_torchvision() {
     let top1: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_into_vec().unwrap();
     let want: Vec<i64> = reference["top1"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     assert_eq!(top1, want);
-    let labels = dir.config.label_names.as_ref().unwrap();
+    let config = ImageConfig::read(&dir).unwrap();
+    let labels = config.label_names.as_ref().unwrap();
     assert_eq!(labels[top1[0] as usize], "Egyptian cat");
 
     // Training mode: batch statistics (the autodiff device takes BatchNorm's training path).
@@ -115,7 +118,7 @@ fn real_mobilenet_v2_matches_torchvision() {
     // (burn applies running-statistic updates when the model leaves training: `valid()`.)
     let after = finetune::models::image_classifier::checkpoint_tensors(&model.valid());
     let (_, mean) = after.iter().find(|(k, _)| k == "features.0.1.running_mean").unwrap();
-    let original = PthFile::open(&dir.weights).unwrap();
+    let original = PthFile::open(&dir.weights_path()).unwrap();
     let before = original.get("features.0.1.running_mean").unwrap();
     assert!(max_abs_diff(&mean.data, &before.data) > 1e-4, "running mean did not update");
 }
@@ -130,7 +133,7 @@ fn real_efficientnet_lite0_matches_reference() {
     else {
         return;
     };
-    let dir = ImageModelDir::open(&path).unwrap();
+    let dir = ModelDir::open(&path).unwrap();
     let device = Device::default();
     let (model, report) =
         load_image_classifier::<EfficientNetLite>(&dir, 1000, 0.0, Head::FromCheckpoint, &device).unwrap();
@@ -144,7 +147,8 @@ fn real_efficientnet_lite0_matches_reference() {
     let d = max_abs_diff(&values(logits.clone()), &expected.tensor("logits").unwrap().data);
     assert!(d < 1e-4, "logits differ by {d}");
     let top1: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_into_vec().unwrap();
-    let labels = dir.config.label_names.as_ref().unwrap();
+    let config = ImageConfig::read(&dir).unwrap();
+    let labels = config.label_names.as_ref().unwrap();
     let names: Vec<&str> = top1.iter().map(|&i| labels[i as usize].as_str()).collect();
     assert_eq!(names, ["tiger cat", "espresso", "bobsled", "missile"]);
 
@@ -209,7 +213,7 @@ fn resnet18_and_resnet50_match_torchvision() {
             "pretrained_cfg": {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         });
         std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
-        let dir = ImageModelDir::open(tmp.path()).unwrap();
+        let dir = ModelDir::open(tmp.path()).unwrap();
         let (model, report) = load_image_classifier::<ResNet>(&dir, 10, 0.0, Head::FromCheckpoint, &device).unwrap();
         assert!(report.unused.is_empty() && report.initialized.is_empty(), "{report:?}");
         let features = model.features(x.clone());
@@ -329,7 +333,7 @@ fn gradual_unfreezing_trains_top_down_and_freezes_batch_norm_below() {
     assert_eq!(report["optimizer_steps"], 3);
     let model_dir = PathBuf::from(report["model_dir"].as_str().unwrap());
     let trained = SafetensorsFile::open(&model_dir.join("model.safetensors")).unwrap();
-    let original = PthFile::open(&ImageModelDir::open(&base).unwrap().weights).unwrap();
+    let original = PthFile::open(&ModelDir::open(&base).unwrap().weights_path()).unwrap();
     let changed = |key: &str| max_abs_diff(&trained.tensor(key).unwrap().data, &original.get(key).unwrap().data) > 0.0;
     assert!(changed("features.18.0.weight") && changed("features.18.1.running_mean"));
     assert!(changed("features.17.conv.0.0.weight") && changed("features.17.conv.3.running_var"));
@@ -378,7 +382,7 @@ fn full_fine_tuning_with_frozen_batch_norm_statistics() {
     let report = train_cli(&recipe);
     let trained =
         SafetensorsFile::open(&PathBuf::from(report["model_dir"].as_str().unwrap()).join("model.safetensors")).unwrap();
-    let original = PthFile::open(&ImageModelDir::open(&base).unwrap().weights).unwrap();
+    let original = PthFile::open(&ModelDir::open(&base).unwrap().weights_path()).unwrap();
     let mut wrong = Vec::new();
     for name in trained.names() {
         let diff = match original.get(&name) {
@@ -422,7 +426,7 @@ fn image_feature_extraction_caches_features() {
 #[test]
 fn peft_conv_lora_adapter_gives_peft_logits() {
     let Some(path) = mobilenet_dir() else { return };
-    let dir = ImageModelDir::open(&path).unwrap();
+    let dir = ModelDir::open(&path).unwrap();
     let device = Device::default();
     let model = finetune::inference::image::load_with_adapter::<MobileNetV2>(
         &dir,
@@ -463,7 +467,7 @@ fn image_lora_trains_only_adapters_and_head() {
 
     // The merged model differs from the base only in the adapted convolutions and the head.
     let merged = SafetensorsFile::open(&tmp.path().join("lora/model/model.safetensors")).unwrap();
-    let original = PthFile::open(&ImageModelDir::open(&base).unwrap().weights).unwrap();
+    let original = PthFile::open(&ModelDir::open(&base).unwrap().weights_path()).unwrap();
     for name in merged.names() {
         let Some(o) = original.get(&name).filter(|_| !name.starts_with("classifier.")) else { continue };
         let moved = max_abs_diff(&merged.tensor(&name).unwrap().data, &o.data) > 0.0;
@@ -472,9 +476,9 @@ fn image_lora_trains_only_adapters_and_head() {
     }
     // Base + adapter == merged model.
     let device = Device::default();
-    let dir = ImageModelDir::open(&base).unwrap();
+    let dir = ModelDir::open(&base).unwrap();
     let with_adapter = finetune::inference::image::load_with_adapter::<MobileNetV2>(&dir, &adapter, &device).unwrap();
-    let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
+    let merged_dir = ModelDir::open(&tmp.path().join("lora/model")).unwrap();
     let (merged_model, _) =
         load_image_classifier::<MobileNetV2>(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
     let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
@@ -523,10 +527,10 @@ fn efficientnet_lora_with_same_padding_matches_merged_model() {
     assert!(files.tensor("base_model.model._conv_stem.lora_B.weight").unwrap().data.iter().any(|v| *v != 0.0));
 
     let device = Device::default();
-    let dir = ImageModelDir::open(&base).unwrap();
+    let dir = ModelDir::open(&base).unwrap();
     let with_adapter =
         finetune::inference::image::load_with_adapter::<EfficientNetLite>(&dir, &adapter, &device).unwrap();
-    let merged_dir = ImageModelDir::open(&tmp.path().join("lora/model")).unwrap();
+    let merged_dir = ModelDir::open(&tmp.path().join("lora/model")).unwrap();
     let (merged, _) =
         load_image_classifier::<EfficientNetLite>(&merged_dir, 3, 0.0, Head::FromCheckpoint, &device).unwrap();
     // An odd size too: SAME padding then pads both sides of the stem.
