@@ -5,6 +5,7 @@ mod causal_lm;
 mod common;
 mod errors;
 mod hub;
+mod matrix;
 mod numerics;
 mod peft;
 mod quant;

@@ -148,7 +148,7 @@ pub const WORDS_REPO: &str = "finetune/espeak-spoken-words";
 
 /// A small copy of the spoken-word set: three words, `per_split` clips of each per split, as
 /// manifests with absolute paths. None without the assets.
-fn small_words(dir: &std::path::Path, per_split: usize) -> Option<PathBuf> {
+pub fn small_words(dir: &std::path::Path, per_split: usize) -> Option<PathBuf> {
     let src = cached_asset(WORDS_REPO, RepoKind::Dataset, "train.jsonl", "spoken-words")?;
     let out = dir.join("words");
     std::fs::create_dir_all(&out).unwrap();
@@ -283,15 +283,11 @@ fn audio_lora_trains_only_adapters_and_head() {
 
 pub const SENTENCES_REPO: &str = "finetune/espeak-sentences";
 
-/// LoRA transcription fine-tuning on a few synthetic clips (decoder q/v adapters, frozen encoder
-/// computed once): only adapter weights train, the run reports the test WER before and after,
-/// and `finetune transcribe --adapter` (base + adapter) gives the merged model's transcripts.
-#[test]
-fn whisper_lora_transcription_fine_tuning() {
-    let Some((model_dir, _)) = assets() else { return };
-    let Some(src) = cached_asset(SENTENCES_REPO, RepoKind::Dataset, "train.jsonl", "spoken-sentences") else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+/// Four training, two validation and two test clips of the spoken sentences, as manifests with
+/// absolute paths. None without the asset.
+pub fn small_sentences(dir: &std::path::Path) -> Option<PathBuf> {
+    let src = cached_asset(SENTENCES_REPO, RepoKind::Dataset, "train.jsonl", "spoken-sentences")?;
+    let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     for (split, n) in [("train", 4), ("validation", 2), ("test", 2)] {
         let text = std::fs::read_to_string(src.join(format!("{split}.jsonl"))).unwrap();
@@ -306,6 +302,17 @@ fn whisper_lora_transcription_fine_tuning() {
             .collect();
         std::fs::write(data.join(format!("{split}.jsonl")), rows.join("\n")).unwrap();
     }
+    Some(data)
+}
+
+/// LoRA transcription fine-tuning on a few synthetic clips (decoder q/v adapters, frozen encoder
+/// computed once): only adapter weights train, the run reports the test WER before and after,
+/// and `finetune transcribe --adapter` (base + adapter) gives the merged model's transcripts.
+#[test]
+fn whisper_lora_transcription_fine_tuning() {
+    let Some((model_dir, _)) = assets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = small_sentences(tmp.path()) else { return };
     let recipe = tmp.path().join("lora.toml");
     std::fs::write(
         &recipe,

@@ -228,7 +228,7 @@ fn resnet18_and_resnet50_match_torchvision() {
 
 /// A small image-folder dataset of real Fashion-MNIST images (`train/<class>/<i>.png`, ...):
 /// `per_class` images of each of three classes per split. None without the asset.
-fn fashion_folders(dir: &std::path::Path, per_class: usize) -> Option<PathBuf> {
+pub fn fashion_folders(dir: &std::path::Path, per_class: usize) -> Option<PathBuf> {
     let repo = cached_asset(
         "finetune/fashion-mnist",
         finetune::io::hub::RepoKind::Dataset,
