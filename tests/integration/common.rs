@@ -16,10 +16,42 @@ pub fn cached_asset(repo: &str, kind: finetune::io::hub::RepoKind, file: &str, f
                 std::env::var("FINETUNE_REQUIRE_ASSETS").is_err(),
                 "{repo} is not in the hub cache: run scripts/fetch-assets.sh {fetch_target}"
             );
-            eprintln!("SKIPPED: {repo} not in the hub cache (scripts/fetch-assets.sh {fetch_target})");
+            note_skipped(&format!("{repo} (scripts/fetch-assets.sh {fetch_target})"));
             None
         }
     }
+}
+
+/// The asset tests skipped in this run, printed once as the test binary exits (libtest captures
+/// a test's own output, so a per-test message would go unseen).
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn note_skipped(what: &str) {
+    use std::io::Write;
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    unsafe extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    }
+    extern "C" fn print_skipped() {
+        let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = std::collections::BTreeMap::new();
+        for s in skipped.iter() {
+            *counts.entry(s.as_str()).or_insert(0) += 1;
+        }
+        let list: Vec<String> = counts.iter().map(|(s, n)| format!("  {n} x {s}")).collect();
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n{} asset test(s) SKIPPED for missing assets (FINETUNE_REQUIRE_ASSETS=1 makes them fail):\n{}",
+            skipped.len(),
+            list.join("\n")
+        );
+    }
+    // SAFETY: registers a plain function with the C runtime; it only reads a static.
+    REGISTER.call_once(|| unsafe {
+        atexit(print_skipped);
+    });
+    SKIPPED.lock().unwrap_or_else(|e| e.into_inner()).push(what.to_string());
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} is not in the hub cache");
 }
 
 pub fn fixtures() -> PathBuf {
