@@ -159,10 +159,7 @@ impl FinetunedImageClassifier {
             let probs = burn::tensor::activation::softmax(self.model.forward(x), 1);
             let probs: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
             for (row, path) in probs.chunks(self.labels.len()).zip(chunk) {
-                let mut order: Vec<usize> = (0..row.len()).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                let top: Vec<(String, f32)> =
-                    order.iter().take(top_k).map(|&i| (self.labels[i].clone(), row[i])).collect();
+                let top = super::top_k(row, &self.labels, top_k);
                 out.push(ImagePrediction { image: path.clone(), label: top[0].0.clone(), top });
             }
         }

@@ -8,3 +8,10 @@ pub mod image;
 pub mod lm;
 pub mod text;
 pub mod transcriber;
+
+/// The `k` most probable labels of one row of class probabilities, most probable first.
+pub fn top_k(probabilities: &[f32], labels: &[String], k: usize) -> Vec<(String, f32)> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+    order.iter().take(k).map(|&i| (labels[i].clone(), probabilities[i])).collect()
+}

@@ -323,3 +323,24 @@ pub fn load_adapter<M: Adaptable>(
         other => bail!("{}: peft_type {other} is not supported (LORA, PROMPT_TUNING)", files.dir.display()),
     }
 }
+
+/// Load the adapter's other tensors (modules to save, trained biases: `prefix` + checkpoint key)
+/// into `model`, then require that every tensor of the adapter found its place (`used` holds the
+/// keys the method itself consumed).
+fn load_saved<M: Adaptable>(
+    model: M,
+    files: &crate::io::peft::AdapterFiles,
+    prefix: &str,
+    mut used: std::collections::BTreeSet<String>,
+) -> Result<M> {
+    let keys: HashMap<String, String> =
+        list_params(&model).into_iter().map(|p| (p.path.clone(), model.checkpoint_key(&p.path))).collect();
+    let model =
+        crate::models::import_by_key(model, &files.tensors, |i| format!("{prefix}{}", keys[&i.path]), &mut used)
+            .with_context(|| format!("{}", files.dir.display()))?;
+    let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
+    if !unused.is_empty() {
+        bail!("{}: tensors that match no layer of the model: {:?}", files.dir.display(), unused);
+    }
+    Ok(model)
+}

@@ -10,7 +10,7 @@
 use crate::io::params::ParamInfo;
 use crate::io::peft::AdapterFiles;
 use crate::io::safetensors::HostTensor;
-use crate::models::{Adaptable, checkpoint_tensors, import_by_key};
+use crate::models::{Adaptable, checkpoint_tensors};
 use crate::nn::soft_prompt::SoftPrompt;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -151,16 +151,6 @@ pub fn load_adapter<M: Adaptable>(
             )),
         });
     }
-    let mut used = std::collections::BTreeSet::from([PROMPT_KEY.to_string()]);
-    let keys: std::collections::HashMap<String, String> = crate::io::params::list_params(&model)
-        .into_iter()
-        .map(|p| (p.path.clone(), model.checkpoint_key(&p.path)))
-        .collect();
-    let model = import_by_key(model, &files.tensors, |i| format!("{KEY_PREFIX}{}", keys[&i.path]), &mut used)
-        .with_context(|| format!("{}", files.dir.display()))?;
-    let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
-    if !unused.is_empty() {
-        bail!("{}: tensors that match no layer of the model: {:?}", files.dir.display(), unused);
-    }
-    Ok((model, cfg))
+    let used = std::collections::BTreeSet::from([PROMPT_KEY.to_string()]);
+    Ok((super::load_saved(model, files, KEY_PREFIX, used)?, cfg))
 }

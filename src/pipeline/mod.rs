@@ -95,17 +95,20 @@ pub trait Task {
     /// The task's report fields, from the trained model (inference mode) and its test metrics.
     fn finish(
         &mut self,
-        model: &Self::Model,
-        test: Option<&EvalMetrics>,
-        run: &RunDir,
-        state: &TrainState,
-    ) -> Result<Self::Extra>;
+        _model: &Self::Model,
+        _test: Option<&EvalMetrics>,
+        _run: &RunDir,
+        _state: &TrainState,
+    ) -> Result<Self::Extra> {
+        Ok(Self::Extra::default())
+    }
 
     // Feature extraction (tasks whose methods include it).
 
-    /// The frozen backbone with its head, in inference mode, on `device`.
-    fn frozen_model(&mut self, _device: &Device) -> Result<Self::Model> {
-        bail!("feature extraction is not available for this task")
+    /// The frozen backbone with its head on `device` (a plain device: no autodiff, so nothing
+    /// trains and nothing is recorded); by default the model `load_model` loads.
+    fn frozen_model(&mut self, device: &Device) -> Result<Self::Model> {
+        self.load_model(device)
     }
     /// The head a feature-extraction run trains, and where it goes in the model.
     fn head_mut(_model: &mut Self::Model) -> &mut ClassificationHead {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// A task's own report fields, flattened into `results.json`, and their lines in the summary.
-pub trait ReportExtra: Serialize + DeserializeOwned {
+pub trait ReportExtra: Serialize + DeserializeOwned + Default {
     fn summary(&self) -> Vec<String> {
         Vec::new()
     }

@@ -14,8 +14,6 @@ use crate::models::whisper::{WhisperAudioClassifier, WhisperConfig, save_classif
 use crate::nn::classification_head::ClassificationHead;
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
-use crate::training::checkpoint::{RunDir, TrainState};
-use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, Split, classification_loss};
 use anyhow::Result;
 use burn::prelude::*;
@@ -160,28 +158,6 @@ impl Task for AudioClassification {
 
     fn adapter_notes(&self, _: Method) -> Option<serde_json::Value> {
         Some(serde_json::json!({ "labels": self.data.labels, "finetune": { "seconds": self.seconds } }))
-    }
-
-    fn finish(
-        &mut self,
-        _: &WhisperAudioClassifier,
-        _: Option<&EvalMetrics>,
-        _: &RunDir,
-        _: &TrainState,
-    ) -> Result<NoExtra> {
-        Ok(NoExtra {})
-    }
-
-    fn frozen_model(&mut self, device: &Device) -> Result<WhisperAudioClassifier> {
-        Ok(WhisperAudioClassifier::load(
-            &self.dir,
-            &self.config,
-            self.num_outputs(),
-            self.recipe.head_dropout,
-            false,
-            device,
-        )?
-        .0)
     }
     fn head_mut(model: &mut WhisperAudioClassifier) -> &mut ClassificationHead {
         &mut model.head

@@ -132,7 +132,7 @@ pub struct SampleAnswer {
 }
 
 /// What a causal-LM run reports besides the shared fields.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LmExtra {
     pub train_target_tokens: usize,
     /// Tokens (prompt and target, padding excluded) processed per second of training.

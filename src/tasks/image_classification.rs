@@ -19,8 +19,6 @@ use crate::models::resnet::ResNet;
 use crate::nn::classification_head::ClassificationHead;
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
-use crate::training::checkpoint::{RunDir, TrainState};
-use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, Split, classification_loss};
 use anyhow::Result;
 use burn::prelude::*;
@@ -186,14 +184,6 @@ impl<M: ImageBackbone + Clone + 'static> Task for ImageClassification<M> {
         Some(
             serde_json::json!({ "labels": self.data.labels, "finetune": { "image_size": t.size, "crop_pct": t.crop_pct } }),
         )
-    }
-
-    fn finish(&mut self, _: &M, _: Option<&EvalMetrics>, _: &RunDir, _: &TrainState) -> Result<NoExtra> {
-        Ok(NoExtra {})
-    }
-
-    fn frozen_model(&mut self, device: &Device) -> Result<M> {
-        Ok(load_image_classifier::<M>(&self.dir, self.num_outputs(), self.head_dropout, self.head, device)?.0)
     }
     fn head_mut(model: &mut M) -> &mut ClassificationHead {
         model.head_mut()

@@ -15,8 +15,6 @@ use crate::models::{Head, ModelDir, load_text_classifier};
 use crate::nn::classification_head::ClassificationHead;
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
-use crate::training::checkpoint::{RunDir, TrainState};
-use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::Examples;
 use anyhow::Result;
 use burn::module::Module;
@@ -147,11 +145,6 @@ impl Task for TextClassification {
     fn adapter_notes(&self, method: Method) -> Option<serde_json::Value> {
         Some(serde_json::json!({ "labels": self.data.labels.names(), "finetune": self.meta(method) }))
     }
-
-    fn finish(&mut self, _: &TextClassifier, _: Option<&EvalMetrics>, _: &RunDir, _: &TrainState) -> Result<NoExtra> {
-        Ok(NoExtra {})
-    }
-
     fn frozen_model(&mut self, device: &Device) -> Result<TextClassifier> {
         let (model, _) =
             load_text_classifier(&self.model_dir, self.num_outputs(), self.meta.pooling, 0.0, self.head, device)?;

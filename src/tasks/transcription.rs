@@ -29,7 +29,7 @@ pub fn run(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<TrainRe
 }
 
 /// The test word error rates before and after fine-tuning.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WerExtra {
     pub test_wer_base: Option<f64>,
     pub test_wer: Option<f64>,

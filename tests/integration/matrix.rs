@@ -310,6 +310,13 @@ fn image_classification_row() {
     );
 }
 
+/// The audio file of the first test row of a manifest folder.
+fn first_clip(data: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(data.join("test.jsonl")).unwrap();
+    let row: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    PathBuf::from(row["audio"].as_str().unwrap())
+}
+
 fn whisper_base(model: &Path) -> BTreeMap<String, HostTensor> {
     finetune::models::whisper::ct2_tensors(&finetune::io::ctranslate2::Ct2Model::open(model).unwrap()).unwrap()
 }
@@ -331,14 +338,7 @@ fn audio_classification_row() {
         data.display(),
         tmp.path().join("features").display()
     );
-    let clip = PathBuf::from(
-        serde_json::from_str::<Value>(
-            std::fs::read_to_string(data.join("test.jsonl")).unwrap().lines().next().unwrap(),
-        )
-        .unwrap()["audio"]
-            .as_str()
-            .unwrap(),
-    );
+    let clip = first_clip(&data);
     let reload = move |out: &Path, _: Method| {
         let m = finetune::inference::audio::FinetunedAudioClassifier::load(&out.join("model"), "cpu").unwrap();
         let p = m.predict(std::slice::from_ref(&clip), 3).unwrap();
@@ -376,14 +376,7 @@ fn transcription_row() {
         super::speech::WHISPER_REPO,
         data.display()
     );
-    let clip = PathBuf::from(
-        serde_json::from_str::<Value>(
-            std::fs::read_to_string(data.join("test.jsonl")).unwrap().lines().next().unwrap(),
-        )
-        .unwrap()["audio"]
-            .as_str()
-            .unwrap(),
-    );
+    let clip = first_clip(&data);
     let base_dir = model.clone();
     let reload = move |out: &Path, method: Method| {
         let t = if method.is_peft() {

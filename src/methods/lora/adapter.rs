@@ -8,7 +8,7 @@ use super::{LoraConfig, LoraInit, inject, is_adapter_weight};
 use crate::io::params::ParamInfo;
 use crate::io::peft::AdapterFiles;
 use crate::io::safetensors::HostTensor;
-use crate::models::{Adaptable, checkpoint_tensors, import_by_key};
+use crate::models::{Adaptable, checkpoint_tensors};
 use anyhow::{Context, Result, bail};
 use burn::module::Param;
 use burn::prelude::*;
@@ -142,15 +142,5 @@ pub fn load_adapter<M: Adaptable>(mut model: M, files: &AdapterFiles, device: &D
             used.insert(key);
         }
     }
-    let keys: std::collections::HashMap<String, String> = crate::io::params::list_params(&model)
-        .into_iter()
-        .map(|p| (p.path.clone(), model.checkpoint_key(&p.path)))
-        .collect();
-    let model = import_by_key(model, &files.tensors, |i| format!("{KEY_PREFIX}{}", keys[&i.path]), &mut used)
-        .with_context(|| format!("{}", files.dir.display()))?;
-    let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
-    if !unused.is_empty() {
-        bail!("{}: tensors that match no layer of the model: {:?}", files.dir.display(), unused);
-    }
-    Ok((model, cfg))
+    Ok((crate::methods::load_saved(model, files, KEY_PREFIX, used)?, cfg))
 }
