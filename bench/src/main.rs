@@ -18,8 +18,9 @@ use finetune::data::batch::collate;
 use finetune::data::tokenizer::Encoded;
 use finetune::io::hub::{RepoKind, resolve};
 use finetune::methods::lora::{self, InitLoraWeights, LoraConfig, TargetModules};
-use finetune::models::text_classifier::{Pooling, TextClassifier};
+use finetune::models::text_classifier::TextClassifier;
 use finetune::models::{Head, ModelDir, load_text_classifier};
+use finetune::nn::classification_head::Pooling;
 use finetune::nn::soft_prompt::SoftPrompt;
 use finetune::ops::context::Precision;
 use finetune::training::optimizer::{AdamW, AdamWConfig, GradStore};
@@ -87,7 +88,7 @@ fn prepare(method: &str, files: &ModelDir, device: &Device) -> anyhow::Result<Te
         "head" => Box::new(|p: &str| p.starts_with("head.")),
         other => anyhow::bail!("unknown method {other}"),
     };
-    Ok(finetune::io::params::set_trainable(model, trainable))
+    Ok(finetune::io::params::set_trainable(model, |p| trainable(&p.path)))
 }
 
 fn main() -> anyhow::Result<()> {

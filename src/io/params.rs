@@ -61,14 +61,23 @@ impl PathTracker {
     fn owner(&self) -> String {
         self.owners.last().cloned().unwrap_or_default()
     }
-    /// The info of `param`, found at the current path.
+    /// The info of `param`, found at the current path. Reading `trainable` initializes a lazy
+    /// parameter (burn runs its initializer on first access).
     fn info<const D: usize>(&self, param: &Param<Tensor<D>>) -> ParamInfo {
+        ParamInfo { trainable: param.is_require_grad(), ..self.peek(param) }
+    }
+
+    /// The info of `param` without initializing it when it is lazy (then `trainable` is false).
+    /// Trainability hooks read this, so that a layer attached before training (a LoRA adapter's
+    /// random `A`) still draws its initial values at its first use, from the generator state the
+    /// trainer seeded for that step: a run is reproducible whatever inspects the model first.
+    fn peek<const D: usize>(&self, param: &Param<Tensor<D>>) -> ParamInfo {
         ParamInfo {
             path: self.path(),
             owner: self.owner(),
             owners: self.owners.clone(),
             shape: param.lazy_shape().to_vec(),
-            trainable: param.is_require_grad(),
+            trainable: param.is_initialized() && param.is_require_grad(),
         }
     }
 }
@@ -88,6 +97,29 @@ pub fn list_params<M: Module>(module: &M) -> Vec<ParamInfo> {
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             self.out.push(self.at.info(param));
+        }
+    }
+    let mut v = Lister { at: PathTracker::default(), out: Vec::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Every float parameter's path, owner and shape, without initializing lazy parameters (their
+/// `trainable` reads false): the structure trainability is decided from.
+pub fn list_params_lazy<M: Module>(module: &M) -> Vec<ParamInfo> {
+    struct Lister {
+        at: PathTracker,
+        out: Vec<ParamInfo>,
+    }
+    impl ModuleVisitor for Lister {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.at.enter(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.at.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.out.push(self.at.peek(param));
         }
     }
     let mut v = Lister { at: PathTracker::default(), out: Vec::new() };
@@ -195,7 +227,7 @@ pub fn set_trainable<M: Module>(module: M, trainable: impl Fn(&ParamInfo) -> boo
             self.at.exit();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let info = self.at.info(&param);
+            let info = self.at.peek(&param);
             param.set_require_grad((self.trainable)(&info))
         }
     }

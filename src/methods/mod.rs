@@ -20,7 +20,7 @@ pub mod transfer;
 
 pub use transfer::TrainPlan;
 
-use crate::io::params::{ParamInfo, list_params, set_trainable};
+use crate::io::params::{ParamInfo, list_params_lazy, set_trainable};
 use crate::models::Adaptable;
 use crate::nn::conv_bn::BatchNormMode;
 use crate::quant::QuantConfig;
@@ -213,7 +213,7 @@ impl Tuner {
         let plan = self.plan(model);
         let widest =
             plan.as_ref().map_or(0, |p| p.unfrozen(state.epoch.saturating_sub(1), state.step.saturating_sub(1)));
-        let learnable: Vec<ParamInfo> = list_params(model).into_iter().filter(|p| !is_buffer(p)).collect();
+        let learnable: Vec<ParamInfo> = list_params_lazy(model).into_iter().filter(|p| !is_buffer(p)).collect();
         let trained = learnable
             .iter()
             .filter(|p| match &plan {
@@ -252,7 +252,7 @@ pub fn is_buffer(info: &ParamInfo) -> bool {
 /// Each parameter path's checkpoint module name (its key without the leaf), which is how peft's
 /// `modules_to_save` and `target_modules` name it.
 fn modules_of<M: Adaptable>(model: &M) -> HashMap<String, String> {
-    list_params(model)
+    list_params_lazy(model)
         .into_iter()
         .map(|p| {
             let key = model.checkpoint_key(&p.path);
@@ -334,7 +334,7 @@ fn load_saved<M: Adaptable>(
     mut used: std::collections::BTreeSet<String>,
 ) -> Result<M> {
     let keys: HashMap<String, String> =
-        list_params(&model).into_iter().map(|p| (p.path.clone(), model.checkpoint_key(&p.path))).collect();
+        list_params_lazy(&model).into_iter().map(|p| (p.path.clone(), model.checkpoint_key(&p.path))).collect();
     let model =
         crate::models::import_by_key(model, &files.tensors, |i| format!("{prefix}{}", keys[&i.path]), &mut used)
             .with_context(|| format!("{}", files.dir.display()))?;
