@@ -1,5 +1,5 @@
 //! PyTorch checkpoints (`.pth`, `.bin`, `.pt`) read without running Python: both layouts that
-//! `torch.save` has written, through the code-free [`pickle`](super::pickle) reader.
+//! `torch.save` has written, through the code-free [`pickle`] reader.
 //!
 //! - zip (torch >= 1.6): `<archive>/data.pkl` holds the object, each storage is the entry
 //!   `<archive>/data/<key>`.

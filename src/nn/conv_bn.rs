@@ -96,7 +96,7 @@ impl ConvBnSpec {
 #[derive(Module, Debug)]
 pub struct ConvBn {
     pub conv: Conv2d,
-    /// A LoRA adapter on the convolution, when one is attached (see `methods::lora::conv`).
+    /// A LoRA adapter on the convolution, when one is attached (see `nn::conv_lora`; attached by `methods::lora`).
     pub lora: Option<ConvLoraAdapter>,
     pub bn: BatchNorm,
     #[module(skip)]

@@ -25,7 +25,7 @@ pub struct Dense {
     /// A LoRA/DoRA adapter, when one is attached (see `methods::lora`).
     pub lora: Option<LoraAdapter>,
     /// The frozen weight held quantized (QLoRA's NF4, or GGUF blocks). Each product dequantizes
-    /// it into a temporary f32 matrix (again in backward, see `quant::matmul`): gradients reach
+    /// it into a temporary f32 matrix (again in backward, see `ops::frozen_matmul`): gradients reach
     /// the input (and the adapter), never the quantized weight.
     #[module(skip)]
     pub quantized: Option<Arc<FrozenWeight>>,
@@ -80,7 +80,7 @@ impl Dense {
     }
 
     /// `x [rows, in] · W` without bias or adapter. A quantized weight goes through
-    /// `quant::matmul`, whose backward does not keep the dequantized matrix.
+    /// `ops::frozen_matmul`, whose backward does not keep the dequantized matrix.
     pub fn base_product(&self, x: Tensor<2>) -> Tensor<2> {
         match &self.quantized {
             Some(q) => frozen_matmul(x, q),

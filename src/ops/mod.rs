@@ -2,7 +2,7 @@
 //! its backward pass (when it has one) and a test against a reference. Everything above (`nn`,
 //! the models) calls these; they know nothing of layers, models or recipes.
 //!
-//! - [`matmul`]: products in the run's precision; [`bf16_gemm`] and [`bf16_matmul`] are the
+//! - [`matmul`]: products in the run's precision; `bf16_gemm` and `bf16_matmul` are the
 //!   AVX512-BF16 kernel and its autodiff node; [`frozen_matmul`] multiplies by a quantized frozen
 //!   weight without keeping its dequantized copy for the backward pass.
 //! - [`attention_softmax`], [`layer_norm`]: fused CPU training passes (burn recorded 5-10 ops).
@@ -12,8 +12,8 @@
 
 pub mod adamw;
 pub mod attention_softmax;
-pub mod bf16_gemm;
-pub mod bf16_matmul;
+mod bf16_gemm;
+mod bf16_matmul;
 pub mod context;
 pub mod device;
 pub mod dropout_mask;

@@ -1,5 +1,5 @@
 //! Hot loops compiled a second time for AVX-512 and chosen at run time, for the fused CPU ops
-//! (`models::attention_softmax`, `models::layer_norm`, the AdamW update): the crate targets
+//! (`ops::attention_softmax`, `ops::layer_norm`, `ops::adamw`, the dropout mask): the crate targets
 //! baseline x86-64, where those loops would run four lanes wide.
 
 /// Compiles `$body` once more with AVX-512 enabled and picks that copy at run time when the CPU

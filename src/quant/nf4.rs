@@ -240,7 +240,7 @@ impl Quantized4bit {
 
 /// bitsandbytes' double quantization of block maxima: subtract the mean, then 8-bit blockwise
 /// quantization (blocks of `blocksize`) against the signed dynamic map, done the way its CPU kernel
-/// does it (see [`BinnedCodeLookup`]) so that the codes are bit-identical.
+/// does it (see `BinnedCodeLookup`) so that the codes are bit-identical.
 pub fn double_quantize(absmax: &[f32], blocksize: usize) -> Absmax {
     let offset = torch_sum_f32(absmax) / absmax.len() as f32;
     let lookup = BinnedCodeLookup::new(&dynamic_map_signed());

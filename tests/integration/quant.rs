@@ -78,7 +78,7 @@ fn nf4_matches_bitsandbytes_bit_for_bit() {
     }
 }
 
-/// The quantized linear layer (its own autodiff node, `quant::matmul`): the forward equals the
+/// The quantized linear layer (its own autodiff node, `ops::frozen_matmul`): the forward equals the
 /// product with the dequantized weight, its input gradient equals the one through that weight
 /// (analytic), finite differences agree, and the weight gets no gradient.
 #[test]
