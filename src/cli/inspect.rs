@@ -52,7 +52,7 @@ pub fn run(
     let start = plan.unfrozen(0, 0);
     let params = crate::io::params::list_params(&model);
     let total: usize = params.iter().map(|p| p.numel()).sum();
-    println!("\n{:<12} {:>12}  {}", "group", "parameters", format!("trains under '{}'", method.name()));
+    println!("\n{:<12} {:>12}  trains under '{}'", "group", "parameters", method.name());
     let mut trainable = 0;
     for group in &plan.order {
         let n: usize = params
@@ -112,7 +112,7 @@ pub fn run(
 /// A decoder: architecture, parameters, how a GGUF file stores them, and (with `quantize`) the
 /// memory of the frozen base under QLoRA (`nf4`/`fp4`) or kept in the file's blocks (`gguf`).
 fn run_decoder(files: &ModelDir, quantize: Option<&str>) -> Result<()> {
-    let cfg = decoder::config(&files)?;
+    let cfg = decoder::config(files)?;
     let device = crate::ops::device::select("cpu")?;
     println!("model:       {}", files.describe());
     println!(
@@ -136,12 +136,12 @@ fn run_decoder(files: &ModelDir, quantize: Option<&str>) -> Result<()> {
         let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!("stored as:   {} tensors: {}", g.tensors.len(), kinds.join(", "));
     }
-    let (model, _, _) = decoder::load(&files, &device)?;
+    let (model, _, _) = decoder::load(files, &device)?;
     let total: usize = crate::io::params::list_params(&model).iter().map(|p| p.numel()).sum();
     println!("parameters:  {total} ({:.1} MB in f32)", 4.0 * total as f64 / 1e6);
     let Some(kind) = quantize else { return Ok(()) };
     let report = if kind == "gguf" {
-        decoder::load_keeping_quantization(&files, &device)?.2
+        decoder::load_keeping_quantization(files, &device)?.2
     } else {
         let mut model = model;
         crate::methods::lora::qlora::quantize_model(&mut model, &quant_config(kind), |_| false)?

@@ -15,6 +15,9 @@ use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// A training batch being prepared on a background thread: its indices and the worker.
+type Prefetch = (Vec<usize>, std::thread::JoinHandle<Vec<f32>>);
+
 /// Image batches for a model that runs the backbone. The next training batch is prepared on a
 /// background thread while the current one computes.
 pub struct ImageExamples<'a> {
@@ -24,7 +27,7 @@ pub struct ImageExamples<'a> {
     seed: u64,
     device: Device,
     /// Batches being prepared: (indices, worker).
-    pending: Mutex<Vec<(Vec<usize>, std::thread::JoinHandle<Vec<f32>>)>>,
+    pending: Mutex<Vec<Prefetch>>,
 }
 
 impl<'a> ImageExamples<'a> {

@@ -142,7 +142,7 @@ pub fn export_params<M: Module>(module: &M, keep: impl Fn(&ParamInfo) -> bool) -
             self.at.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let info = self.at.info(&param);
+            let info = self.at.info(param);
             if (self.keep)(&info) {
                 let data = param.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor");
                 let t = HostTensor::new(info.shape.clone(), data);

@@ -105,10 +105,11 @@ fn read_zip(bytes: &[u8], what: &str) -> Result<(Value, Storages)> {
     let data_prefix = format!("{prefix}data/");
     let mut storages = Storages::new();
     for name in &names {
-        if let Some(key) = name.strip_prefix(&data_prefix) {
-            if !key.is_empty() && !key.contains('/') {
-                storages.insert(key.to_string(), read_entry(&mut zip, name)?);
-            }
+        if let Some(key) = name.strip_prefix(&data_prefix)
+            && !key.is_empty()
+            && !key.contains('/')
+        {
+            storages.insert(key.to_string(), read_entry(&mut zip, name)?);
         }
     }
     Ok((object, storages))
@@ -181,10 +182,10 @@ fn collect_tensors(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>, 
         Value::Dict(items) => {
             if prefix.is_empty() {
                 for wrapper in ["state_dict", "model"] {
-                    if let Some((_, inner)) = items.iter().find(|(k, _)| k.as_str() == Some(wrapper)) {
-                        if matches!(inner, Value::Dict(_)) {
-                            return collect_tensors(inner, "", out, what);
-                        }
+                    if let Some((_, inner)) = items.iter().find(|(k, _)| k.as_str() == Some(wrapper))
+                        && matches!(inner, Value::Dict(_))
+                    {
+                        return collect_tensors(inner, "", out, what);
                     }
                 }
             }

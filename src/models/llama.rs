@@ -102,12 +102,12 @@ impl LlamaConfig {
         use anyhow::ensure;
         ensure!(self.hidden_act == "silu", "hidden_act '{}' is not supported (Llama uses 'silu')", self.hidden_act);
         ensure!(
-            self.num_attention_heads % self.num_kv_heads() == 0,
+            self.num_attention_heads.is_multiple_of(self.num_kv_heads()),
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             self.num_attention_heads,
             self.num_kv_heads()
         );
-        ensure!(self.head_dim() % 2 == 0, "head_dim {} must be even for rotary embeddings", self.head_dim());
+        ensure!(self.head_dim().is_multiple_of(2), "head_dim {} must be even for rotary embeddings", self.head_dim());
         for rope in [&self.rope_scaling, &self.rope_parameters].into_iter().flatten() {
             let kind = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|v| v.as_str());
             ensure!(

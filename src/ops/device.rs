@@ -41,21 +41,6 @@ pub fn training(base: &Device) -> Device {
     base.clone().autodiff()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_resolve_or_explain() {
-        let cpu = super::select("cpu").unwrap();
-        assert!(super::is_host(&cpu) && super::is_host(&super::training(&cpu)));
-        let err = super::select("tpu").unwrap_err().to_string();
-        assert!(err.contains("unknown device 'tpu'"), "{err}");
-        let err = super::select("cuda:x").unwrap_err().to_string();
-        assert!(err.contains("cuda"), "{err}");
-        #[cfg(not(feature = "cuda"))]
-        assert!(super::select("cuda").unwrap_err().to_string().contains("--features cuda"));
-    }
-}
-
 /// The autodiff tensor type of the CPU backend (what a tensor on `Device::flex().autodiff()` holds).
 pub type HostAutodiffTensor =
     <burn::backend::Autodiff<burn::backend::Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive;
@@ -74,5 +59,20 @@ pub fn host_autodiff_tensor<const D: usize>(t: burn::prelude::Tensor<D>) -> Host
     match t.try_into_primitive::<burn::backend::Autodiff<burn::backend::Flex>>() {
         Ok(t) => t,
         Err(err) => panic!("an autodiff CPU tensor is not an Autodiff<Flex> primitive: {err:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_resolve_or_explain() {
+        let cpu = super::select("cpu").unwrap();
+        assert!(super::is_host(&cpu) && super::is_host(&super::training(&cpu)));
+        let err = super::select("tpu").unwrap_err().to_string();
+        assert!(err.contains("unknown device 'tpu'"), "{err}");
+        let err = super::select("cuda:x").unwrap_err().to_string();
+        assert!(err.contains("cuda"), "{err}");
+        #[cfg(not(feature = "cuda"))]
+        assert!(super::select("cuda").unwrap_err().to_string().contains("--features cuda"));
     }
 }

@@ -96,7 +96,7 @@ impl QuantConfig {
             "quantization.compute_dtype = {:?}: only \"f32\" on this backend",
             self.compute_dtype
         );
-        anyhow::ensure!(self.blocksize >= 2 && self.blocksize % 2 == 0, "quantization.blocksize must be even");
+        anyhow::ensure!(self.blocksize >= 2 && self.blocksize.is_multiple_of(2), "quantization.blocksize must be even");
         match self.quant_type.as_str() {
             "nf4" => Ok(nf4::QuantType::Nf4),
             "fp4" => Ok(nf4::QuantType::Fp4),

@@ -190,7 +190,7 @@ impl Quantized4bit {
     /// The 4-bit index of element `i`.
     pub fn index(&self, i: usize) -> u8 {
         let byte = self.packed[i / 2];
-        if i % 2 == 0 { byte >> 4 } else { byte & 0x0F }
+        if i.is_multiple_of(2) { byte >> 4 } else { byte & 0x0F }
     }
 
     /// Dequantize to f32 in `[rows, cols]` order (`dequantize_4bit`: code × block absmax, in f32).

@@ -117,7 +117,7 @@ fn an_existing_run_is_not_overwritten() {
     let state = dir
         .path()
         .join("run/checkpoints")
-        .join(std::fs::read_to_string(dir.path().join("run/checkpoints/LATEST")).unwrap().trim().to_string());
+        .join(std::fs::read_to_string(dir.path().join("run/checkpoints/LATEST")).unwrap().trim());
     let text =
         std::fs::read_to_string(state.join("state.json")).unwrap().replace("\"finished\": true", "\"finished\": false");
     std::fs::write(state.join("state.json"), text).unwrap();

@@ -56,6 +56,8 @@ fn changed(
         .collect()
 }
 
+type Reload = Box<dyn Fn(&Path, Method)>;
+
 /// What one cell needs: a recipe body (without method and output), the base checkpoint, how a
 /// saved key names it there, which saved keys are the head, and a reload-and-predict check.
 struct Cell {
@@ -66,7 +68,7 @@ struct Cell {
     /// Path-level check of one trained parameter under `method`.
     trains: fn(Method, &str) -> bool,
     /// Reload the run's output (model or adapter) and predict; panics on failure.
-    reload: Box<dyn Fn(&Path, Method)>,
+    reload: Reload,
 }
 
 fn run_cell(tmp: &Path, task: Task, method: Method, cell: &Cell) {
@@ -81,7 +83,7 @@ fn run_cell(tmp: &Path, task: Task, method: Method, cell: &Cell) {
     let supported = task.methods().contains(&method);
     let recipe = Recipe::parse(&text, &[]);
     if !supported {
-        let e = format!("{:#}", recipe.err().expect("an unsupported cell is refused"));
+        let e = format!("{:#}", recipe.expect_err("an unsupported cell is refused"));
         assert!(e.contains("it supports: "), "{task:?} × {method:?}: {e}");
         assert!(!out.exists(), "{task:?} × {method:?}: a run directory was created");
         return;
