@@ -58,8 +58,11 @@ build_tree() {
   local tmp
   tmp=$(mktemp -d)
   tar xzf "$crate" -C "$tmp"
-  patch -s -p1 --fuzz=0 --no-backup-if-mismatch -d "$tmp/$name-$version" <"$PATCHES/$name.patch" \
-    || die "patches/$name.patch does not apply to $name $version"
+  if command -v patch >/dev/null; then
+    patch -s -p1 --fuzz=0 --no-backup-if-mismatch -d "$tmp/$name-$version" <"$PATCHES/$name.patch"
+  else
+    (cd "$tmp/$name-$version" && git apply -p1 "$PATCHES/$name.patch")
+  fi || die "patches/$name.patch does not apply to $name $version"
   rm -rf "$out"
   mv "$tmp/$name-$version" "$out"
   rm -rf "$tmp"
