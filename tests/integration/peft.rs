@@ -188,3 +188,32 @@ fn adapters_switch_without_reloading_the_base() {
     let d = max_abs_diff(&values(set.activate(None).unwrap().forward(&input)), &base_logits);
     assert_eq!(d, 0.0, "the base model changed");
 }
+
+/// Setting up the method does not initialize the adapters it attached: a LoRA `A` (lazy, random)
+/// is drawn at its first use in the first training step, from the generator the trainer seeded
+/// for that step, whatever inspected the model before — so runs repeat across versions that
+/// inspect the model differently (a refactor once drew `A` earlier and changed every LoRA run).
+#[test]
+fn method_setup_leaves_adapters_uninitialized() {
+    use finetune::methods::{Method, Sections, Tuner};
+    let device = Device::flex().autodiff();
+    let transfer = Default::default();
+    let lora: finetune::methods::lora::LoraConfig =
+        serde_json::from_value(serde_json::json!({"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}))
+            .unwrap();
+    let sections = Sections {
+        transfer: &transfer,
+        lora: Some(&lora),
+        prompt_tuning: None,
+        quantization: None,
+        batch_norm: Default::default(),
+    };
+    let tuner = Tuner::new(Method::Lora, sections, Some("classifier")).unwrap();
+    let model = tuner.attach(tiny(&device), &|_| unreachable!(), &device).unwrap();
+    let hooks = tuner.hooks(&model);
+    let (model, _) = hooks.set_trainable(model, 0, 0);
+    let adapter = model.bert.encoder.layer[0].attention.self_attn.query.lora.as_ref().unwrap();
+    assert!(!adapter.a.is_initialized(), "the adapter's A was drawn before the first step");
+    // ... and it is trainable once it exists.
+    assert!(adapter.a.val().is_require_grad());
+}
