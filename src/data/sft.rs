@@ -172,6 +172,33 @@ pub fn pack(examples: &[SftExample], max_length: usize) -> Vec<SftExample> {
     out
 }
 
+/// Up to `n` (first user turn, first assistant turn) pairs from a held-out file.
+pub fn sample_prompts(dir: &Path, file: Option<&String>, n: usize) -> Result<Vec<(String, String)>> {
+    let Some(file) = file else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(dir.join(file))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(row) =
+            serde_json::from_str::<serde_json::Value>(line).map_err(anyhow::Error::from).and_then(|v| parse_row(&v))
+        else {
+            continue;
+        };
+        let pair = match row {
+            SftRow::Chat(m) => {
+                let q = m.iter().find(|m| m.role == "user").map(|m| m.content.clone());
+                let a = m.iter().find(|m| m.role == "assistant").map(|m| m.content.clone());
+                q.zip(a)
+            }
+            SftRow::PromptCompletion { prompt, completion } => Some((prompt, completion)),
+        };
+        out.extend(pair);
+        if out.len() == n {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

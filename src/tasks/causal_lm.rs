@@ -5,7 +5,7 @@
 //! format (`task_type = "CAUSAL_LM"`) or the model in the Hugging Face layout.
 
 use crate::data::chat::{ChatTemplate, Message};
-use crate::data::sft::{SftEncoder, SftExample, SftRow, load_jsonl, pack, parse_row};
+use crate::data::sft::{SftEncoder, SftExample, load_jsonl, pack, sample_prompts};
 use crate::data::tokenizer::LmTokenizer;
 use crate::inference::lm::{eos_id, resolve_model};
 use crate::methods::Method;
@@ -372,31 +372,4 @@ impl Task for CausalLm {
             samples,
         })
     }
-}
-
-/// Up to `n` (first user turn, first assistant turn) pairs from a held-out file.
-fn sample_prompts(dir: &Path, file: Option<&String>, n: usize) -> Result<Vec<(String, String)>> {
-    let Some(file) = file else { return Ok(Vec::new()) };
-    let text = std::fs::read_to_string(dir.join(file))?;
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(row) =
-            serde_json::from_str::<serde_json::Value>(line).map_err(anyhow::Error::from).and_then(|v| parse_row(&v))
-        else {
-            continue;
-        };
-        let pair = match row {
-            SftRow::Chat(m) => {
-                let q = m.iter().find(|m| m.role == "user").map(|m| m.content.clone());
-                let a = m.iter().find(|m| m.role == "assistant").map(|m| m.content.clone());
-                q.zip(a)
-            }
-            SftRow::PromptCompletion { prompt, completion } => Some((prompt, completion)),
-        };
-        out.extend(pair);
-        if out.len() == n {
-            break;
-        }
-    }
-    Ok(out)
 }

@@ -116,3 +116,17 @@ fn the_checker_sees_grouped_imports() {
     let found = crate_modules("use crate::{models::Adaptable, io::x};\nlet a = crate::ops::rng::SplitMix64::new(1);");
     assert_eq!(found, BTreeSet::from(["models".to_string(), "io".to_string(), "ops".to_string()]));
 }
+
+/// A task is a thin adapter over the pipeline: no task file grows past 400 lines.
+#[test]
+fn task_files_stay_thin() {
+    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tasks");
+    for entry in std::fs::read_dir(&tasks).unwrap().flatten() {
+        let lines = std::fs::read_to_string(entry.path()).unwrap().lines().count();
+        assert!(
+            lines <= 400,
+            "{} has {lines} lines: move what is not the task's into the layers below",
+            entry.path().display()
+        );
+    }
+}
