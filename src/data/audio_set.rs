@@ -187,6 +187,32 @@ fn default_audio_seconds() -> f32 {
     30.0
 }
 
+impl AudioConfig {
+    /// Check the values a recipe can get wrong (errors name the key and the range).
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.seconds >= 0.02 && self.seconds <= 30.0,
+            "audio.seconds = {}: must be in [0.02, 30] (Whisper's encoder sees at most 30 s)",
+            self.seconds
+        );
+        if let Some(a) = &self.augment {
+            for (key, v) in [("gain_db", a.gain_db), ("shift_seconds", a.shift_seconds)] {
+                anyhow::ensure!(
+                    v.is_none_or(|v| v >= 0.0 && v.is_finite()),
+                    "audio.augment.{key} = {v:?}: must be at least 0"
+                );
+            }
+            if let Some([lo, hi]) = a.noise_snr_db {
+                anyhow::ensure!(
+                    lo <= hi && lo.is_finite() && hi.is_finite(),
+                    "audio.augment.noise_snr_db = [{lo}, {hi}]: must be low <= high"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Labelled clips (16 kHz; train, validation, test) and their class names.
 pub struct AudioData {
     pub labels: Vec<String>,

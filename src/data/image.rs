@@ -404,6 +404,51 @@ pub struct ImageConfig {
     pub batch_norm: BatchNormMode,
 }
 
+impl ImageConfig {
+    /// Check the values a recipe can get wrong (errors name the key and the range).
+    pub fn validate(&self) -> Result<()> {
+        use anyhow::ensure;
+        ensure!(
+            self.size.is_none_or(|s| (8..=4096).contains(&s)),
+            "image.size = {:?}: must be in [8, 4096]",
+            self.size
+        );
+        ensure!(
+            self.crop_pct.is_none_or(|c| c > 0.0 && c <= 1.0),
+            "image.crop_pct = {:?}: must be in (0, 1]",
+            self.crop_pct
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.validation_split),
+            "image.validation_split = {}: must be in [0, 1)",
+            self.validation_split
+        );
+        ensure!(self.max_train_examples != Some(0), "image.max_train_examples = 0: must be at least 1");
+        if let Some(a) = &self.augment {
+            let [lo, hi] = a.crop_scale;
+            ensure!(
+                0.0 < lo && lo <= hi && hi <= 1.0,
+                "image.augment.crop_scale = {:?}: must be 0 < low <= high <= 1",
+                a.crop_scale
+            );
+            let [lo, hi] = a.crop_ratio;
+            ensure!(
+                0.0 < lo && lo <= hi && hi.is_finite(),
+                "image.augment.crop_ratio = {:?}: must be 0 < low <= high",
+                a.crop_ratio
+            );
+            ensure!((0.0..=1.0).contains(&a.hflip), "image.augment.hflip = {}: must be in [0, 1]", a.hflip);
+            for (key, v) in
+                [("rotate_degrees", a.rotate_degrees), ("brightness", a.brightness), ("contrast", a.contrast)]
+            {
+                ensure!(v >= 0.0 && v.is_finite(), "image.augment.{key} = {v}: must be at least 0");
+            }
+            ensure!(a.brightness < 1.0 && a.contrast < 1.0, "image.augment.brightness and contrast must be below 1");
+        }
+        Ok(())
+    }
+}
+
 /// Labelled image splits (train, validation, test; absent splits `None`) and their class names.
 pub struct ImageData {
     pub labels: Vec<String>,

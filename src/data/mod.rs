@@ -156,6 +156,12 @@ fn default_max_length() -> usize {
 }
 
 impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.max_length >= 2, "data.max_length = {}: must be at least 2", self.max_length);
+        anyhow::ensure!(!self.train.trim().is_empty(), "data.train is empty: name the training file");
+        Ok(())
+    }
+
     pub fn columns(&self) -> Columns {
         Columns { text: self.text_column.clone(), label: self.label_column.clone() }
     }

@@ -137,7 +137,14 @@ impl FinetunedClassifier {
             None => base.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?,
         };
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
-        let max_len = max_length.or(meta.as_ref().map(|m| m.max_length)).unwrap_or(512);
+        let positions = crate::models::bert::BertConfig::read(&base)?.max_position_embeddings;
+        let max_len = match max_length {
+            Some(n) if n > positions => {
+                bail!("max_length {n} exceeds {}'s max_position_embeddings ({positions})", base.dir.display())
+            }
+            Some(n) => n,
+            None => meta.as_ref().map_or(512, |m| m.max_length).min(positions),
+        };
         let tokenizer = TextTokenizer::from_file(&base.tokenizer_path(), max_len)?;
         let head = if base_labels.as_deref() == Some(labels.names()) { Head::FromCheckpoint } else { Head::New };
         let (model, report) = load_text_classifier(&base, labels.len(), pooling, 0.0, head, &device)?;

@@ -41,6 +41,23 @@ pub struct PromptTuningConfig {
     pub modules_to_save: Vec<String>,
 }
 
+impl PromptTuningConfig {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.num_virtual_tokens >= 1,
+            "prompt_tuning.num_virtual_tokens = {}: must be at least 1",
+            self.num_virtual_tokens
+        );
+        if self.init == PromptInit::Text {
+            anyhow::ensure!(
+                self.init_text.as_deref().is_some_and(|t| !t.trim().is_empty()),
+                "prompt_tuning.init = \"text\" needs a non-empty init_text"
+            );
+        }
+        Ok(())
+    }
+}
+
 fn default_init() -> PromptInit {
     PromptInit::Random
 }

@@ -24,6 +24,30 @@ fn default_lr_decay() -> f64 {
     1.0
 }
 
+impl TransferConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        ensure!(
+            self.unfreeze_every_epochs.is_none() || self.unfreeze_every_steps.is_none(),
+            "set one of transfer.unfreeze_every_epochs and transfer.unfreeze_every_steps, not both"
+        );
+        for (key, v) in
+            [("unfreeze_every_epochs", self.unfreeze_every_epochs), ("unfreeze_every_steps", self.unfreeze_every_steps)]
+        {
+            ensure!(
+                v.is_none_or(|v| v >= 1),
+                "transfer.{key} = 0: must be at least 1 (leave it out to keep the groups fixed)"
+            );
+        }
+        ensure!(
+            self.layer_lr_decay > 0.0 && self.layer_lr_decay <= 1.0,
+            "transfer.layer_lr_decay = {}: must be in (0, 1] (1 turns it off)",
+            self.layer_lr_decay
+        );
+        Ok(())
+    }
+}
+
 impl Default for TransferConfig {
     fn default() -> Self {
         Self { trainable_layers: 0, unfreeze_every_epochs: None, unfreeze_every_steps: None, layer_lr_decay: 1.0 }

@@ -74,6 +74,13 @@ fn default_head_dropout() -> f64 {
     0.1
 }
 
+impl HeadConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((0.0..1.0).contains(&self.dropout), "head.dropout = {}: must be in [0, 1)", self.dropout);
+        Ok(())
+    }
+}
+
 impl Default for HeadConfig {
     fn default() -> Self {
         Self { pooling: default_pooling(), dropout: default_head_dropout() }

@@ -6,7 +6,7 @@
 use super::{Recipe, Task};
 use crate::methods::Method;
 use crate::ops::context::Precision;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 impl Task {
     pub fn name(self) -> &'static str {
@@ -55,30 +55,22 @@ impl Recipe {
                 names.join(", ")
             );
         }
-        let t = &self.training;
-        if t.epochs == 0 || t.batch_size == 0 || t.eval_batch_size == 0 || t.grad_accum_steps == 0 {
-            bail!("training.epochs, batch_size, eval_batch_size and grad_accum_steps must be positive");
-        }
-        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
-            bail!("training.learning_rate must be a positive number, got {}", t.learning_rate);
-        }
+        self.training.validate()?;
+        self.data.validate()?;
         Precision::parse(&self.precision)?;
-        if self.data.max_length < 2 {
-            bail!("data.max_length must be at least 2");
-        }
         match self.method {
-            Method::Lora if self.lora.is_none() => {
-                bail!("method = \"lora\" needs a [lora] section (r, lora_alpha, target_modules, ...)")
-            }
-            Method::PromptTuning if self.prompt_tuning.is_none() => {
-                bail!("method = \"prompt-tuning\" needs a [prompt_tuning] section (num_virtual_tokens, ...)")
-            }
-            Method::Transfer
-                if self.transfer.unfreeze_every_epochs.is_some() && self.transfer.unfreeze_every_steps.is_some() =>
-            {
-                bail!("set one of transfer.unfreeze_every_epochs and transfer.unfreeze_every_steps, not both")
-            }
-            _ => {}
+            Method::Lora => self
+                .lora
+                .as_ref()
+                .context("method = \"lora\" needs a [lora] section (r, lora_alpha, target_modules, ...)")?
+                .validate()?,
+            Method::PromptTuning => self
+                .prompt_tuning
+                .as_ref()
+                .context("method = \"prompt-tuning\" needs a [prompt_tuning] section (num_virtual_tokens, ...)")?
+                .validate()?,
+            Method::Transfer => self.transfer.validate()?,
+            Method::Full | Method::FeatureExtraction => {}
         }
         if let Some(q) = &self.quantization {
             if self.method != Method::Lora {
@@ -101,17 +93,12 @@ impl Recipe {
                 q.validate()?;
             }
         }
-        if task.has_head() && !(0.0..1.0).contains(&self.head.dropout) {
-            bail!("head.dropout must be in [0, 1), got {}", self.head.dropout);
+        if task.has_head() {
+            self.head.validate()?;
         }
         match task {
-            Task::AudioClassification if !(self.audio.seconds >= 0.02 && self.audio.seconds <= 30.0) => bail!(
-                "audio.seconds must be in [0.02, 30] (Whisper's encoder sees at most 30 s), got {}",
-                self.audio.seconds
-            ),
-            Task::ImageClassification if !(0.0..1.0).contains(&self.image.validation_split) => {
-                bail!("image.validation_split must be in [0, 1), got {}", self.image.validation_split)
-            }
+            Task::AudioClassification => self.audio.validate()?,
+            Task::ImageClassification => self.image.validate()?,
             _ => {}
         }
         Ok(())
@@ -196,5 +183,47 @@ num_virtual_tokens = 4
         assert!(lora("text-classification").is_ok() && lora("causal-lm").is_ok());
         let err = lora("image-classification").unwrap_err().to_string();
         assert!(err.contains("not available for task = \"image-classification\""), "{err}");
+    }
+
+    /// Every out-of-range setting is refused at parse time, naming the key.
+    #[test]
+    fn bad_settings_name_their_key() {
+        let cases = [
+            ("training.checkpoint_every_steps=0", "training.checkpoint_every_steps"),
+            ("training.max_steps=0", "training.max_steps"),
+            ("training.adam_beta1=1.5", "adam_beta1"),
+            ("training.adam_beta2=-0.1", "adam_beta2"),
+            ("training.weight_decay=-5", "training.weight_decay"),
+            ("training.warmup_ratio=2", "training.warmup_ratio"),
+            ("training.max_grad_norm=-1", "training.max_grad_norm"),
+            ("training.adam_epsilon=0", "training.adam_epsilon"),
+            ("training.early_stopping.patience=0", "training.early_stopping.patience"),
+            ("lora.r=0", "lora.r"),
+            ("lora.lora_alpha=0", "lora.lora_alpha"),
+            ("lora.lora_dropout=1.0", "lora.lora_dropout"),
+            ("data.max_length=1", "data.max_length"),
+            ("head.dropout=1.0", "head.dropout"),
+        ];
+        for (set, key) in cases {
+            let text = recipe("text-classification", "lora").unwrap().to_toml();
+            let err = format!("{:#}", Recipe::parse(&text, &[set.to_string()]).unwrap_err());
+            assert!(err.contains(key), "{set}: {err}");
+        }
+        let prompt = |set: &str| {
+            Recipe::parse(&recipe("text-classification", "prompt-tuning").unwrap().to_toml(), &[set.into()])
+        };
+        assert!(
+            format!("{:#}", prompt("prompt_tuning.num_virtual_tokens=0").unwrap_err()).contains("num_virtual_tokens")
+        );
+        let transfer =
+            |set: &str| Recipe::parse(&recipe("text-classification", "transfer").unwrap().to_toml(), &[set.into()]);
+        assert!(format!("{:#}", transfer("transfer.layer_lr_decay=0").unwrap_err()).contains("layer_lr_decay"));
+        assert!(
+            format!("{:#}", transfer("transfer.unfreeze_every_steps=0").unwrap_err()).contains("unfreeze_every_steps")
+        );
+        let image =
+            |set: &str| Recipe::parse(&recipe("image-classification", "full").unwrap().to_toml(), &[set.into()]);
+        assert!(format!("{:#}", image("image.crop_pct=0").unwrap_err()).contains("image.crop_pct"));
+        assert!(format!("{:#}", image("image.augment.hflip=2").unwrap_err()).contains("image.augment.hflip"));
     }
 }

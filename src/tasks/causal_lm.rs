@@ -192,6 +192,13 @@ impl CausalLm {
         let files = ModelDir::open(&resolve_model(&recipe.model, recipe.gguf_file.as_deref(), &recipe.revision)?)?;
         let tokenizer = decoder::tokenizer(&files)?;
         let cfg = decoder::config(&files)?;
+        anyhow::ensure!(
+            tokenizer.vocab_size() <= cfg.vocab_size,
+            "{}: the tokenizer has {} tokens but the model's embedding table has {} (vocab_size): it does not belong to this model",
+            files.describe(),
+            tokenizer.vocab_size(),
+            cfg.vocab_size
+        );
         let template = decoder::chat_template(&files, &tokenizer, &cfg)?;
         let eos_id = eos_id(&cfg, &tokenizer)?;
         let d = &recipe.data;

@@ -45,6 +45,8 @@ impl TextClassification {
     fn prepare(recipe: &Recipe, devices: &Devices) -> Result<Self> {
         let model_dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &MODEL_FILES)?)?;
         let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer_path(), recipe.data.max_length)?;
+        let prompt = recipe.prompt_tuning.as_ref().filter(|_| recipe.method == Method::PromptTuning);
+        check_fits(&model_dir, &tokenizer, recipe.data.max_length + prompt.map_or(0, |p| p.num_virtual_tokens))?;
         let data = load_text_data(&recipe.data, None, &tokenizer)?;
         tracing::info!(
             "{} labels {:?}; {} train / {} validation / {} test examples",
@@ -87,6 +89,27 @@ impl TextClassification {
     fn split(&self, slot: usize) -> Option<&TokenizedSplit> {
         [Some(&self.data.train), self.data.validation.as_ref(), self.data.test.as_ref()][slot]
     }
+}
+
+/// The recipe's sequences fit the model's position table (`data.max_length`, plus a soft prompt's
+/// tokens) and the tokenizer's ids fit its embedding table; checked before anything is written.
+fn check_fits(model_dir: &ModelDir, tokenizer: &TextTokenizer, positions: usize) -> Result<()> {
+    let cfg = crate::models::bert::BertConfig::read(model_dir)?;
+    anyhow::ensure!(
+        positions <= cfg.max_position_embeddings,
+        "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has max_position_embeddings = {}: \
+         lower data.max_length",
+        model_dir.config_path().display(),
+        cfg.max_position_embeddings
+    );
+    anyhow::ensure!(
+        tokenizer.vocab_size() <= cfg.vocab_size,
+        "{}: the tokenizer has {} tokens but the model's embedding table has {} (vocab_size): it does not belong to this model",
+        model_dir.tokenizer_path().display(),
+        tokenizer.vocab_size(),
+        cfg.vocab_size
+    );
+    Ok(())
 }
 
 impl Task for TextClassification {

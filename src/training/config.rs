@@ -119,6 +119,67 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
+impl TrainingConfig {
+    /// Check every value against its allowed range (errors name the key and the range).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        let t = self;
+        for (key, v) in [
+            ("epochs", t.epochs),
+            ("batch_size", t.batch_size),
+            ("eval_batch_size", t.eval_batch_size),
+            ("grad_accum_steps", t.grad_accum_steps),
+        ] {
+            ensure!(v >= 1, "training.{key} = {v}: must be at least 1");
+        }
+        ensure!(
+            t.learning_rate > 0.0 && t.learning_rate.is_finite(),
+            "training.learning_rate = {}: must be a positive number",
+            t.learning_rate
+        );
+        ensure!(
+            (0.0..1.0).contains(&t.adam_beta1) && (0.0..1.0).contains(&t.adam_beta2),
+            "training.adam_beta1 = {}, adam_beta2 = {}: each must be in [0, 1)",
+            t.adam_beta1,
+            t.adam_beta2
+        );
+        ensure!(
+            t.adam_epsilon > 0.0 && t.adam_epsilon.is_finite(),
+            "training.adam_epsilon = {}: must be positive",
+            t.adam_epsilon
+        );
+        ensure!(
+            t.weight_decay >= 0.0 && t.weight_decay.is_finite(),
+            "training.weight_decay = {}: must be at least 0",
+            t.weight_decay
+        );
+        ensure!((0.0..=1.0).contains(&t.warmup_ratio), "training.warmup_ratio = {}: must be in [0, 1]", t.warmup_ratio);
+        ensure!(
+            t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite(),
+            "training.max_grad_norm = {}: must be at least 0 (0 turns clipping off)",
+            t.max_grad_norm
+        );
+        if let Some(k) = t.checkpoint_every_steps {
+            ensure!(
+                k >= 1,
+                "training.checkpoint_every_steps = {k}: must be at least 1 (leave it out for checkpoints at epoch ends only)"
+            );
+        }
+        if let Some(m) = t.max_steps {
+            ensure!(m >= 1, "training.max_steps = {m}: must be at least 1");
+        }
+        if let Some(e) = &t.early_stopping {
+            ensure!(e.patience >= 1, "training.early_stopping.patience = {}: must be at least 1", e.patience);
+            ensure!(
+                e.min_delta >= 0.0 && e.min_delta.is_finite(),
+                "training.early_stopping.min_delta = {}: must be at least 0",
+                e.min_delta
+            );
+        }
+        Ok(())
+    }
+}
+
 impl TrainerConfig {
     /// The trainer's settings for `n_train` examples (`num_labels` classes, or the vocabulary of a
     /// language model) from the `[training]` section and the run's seed.

@@ -63,6 +63,26 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 }
 
 impl LoraConfig {
+    /// Check the values a recipe can get wrong (errors name the key and the range).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        ensure!(self.r >= 1, "lora.r = {}: the rank must be at least 1", self.r);
+        ensure!(
+            self.lora_alpha > 0.0 && self.lora_alpha.is_finite(),
+            "lora.lora_alpha = {}: must be positive (the adapters are scaled by alpha / r)",
+            self.lora_alpha
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.lora_dropout),
+            "lora.lora_dropout = {}: must be in [0, 1)",
+            self.lora_dropout
+        );
+        if let TargetModules::Regex(re) = &self.target_modules {
+            regex::Regex::new(re).map_err(|e| anyhow::anyhow!("lora.target_modules: not a regular expression: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The multiplier of `B·A`.
     pub fn scale(&self) -> f64 {
         if self.use_rslora { self.lora_alpha / (self.r as f64).sqrt() } else { self.lora_alpha / self.r as f64 }
