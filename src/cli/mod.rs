@@ -1,5 +1,6 @@
 //! The `finetune` command line.
 
+mod check;
 mod inspect;
 
 use crate::inference::audio::FinetunedAudioClassifier;
@@ -147,6 +148,22 @@ pub enum Command {
         from: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Read files the way training would and report what each holds, or what is wrong with it:
+    /// weights (safetensors, GGUF, .pth, CTranslate2), tokenizer.json, config.json,
+    /// adapter_config.json, recipes, datasets, WAV, images, IDX. Exit status 1 if any is unusable.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Read every file as this kind instead of telling it from the name.
+        #[arg(long = "as", value_enum)]
+        kind: Option<check::FileKind>,
+        /// For labelled datasets: the text column.
+        #[arg(long, default_value = "text")]
+        text_column: String,
+        /// For labelled datasets: the label column.
+        #[arg(long, default_value = "label")]
+        label_column: String,
     },
     /// Describe a model: architecture, parameters, and what a method would train.
     Inspect {
@@ -314,6 +331,13 @@ pub fn run(cli: Cli) -> Result<()> {
             let config = crate::models::whisper::WhisperConfig::read(&dir)?;
             crate::models::whisper::convert(&dir, &config, &out)?;
             println!("{}", out.display());
+        }
+        Command::Check { files, kind, text_column, label_column } => {
+            let columns = crate::data::text::Columns { text: text_column, label: label_column };
+            let status = check::run(&files, kind, &columns);
+            if status != 0 {
+                std::process::exit(status);
+            }
         }
         Command::Inspect { model, gguf_file, method, trainable_layers, quantize } => {
             inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref())?

@@ -35,6 +35,10 @@ pub fn read_wav(path: &Path) -> Result<Audio> {
 const PCM: u16 = 1;
 const FLOAT: u16 = 3;
 const EXTENSIBLE: u16 = 0xFFFE;
+/// Sample rates a recording can plausibly have; outside them resampling would cost without bound
+/// (a 1 Hz file upsampled to 16 kHz, or a prime rate in the gigahertz needing a filter per phase).
+const MIN_RATE: u32 = 1_000;
+const MAX_RATE: u32 = 768_000;
 
 pub fn parse_wav(bytes: &[u8]) -> Result<Audio> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
@@ -69,8 +73,11 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Audio> {
     }
     let (tag, channels, rate, bits) = format.context("no 'fmt ' chunk")?;
     let data = data.context("no 'data' chunk")?;
-    if channels == 0 || rate == 0 {
-        bail!("{channels} channels at {rate} Hz");
+    if channels == 0 || !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        bail!(
+            "{channels} channels at {rate} Hz: expected at least one channel at {MIN_RATE} to {MAX_RATE} Hz \
+             (a damaged header?)"
+        );
     }
     let decode: fn(&[u8]) -> f32 = match (tag, bits) {
         (PCM, 8) => |b| (b[0] as f32 - 128.0) / 128.0,
@@ -208,6 +215,12 @@ mod tests {
         std::fs::write(&bad, b"RIFF....WAVEjunk").unwrap();
         let e = format!("{:#}", read_wav(&bad).unwrap_err());
         assert!(e.contains("bad.wav") && e.contains("'fmt '"), "{e}");
+
+        // A header claiming a rate no recording has (here a prime near 4 GHz) is refused before
+        // resampling would build a filter per phase.
+        bytes[24..28].copy_from_slice(&4_294_967_291u32.to_le_bytes());
+        let e = format!("{:#}", parse_wav(&bytes).unwrap_err());
+        assert!(e.contains("4294967291 Hz") && e.contains("1000 to 768000"), "{e}");
     }
 
     /// A 1 kHz tone survives 44.1 kHz → 16 kHz; a 10 kHz tone (above the new Nyquist) is removed.

@@ -44,7 +44,7 @@ fn entries(path: &Path) -> Result<Vec<(PathBuf, String)>> {
         }
         return Ok(out);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = super::read_text(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

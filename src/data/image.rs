@@ -328,56 +328,53 @@ fn read_image_folder(name: &'static str, dir: &Path, labels: &[String]) -> Resul
     Ok(ImageSplit { name, source: dir.to_path_buf(), images, labels: ys })
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+/// An IDX file (optionally gzipped): magic `0 0 8 ndim`, then `ndim` big-endian u32 sizes, then
+/// the bytes. Returns the sizes and the bytes. Decompression stops at the size the header
+/// promises, so a gzip bomb costs no more memory than an honest file of that header.
+fn read_idx(path: &Path, ndim: u8) -> Result<(Vec<usize>, Vec<u8>)> {
+    /// More than any image set this tool trains on; a larger header is damage.
+    const MAX_BYTES: u64 = 1 << 34;
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
-/// IDX header: magic `0 0 type ndim`, then `ndim` big-endian u32 sizes.
-fn idx_dims(bytes: &[u8], path: &Path, ndim: u8) -> Result<(Vec<usize>, usize)> {
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] != ndim {
+    let gz = raw.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> =
+        if gz { Box::new(flate2::read::GzDecoder::new(&raw[..])) } else { Box::new(&raw[..]) };
+    let corrupt = |e: std::io::Error| anyhow::anyhow!("{}: corrupt gzip data ({e})", path.display());
+    let header_len = 4 + 4 * ndim as usize;
+    let mut header = Vec::with_capacity(header_len);
+    reader.by_ref().take(header_len as u64).read_to_end(&mut header).map_err(corrupt)?;
+    if header.len() < 4 || header[..3] != [0, 0, 0x08] || header[3] != ndim {
         bail!("{}: not an IDX file of unsigned bytes with {ndim} dimension(s)", path.display());
     }
-    let header = 4 + 4 * ndim as usize;
-    if bytes.len() < header {
+    if header.len() < header_len {
         bail!("{}: truncated IDX header", path.display());
     }
-    let dims: Vec<usize> = (0..ndim as usize)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
-        .collect();
-    let expected = header + dims.iter().product::<usize>();
-    if bytes.len() != expected {
-        bail!("{}: IDX header promises {} bytes, the file has {}", path.display(), expected, bytes.len());
+    let dims: Vec<usize> =
+        header[4..].chunks_exact(4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize).collect();
+    let body = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&n| n <= MAX_BYTES);
+    let Some(body) = body else {
+        bail!("{}: IDX header promises sizes {dims:?}, more data than an image set holds (damaged?)", path.display());
+    };
+    let mut data = Vec::with_capacity(if gz { 0 } else { body as usize });
+    reader.take(body + 1).read_to_end(&mut data).map_err(corrupt)?;
+    if data.len() as u64 != body {
+        let found = if data.len() as u64 > body { "more".to_string() } else { data.len().to_string() };
+        bail!("{}: IDX header promises {body} bytes of data, the file has {found}", path.display());
     }
-    Ok((dims, header))
+    Ok((dims, data))
 }
 
 pub fn read_idx_images(path: &Path) -> Result<Vec<Image>> {
-    let bytes = read_maybe_gz(path)?;
-    let (dims, start) = idx_dims(&bytes, path, 3)?;
-    let (n, h, w) = (dims[0], dims[1], dims[2]);
-    Ok((0..n)
-        .map(|i| Image {
-            width: w,
-            height: h,
-            channels: 1,
-            pixels: bytes[start + i * h * w..start + (i + 1) * h * w].to_vec(),
-        })
-        .collect())
+    let (dims, bytes) = read_idx(path, 3)?;
+    let (h, w) = (dims[1], dims[2]);
+    if h == 0 || w == 0 {
+        bail!("{}: images of {h}x{w} pixels", path.display());
+    }
+    Ok(bytes.chunks_exact(h * w).map(|p| Image { width: w, height: h, channels: 1, pixels: p.to_vec() }).collect())
 }
 
 pub fn read_idx_labels(path: &Path) -> Result<Vec<usize>> {
-    let bytes = read_maybe_gz(path)?;
-    let (_, start) = idx_dims(&bytes, path, 1)?;
-    Ok(bytes[start..].iter().map(|&b| b as usize).collect())
+    let (_, bytes) = read_idx(path, 1)?;
+    Ok(bytes.iter().map(|&b| b as usize).collect())
 }
 
 /// `[image]` in a recipe: how images are fed to an image backbone (`task = "image-classification"`).
@@ -570,7 +567,18 @@ mod tests {
         bytes.extend([1u8; 7]);
         std::fs::write(&p, &bytes).unwrap();
         let e = read_idx_images(&p).unwrap_err().to_string();
-        assert!(e.contains("x-images-idx3-ubyte") && e.contains("promises 24 bytes"), "{e}");
+        assert!(e.contains("x-images-idx3-ubyte") && e.contains("promises 8 bytes of data, the file has 7"), "{e}");
+        // Sizes whose product overflows, and a gzip stream that is cut short.
+        let huge = [0, 0, 8, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255];
+        std::fs::write(&p, huge).unwrap();
+        let e = read_idx_images(&p).unwrap_err().to_string();
+        assert!(e.contains("more data than an image set holds"), "{e}");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &[&bytes[..], &[1]].concat()).unwrap();
+        let gz = gz.finish().unwrap();
+        std::fs::write(&p, &gz[..gz.len() - 12]).unwrap();
+        let e = read_idx_images(&p).unwrap_err().to_string();
+        assert!(e.contains("x-images-idx3-ubyte"), "{e}");
         bytes.push(1);
         std::fs::write(&p, &bytes).unwrap();
         assert_eq!(read_idx_images(&p).unwrap().len(), 2);

@@ -17,6 +17,27 @@ use std::path::PathBuf;
 use text::{Columns, LabelSet, LabeledSplit, label_rows, read_rows};
 use tokenizer::{Encoded, TextTokenizer};
 
+/// A dataset file's text. A UTF-8 byte-order mark is dropped (spreadsheet exports add one, and
+/// it would become part of the first column's name); text that is not UTF-8 is an error naming
+/// the line, since guessing an encoding would silently change the labels.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    use anyhow::Context;
+    let mut bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        anyhow::anyhow!(
+            "{}:{line}: not UTF-8 text (byte {at} is 0x{:02x}); re-save the file as UTF-8",
+            path.display(),
+            bytes[at]
+        )
+    })
+}
+
 /// A tokenized split ready for batching.
 #[derive(Debug, Clone)]
 pub struct TokenizedSplit {
@@ -103,7 +124,7 @@ pub fn label_names_for(
 ) -> Result<Vec<String>> {
     Ok(match &cfg.labels {
         Some(l) => l.clone(),
-        None if dir.join("labels.txt").is_file() => std::fs::read_to_string(dir.join("labels.txt"))?
+        None if dir.join("labels.txt").is_file() => read_text(&dir.join("labels.txt"))?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())

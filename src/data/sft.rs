@@ -14,7 +14,7 @@
 
 use super::chat::{ChatTemplate, Message};
 use super::tokenizer::LmTokenizer;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use std::path::Path;
 
 /// One tokenized example: token ids, and which of them the loss trains on.
@@ -122,7 +122,7 @@ pub struct SftSplit {
 }
 
 pub fn load_jsonl(path: &Path, encoder: &SftEncoder<'_>, skip_bad_rows: bool) -> Result<SftSplit> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = super::read_text(path)?;
     let mut split = SftSplit { examples: Vec::new(), skipped: 0, truncated_away: 0 };
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

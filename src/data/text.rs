@@ -126,7 +126,7 @@ fn format_of(path: &Path) -> Result<Format> {
 /// Read the rows of a CSV/TSV/JSONL file.
 pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<RawSplit> {
     let format = format_of(path)?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading dataset {}", path.display()))?;
+    let text = super::read_text(path)?;
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let mut bad = |line: usize, reason: String| -> Result<()> {
@@ -151,14 +151,23 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
                 })
             };
             let (ti, li) = (find(&columns.text)?, find(&columns.label)?);
+            // Lines from byte offsets: after CRLF endings the csv crate starts a record at the `\n`
+            // of the line before, and counts lines one short.
+            let line_starts: Vec<usize> =
+                std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+            let line_of = |p: &csv::Position| {
+                let skip = text.as_bytes()[p.byte() as usize..].iter().take_while(|&&b| b == b'\r' || b == b'\n');
+                let start = p.byte() as usize + skip.count();
+                line_starts.partition_point(|&s| s <= start)
+            };
             for record in reader.records() {
                 match record {
                     Err(e) => {
-                        let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+                        let line = e.position().map(line_of).unwrap_or(0);
                         bad(line, format!("malformed row: {}", csv_error_reason(&e)))?;
                     }
                     Ok(r) => {
-                        let line = r.position().map(|p| p.line() as usize).unwrap_or(0);
+                        let line = r.position().map(line_of).unwrap_or(0);
                         match row_from_fields(r.get(ti), r.get(li), columns, line) {
                             Ok(row) => rows.push(row),
                             Err(reason) => bad(line, reason)?,
@@ -281,6 +290,20 @@ mod tests {
         let raw = read_rows(&p, &Columns::default(), true).unwrap();
         assert_eq!(raw.rows.len(), 2);
         assert_eq!(raw.skipped, vec![BadRow { line: 3, reason: "malformed row: expected 2 fields, found 3".into() }]);
+    }
+
+    #[test]
+    fn byte_order_mark_crlf_and_non_utf8_text() {
+        let d = tempfile::tempdir().unwrap();
+        // A spreadsheet export: BOM, CRLF line ends. The first column keeps its name.
+        let p = write(d.path(), "bom.csv", "\u{feff}text,label\r\ngood film,pos\r\nbad film,neg\r\n");
+        let raw = read_rows(&p, &Columns::default(), false).unwrap();
+        assert_eq!((raw.rows[1].text.as_str(), raw.rows[1].label.as_str(), raw.rows[1].line), ("bad film", "neg", 3));
+        // Latin-1 on line 3: the error names the line, even with skip_bad_rows.
+        let p = d.path().join("latin1.csv");
+        std::fs::write(&p, b"text,label\ngood,pos\ncaf\xe9,neg\n").unwrap();
+        let err = read_rows(&p, &Columns::default(), true).unwrap_err().to_string();
+        assert!(err.contains("latin1.csv:3") && err.contains("not UTF-8") && err.contains("0xe9"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::io::safetensors::HostTensor;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ct2Dtype {
@@ -43,7 +44,8 @@ impl Ct2Dtype {
 pub struct Ct2Variable {
     pub shape: Vec<usize>,
     pub dtype: Ct2Dtype,
-    bytes: Vec<u8>,
+    /// Shared: an alias is the same data under another name, and costs no copy.
+    bytes: Arc<[u8]>,
 }
 
 #[derive(Debug)]
@@ -110,11 +112,11 @@ impl Ct2Model {
             let id = r.u8()?;
             let dtype = Ct2Dtype::from_id(id).with_context(|| format!("'{name}': unknown dtype id {id}"))?;
             let size = r.u32()? as usize;
-            let numel: usize = shape.iter().product();
-            if size != numel * dtype.width() {
+            let expected = shape.iter().try_fold(dtype.width(), |acc, &d| acc.checked_mul(d));
+            if expected != Some(size) {
                 bail!("'{name}': {size} bytes for shape {shape:?} of {dtype:?}");
             }
-            variables.insert(name, Ct2Variable { shape, dtype, bytes: r.take(size)?.to_vec() });
+            variables.insert(name, Ct2Variable { shape, dtype, bytes: r.take(size)?.into() });
         }
         let aliases = r.u32()?;
         for _ in 0..aliases {

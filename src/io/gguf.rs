@@ -147,6 +147,9 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// Metadata arrays may nest (an array of arrays); deeper than this is a corrupt file, not data.
+const MAX_NESTING: usize = 8;
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -169,18 +172,27 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
     }
-    fn len(&mut self) -> Result<usize> {
+    /// A count of items that each take at least `min_bytes` bytes of what is left of the file:
+    /// a count the rest of the file cannot hold is corrupt (and must not size an allocation).
+    fn count(&mut self, min_bytes: usize) -> Result<usize> {
         let n = self.u64()?;
-        // Every element takes at least one byte, so a length beyond the file is corrupt.
-        ensure!(n <= self.bytes.len() as u64, "length {n} at byte {} exceeds the file size", self.pos - 8);
+        let left = (self.bytes.len() - self.pos) as u64;
+        ensure!(
+            n.saturating_mul(min_bytes.max(1) as u64) <= left,
+            "count {n} at byte {} exceeds what the rest of the file ({left} bytes) can hold",
+            self.pos - 8
+        );
         Ok(n as usize)
+    }
+    fn len(&mut self) -> Result<usize> {
+        self.count(1)
     }
     fn string(&mut self) -> Result<String> {
         let n = self.len()?;
         let pos = self.pos;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| anyhow!("string at byte {pos} is not UTF-8"))
     }
-    fn value(&mut self, ty: u32) -> Result<Value> {
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
         Ok(match ty {
             0 => Value::U64(self.u8()? as u64),
             1 => Value::I64(self.u8()? as i8 as i64),
@@ -192,15 +204,30 @@ impl<'a> Cursor<'a> {
             7 => Value::Bool(self.u8()? != 0),
             8 => Value::Str(self.string()?),
             9 => {
+                ensure!(depth < MAX_NESTING, "metadata arrays nested deeper than {MAX_NESTING}");
                 let item = self.u32()?;
-                let n = self.len()?;
-                Value::Array((0..n).map(|_| self.value(item)).collect::<Result<_>>()?)
+                let n = self.count(Self::min_size(item))?;
+                let mut items = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    items.push(self.value(item, depth + 1)?);
+                }
+                Value::Array(items)
             }
             10 => Value::U64(self.u64()?),
             11 => Value::I64(self.u64()? as i64),
             12 => Value::F64(f64::from_le_bytes(self.take(8)?.try_into()?)),
             other => bail!("unknown metadata value type {other}"),
         })
+    }
+    /// The fewest bytes one value of type `ty` takes (strings and arrays: their length field).
+    fn min_size(ty: u32) -> usize {
+        match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8..=12 => 8,
+            _ => 1,
+        }
     }
 }
 
@@ -220,39 +247,57 @@ impl GgufFile {
         ensure!(c.take(4)? == b"GGUF", "bad magic (expected 'GGUF')");
         let version = c.u32()?;
         ensure!(matches!(version, 2 | 3), "GGUF version {version} is not supported (2 or 3)");
-        let n_tensors = c.len()?;
-        let n_kv = c.len()?;
+        // A tensor entry takes at least 24 bytes (name length, dims, type, offset), a key-value
+        // pair 13 (key length, type, one byte of value).
+        let n_tensors = c.count(24)?;
+        let n_kv = c.count(13)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
-            let v = c.value(ty).with_context(|| format!("metadata '{key}'"))?;
+            let v = c.value(ty, 0).with_context(|| format!("metadata '{key}'"))?;
             metadata.insert(key, v);
         }
-        let mut raw = Vec::with_capacity(n_tensors);
+        let mut raw = Vec::with_capacity(n_tensors.min(1 << 16));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
             ensure!(n_dims <= 4, "tensor '{name}' has {n_dims} dimensions");
-            let mut dims: Vec<usize> = (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<_>>()?;
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                let d = c.u64()?;
+                dims.push(usize::try_from(d).with_context(|| format!("tensor '{name}': dimension {d}"))?);
+            }
             let ty_id = c.u32()?;
             let ty = GgmlType::from_id(ty_id)
                 .ok_or_else(|| anyhow!("tensor '{name}' has ggml type {ty_id}, which finetune cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"))?;
-            let offset = c.u64()? as usize;
+            let offset = usize::try_from(c.u64()?).with_context(|| format!("tensor '{name}': offset"))?;
             dims.reverse();
             raw.push((name, dims, ty, offset));
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32) as usize;
-        ensure!(alignment > 0, "general.alignment is 0");
+        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32);
+        ensure!(
+            alignment.is_power_of_two() && alignment <= 1 << 16,
+            "general.alignment = {alignment}: must be a power of two up to 65536"
+        );
+        let alignment = alignment as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, shape, ty, offset) in raw {
-            let numel: usize = shape.iter().product();
+            let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let numel =
+                numel.with_context(|| format!("tensor '{name}': shape {shape:?} has more elements than fit"))?;
             let (per_block, block_bytes) = ty.block();
             let row = *shape.last().unwrap_or(&1);
-            ensure!(row % per_block == 0, "tensor '{name}': row length {row} is not a multiple of {per_block}");
-            let len = numel / per_block * block_bytes;
-            let start = data_start + offset;
+            ensure!(
+                row.is_multiple_of(per_block),
+                "tensor '{name}': row length {row} is not a multiple of {per_block}"
+            );
+            let len = (numel / per_block).checked_mul(block_bytes);
+            let start = data_start.checked_add(offset);
+            let (Some(len), Some(start)) = (len, start) else {
+                bail!("tensor '{name}': offset {offset} or shape {shape:?} is beyond any file");
+            };
             ensure!(
                 start.checked_add(len).is_some_and(|e| e <= bytes.len()),
                 "tensor '{name}' ({} bytes at {start}) runs past the end of the file ({} bytes)",

@@ -8,6 +8,7 @@
 //! error naming what the file asked for.
 
 use anyhow::{Result, anyhow};
+use std::collections::HashMap;
 
 /// The element type of a torch storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,24 @@ pub struct TensorRef {
     pub stride: Vec<usize>,
 }
 
+impl TensorRef {
+    /// Elements in the view, or `None` if that overflows.
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+    /// The storage index of the view's furthest element (meaningful when no dimension is 0), or
+    /// `None` if that overflows.
+    pub fn last_element(&self) -> Option<usize> {
+        if self.shape.len() != self.stride.len() {
+            return None;
+        }
+        self.shape
+            .iter()
+            .zip(&self.stride)
+            .try_fold(self.offset, |acc, (&d, &s)| d.saturating_sub(1).checked_mul(s).and_then(|x| x.checked_add(acc)))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     None,
@@ -118,23 +137,62 @@ fn allowed(module: &str, name: &str) -> bool {
     ) || (module == "torch" && StorageDtype::from_storage_class(name).is_some())
 }
 
+/// How deep containers may nest. State dicts nest a handful of levels; the bound keeps every
+/// recursive walk (drop, clone, comparison, tensor collection) far from the thread's stack limit.
+pub const MAX_DEPTH: u32 = 64;
+
+/// How big a value is, tracked beside it so that limits cost nothing to check.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    depth: u32,
+    /// Roughly one per value plus one per 8 bytes of string data: a stand-in for memory.
+    cells: u64,
+}
+
+impl Size {
+    fn leaf(bytes: usize) -> Self {
+        Size { depth: 0, cells: 1 + bytes as u64 / 8 }
+    }
+    /// Several values together, as one item (what SETITEMS and APPENDS add to a container).
+    fn group(children: impl IntoIterator<Item = Size>) -> Self {
+        children.into_iter().fold(Size { depth: 0, cells: 0 }, |acc, c| Size {
+            depth: acc.depth.max(c.depth),
+            cells: acc.cells.saturating_add(c.cells),
+        })
+    }
+    fn container(children: impl IntoIterator<Item = Size>) -> Self {
+        Size { depth: 0, cells: 1 }.holding(Self::group(children))
+    }
+    /// This container after `child` is put into it.
+    fn holding(self, child: Size) -> Self {
+        Size { depth: self.depth.max(child.depth + 1), cells: self.cells.saturating_add(child.cells) }
+    }
+}
+
 enum Item {
     Mark,
-    Value(Value),
+    Value(Value, Size),
 }
 
 /// Reads one pickle from `bytes` (which may continue past its STOP); returns the value and the
 /// number of bytes consumed. `what` names the file in errors.
+///
+/// Hostile input costs bounded memory and stack: containers nest at most [`MAX_DEPTH`] levels,
+/// and memo reads (which copy, since values are not shared) may copy at most a few times the
+/// file's own size, which stops "billion laughs" pickles that double a list at every step.
 pub fn read(bytes: &[u8], what: &str) -> Result<(Value, usize)> {
-    Reader { bytes, pos: 0, stack: Vec::new(), memo: Vec::new(), what }.run()
+    let copy_budget = 1_000_000 + 8 * bytes.len() as u64;
+    Reader { bytes, pos: 0, stack: Vec::new(), memo: HashMap::new(), what, copy_budget }.run()
 }
 
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
     stack: Vec<Item>,
-    memo: Vec<Option<Value>>,
+    memo: HashMap<u64, (Value, Size)>,
     what: &'a str,
+    /// Cells that memo reads may still copy.
+    copy_budget: u64,
 }
 
 impl Reader<'_> {
@@ -171,50 +229,85 @@ impl Reader<'_> {
         String::from_utf8(b).map_err(|_| self.err("string is not UTF-8"))
     }
 
+    /// Pushes a scalar, a string or bytes.
     fn push(&mut self, v: Value) {
-        self.stack.push(Item::Value(v));
+        let bytes = match &v {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        self.stack.push(Item::Value(v, Size::leaf(bytes)));
     }
-    fn pop(&mut self) -> Result<Value> {
+    fn push_sized(&mut self, v: Value, size: Size) -> Result<()> {
+        if size.depth > MAX_DEPTH {
+            return Err(self.err(format!("containers nest deeper than {MAX_DEPTH} levels")));
+        }
+        self.stack.push(Item::Value(v, size));
+        Ok(())
+    }
+    /// Pushes a container built from `items`.
+    fn push_container(&mut self, items: Vec<(Value, Size)>, build: fn(Vec<Value>) -> Value) -> Result<()> {
+        let size = Size::container(items.iter().map(|(_, s)| *s));
+        let v = build(items.into_iter().map(|(v, _)| v).collect());
+        self.push_sized(v, size)
+    }
+    fn pop_sized(&mut self) -> Result<(Value, Size)> {
         match self.stack.pop() {
-            Some(Item::Value(v)) => Ok(v),
+            Some(Item::Value(v, s)) => Ok((v, s)),
             Some(Item::Mark) => Err(self.err("unexpected MARK on the stack")),
             None => Err(self.err("stack underflow")),
         }
     }
-    fn top(&mut self) -> Result<&mut Value> {
+    fn pop(&mut self) -> Result<Value> {
+        Ok(self.pop_sized()?.0)
+    }
+    /// The container on top of the stack, after `added` is put into it.
+    fn top(&mut self, added: Size) -> Result<&mut Value> {
+        let pos = self.pos;
+        let what = self.what;
         match self.stack.last_mut() {
-            Some(Item::Value(v)) => Ok(v),
-            _ => Err(anyhow!("{}: pickle: expected a value on the stack", self.what)),
+            Some(Item::Value(v, s)) => {
+                *s = s.holding(added);
+                if s.depth > MAX_DEPTH {
+                    return Err(anyhow!(
+                        "{what}: pickle at byte {pos}: containers nest deeper than {MAX_DEPTH} levels"
+                    ));
+                }
+                Ok(v)
+            }
+            _ => Err(anyhow!("{what}: pickle: expected a value on the stack")),
         }
     }
     /// Values pushed since the last MARK (which is removed).
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+    fn pop_mark(&mut self) -> Result<Vec<(Value, Size)>> {
         let start = self.stack.iter().rposition(|i| matches!(i, Item::Mark)).ok_or_else(|| self.err("no MARK"))?;
         let items = self.stack.split_off(start + 1);
         self.stack.pop();
         Ok(items
             .into_iter()
             .map(|i| match i {
-                Item::Value(v) => v,
+                Item::Value(v, s) => (v, s),
                 Item::Mark => unreachable!("marks after the last mark"),
             })
             .collect())
     }
-    fn memo_put(&mut self, index: usize) -> Result<()> {
-        let v = match self.stack.last() {
-            Some(Item::Value(v)) => v.clone(),
+    fn memo_put(&mut self, index: u64) -> Result<()> {
+        let entry = match self.stack.last() {
+            Some(Item::Value(v, s)) => (v.clone(), *s),
             _ => return Err(self.err("PUT without a value")),
         };
-        if self.memo.len() <= index {
-            self.memo.resize(index + 1, None);
-        }
-        self.memo[index] = Some(v);
+        self.memo.insert(index, entry);
         Ok(())
     }
-    fn memo_get(&mut self, index: usize) -> Result<()> {
-        let v = self.memo.get(index).cloned().flatten().ok_or_else(|| self.err(format!("memo {index} is empty")))?;
-        self.push(v);
-        Ok(())
+    fn memo_get(&mut self, index: u64) -> Result<()> {
+        let (v, size) = self.memo.get(&index).cloned().ok_or_else(|| self.err(format!("memo {index} is empty")))?;
+        if size.cells > self.copy_budget {
+            return Err(self.err(
+                "memo references copy far more data than the file holds (a pickle bomb?); refusing to expand it",
+            ));
+        }
+        self.copy_budget -= size.cells;
+        self.push_sized(v, size)
     }
     fn global(&self, module: String, name: String) -> Result<Value> {
         if allowed(&module, &name) {
@@ -250,41 +343,41 @@ impl Reader<'_> {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
-                        items.push(self.pop()?);
+                        items.push(self.pop_sized()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items));
+                    self.push_container(items, Value::Tuple)?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items));
+                    self.push_container(items, Value::Tuple)?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(items));
+                    self.push_container(items, Value::List)?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Dict(pairs(items)));
+                    self.push_container(items, |items| Value::Dict(pairs(items)))?;
                 }
                 b'q' => {
-                    let i = self.u8()? as usize;
+                    let i = self.u8()? as u64;
                     self.memo_put(i)?;
                 }
                 b'r' => {
-                    let i = self.u32()? as usize;
+                    let i = self.u32()? as u64;
                     self.memo_put(i)?;
                 }
                 0x94 => {
-                    let i = self.memo.len();
+                    let i = self.memo.len() as u64;
                     self.memo_put(i)?;
                 }
                 b'h' => {
-                    let i = self.u8()? as usize;
+                    let i = self.u8()? as u64;
                     self.memo_get(i)?;
                 }
                 b'j' => {
-                    let i = self.u32()? as usize;
+                    let i = self.u32()? as u64;
                     self.memo_get(i)?;
                 }
                 b'J' => {
@@ -362,16 +455,17 @@ impl Reader<'_> {
                     self.push(g);
                 }
                 b'R' => {
-                    let args = self.pop()?;
+                    // What a call returns is built from its arguments, and is no bigger.
+                    let (args, size) = self.pop_sized()?;
                     let callable = self.pop()?;
                     let v = self.call(callable, args)?;
-                    self.push(v);
+                    self.push_sized(v, size)?;
                 }
                 b'b' => {
                     // BUILD sets an object's state. The only objects we build are dicts (an
                     // OrderedDict's `_metadata` attribute arrives this way); the state is dropped.
                     let _state = self.pop()?;
-                    if !matches!(self.top()?, Value::Dict(_)) {
+                    if !matches!(self.top(Size::default())?, Value::Dict(_)) {
                         return Err(self.err("BUILD on something other than a dict"));
                     }
                 }
@@ -381,30 +475,34 @@ impl Reader<'_> {
                     self.push(v);
                 }
                 b's' => {
-                    let value = self.pop()?;
-                    let key = self.pop()?;
-                    match self.top()? {
+                    let (value, vs) = self.pop_sized()?;
+                    let (key, ks) = self.pop_sized()?;
+                    match self.top(Size::group([vs, ks]))? {
                         Value::Dict(d) => d.push((key, value)),
                         _ => return Err(self.err("SETITEM on something other than a dict")),
                     }
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    match self.top()? {
+                    let size = Size::group(items.iter().map(|(_, s)| *s));
+                    let items = items.into_iter().map(|(v, _)| v).collect();
+                    match self.top(size)? {
                         Value::Dict(d) => d.extend(pairs(items)),
                         _ => return Err(self.err("SETITEMS on something other than a dict")),
                     }
                 }
                 b'a' => {
-                    let value = self.pop()?;
-                    match self.top()? {
+                    let (value, size) = self.pop_sized()?;
+                    match self.top(size)? {
                         Value::List(l) => l.push(value),
                         _ => return Err(self.err("APPEND on something other than a list")),
                     }
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    match self.top()? {
+                    let size = Size::group(items.iter().map(|(_, s)| *s));
+                    let items: Vec<Value> = items.into_iter().map(|(v, _)| v).collect();
+                    match self.top(size)? {
                         Value::List(l) => l.extend(items),
                         _ => return Err(self.err("APPENDS on something other than a list")),
                     }
@@ -448,23 +546,17 @@ impl Reader<'_> {
                 if shape.len() != stride.len() {
                     return Err(bad());
                 }
+                let t =
+                    TensorRef { storage_key: key.clone(), dtype: *dtype, storage_numel: *numel, offset, shape, stride };
                 // The furthest element the view touches must lie inside the storage.
-                if shape.iter().all(|&d| d > 0) {
-                    let last = offset + shape.iter().zip(&stride).map(|(d, s)| (d - 1) * s).sum::<usize>();
-                    if last >= *numel {
-                        return Err(self.err(format!(
-                            "tensor view {shape:?} at offset {offset} reaches past its storage of {numel} elements"
-                        )));
-                    }
+                let empty = t.numel() == Some(0);
+                if !empty && t.last_element().is_none_or(|last| last >= *numel) {
+                    return Err(self.err(format!(
+                        "tensor view {:?} at offset {offset} reaches past its storage of {numel} elements",
+                        t.shape
+                    )));
                 }
-                Ok(Value::Tensor(TensorRef {
-                    storage_key: key.clone(),
-                    dtype: *dtype,
-                    storage_numel: *numel,
-                    offset,
-                    shape,
-                    stride,
-                }))
+                Ok(Value::Tensor(t))
             }
             _ => Err(self.err(format!("{module}.{name} cannot be called"))),
         }
@@ -533,6 +625,45 @@ mod tests {
         // NEWOBJ instantiates a class
         let bytes = b"\x80\x02ccollections\nOrderedDict\n)\x81.";
         assert!(read(bytes, "x").unwrap_err().to_string().contains("instantiates a Python class"));
+    }
+
+    #[test]
+    fn hostile_pickles_cost_bounded_memory_and_stack() {
+        // A list nested a million levels deep: `]` a million times, then APPEND as often.
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(std::iter::repeat_n(b']', 1_000_000));
+        deep.extend(std::iter::repeat_n(b'a', 999_999));
+        deep.push(b'.');
+        let e = read(&deep, "deep.pkl").unwrap_err().to_string();
+        assert!(e.contains("deep.pkl") && e.contains("nest deeper than 64"), "{e}");
+        // The same through MARK/LIST.
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(std::iter::repeat_n(b'(', 100_000));
+        deep.extend(std::iter::repeat_n(b'l', 100_000));
+        deep.push(b'.');
+        assert!(read(&deep, "x").unwrap_err().to_string().contains("nest deeper"));
+        // Billion laughs: forty times `x = [x, x]` through the memo (EMPTY_LIST, MARK, GET 0,
+        // GET 0, APPENDS, PUT 0), doubling the copied data each time.
+        let mut laughs = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            laughs.extend_from_slice(b"](h\x00h\x00eq\x00");
+        }
+        laughs.push(b'.');
+        let e = read(&laughs, "laughs.pkl").unwrap_err().to_string();
+        assert!(e.contains("laughs.pkl") && e.contains("pickle bomb"), "{e}");
+        // Memo indices far apart do not allocate the gap.
+        let bytes = b"\x80\x02Nr\xff\xff\xff\xffj\xff\xff\xff\xff.";
+        assert_eq!(read(bytes, "t").unwrap().0, Value::None);
+        // A tensor view whose extent overflows is an error, not a wrap-around.
+        let mut b = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+        b.extend_from_slice(
+            b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ",
+        );
+        b.extend_from_slice(b"K\x00K\x05\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40\x86"); // offset 0, shape (5, 2^62)
+        b.extend_from_slice(b"\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40K\x01\x86"); // stride (2^62, 1)
+        b.extend_from_slice(b"tR.");
+        let e = read(&b, "view.pth").unwrap_err().to_string();
+        assert!(e.contains("reaches past its storage"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,18 @@ impl PthFile {
         if refs.is_empty() {
             bail!("{what}: the checkpoint holds no tensors");
         }
+        // A stride-0 view turns a few bytes into any number of elements; legitimate views (shared
+        // storages, tied weights) stay within a few times the file's own size.
+        let budget = (1usize << 24).saturating_add(bytes.len().saturating_mul(4));
+        let total = refs.iter().try_fold(0usize, |acc, (_, t)| t.numel().and_then(|n| acc.checked_add(n)));
+        if total.is_none_or(|total| total > budget) {
+            bail!(
+                "{what}: its tensors would expand to {} elements from a file of {} bytes (views that repeat one \
+                 storage without end?); refusing to materialise them",
+                total.map_or("more than 2^64".to_string(), |t| t.to_string()),
+                bytes.len()
+            );
+        }
         let mut tensors = BTreeMap::new();
         for (name, t) in refs {
             let storage = storages.get(&t.storage_key).ok_or_else(|| {
@@ -95,10 +107,16 @@ fn read_zip(bytes: &[u8], what: &str) -> Result<(Value, Storages)> {
         .ok_or_else(|| anyhow!("{what}: zip file without data.pkl: not a PyTorch checkpoint"))?
         .clone();
     let prefix = pkl.strip_suffix("data.pkl").expect("ends with data.pkl").to_string();
-    let read_entry = |zip: &mut zip::ZipArchive<_>, name: &str| -> Result<Vec<u8>> {
-        let mut f = zip.by_name(name).map_err(|e| anyhow!("{what}: entry {name}: {e}"))?;
-        let mut out = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut out).map_err(|e| anyhow!("{what}: entry {name}: {e}"))?;
+    // torch stores its entries uncompressed; a compressed entry may expand, but not without bound.
+    let mut left = (256u64 << 20).saturating_add((bytes.len() as u64).saturating_mul(16));
+    let mut read_entry = |zip: &mut zip::ZipArchive<_>, name: &str| -> Result<Vec<u8>> {
+        let f = zip.by_name(name).map_err(|e| anyhow!("{what}: entry {name}: {e}"))?;
+        let mut out = Vec::with_capacity(f.size().min(left).min(bytes.len() as u64) as usize);
+        f.take(left + 1).read_to_end(&mut out).map_err(|e| anyhow!("{what}: entry {name}: {e}"))?;
+        if out.len() as u64 > left {
+            bail!("{what}: entry {name} decompresses to far more than the file's size (a zip bomb?)");
+        }
+        left -= out.len() as u64;
         Ok(out)
     };
     let (object, _) = pickle::read(&read_entry(&mut zip, &pkl)?, what)?;
@@ -153,7 +171,7 @@ fn read_legacy(bytes: &[u8], what: &str) -> Result<(Value, Storages)> {
             Value::Int(i) => i.to_string(),
             _ => bail!("{what}: storage key is not a string"),
         };
-        if bytes.len() < pos + 8 {
+        if bytes.len() - pos < 8 {
             bail!("{what}: file ends before storage {key} (truncated?)");
         }
         let numel = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
@@ -164,10 +182,10 @@ fn read_legacy(bytes: &[u8], what: &str) -> Result<(Value, Storages)> {
         if numel != expected {
             bail!("{what}: storage {key} holds {numel} elements, its tensors expect {expected}");
         }
-        let len = numel * elem;
-        if bytes.len() < pos + len {
+        let len = numel.checked_mul(elem).filter(|&len| len <= bytes.len() - pos);
+        let Some(len) = len else {
             bail!("{what}: file ends inside storage {key} (truncated?)");
-        }
+        };
         storages.insert(key, bytes[pos..pos + len].to_vec());
         pos += len;
     }
@@ -204,8 +222,12 @@ fn collect_tensors(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>, 
 /// Gather a strided view of a storage into a contiguous f32 tensor.
 fn materialise(t: &TensorRef, storage: &[u8]) -> Result<HostTensor> {
     let elem = t.dtype.size();
-    if storage.len() < t.storage_numel * elem {
-        bail!("storage {} has {} bytes, expected {}", t.storage_key, storage.len(), t.storage_numel * elem);
+    if storage.len() / elem < t.storage_numel {
+        bail!("storage {} has {} bytes, too few for {} elements", t.storage_key, storage.len(), t.storage_numel);
+    }
+    let n = t.numel().ok_or_else(|| anyhow!("shape {:?} has too many elements", t.shape))?;
+    if n > 0 && t.last_element().is_none_or(|last| last >= t.storage_numel) {
+        bail!("view {:?} at offset {} reaches past its storage of {} elements", t.shape, t.offset, t.storage_numel);
     }
     let read = |i: usize| -> f32 {
         let b = &storage[i * elem..(i + 1) * elem];
@@ -221,7 +243,6 @@ fn materialise(t: &TensorRef, storage: &[u8]) -> Result<HostTensor> {
             StorageDtype::U8 | StorageDtype::Bool => b[0] as f32,
         }
     };
-    let n: usize = t.shape.iter().product();
     let mut data = Vec::with_capacity(n);
     let mut index = vec![0usize; t.shape.len()];
     for _ in 0..n {

@@ -324,6 +324,23 @@ pub fn load_adapter<M: Adaptable>(
     }
 }
 
+/// What the adapter in `files` is, checked as loading it would before a model is at hand.
+pub fn describe_adapter(files: &crate::io::peft::AdapterFiles) -> Result<String> {
+    let tensors = files.tensors.len();
+    match files.peft_type()? {
+        "LORA" => {
+            let cfg = lora::adapter::read_config(files)?;
+            let kind = if cfg.use_dora { "DoRA" } else { "LoRA" };
+            Ok(format!("{kind} adapter, r = {}, alpha = {}, {tensors} tensors", cfg.r, cfg.lora_alpha))
+        }
+        "PROMPT_TUNING" => {
+            let cfg = prompt_tuning::read_config(files)?;
+            Ok(format!("prompt-tuning adapter, {} virtual tokens, {tensors} tensors", cfg.num_virtual_tokens))
+        }
+        other => bail!("{}: peft_type {other} is not supported (LORA, PROMPT_TUNING)", files.dir.display()),
+    }
+}
+
 /// Load the adapter's other tensors (modules to save, trained biases: `prefix` + checkpoint key)
 /// into `model`, then require that every tensor of the adapter found its place (`used` holds the
 /// keys the method itself consumed).

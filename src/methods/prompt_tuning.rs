@@ -44,8 +44,8 @@ pub struct PromptTuningConfig {
 impl PromptTuningConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(
-            self.num_virtual_tokens >= 1,
-            "prompt_tuning.num_virtual_tokens = {}: must be at least 1",
+            (1..=1 << 16).contains(&self.num_virtual_tokens),
+            "prompt_tuning.num_virtual_tokens = {}: must be 1 to 65536 (8 to 100 are usual)",
             self.num_virtual_tokens
         );
         if self.init == PromptInit::Text {
@@ -143,17 +143,41 @@ pub fn save_adapter<M: Adaptable + Clone>(
     AdapterFiles::write(dir, &config, tensors)
 }
 
+/// The adapter's prompt-tuning config, checked against its soft prompt.
+pub fn read_config(files: &AdapterFiles) -> Result<PromptTuningConfig> {
+    let n = files.config["num_virtual_tokens"]
+        .as_u64()
+        .with_context(|| format!("{}/adapter_config.json: no num_virtual_tokens", files.dir.display()))?;
+    let modules_to_save: Vec<String> =
+        serde_json::from_value(files.config["modules_to_save"].clone()).unwrap_or_default();
+    let cfg = PromptTuningConfig {
+        num_virtual_tokens: usize::try_from(n).unwrap_or(usize::MAX),
+        init: PromptInit::Random,
+        init_text: None,
+        modules_to_save,
+    };
+    cfg.validate().with_context(|| format!("{}/adapter_config.json", files.dir.display()))?;
+    let t = files.tensor(PROMPT_KEY)?;
+    if t.shape.len() != 2 || t.shape[0] != cfg.num_virtual_tokens {
+        bail!(
+            "{}: {PROMPT_KEY} has shape {:?}, but adapter_config.json says {} virtual tokens",
+            files.dir.display(),
+            t.shape,
+            cfg.num_virtual_tokens
+        );
+    }
+    Ok(cfg)
+}
+
 /// Attach the prompt-tuning adapter in `files` (finetune's or Python peft's) to `model`.
 pub fn load_adapter<M: Adaptable>(
     mut model: M,
     files: &AdapterFiles,
     device: &Device,
 ) -> Result<(M, PromptTuningConfig)> {
-    let n = files.config["num_virtual_tokens"].as_u64().context("adapter_config.json: no num_virtual_tokens")? as usize;
+    let cfg = read_config(files)?;
+    let n = cfg.num_virtual_tokens;
     let t = files.tensor(PROMPT_KEY)?;
-    let modules_to_save: Vec<String> =
-        serde_json::from_value(files.config["modules_to_save"].clone()).unwrap_or_default();
-    let cfg = PromptTuningConfig { num_virtual_tokens: n, init: PromptInit::Random, init_text: None, modules_to_save };
     {
         let slot =
             model.prompt_slot().with_context(|| format!("{}: this model takes no soft prompt", files.dir.display()))?;

@@ -87,7 +87,23 @@ impl BertConfig {
         Ok(cfg)
     }
 
+    /// The number of parameters this config describes (as the checkpoint must hold them).
+    pub fn parameters(&self) -> u128 {
+        let (h, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) as u128 * h;
+        embeddings + self.num_hidden_layers as u128 * (4 * h * h + 2 * h * i)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 20),
+            ("type_vocab_size", self.type_vocab_size, 1 << 10),
+        ])?;
         anyhow::ensure!(
             self.hidden_size.is_multiple_of(self.num_attention_heads),
             "hidden_size {} is not a multiple of num_attention_heads {}",

@@ -32,9 +32,17 @@ pub fn config(dir: &ModelDir) -> Result<LlamaConfig> {
     Ok(cfg)
 }
 
+/// The config describes a model its weights file can hold (see `models::check_plausible`).
+fn check_plausible(cfg: &LlamaConfig, dir: &ModelDir) -> Result<()> {
+    let path = dir.weights_path();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    super::check_plausible(cfg.parameters(), size, &path)
+}
+
 /// The model with its pretrained weights (dequantized to f32 from GGUF).
 pub fn load(dir: &ModelDir, device: &Device) -> Result<(LlamaForCausalLM, LlamaConfig, LoadReport)> {
     let cfg = config(dir)?;
+    check_plausible(&cfg, dir)?;
     let model = LlamaForCausalLM::new(&cfg, device)?;
     let keys = |info: &crate::io::params::ParamInfo| (vec![info.path.clone()], false);
     let (model, report) = match dir.gguf() {
@@ -61,6 +69,7 @@ pub fn load_keeping_quantization(
     };
     let source = GgufLlama::new(g)?;
     let cfg = source.cfg.clone();
+    check_plausible(&cfg, dir)?;
     let model = LlamaForCausalLM::new(&cfg, device)?;
     let frozen = |path: &str| path.starts_with("model.layers.") && path.ends_with("_proj.weight");
     // The block weights are left unloaded (lazy parameters cost nothing) and set below.

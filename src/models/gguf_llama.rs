@@ -36,7 +36,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
     }
     let heads = num("attention.head_count")?;
     let hidden = num("embedding_length")?;
-    let head_dim = num("rope.dimension_count").ok().filter(|&d| d != hidden / heads);
+    let head_dim = num("rope.dimension_count").ok().filter(|&d| heads == 0 || d != hidden / heads);
     let vocab_size = match num("vocab_size") {
         Ok(v) => v,
         Err(_) => file.info("token_embd.weight")?.shape[0],
@@ -65,6 +65,16 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         initializer_range: 0.02,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
+    // Every block the metadata counts must be in the file (and no more): a wrong count is a
+    // corrupt file, not a model to build.
+    let last = cfg.num_hidden_layers - 1;
+    anyhow::ensure!(
+        file.tensors.contains_key(&format!("blk.{last}.attn_norm.weight"))
+            && !file.tensors.contains_key(&format!("blk.{}.attn_norm.weight", last + 1)),
+        "{}: metadata '{arch}.block_count' = {} does not match the blocks in the file",
+        file.path().display(),
+        cfg.num_hidden_layers
+    );
     Ok(cfg)
 }
 

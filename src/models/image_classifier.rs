@@ -87,6 +87,22 @@ impl ImageConfig {
                 config_path.display()
             )
         })?;
+        super::check_sizes(&[
+            ("num_classes", config.num_classes, 1 << 20),
+            ("last_channel", config.mobilenet_v2.last_channel, 1 << 14),
+            ("round_nearest", config.mobilenet_v2.round_nearest, 1 << 10),
+            ("pretrained_cfg.input_size[1]", config.pretrained_cfg.input_size[1], 1 << 13),
+            ("pretrained_cfg.input_size[2]", config.pretrained_cfg.input_size[2], 1 << 13),
+        ])
+        .with_context(|| config_path.display().to_string())?;
+        let mult = config.mobilenet_v2.width_mult;
+        if !(mult > 0.0 && mult <= 8.0) {
+            bail!("{}: width_mult = {mult}: must be in (0, 8]", config_path.display());
+        }
+        let crop = config.pretrained_cfg.crop_pct;
+        if !(crop > 0.0 && crop <= 1.0) || config.pretrained_cfg.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            bail!("{}: pretrained_cfg needs crop_pct in (0, 1] and positive std", config_path.display());
+        }
         if !ARCHITECTURES.contains(&config.architecture.as_str()) {
             bail!(
                 "{}: architecture '{}' is not supported; finetune builds {:?}",

@@ -76,7 +76,7 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     pub fn rope_theta(&self) -> f64 {
@@ -97,9 +97,29 @@ impl LlamaConfig {
         }
     }
 
+    /// The number of parameters this config describes (as the checkpoint must hold them).
+    pub fn parameters(&self) -> u128 {
+        let (h, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let heads = self.num_attention_heads.max(1) as u128;
+        let head_dim = self.head_dim.map_or(h / heads, |d| d as u128);
+        let attention = h * head_dim * (2 * heads + 2 * self.num_kv_heads() as u128);
+        let heads_out = if self.tie_word_embeddings { 1 } else { 2 };
+        heads_out * self.vocab_size as u128 * h + self.num_hidden_layers as u128 * (attention + 3 * h * i)
+    }
+
     /// Check the combinations this implementation supports, with a message a user can act on.
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::ensure;
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            ("num_key_value_heads", self.num_kv_heads(), 1 << 10),
+            ("head_dim", self.head_dim(), 1 << 12),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+        ])?;
         ensure!(self.hidden_act == "silu", "hidden_act '{}' is not supported (Llama uses 'silu')", self.hidden_act);
         ensure!(
             self.num_attention_heads.is_multiple_of(self.num_kv_heads()),

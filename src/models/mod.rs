@@ -94,6 +94,86 @@ pub struct ConvUnit<'a> {
     pub unit: &'a mut ConvBn,
 }
 
+/// Check that every size field of a config is in `[1, max]` (a zero divides, a huge one allocates),
+/// naming the field.
+pub fn check_sizes(fields: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, value, max) in fields {
+        anyhow::ensure!((1..=max).contains(&value), "{name} = {value}: must be between 1 and {max}");
+    }
+    Ok(())
+}
+
+/// Read and check a model's `config.json` the way loading the model would (the family is told
+/// by its fields: timm's `architecture` + `pretrained_cfg`, else `model_type`); a one-line
+/// description. Whisper also needs the `tokenizer.json` beside it, as loading does.
+pub fn describe_config(path: &std::path::Path) -> Result<String> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    // Reading a config needs no weights: the format only tells where weights would be.
+    let files = ModelDir { dir: dir.to_path_buf(), format: Format::Safetensors(dir.join("model.safetensors")) };
+    anyhow::ensure!(
+        path.file_name().is_some_and(|n| n == "config.json"),
+        "{}: a model config is named config.json",
+        path.display()
+    );
+    let raw = files.raw_config()?;
+    if dir.join("model.bin").is_file() && !dir.join("model.safetensors").is_file() {
+        // CTranslate2 writes its own config.json; the model's config comes from model.bin.
+        let files = ModelDir { dir: dir.to_path_buf(), format: Format::CTranslate2(dir.join("model.bin")) };
+        return Ok(format!("CTranslate2 {}", describe_whisper(&whisper::WhisperConfig::read(&files)?)));
+    }
+    if image_classifier::is_image_model(dir) {
+        let c = image_classifier::ImageConfig::read(&files)?;
+        return Ok(format!("image model config: {}, {} classes", c.architecture, c.num_classes));
+    }
+    Ok(match raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default() {
+        "llama" | "mistral" => {
+            let c = decoder::config(&files)?;
+            format!(
+                "decoder config: {} layers, hidden {}, {} heads, vocab {} ({} parameters)",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.vocab_size,
+                c.parameters()
+            )
+        }
+        "whisper" => describe_whisper(&whisper::WhisperConfig::read(&files)?),
+        _ => {
+            let c = BertConfig::read(&files)?;
+            format!(
+                "BERT config: {} layers, hidden {}, {} heads, vocab {} ({} parameters)",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.vocab_size,
+                c.parameters()
+            )
+        }
+    })
+}
+
+fn describe_whisper(c: &whisper::WhisperConfig) -> String {
+    format!(
+        "Whisper config: d_model {}, {}+{} layers, vocab {}",
+        c.d_model, c.encoder_layers, c.decoder_layers, c.vocab_size
+    )
+}
+
+/// Refuse a config that describes a model far larger than its checkpoint file (`parameters` as the
+/// config implies them): a corrupt or hostile config must fail here, not in an allocation of
+/// terabytes. The most compact format read here stores about 4.5 bits per parameter; the bound
+/// leaves 16x slack for tensors a checkpoint may omit (tied heads).
+pub fn check_plausible(parameters: u128, file_bytes: u64, file: &std::path::Path) -> Result<()> {
+    let limit = u128::from(file_bytes) * 32 + (1 << 20);
+    anyhow::ensure!(
+        parameters <= limit,
+        "{}: the config describes {parameters} parameters, more than this {file_bytes}-byte checkpoint can hold; \
+         the config does not belong to these weights",
+        file.display()
+    );
+    Ok(())
+}
+
 /// What loading a checkpoint into a model did.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -124,6 +204,9 @@ pub fn load_text_classifier(
     device: &Device,
 ) -> Result<(TextClassifier, LoadReport)> {
     let cfg = BertConfig::read(files)?;
+    let path = files.weights_path();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    check_plausible(cfg.parameters(), size, &path)?;
     let weights = files.weights()?;
     let model = TextClassifier::new(&cfg, num_labels, pooling, head_dropout, device)?;
     load_weights(model, &weights, |info| {

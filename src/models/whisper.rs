@@ -89,6 +89,23 @@ impl WhisperConfig {
         );
         ensure!(!self.scale_embedding, "scale_embedding = true is not supported");
         ensure!(self.tie_word_embeddings, "untied output projections are not supported");
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("num_mel_bins", self.num_mel_bins, 1 << 10),
+            ("d_model", self.d_model, 1 << 14),
+            ("encoder_layers", self.encoder_layers, 1 << 8),
+            ("decoder_layers", self.decoder_layers, 1 << 8),
+            ("encoder_attention_heads", self.encoder_attention_heads, 1 << 8),
+            ("decoder_attention_heads", self.decoder_attention_heads, 1 << 8),
+            ("encoder_ffn_dim", self.encoder_ffn_dim, 1 << 16),
+            ("decoder_ffn_dim", self.decoder_ffn_dim, 1 << 16),
+            ("max_source_positions", self.max_source_positions, 1 << 16),
+            ("max_target_positions", self.max_target_positions, 1 << 16),
+        ])?;
+        for (name, id) in [("eos_token_id", self.eos_token_id), ("decoder_start_token_id", self.decoder_start_token_id)]
+        {
+            ensure!(id < self.vocab_size, "{name} = {id} is outside the vocabulary of {}", self.vocab_size);
+        }
         for (d, h) in [(self.d_model, self.encoder_attention_heads), (self.d_model, self.decoder_attention_heads)] {
             ensure!(h > 0 && d % h == 0, "d_model {d} is not a multiple of {h} heads");
         }

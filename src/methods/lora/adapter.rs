@@ -90,12 +90,30 @@ pub fn save_adapter<M: Adaptable + Clone>(
     AdapterFiles::write(dir, &config_json(cfg, base_model, task_type), adapter_tensors(model, saved))
 }
 
+/// The adapter's LoRA config, checked, and checked against its matrices (their rank), before
+/// anything is allocated for it.
+pub fn read_config(files: &AdapterFiles) -> Result<LoraConfig> {
+    let cfg: LoraConfig = serde_json::from_value(files.config.clone())
+        .with_context(|| format!("{}: not a LoRA adapter_config.json", files.dir.display()))?;
+    cfg.validate().with_context(|| format!("{}/adapter_config.json", files.dir.display()))?;
+    for (key, t) in files.tensors.iter().filter(|(k, _)| k.ends_with(".lora_A.weight")) {
+        if t.shape.first() != Some(&cfg.r) {
+            bail!(
+                "{}: '{key}' has shape {:?}, but adapter_config.json says r = {}",
+                files.dir.display(),
+                t.shape,
+                cfg.r
+            );
+        }
+    }
+    Ok(cfg)
+}
+
 /// Attach the adapter stored in `files` (peft format, written by finetune or Python peft) to
 /// `model`: inject adapters per its config, set their weights, and load every other stored tensor
 /// (modules to save, biases) by key. Every stored tensor must find its place.
 pub fn load_adapter<M: Adaptable>(mut model: M, files: &AdapterFiles, device: &Device) -> Result<(M, LoraConfig)> {
-    let cfg: LoraConfig = serde_json::from_value(files.config.clone())
-        .with_context(|| format!("{}: not a LoRA adapter_config.json", files.dir.display()))?;
+    let cfg = read_config(files)?;
     let mut loading = cfg.clone();
     loading.init_lora_weights = super::InitLoraWeights::Named("gaussian".into());
     debug_assert_eq!(super::init(&loading).ok(), Some(LoraInit::Gaussian));

@@ -62,11 +62,19 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Beyond any layer's width: a larger rank can only be a typo or a damaged file, and would
+/// allocate adapters before any weight is read.
+pub const MAX_RANK: usize = 1 << 16;
+
 impl LoraConfig {
     /// Check the values a recipe can get wrong (errors name the key and the range).
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::ensure;
-        ensure!(self.r >= 1, "lora.r = {}: the rank must be at least 1", self.r);
+        ensure!(
+            (1..=MAX_RANK).contains(&self.r),
+            "lora.r = {}: the rank must be 1 to {MAX_RANK} (ranks of 4 to 64 are usual)",
+            self.r
+        );
         ensure!(
             self.lora_alpha > 0.0 && self.lora_alpha.is_finite(),
             "lora.lora_alpha = {}: must be positive (the adapters are scaled by alpha / r)",
