@@ -82,7 +82,7 @@ pub fn run(files: &[std::path::PathBuf], kind: Option<FileKind>, columns: &Colum
             Ok(Ok(summary)) => format!("ok    {}: {summary}", path.display()),
             Ok(Err(e)) => {
                 status = status.max(1);
-                let msg = format!("{e:#}").replace('\n', " ");
+                let msg = format!("{e:#}");
                 let shown = path.display().to_string();
                 if msg.contains(&shown) { format!("error {msg}") } else { format!("error {shown}: {msg}") }
             }
@@ -96,7 +96,16 @@ pub fn run(files: &[std::path::PathBuf], kind: Option<FileKind>, columns: &Colum
                 format!("BUG   {}: finetune panicked reading it: {msg}", path.display())
             }
         };
-        // One line per file, flushed, so whoever reads the output knows how far it got.
+        // One line per file, flushed, so whoever reads the output knows how far it got. Text
+        // from the file (a name, an architecture) may hold control characters: shown escaped.
+        let line: String = line
+            .chars()
+            .flat_map(|c| match c {
+                '\n' => vec![' '],
+                c if c.is_control() => c.escape_default().collect(),
+                c => vec![c],
+            })
+            .collect();
         let _ = writeln!(out, "{line}").and_then(|_| out.flush());
     }
     status

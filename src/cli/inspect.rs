@@ -18,13 +18,19 @@ pub fn run(
     quantize: Option<&str>,
 ) -> Result<()> {
     let path = crate::inference::lm::resolve_model(spec, gguf_file, "main")?;
-    if let Ok(files) = ModelDir::open(&path)
-        && decoder::config(&files).is_ok()
+    let opened = ModelDir::open(&path);
+    // A GGUF file is a decoder or nothing: its own error, not a hub lookup of the path.
+    if path.extension().is_some_and(|e| e == "gguf") || opened.as_ref().is_ok_and(|f| f.gguf().is_some()) {
+        return run_decoder(&opened?, quantize);
+    }
+    if let Ok(files) = &opened
+        && decoder::config(files).is_ok()
     {
-        return run_decoder(&files, quantize);
+        return run_decoder(files, quantize);
     }
     let method: Method = method.parse()?;
-    let files = ModelDir::open(&hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)?)?;
+    let local = std::path::Path::new(spec).exists();
+    let files = ModelDir::open(&if local { path } else { hub::resolve(spec, RepoKind::Model, "main", &MODEL_FILES)? })?;
     let cfg = crate::models::bert::BertConfig::read(&files)?;
     let labels = files.labels()?;
     let num_labels = labels.as_ref().map_or(2, Vec::len);

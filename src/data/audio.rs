@@ -39,6 +39,8 @@ const EXTENSIBLE: u16 = 0xFFFE;
 /// (a 1 Hz file upsampled to 16 kHz, or a prime rate in the gigahertz needing a filter per phase).
 const MIN_RATE: u32 = 1_000;
 const MAX_RATE: u32 = 768_000;
+/// More than any recording format uses (22.2 surround has 24).
+const MAX_CHANNELS: u16 = 256;
 
 pub fn parse_wav(bytes: &[u8]) -> Result<Audio> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
@@ -73,9 +75,9 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Audio> {
     }
     let (tag, channels, rate, bits) = format.context("no 'fmt ' chunk")?;
     let data = data.context("no 'data' chunk")?;
-    if channels == 0 || !(MIN_RATE..=MAX_RATE).contains(&rate) {
+    if !(1..=MAX_CHANNELS).contains(&channels) || !(MIN_RATE..=MAX_RATE).contains(&rate) {
         bail!(
-            "{channels} channels at {rate} Hz: expected at least one channel at {MIN_RATE} to {MAX_RATE} Hz \
+            "{channels} channels at {rate} Hz: expected 1 to {MAX_CHANNELS} channels at {MIN_RATE} to {MAX_RATE} Hz \
              (a damaged header?)"
         );
     }
@@ -91,6 +93,9 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Audio> {
     let width = bits as usize / 8;
     let frame = width * channels as usize;
     let frames = data.len() / frame;
+    if frames == 0 {
+        bail!("no audio: the data chunk ({} bytes) holds no complete frame of {channels} x {bits} bits", data.len());
+    }
     let samples = (0..frames)
         .map(|f| {
             let row = &data[f * frame..(f + 1) * frame];
@@ -221,6 +226,14 @@ mod tests {
         bytes[24..28].copy_from_slice(&4_294_967_291u32.to_le_bytes());
         let e = format!("{:#}", parse_wav(&bytes).unwrap_err());
         assert!(e.contains("4294967291 Hz") && e.contains("1000 to 768000"), "{e}");
+        // 65,535 channels: refused, not read as an empty clip.
+        bytes[24..28].copy_from_slice(&8000u32.to_le_bytes());
+        bytes[22..24].copy_from_slice(&u16::MAX.to_le_bytes());
+        let e = format!("{:#}", parse_wav(&bytes).unwrap_err());
+        assert!(e.contains("65535 channels"), "{e}");
+        bytes[22..24].copy_from_slice(&200u16.to_le_bytes());
+        let e = format!("{:#}", parse_wav(&bytes).unwrap_err());
+        assert!(e.contains("no audio"), "{e}");
     }
 
     /// A 1 kHz tone survives 44.1 kHz → 16 kHz; a 10 kHz tone (above the new Nyquist) is removed.

@@ -237,6 +237,9 @@ pub fn load_audio_data(cfg: &super::DataConfig) -> Result<AudioData> {
     let labels = super::label_names_for(cfg, &dir, || label_names(&dir.join(&cfg.train)))?;
     let read = |name, f: &Option<String>| f.as_ref().map(|f| read_audio_split(name, &dir.join(f), &labels)).transpose();
     let train = read_audio_split("train", &dir.join(&cfg.train), &labels)?;
+    if let Some(w) = super::class_imbalance(&train.labels, &labels, &train.source) {
+        tracing::warn!("{w}");
+    }
     let (validation, test) = (read("validation", &cfg.validation)?, read("test", &cfg.test)?);
     Ok(AudioData { labels, splits: [Some(Arc::new(train)), validation.map(Arc::new), test.map(Arc::new)] })
 }

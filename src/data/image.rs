@@ -354,7 +354,8 @@ fn read_idx(path: &Path, ndim: u8) -> Result<(Vec<usize>, Vec<u8>)> {
     let Some(body) = body else {
         bail!("{}: IDX header promises sizes {dims:?}, more data than an image set holds (damaged?)", path.display());
     };
-    let mut data = Vec::with_capacity(if gz { 0 } else { body as usize });
+    // Capacity from the file's own size: the header's promise is not trusted for an allocation.
+    let mut data = Vec::with_capacity(if gz { 0 } else { (body as usize).min(raw.len()) });
     reader.take(body + 1).read_to_end(&mut data).map_err(corrupt)?;
     if data.len() as u64 != body {
         let found = if data.len() as u64 > body { "more".to_string() } else { data.len().to_string() };
@@ -487,6 +488,9 @@ pub fn load_image_data(cfg: &super::DataConfig, image: &ImageConfig) -> Result<I
     }
     if train.is_empty() {
         bail!("{}: the training split is empty", train.source.display());
+    }
+    if let Some(w) = super::class_imbalance(&train.labels, &labels, &train.source) {
+        tracing::warn!("{w}");
     }
     use std::sync::Arc;
     Ok(ImageData { labels, splits: [Some(Arc::new(train)), validation.map(Arc::new), test.map(Arc::new)] })

@@ -38,6 +38,29 @@ pub fn read_text(path: &std::path::Path) -> Result<String> {
     })
 }
 
+/// A warning when a training split's classes are far from balanced (the largest at least ten
+/// times the smallest, or a class without examples): accuracy then mostly measures the majority
+/// class. `None` when the split is balanced enough.
+pub fn class_imbalance(labels: &[usize], names: &[String], source: &std::path::Path) -> Option<String> {
+    let mut counts = vec![0usize; names.len()];
+    for &y in labels {
+        if let Some(c) = counts.get_mut(y) {
+            *c += 1;
+        }
+    }
+    let (min, max) = (counts.iter().copied().min()?, counts.iter().copied().max()?);
+    if names.len() < 2 || max < 10 * min.max(1) && min > 0 {
+        return None;
+    }
+    let shown: Vec<String> = names.iter().zip(&counts).map(|(n, c)| format!("{n}: {c}")).collect();
+    Some(format!(
+        "{}: the training classes are imbalanced ({}); accuracy will mostly reflect the largest class. Watch \
+         macro-F1 (in the report), rebalance, or add examples of the rare classes",
+        source.display(),
+        shown.join(", ")
+    ))
+}
+
 /// A tokenized split ready for batching.
 #[derive(Debug, Clone)]
 pub struct TokenizedSplit {
@@ -102,6 +125,9 @@ pub fn load_text_data(cfg: &DataConfig, labels: Option<LabelSet>, tokenizer: &Te
         })
     };
     let train = tokenize("train", label_rows(raw_train, &labels, cfg.skip_bad_rows)?)?;
+    if let Some(w) = class_imbalance(&train.labels, labels.names(), &train.path) {
+        tracing::warn!("{w}");
+    }
     let other = |file: &Option<String>, name: &'static str| -> Result<Option<TokenizedSplit>> {
         file.as_ref()
             .map(|f| {
@@ -185,5 +211,22 @@ impl DataConfig {
 
     pub fn columns(&self) -> Columns {
         Columns { text: self.text_column.clone(), label: self.label_column.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_imbalance_warns_at_ten_to_one_or_an_empty_class() {
+        let names: Vec<String> = ["neg", "pos", "mixed"].map(String::from).to_vec();
+        let at = std::path::Path::new("train.csv");
+        let split = |n: [usize; 3]| -> Vec<usize> { (0..3).flat_map(|c| std::iter::repeat_n(c, n[c])).collect() };
+        assert_eq!(class_imbalance(&split([50, 40, 30]), &names, at), None);
+        assert_eq!(class_imbalance(&split([90, 10, 10]), &names, at), None);
+        let w = class_imbalance(&split([198, 2, 20]), &names, at).unwrap();
+        assert!(w.contains("train.csv") && w.contains("neg: 198, pos: 2, mixed: 20"), "{w}");
+        assert!(class_imbalance(&split([5, 5, 0]), &names, at).unwrap().contains("mixed: 0"));
     }
 }

@@ -5,6 +5,25 @@ use anyhow::{Result, anyhow};
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+/// Build a tokenizer with the `tokenizers` crate, which panics on some malformed files instead of
+/// returning an error (0.22.2: a `decoder` that fits none of its shapes reaches
+/// `.expect("Helper")` in `decoders/mod.rs`; found by the hostile-file harness). The panic becomes
+/// an error naming the file.
+fn build(source: &str, f: impl FnOnce() -> tokenizers::Result<Tokenizer>) -> Result<Tokenizer> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(anyhow!("{source}: cannot load tokenizer: {e}")),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(anyhow!("{source}: cannot load tokenizer: malformed tokenizer.json ({msg})"))
+        }
+    }
+}
+
 /// One tokenized text: ids, segment ids, unpadded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
@@ -26,8 +45,7 @@ impl TextTokenizer {
                 path.display()
             );
         }
-        let mut inner =
-            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let mut inner = build(&path.display().to_string(), || Tokenizer::from_file(path))?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {
@@ -81,15 +99,13 @@ impl LmTokenizer {
         if !path.is_file() {
             anyhow::bail!("missing tokenizer: {} not found", path.display());
         }
-        let inner =
-            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let inner = build(&path.display().to_string(), || Tokenizer::from_file(path))?;
         Ok(Self::new(inner))
     }
 
     /// Build from a `tokenizer.json` document (e.g. one made from GGUF metadata).
     pub fn from_json(json: &serde_json::Value, source: &str) -> Result<Self> {
-        let inner: Tokenizer =
-            json.to_string().parse().map_err(|e| anyhow!("{source}: cannot build tokenizer: {e}"))?;
+        let inner = build(source, || json.to_string().parse())?;
         Ok(Self::new(inner))
     }
 

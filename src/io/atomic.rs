@@ -26,8 +26,10 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> Result
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        fill(&mut file)?;
+        // A full disk shows here: the error names the file being written.
+        fill(&mut file).with_context(|| format!("writing {}", path.display()))?;
         file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        super::failpoint::hit("atomic.before_rename");
         fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
     if result.is_err() {
@@ -53,14 +55,48 @@ pub fn replace_dir_atomic(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -
         dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         std::process::id()
     ));
+    super::failpoint::hit("replace_dir.filled");
     if dest.exists() {
         fs::rename(dest, &old).with_context(|| format!("moving aside {}", dest.display()))?;
     }
+    super::failpoint::hit("replace_dir.moved_aside");
     fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     if old.exists() {
         fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+/// Clean up after writes that a kill interrupted, in `dir` (not below it): temp files and
+/// folders of `write_atomic` / `replace_dir_atomic` (`<name>.tmp<pid>`) are removed, and a folder
+/// that `replace_dir_atomic` had moved aside (`<name>.old<pid>`) is put back if its replacement
+/// never arrived, else removed. Returns what was done, for the log.
+pub fn recover(dir: &Path) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(done) };
+    let suffix = |name: &str, tag: &str| -> Option<String> {
+        let (base, pid) = name.rsplit_once(tag)?;
+        (!base.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then(|| base.to_string())
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let remove = |p: &Path| if p.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) };
+        if suffix(&name, ".tmp").is_some() {
+            remove(&path).with_context(|| format!("removing the leftover {}", path.display()))?;
+            done.push(format!("removed {}, left by an interrupted write", path.display()));
+        } else if let Some(base) = suffix(&name, ".old") {
+            let original = dir.join(&base);
+            if original.exists() {
+                remove(&path).with_context(|| format!("removing the leftover {}", path.display()))?;
+                done.push(format!("removed {}, left by an interrupted replacement", path.display()));
+            } else {
+                fs::rename(&path, &original).with_context(|| format!("restoring {}", original.display()))?;
+                done.push(format!("restored {} from {}", original.display(), path.display()));
+            }
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod ctranslate2;
+pub mod failpoint;
 pub mod gguf;
 pub mod hub;
 pub mod params;

@@ -234,6 +234,7 @@ pub fn run<T: Task>(
         Some(t) => t.trainable_counts(&model, &state),
         None => features::counts(&model, T::head_mut),
     };
+    crate::io::failpoint::hit("pipeline.saved");
     let extra = task.finish(&model, test.as_ref(), &run, &state)?;
     let report = TrainReport {
         method: recipe.method.name().into(),

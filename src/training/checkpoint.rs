@@ -63,22 +63,84 @@ impl RunDir {
         std::fs::create_dir_all(root).with_context(|| format!("creating run directory {}", root.display()))?;
         Ok(Self { root: root.to_path_buf() })
     }
-    /// Open the run directory for a run of `recipe` (its TOML): a new run moves a finished one
-    /// aside and refuses to overwrite an unfinished one (that needs `resume`).
+    /// Open the run directory for a run of `recipe` (its TOML). What a killed run left half
+    /// written is cleaned up first (`io::atomic::recover`). A new run moves a finished one aside
+    /// and refuses to overwrite an unfinished one (that needs `resume`); a run is finished once
+    /// its `results.json` is written. Resuming requires the recipe the run started with (its
+    /// `recipe.toml`, which is never overwritten): any change that alters the run is refused,
+    /// listed key by key.
     pub fn start(root: &Path, resume: bool, recipe: &str) -> Result<Self> {
         let run = Self::new(root)?;
-        if !resume && let Some(dir) = run.latest_checkpoint() {
-            if !Self::read_state(&dir)?.finished {
-                anyhow::bail!(
-                    "{} holds an unfinished run; pass --resume to continue it or choose another output_dir",
+        run.recover()?;
+        let saved_recipe = run.root.join("recipe.toml");
+        if resume {
+            if let Ok(saved) = std::fs::read_to_string(&saved_recipe) {
+                let changes = recipe_changes(&saved, recipe)
+                    .with_context(|| format!("comparing with {}", saved_recipe.display()))?;
+                if !changes.is_empty() {
+                    bail!(
+                        "--resume: the recipe differs from the one this run started with ({}):\n  {}\nA resumed run \
+                         must be the same run. Resume it as it was (finetune train {} --resume), or start a new run \
+                         in another output_dir.",
+                        saved_recipe.display(),
+                        changes.join("\n  "),
+                        saved_recipe.display()
+                    );
+                }
+                return Ok(run);
+            }
+        } else if let Some(dir) = run.latest_checkpoint() {
+            if !Self::read_state(&dir)?.finished || !run.results().is_file() {
+                bail!(
+                    "{} holds an unfinished run (no results.json yet); pass --resume to continue it or choose \
+                     another output_dir",
                     run.root.display()
                 );
             }
             let kept = run.archive()?;
             tracing::info!("moved the previous (finished) run to {}", kept.display());
         }
-        crate::io::atomic::write_atomic(&run.root.join("recipe.toml"), recipe.as_bytes())?;
+        crate::io::atomic::write_atomic(&saved_recipe, recipe.as_bytes())?;
         Ok(run)
+    }
+
+    /// Remove or restore what a killed write left in the run directory and its folders.
+    fn recover(&self) -> Result<()> {
+        for dir in [&self.root, &self.checkpoints(), &self.best(), &self.model(), &self.adapter()] {
+            for note in crate::io::atomic::recover(dir)? {
+                tracing::info!("{note}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the run stands after training failed numerically, and what to do: the latest
+    /// checkpoint, its step, and the largest magnitude among its parameters (a diverging run
+    /// shows there before the loss turns NaN, and resuming from it would not help).
+    pub fn describe_latest(&self) -> String {
+        let Some(dir) = self.latest_checkpoint() else {
+            return format!(
+                "no checkpoint has been written yet in {}: lower the learning rate or check the data, and start again",
+                self.checkpoints().display()
+            );
+        };
+        let step = Self::read_state(&dir).map(|s| s.step).unwrap_or(0);
+        let largest = SafetensorsFile::open(&dir.join("params.safetensors")).and_then(|f| {
+            f.names().iter().try_fold(0f32, |m, n| Ok(f.tensor(n)?.data.iter().fold(m, |m, v| m.max(v.abs()))))
+        });
+        match largest {
+            Ok(max) if max > 1e4 => format!(
+                "the latest checkpoint is {} (step {step}), but its largest parameter magnitude is already \
+                 {max:.3e}: the run was diverging before it. Start again with a lower learning rate",
+                dir.display()
+            ),
+            Ok(max) => format!(
+                "the latest checkpoint is {} (step {step}, finite parameters, largest magnitude {max:.3e}): lower \
+                 the learning rate or check the data, then --resume from it",
+                dir.display()
+            ),
+            Err(e) => format!("the latest checkpoint {} cannot be read ({e:#}): start again", dir.display()),
+        }
     }
 
     /// Move this run directory aside (to `<dir>.1`, `<dir>.2`, ...) and start an empty one.
@@ -137,10 +199,12 @@ impl RunDir {
         write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, None)?;
         let state = TrainState { optimizer_steps: steps, ..state.clone() };
         write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+        crate::io::failpoint::hit("checkpoint.written");
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
         }
         std::fs::rename(&tmp, &final_dir)?;
+        crate::io::failpoint::hit("checkpoint.renamed");
         write_atomic(&root.join("LATEST"), name.as_bytes())?;
         for entry in std::fs::read_dir(&root)? {
             let p = entry?.path();
@@ -183,10 +247,49 @@ impl RunDir {
     }
 }
 
-/// Parameters that train, by burn path, in burn's layout.
+/// Parameters that train, by burn path, in burn's layout. Non-finite values are refused: a
+/// checkpoint is something to resume from.
 fn save_trainable<M: Module>(model: &M, path: &Path) -> Result<()> {
     let tensors: Vec<_> = export_params(model, |p| p.trainable).into_iter().map(|(i, t)| (i.path, t)).collect();
+    if let Some((name, _)) = tensors.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+        bail!("parameter {name} holds NaN or infinite values; {} is not written", path.display());
+    }
     write_safetensors(path, &tensors, None)
+}
+
+/// Keys whose value may differ when a run is resumed: where it runs and where it writes.
+const RESUME_MAY_CHANGE: &[&str] = &["device", "output_dir"];
+
+/// The differences between two recipes (TOML) that would change a run, as `key: old → new`.
+pub fn recipe_changes(saved: &str, now: &str) -> Result<Vec<String>> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &toml::from_str(saved)?, &mut old);
+    flatten("", &toml::from_str(now)?, &mut new);
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    Ok(keys
+        .into_iter()
+        .filter(|k| !RESUME_MAY_CHANGE.contains(&k.as_str()))
+        .filter_map(|k| {
+            let (a, b) = (old.get(k), new.get(k));
+            (a != b).then(|| {
+                let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(not set)".into());
+                format!("{k}: {} → {}", show(a), show(b))
+            })
+        })
+        .collect())
 }
 
 /// Overwrite the parameters present in `path` (by burn path); others keep their values.

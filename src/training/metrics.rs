@@ -76,14 +76,22 @@ impl MetricsLog {
         match keep_up_to_step {
             None => crate::io::atomic::write_atomic(path, b"")?,
             Some(s) => {
-                let kept: Vec<LogRecord> =
-                    read_log(path).unwrap_or_default().into_iter().filter(|r| r.step() <= s).collect();
-                let mut text = String::new();
-                for r in kept {
-                    text.push_str(&serde_json::to_string(&r)?);
-                    text.push('\n');
+                // Kept lines are copied byte for byte (a float parsed and printed again can move
+                // by an ulp); a line the kill cut short is dropped.
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let mut kept = String::new();
+                for line in text.lines() {
+                    match serde_json::from_str::<LogRecord>(line) {
+                        Ok(r) if r.step() <= s => {
+                            kept.push_str(line);
+                            kept.push('\n');
+                        }
+                        Ok(_) => {}
+                        Err(_) if line.trim().is_empty() => {}
+                        Err(_) => tracing::warn!("{}: dropping a damaged record: {line:.80}", path.display()),
+                    }
                 }
-                crate::io::atomic::write_atomic(path, text.as_bytes())?;
+                crate::io::atomic::write_atomic(path, kept.as_bytes())?;
             }
         }
         Ok(Self { path: path.to_path_buf() })
@@ -95,7 +103,8 @@ impl MetricsLog {
             .create(true)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
-        writeln!(f, "{}", serde_json::to_string(record)?)?;
+        writeln!(f, "{}", serde_json::to_string(record)?)
+            .with_context(|| format!("writing {}", self.path.display()))?;
         Ok(())
     }
 

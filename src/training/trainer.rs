@@ -259,20 +259,29 @@ where
                 let value: f32 = loss.clone().into_scalar();
                 if !value.is_finite() {
                     bail!(
-                        "loss is {value} at epoch {epoch}, step {} (learning rate {:.3e}); the last checkpoint \
-                         in {} is intact — lower the learning rate or check the data, then --resume",
+                        "loss is {value} at epoch {epoch}, step {} (learning rate {:.3e}); {}",
                         state.step,
                         cfg.schedule.at(state.step),
-                        run.checkpoints().display()
+                        run.describe_latest()
                     );
                 }
                 group_loss += value as f64;
                 grads.accumulate(&model, loss.backward());
+                crate::io::failpoint::hit("train.micro_batch");
             }
             if grads.is_empty() {
                 bail!("no parameter received a gradient: nothing is trainable");
             }
             let grad_norm = grads.clip_global_norm(cfg.max_grad_norm);
+            if !grad_norm.is_finite() {
+                // The step would write NaN into every parameter it touches.
+                bail!(
+                    "the gradient norm is {grad_norm} at epoch {epoch}, step {} (the loss was finite) and no update \
+                     was made; {}",
+                    state.step,
+                    run.describe_latest()
+                );
+            }
             let lr = cfg.schedule.at(state.step);
             model = optim.step(model, &grads, &|p| lr * hooks.lr_scale(p));
             state.step += 1;

@@ -237,6 +237,118 @@ fn kill_and_resume_matches_uninterrupted() {
     assert_eq!(train_losses(&whole.run_dir), train_losses(&killed_dir));
 }
 
+/// Die (as `kill -9` would: `io::failpoint` aborts, nothing is cleaned up) at the moments a kill
+/// from outside can hardly aim at: between the micro-batches of one accumulated step, with a
+/// checkpoint written but not renamed into place, renamed but not yet named by LATEST, with a
+/// file written but not renamed, halfway through replacing the model directory, and after the
+/// model is saved but before `results.json`. Each run then resumes to the very weights and loss
+/// curve of an uninterrupted run, and no temp file or half-replaced folder survives.
+#[test]
+fn killed_at_the_worst_moments_resumes_bit_exactly_without_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "checkpoint_every_steps = 2\ngrad_accum_steps = 2";
+    let recipe = tiny_recipe(dir.path(), "full", "whole", extra);
+    let common = ["transfer.trainable_layers=1"];
+    let run = |out: &Path, failpoint: Option<&str>, resume: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_finetune"));
+        cmd.args(["train", &recipe.display().to_string(), "--no-progress"]);
+        for o in common.iter().map(|s| s.to_string()).chain([format!("output_dir=\"{}\"", out.display())]) {
+            cmd.args(["--set", &o]);
+        }
+        if resume {
+            cmd.arg("--resume");
+        }
+        match failpoint {
+            Some(f) => cmd.env("FINETUNE_FAILPOINT", f),
+            None => cmd.env_remove("FINETUNE_FAILPOINT"),
+        };
+        cmd.output().unwrap()
+    };
+    let whole_dir = dir.path().join("uninterrupted");
+    let whole = run(&whole_dir, None, false);
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let weights = |d: &Path| std::fs::read(d.join("model/model.safetensors")).unwrap();
+    let leftovers = |d: &Path| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.contains(".tmp") || name.contains(".old") {
+                    found.push(e.path().display().to_string());
+                }
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        found
+    };
+    // 3 epochs of 5 steps, 2 micro-batches each; checkpoints every 2 steps and at epoch ends.
+    for point in [
+        "train.micro_batch@7",
+        "checkpoint.written@2",
+        "checkpoint.renamed@3",
+        "atomic.before_rename@9",
+        "replace_dir.filled@1",
+        "replace_dir.moved_aside@1",
+        "pipeline.saved@1",
+    ] {
+        let out = dir.path().join(point.replace(['.', '@'], "-"));
+        let killed = run(&out, Some(point), false);
+        let stderr = String::from_utf8_lossy(&killed.stderr);
+        assert!(!killed.status.success() && stderr.contains("failpoint"), "{point}: not killed: {stderr}");
+        assert!(!out.join("results.json").exists(), "{point}: killed before the results");
+        // A new run must not mistake the killed one for a finished run.
+        let again = run(&out, None, false);
+        let again_err = String::from_utf8_lossy(&again.stderr);
+        assert!(!again.status.success() && again_err.contains("unfinished run"), "{point}: {again_err}");
+        let resumed = run(&out, None, true);
+        assert!(resumed.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&resumed.stderr));
+        assert!(weights(&whole_dir) == weights(&out), "{point}: resumed weights differ from an uninterrupted run");
+        assert_eq!(train_losses(&whole_dir), train_losses(&out), "{point}");
+        let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+        let strip = |m: String| -> Vec<String> {
+            // Throughput differs between runs; every other field is the same to the byte.
+            m.lines().map(|l| l.split(",\"examples_per_s\"").next().unwrap().to_string()).collect()
+        };
+        assert_eq!(strip(metrics(&whole_dir)), strip(metrics(&out)), "{point}: metrics.jsonl");
+        assert_eq!(leftovers(&out), Vec::<String>::new(), "{point}");
+    }
+}
+
+/// Resuming with a recipe that would change the run is refused, naming each change, and the
+/// run's own recipe.toml is left as it was; changing only the device is allowed.
+#[test]
+fn resume_refuses_a_changed_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "checkpoint_every_steps = 2\nmax_steps = 2");
+    let out = dir.path().join("run");
+    let cli = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_finetune"));
+        cmd.args(["train", &recipe.display().to_string(), "--no-progress", "--set", "training.max_steps=4"]);
+        cmd.args(extra);
+        cmd.env("FINETUNE_FAILPOINT", "checkpoint.written@2");
+        cmd.output().unwrap()
+    };
+    let killed = cli(&[]);
+    assert!(!killed.status.success());
+    let saved = std::fs::read_to_string(out.join("recipe.toml")).unwrap();
+    let changed = cli(&["--resume", "--set", "training.batch_size=8", "--set", "training.learning_rate=0.01"]);
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(!changed.status.success(), "{err}");
+    assert!(
+        err.contains("training.batch_size: 16 → 8") && err.contains("training.learning_rate: 0.001 → 0.01"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("recipe.toml")).unwrap(), saved, "recipe.toml was overwritten");
+    let mut same = Command::new(env!("CARGO_BIN_EXE_finetune"));
+    same.args(["train", &recipe.display().to_string(), "--no-progress", "--resume"]);
+    same.args(["--set", "training.max_steps=4", "--set", "device=\"cpu\""]);
+    let same = same.output().unwrap();
+    assert!(same.status.success(), "{}", String::from_utf8_lossy(&same.stderr));
+}
+
 /// `finetune eval` and `finetune predict` on the exported model agree with the run's own test
 /// evaluation.
 #[test]
