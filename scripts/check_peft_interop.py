@@ -37,6 +37,16 @@ VARIANTS = {
               'init_lora_weights = "gaussian"\n',
     "dora": '[lora]\nr = 4\nlora_alpha = 8\nuse_dora = true\ntarget_modules = ["query", "value", "intermediate.dense"]\n',
     "prompt": '[prompt_tuning]\nnum_virtual_tokens = 4\ninit = "text"\ninit_text = "review sentiment"\n',
+    # Every peft option finetune implements (issue 23), trained by finetune, loaded by peft.
+    "all-linear": '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = "all-linear"\n',
+    "patterns": '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = ["query", "key", "value"]\n'
+                '[lora.rank_pattern]\nvalue = 2\n"layer\\\\.1\\\\.attention\\\\.self\\\\.query" = 6\n'
+                '[lora.alpha_pattern]\nkey = 3\nquery = 16\n',
+    "layers": '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = ["query", "value", "dense"]\n'
+              'layers_to_transform = [1]\nlayers_pattern = "layer"\n',
+    "exclude": '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = ".*\\\\.dense"\nexclude_modules = ["intermediate.dense"]\n',
+    "bias-all": '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = ["query", "value"]\nbias = "all"\n',
+    "bias-lora-only": '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = ["query", "value"]\nbias = "lora_only"\n',
 }
 
 

@@ -17,6 +17,11 @@ Outputs (all under tests/fixtures/):
                          trained-looking classifier in modules_to_save, DoRA magnitudes, a prompt)
   peft-reference.safetensors       peft's logits for each adapter on the reference inputs, and
                          merge_and_unload() weights of the adapted layers
+  peft/options/<name>/, peft-options-reference.safetensors   one adapter per peft LoraConfig option
+                         finetune implements (rank_pattern + alpha_pattern, layers_to_transform with
+                         and without layers_pattern, exclude_modules as names and as a regex,
+                         "all-linear", bias "all" and "lora_only"), with peft's logits and
+                         trainable-parameter counts (--only-peft-options)
   nf4-reference.safetensors        bitsandbytes quantize_4bit (CPU) of real MiniLM weight matrices:
                          packed NF4 codes, absmax (plain and double-quantized: codes, absmax2,
                          offset), dequantized values (needs --minilm), and the dynamic map
@@ -192,6 +197,57 @@ def peft_fixtures():
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "peft-reference.safetensors"))
 
 
+PEFT_OPTIONS = {
+    "patterns": dict(target_modules=["query", "key", "value"],
+                     rank_pattern={"value": 2, r"layer\.1\.attention\.self\.query": 6},
+                     alpha_pattern={"key": 3, "query": 16}),
+    "layers": dict(target_modules=["query", "value", "dense"], layers_to_transform=[1], layers_pattern="layer"),
+    "layers-default": dict(target_modules=["dense"], layers_to_transform=0),
+    "exclude-names": dict(target_modules=r".*\.dense", exclude_modules=["intermediate.dense", "pooler.dense"]),
+    "exclude-regex": dict(target_modules=["query", "value", "key"], exclude_modules=r".*layer\.0\..*"),
+    "all-linear": dict(target_modules="all-linear"),
+    "bias-all": dict(target_modules=["query", "value"], bias="all"),
+    "bias-lora-only": dict(target_modules=["query", "value"], bias="lora_only"),
+}
+
+
+def peft_option_fixtures():
+    """One adapter per peft LoraConfig option, written by peft for tiny-bert, with peft's logits."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    tiny = os.path.join(FIX, "tiny-bert")
+    out_root = os.path.join(FIX, "peft", "options")
+    ids, types, mask = reference_batch()
+    ref = {}
+    for i, (name, opts) in enumerate(PEFT_OPTIONS.items()):
+        torch.manual_seed(300 + i)
+        gen = torch.Generator().manual_seed(400 + i)
+        base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
+        model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, **opts))
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if p.requires_grad:
+                    # As if trained: B non-zero, biases and the classifier moved.
+                    p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        model.eval()
+        out = os.path.join(out_root, name)
+        model.save_pretrained(out, safe_serialization=True)
+        os.remove(os.path.join(out, "README.md"))
+        with open(os.path.join(out, "adapter_config.json")) as f:
+            c = json.load(f)
+        c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
+        if isinstance(c.get("target_modules"), list):
+            c["target_modules"] = sorted(c["target_modules"])  # peft writes a set: make the file stable
+        with open(os.path.join(out, "adapter_config.json"), "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+        with torch.no_grad():
+            ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        ref[f"{name}.trainable_params"] = torch.tensor([float(trainable)])
+        adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
+        print(f"peft option {name}: trainable {trainable}, {len(adapted)} adapted layers")
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "peft-options-reference.safetensors"))
+
+
 def nf4_reference(model_dir):
     """bitsandbytes' NF4 quantization (CPU) of real weight matrices. To keep the fixture small, the
     query matrix is stored whole, the two 384x1536 ones by sha256 of their packed codes and
@@ -256,16 +312,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minilm", help="directory of sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--only-peft", action="store_true", help="regenerate only the peft fixtures")
+    ap.add_argument("--only-peft-options", action="store_true", help="regenerate only the peft option fixtures")
     ap.add_argument("--only-nf4", action="store_true", help="regenerate only the bitsandbytes fixtures (needs --minilm)")
     args = ap.parse_args()
     os.makedirs(FIX, exist_ok=True)
     if args.only_nf4:
         nf4_reference(args.minilm)
         return
+    if args.only_peft_options:
+        peft_option_fixtures()
+        return
     if not args.only_peft:
         sample = write_uci_sample(uci_sentences())
         tiny_bert(sample)
     peft_fixtures()
+    peft_option_fixtures()
     if args.minilm:
         minilm_reference(args.minilm)
         nf4_reference(args.minilm)

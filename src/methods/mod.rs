@@ -100,7 +100,7 @@ pub enum Tuner {
     },
     /// LoRA/DoRA adapters, the base frozen (held quantized with `quantization`: QLoRA).
     Lora {
-        cfg: LoraConfig,
+        cfg: Box<LoraConfig>,
         quantization: Option<QuantConfig>,
     },
     PromptTuning(PromptTuningConfig),
@@ -120,7 +120,7 @@ impl Tuner {
                 if let Some(head) = head_module.filter(|h| !cfg.saves(h)) {
                     cfg.modules_to_save.push(head.to_string());
                 }
-                Self::Lora { cfg, quantization: sections.quantization.cloned() }
+                Self::Lora { cfg: Box::new(cfg), quantization: sections.quantization.cloned() }
             }
             Method::PromptTuning => Self::PromptTuning(
                 sections.prompt_tuning.context("method = \"prompt-tuning\" needs a [prompt_tuning] section")?.clone(),
@@ -148,10 +148,10 @@ impl Tuner {
     }
 
     /// Attach what the method adds: LoRA adapters (BatchNorm then keeps the base's statistics:
-    /// an adapter cannot carry changed ones), or a soft prompt (`tokenize` turns its init text
-    /// into ids).
+    /// an adapter cannot carry changed ones; `"all-linear"` becomes the list of layers it means,
+    /// as peft saves it), or a soft prompt (`tokenize` turns its init text into ids).
     pub fn attach<M: Adaptable>(
-        &self,
+        &mut self,
         mut model: M,
         tokenize: &dyn Fn(&str) -> Result<Vec<u32>>,
         device: &Device,
@@ -159,6 +159,7 @@ impl Tuner {
         match self {
             Self::Unfreezing { .. } => {}
             Self::Lora { cfg, .. } => {
+                **cfg = lora::resolve_targets(cfg, &model);
                 let targeted = lora::inject(&mut model, cfg, device)?;
                 tracing::info!("LoRA r={} on {} layers", cfg.r, targeted.len());
                 model = model.set_batch_norm_training(&|_| false);
@@ -314,7 +315,7 @@ pub fn load_adapter<M: Adaptable>(
     match files.peft_type()? {
         "LORA" => {
             let (model, cfg) = lora::adapter::load_adapter(model, files, device)?;
-            Ok((model, Tuner::Lora { cfg, quantization: None }))
+            Ok((model, Tuner::Lora { cfg: Box::new(cfg), quantization: None }))
         }
         "PROMPT_TUNING" => {
             let (model, cfg) = prompt_tuning::load_adapter(model, files, device)?;
@@ -341,20 +342,25 @@ pub fn describe_adapter(files: &crate::io::peft::AdapterFiles) -> Result<String>
     }
 }
 
-/// Load the adapter's other tensors (modules to save, trained biases: `prefix` + checkpoint key)
-/// into `model`, then require that every tensor of the adapter found its place (`used` holds the
-/// keys the method itself consumed).
+/// Load the adapter's other tensors (modules to save, trained biases: `stored_key(prefix +
+/// checkpoint key)`) into `model`, then require that every tensor of the adapter found its place
+/// (`used` holds the keys the method itself consumed).
 fn load_saved<M: Adaptable>(
     model: M,
     files: &crate::io::peft::AdapterFiles,
     prefix: &str,
+    stored_key: &dyn Fn(String) -> String,
     mut used: std::collections::BTreeSet<String>,
 ) -> Result<M> {
     let keys: HashMap<String, String> =
         list_params_lazy(&model).into_iter().map(|p| (p.path.clone(), model.checkpoint_key(&p.path))).collect();
-    let model =
-        crate::models::import_by_key(model, &files.tensors, |i| format!("{prefix}{}", keys[&i.path]), &mut used)
-            .with_context(|| format!("{}", files.dir.display()))?;
+    let model = crate::models::import_by_key(
+        model,
+        &files.tensors,
+        |i| stored_key(format!("{prefix}{}", keys[&i.path])),
+        &mut used,
+    )
+    .with_context(|| format!("{}", files.dir.display()))?;
     let unused: Vec<&String> = files.tensors.keys().filter(|k| !used.contains(*k)).collect();
     if !unused.is_empty() {
         bail!("{}: tensors that match no layer of the model: {:?}", files.dir.display(), unused);

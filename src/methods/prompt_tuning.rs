@@ -193,5 +193,5 @@ pub fn load_adapter<M: Adaptable>(
         });
     }
     let used = std::collections::BTreeSet::from([PROMPT_KEY.to_string()]);
-    Ok((super::load_saved(model, files, KEY_PREFIX, used)?, cfg))
+    Ok((super::load_saved(model, files, KEY_PREFIX, &|k| k, used)?, cfg))
 }

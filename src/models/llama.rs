@@ -432,6 +432,9 @@ impl super::Adaptable for LlamaForCausalLM {
         }
         out
     }
+    fn output_layer(&self) -> Option<String> {
+        Some("lm_head".into())
+    }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {

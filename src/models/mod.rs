@@ -45,6 +45,12 @@ pub trait Adaptable: burn::module::Module + Sized {
         Vec::new()
     }
 
+    /// The output layer among [`Self::dense_layers`] (a language model's `lm_head`, a
+    /// classifier's `classifier`): what LoRA's `target_modules = "all-linear"` leaves out.
+    fn output_layer(&self) -> Option<String> {
+        None
+    }
+
     /// Every convolution + BatchNorm unit, bottom-up.
     fn conv_units_mut(&mut self) -> Vec<ConvUnit<'_>> {
         Vec::new()

@@ -133,6 +133,9 @@ impl super::Adaptable for TextClassifier {
         out.push(("classifier".into(), &self.head.classifier));
         out
     }
+    fn output_layer(&self) -> Option<String> {
+        Some("classifier".into())
+    }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
         let mut out: Vec<(String, &mut Dense)> =
             self.bert.dense_layers_mut().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();

@@ -188,7 +188,7 @@ pub fn run<T: Task>(
                 quantization: recipe.quantization.as_ref(),
                 batch_norm: recipe.image.batch_norm,
             };
-            let t = Tuner::new(method, sections, task.head_module())?;
+            let mut t = Tuner::new(method, sections, task.head_module())?;
             let mut model = task.load_model(&devices.train)?;
             t.quantize(&mut model)?;
             task.before_training(&model)?;

@@ -208,7 +208,7 @@ fn method_setup_leaves_adapters_uninitialized() {
         quantization: None,
         batch_norm: Default::default(),
     };
-    let tuner = Tuner::new(Method::Lora, sections, Some("classifier")).unwrap();
+    let mut tuner = Tuner::new(Method::Lora, sections, Some("classifier")).unwrap();
     let model = tuner.attach(tiny(&device), &|_| unreachable!(), &device).unwrap();
     let hooks = tuner.hooks(&model);
     let (model, _) = hooks.set_trainable(model, 0, 0);
@@ -216,4 +216,113 @@ fn method_setup_leaves_adapters_uninitialized() {
     assert!(!adapter.a.is_initialized(), "the adapter's A was drawn before the first step");
     // ... and it is trainable once it exists.
     assert!(adapter.a.val().is_require_grad());
+}
+
+/// Every peft LoraConfig option finetune implements (fixtures: one adapter per option, written by
+/// peft 0.21.2): loading gives peft's probabilities (1e-5; logits 5e-5) and trainable-parameter count; saving it again
+/// writes the keys and shapes peft wrote (so peft loads it into the same modules) and a config
+/// that reads back to the same adapter.
+#[test]
+fn every_peft_lora_option_round_trips() {
+    let device = Device::flex();
+    let input = super::numerics::reference_input(&device);
+    let reference = SafetensorsFile::open(&fixtures().join("peft-options-reference.safetensors")).unwrap();
+    let options = [
+        "patterns",
+        "layers",
+        "layers-default",
+        "exclude-names",
+        "exclude-regex",
+        "all-linear",
+        "bias-all",
+        "bias-lora-only",
+    ];
+    for name in options {
+        let dir = fixtures().join("peft/options").join(name);
+        let files = AdapterFiles::read(&dir).unwrap();
+        let (model, tuner) = finetune::methods::load_adapter(tiny(&device), &files, &device).unwrap();
+        let logits = values(model.valid().forward(&input));
+        let theirs = reference.tensor(&format!("{name}.logits")).unwrap().data;
+        let d = max_abs_diff(&logits, &theirs);
+        assert!(d < 5e-5, "{name}: logits differ from peft by {d}");
+        let d = max_abs_diff(&softmax_rows(&logits, 3), &softmax_rows(&theirs, 3));
+        assert!(d < 1e-5, "{name}: probabilities differ from peft by {d}");
+        let (_, count) = tuner.trainable_counts(&model, &Default::default());
+        assert_eq!(count as f32, reference.tensor(&format!("{name}.trainable_params")).unwrap().data[0], "{name}");
+
+        // finetune → peft: the same keys and shapes as peft's own file (peft's extra copies of a
+        // module to save under bias = "all" aside), and the config reads back the same.
+        let out = tempfile::tempdir().unwrap();
+        tuner.save_adapter(&model, "tests/fixtures/tiny-bert", Some("SEQ_CLS"), out.path()).unwrap();
+        let ours = AdapterFiles::read(out.path()).unwrap();
+        let shapes = |f: &AdapterFiles| -> Vec<(String, Vec<usize>)> {
+            f.tensors
+                .iter()
+                .filter(|(k, _)| !k.contains(".original_module.") && !k.contains(".modules_to_save."))
+                .map(|(k, t)| (k.clone(), t.shape.clone()))
+                .collect()
+        };
+        assert_eq!(shapes(&ours), shapes(&files), "{name}: saved keys differ from peft's");
+        for field in [
+            "r",
+            "lora_alpha",
+            "rank_pattern",
+            "alpha_pattern",
+            "layers_to_transform",
+            "layers_pattern",
+            "exclude_modules",
+            "bias",
+        ] {
+            assert_eq!(numbers_as_f64(&ours.config[field]), numbers_as_f64(&files.config[field]), "{name}: {field}");
+        }
+        let (again, _) = finetune::methods::load_adapter(tiny(&device), &ours, &device).unwrap();
+        assert_eq!(values(again.valid().forward(&input)), logits, "{name}: reloading our adapter changed the logits");
+    }
+}
+
+fn softmax_rows(x: &[f32], width: usize) -> Vec<f32> {
+    x.chunks(width)
+        .flat_map(|row| {
+            let m = row.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        })
+        .collect()
+}
+
+/// JSON with every number as a float (peft writes `8` where finetune writes `8.0`).
+fn numbers_as_f64(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), numbers_as_f64(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Options finetune does not implement, and fields it does not know, are refused by name rather
+/// than loaded into an adapter that computes something else.
+#[test]
+fn unsupported_peft_options_are_refused_by_name() {
+    let device = Device::flex();
+    let base = AdapterFiles::read(&fixtures().join("peft/lora")).unwrap();
+    for (field, value) in [
+        ("lora_bias", serde_json::json!(true)),
+        ("fan_in_fan_out", serde_json::json!(true)),
+        ("use_qalora", serde_json::json!(true)),
+        ("layer_replication", serde_json::json!([[0, 1]])),
+        ("init_lora_weights", serde_json::json!("pissa")),
+        ("some_future_option", serde_json::json!(0.5)),
+    ] {
+        let mut files = base.clone();
+        files.config[field] = value;
+        let err = format!("{:#}", finetune::methods::load_adapter(tiny(&device), &files, &device).err().unwrap());
+        assert!(err.contains(field) && err.contains("adapter_config.json"), "{field}: {err}");
+    }
+    // Harmless unknown fields (null / false / empty) are accepted.
+    let mut files = base.clone();
+    files.config["some_future_option"] = serde_json::Value::Null;
+    finetune::methods::load_adapter(tiny(&device), &files, &device).unwrap();
 }

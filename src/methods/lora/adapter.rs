@@ -2,7 +2,9 @@
 //! `adapter_model.safetensors` with peft's keys (`base_model.model.<module>.lora_A.weight`
 //! `[r, in]`, `...lora_B.weight` `[out, r]`, DoRA's `...lora_magnitude_vector` `[out]`; a
 //! convolution's `lora_A.weight [r, in, kh, kw]` and `lora_B.weight [out, r, 1, 1]`), plus every
-//! other parameter the method trained (modules to save, biases) under its checkpoint key.
+//! other parameter the method trained (modules to save, biases) under its checkpoint key, except
+//! that the bias of an adapted layer is `<module>.base_layer.bias`, as peft names it (the layer
+//! it wraps is its `base_layer`).
 
 use super::{LoraConfig, LoraInit, inject, is_adapter_weight};
 use crate::io::params::ParamInfo;
@@ -45,14 +47,34 @@ pub fn adapter_tensors<M: Adaptable + Clone>(
             out.push((format!("{KEY_PREFIX}{}.lora_B.weight", unit.name), host(a.b.val())));
         }
     }
+    let adapted = adapted_modules(model);
     let others = checkpoint_tensors(model, |p| model.checkpoint_key(p), |p| !is_adapter_weight(p) && saved(p));
-    out.extend(others.into_iter().map(|(k, t)| (format!("{KEY_PREFIX}{k}"), t)));
+    out.extend(others.into_iter().map(|(k, t)| (format!("{KEY_PREFIX}{}", peft_key(&k, &adapted)), t)));
     out
+}
+
+/// The modules that carry an adapter (linear layers and convolutions).
+fn adapted_modules<M: Adaptable + Clone>(model: &M) -> std::collections::BTreeSet<String> {
+    let mut out: std::collections::BTreeSet<String> =
+        model.dense_layers().into_iter().filter(|(_, d)| d.lora.is_some()).map(|(n, _)| n).collect();
+    let mut copy = model.clone();
+    out.extend(copy.conv_units_mut().into_iter().filter(|u| u.unit.lora.is_some()).map(|u| u.name));
+    out
+}
+
+/// peft's key for checkpoint key `key`: a parameter of an adapted module lives in its
+/// `base_layer` (`query.bias` → `query.base_layer.bias`).
+fn peft_key(key: &str, adapted: &std::collections::BTreeSet<String>) -> String {
+    match key.rsplit_once('.') {
+        Some((module, leaf)) if adapted.contains(module) => format!("{module}.base_layer.{leaf}"),
+        _ => key.to_string(),
+    }
 }
 
 /// `adapter_config.json` for `cfg`, in peft's schema (`task_type` null for a model peft has no
 /// task type for, e.g. a vision backbone).
 pub fn config_json(cfg: &LoraConfig, base_model: &str, task_type: Option<&str>) -> serde_json::Value {
+    let or_null = |v: serde_json::Value| if v.is_null() { serde_json::Value::Null } else { v };
     serde_json::json!({
         "peft_type": "LORA",
         "task_type": task_type,
@@ -69,11 +91,11 @@ pub fn config_json(cfg: &LoraConfig, base_model: &str, task_type: Option<&str>) 
         "fan_in_fan_out": false,
         "inference_mode": true,
         "lora_bias": false,
-        "layers_to_transform": null,
-        "layers_pattern": null,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "exclude_modules": null,
+        "layers_to_transform": or_null(serde_json::json!(cfg.layers_to_transform)),
+        "layers_pattern": or_null(serde_json::json!(cfg.layers_pattern)),
+        "rank_pattern": cfg.rank_pattern,
+        "alpha_pattern": cfg.alpha_pattern,
+        "exclude_modules": or_null(serde_json::json!(cfg.exclude_modules)),
         "revision": null,
     })
 }
@@ -93,27 +115,42 @@ pub fn save_adapter<M: Adaptable + Clone>(
 /// The adapter's LoRA config, checked, and checked against its matrices (their rank), before
 /// anything is allocated for it.
 pub fn read_config(files: &AdapterFiles) -> Result<LoraConfig> {
+    let config_file = || format!("{}/adapter_config.json", files.dir.display());
+    super::config::refuse_unsupported(&files.config).with_context(config_file)?;
     let cfg: LoraConfig = serde_json::from_value(files.config.clone())
         .with_context(|| format!("{}: not a LoRA adapter_config.json", files.dir.display()))?;
-    cfg.validate().with_context(|| format!("{}/adapter_config.json", files.dir.display()))?;
+    cfg.validate().with_context(config_file)?;
     for (key, t) in files.tensors.iter().filter(|(k, _)| k.ends_with(".lora_A.weight")) {
-        if t.shape.first() != Some(&cfg.r) {
-            bail!(
-                "{}: '{key}' has shape {:?}, but adapter_config.json says r = {}",
-                files.dir.display(),
-                t.shape,
-                cfg.r
-            );
+        let module = key.strip_prefix(KEY_PREFIX).unwrap_or(key).trim_end_matches(".lora_A.weight");
+        let r = cfg.rank_of(module);
+        if t.shape.first() != Some(&r) {
+            let why = if r == cfg.r { format!("r = {r}") } else { format!("rank_pattern gives {module} r = {r}") };
+            bail!("{}: '{key}' has shape {:?}, but adapter_config.json says {why}", files.dir.display(), t.shape);
         }
     }
     Ok(cfg)
+}
+
+/// The adapter's tensors with peft's extra copies set aside: with `bias = "all"` peft also
+/// saves a module-to-save's `original_module.*` (the base's own, which the base has) and
+/// `modules_to_save.*` (the same tensor as the plain key).
+fn without_peft_copies(files: &AdapterFiles) -> AdapterFiles {
+    let mut out = files.clone();
+    out.tensors.retain(|k, _| !k.contains(".original_module."));
+    let copies: Vec<String> = out.tensors.keys().filter(|k| k.contains(".modules_to_save.")).cloned().collect();
+    for k in copies {
+        let t = out.tensors.remove(&k).expect("listed");
+        out.tensors.entry(k.replace(".modules_to_save.", ".")).or_insert(t);
+    }
+    out
 }
 
 /// Attach the adapter stored in `files` (peft format, written by finetune or Python peft) to
 /// `model`: inject adapters per its config, set their weights, and load every other stored tensor
 /// (modules to save, biases) by key. Every stored tensor must find its place.
 pub fn load_adapter<M: Adaptable>(mut model: M, files: &AdapterFiles, device: &Device) -> Result<(M, LoraConfig)> {
-    let cfg = read_config(files)?;
+    let cfg = super::resolve_targets(&read_config(files)?, &model);
+    let files = &without_peft_copies(files);
     let mut loading = cfg.clone();
     loading.init_lora_weights = super::InitLoraWeights::Named("gaussian".into());
     debug_assert_eq!(super::init(&loading).ok(), Some(LoraInit::Gaussian));
@@ -160,5 +197,19 @@ pub fn load_adapter<M: Adaptable>(mut model: M, files: &AdapterFiles, device: &D
             used.insert(key);
         }
     }
-    Ok((crate::methods::load_saved(model, files, KEY_PREFIX, used)?, cfg))
+    // The bias of an adapted layer is its base layer's (earlier finetune builds wrote the plain key).
+    let adapted: std::collections::BTreeSet<String> = model
+        .dense_layers()
+        .into_iter()
+        .filter(|(_, d)| d.lora.is_some())
+        .map(|(n, _)| format!("{KEY_PREFIX}{n}"))
+        .collect();
+    let stored_key = |key: String| match key.rsplit_once('.') {
+        Some((module, leaf)) if adapted.contains(module) => {
+            let peft = format!("{module}.base_layer.{leaf}");
+            if files.tensors.contains_key(&peft) { peft } else { key }
+        }
+        _ => key,
+    };
+    Ok((crate::methods::load_saved(model, files, KEY_PREFIX, &stored_key, used)?, cfg))
 }

@@ -18,6 +18,17 @@ pub mod qlora;
 pub use crate::nn::lora::{LoraAdapter, LoraInit};
 pub use config::{BiasMode, InitLoraWeights, LoraConfig, TargetModules, in_modules};
 
+/// `cfg` with `target_modules = "all-linear"` spelled out for `model`: every linear layer but the
+/// output layer (`Adaptable::output_layer`), peft's rule; any other config is returned as is.
+pub fn resolve_targets<M: Adaptable>(cfg: &LoraConfig, model: &M) -> LoraConfig {
+    let mut cfg = cfg.clone();
+    if cfg.is_all_linear() {
+        let linear: Vec<String> = model.dense_layers().into_iter().map(|(n, _)| n).collect();
+        cfg.resolve_all_linear(&linear, model.output_layer().as_deref());
+    }
+    cfg
+}
+
 use crate::io::params::ParamInfo;
 use crate::models::Adaptable;
 use crate::nn::conv_lora::ConvLoraAdapter;
@@ -37,16 +48,26 @@ pub fn init(cfg: &LoraConfig) -> Result<LoraInit> {
     }
 }
 
-/// Attach a fresh adapter to every linear layer and convolution `cfg` targets; returns their
-/// module names. Targeting nothing is an error that lists the model's layers.
+/// Attach a fresh adapter to every linear layer and convolution `cfg` targets (each with its rank
+/// and scale from `rank_pattern` / `alpha_pattern`); returns their module names. Targeting
+/// nothing is an error that lists the model's layers. `"all-linear"` must have been resolved
+/// ([`resolve_targets`]).
 pub fn inject<M: Adaptable>(model: &mut M, cfg: &LoraConfig, device: &Device) -> Result<Vec<String>> {
+    anyhow::ensure!(!cfg.is_all_linear(), "target_modules = \"all-linear\" must be resolved against the model first");
     let init = init(cfg)?;
     let mut targeted = Vec::new();
     let mut all = Vec::new();
     for (name, dense) in model.dense_layers_mut() {
         if cfg.targets(&name) {
-            dense.lora =
-                Some(LoraAdapter::new(dense, cfg.r, cfg.scale(), cfg.lora_dropout, init, cfg.use_dora, device));
+            dense.lora = Some(LoraAdapter::new(
+                dense,
+                cfg.rank_of(&name),
+                cfg.scale_of(&name),
+                cfg.lora_dropout,
+                init,
+                cfg.use_dora,
+                device,
+            ));
             targeted.push(name.clone());
         }
         all.push(name);
@@ -66,7 +87,8 @@ pub fn inject<M: Adaptable>(model: &mut M, cfg: &LoraConfig, device: &Device) ->
                     "LoRA on the grouped (depthwise) convolution {name} is not supported; target the 1x1 convolutions"
                 );
             }
-            unit.unit.lora = Some(ConvLoraAdapter::new(conv, cfg.r, cfg.scale(), cfg.lora_dropout, init, device));
+            let (r, scale) = (cfg.rank_of(&name), cfg.scale_of(&name));
+            unit.unit.lora = Some(ConvLoraAdapter::new(conv, r, scale, cfg.lora_dropout, init, device));
             targeted.push(name.clone());
         }
         all.push(name);
