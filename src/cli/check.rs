@@ -67,7 +67,7 @@ impl FileKind {
 }
 
 /// Check every file; returns the process exit status.
-pub fn run(files: &[std::path::PathBuf], kind: Option<FileKind>, columns: &Columns) -> i32 {
+pub fn run(files: &[std::path::PathBuf], kind: Option<FileKind>, columns: &Columns, json: bool) -> i32 {
     let mut status = 0;
     let mut out = std::io::stdout().lock();
     for path in files {
@@ -78,13 +78,13 @@ pub fn run(files: &[std::path::PathBuf], kind: Option<FileKind>, columns: &Colum
             };
             check(path, kind, columns)
         }));
-        let line = match result {
-            Ok(Ok(summary)) => format!("ok    {}: {summary}", path.display()),
+        let shown = path.display().to_string();
+        let (verdict, line) = match result {
+            Ok(Ok(summary)) => ("ok", format!("ok    {shown}: {summary}")),
             Ok(Err(e)) => {
                 status = status.max(1);
                 let msg = format!("{e:#}");
-                let shown = path.display().to_string();
-                if msg.contains(&shown) { format!("error {msg}") } else { format!("error {shown}: {msg}") }
+                ("error", if msg.contains(&shown) { format!("error {msg}") } else { format!("error {shown}: {msg}") })
             }
             Err(panic) => {
                 status = 101;
@@ -93,9 +93,16 @@ pub fn run(files: &[std::path::PathBuf], kind: Option<FileKind>, columns: &Colum
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("(no message)");
-                format!("BUG   {}: finetune panicked reading it: {msg}", path.display())
+                ("bug", format!("BUG   {shown}: finetune panicked reading it: {msg}"))
             }
         };
+        if json {
+            // The message without the verdict word; JSON escapes whatever the file put in it.
+            let message = line.split_once(' ').map_or("", |(_, m)| m.trim_start());
+            let record = serde_json::json!({"file": shown, "status": verdict, "message": message});
+            let _ = writeln!(out, "{record}").and_then(|_| out.flush());
+            continue;
+        }
         // One line per file, flushed, so whoever reads the output knows how far it got. Text
         // from the file (a name, an architecture) may hold control characters: shown escaped.
         let line: String = line

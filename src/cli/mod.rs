@@ -24,6 +24,36 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Export formats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ExportFormat {
+    /// llama.cpp's GGUF.
+    Gguf,
+}
+
+/// Storage of a GGUF model's matrices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum GgufQuant {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl GgufQuant {
+    fn ggml_type(self) -> crate::io::gguf::GgmlType {
+        use crate::io::gguf::GgmlType;
+        match self {
+            Self::F32 => GgmlType::F32,
+            Self::F16 => GgmlType::F16,
+            Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train per a recipe (TOML); `--set key=value` overrides any recipe field.
@@ -92,6 +122,37 @@ pub enum Command {
         /// For a causal-LM base given as a hub id of a GGUF repository: the file.
         #[arg(long)]
         gguf_file: Option<String>,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a causal LM for llama.cpp (Ollama, LM Studio): a LoRA adapter as a GGUF adapter
+    /// (`--adapter`), or the model with the adapter merged as a GGUF model (`--merge`, or no
+    /// adapter), with its tokenizer and chat template.
+    Export {
+        /// The base model (default: the adapter's base_model_name_or_path): a Hugging Face
+        /// directory, a .gguf file, or a hub id (with --gguf-file for a GGUF repository).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        gguf_file: Option<String>,
+        /// A PEFT LoRA adapter (finetune's or Python peft's).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Write the base with the adapter merged, not the adapter alone.
+        #[arg(long)]
+        merge: bool,
+        #[arg(long, value_enum, default_value = "gguf")]
+        to: ExportFormat,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// How a merged model's matrices are stored (norms stay f32; adapters are always f32).
+        #[arg(long, value_enum, default_value = "f16")]
+        quant: GgufQuant,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate text with a causal language model (optionally with a LoRA adapter), streaming
     /// tokens to the terminal. Instruct models get their chat template.
@@ -123,6 +184,12 @@ pub enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Print one JSON object: the prompt, its token ids, the generated ids and text.
+        #[arg(long)]
+        json: bool,
+        /// With --json: also the logits of the first generated position (for comparing runtimes).
+        #[arg(long, requires = "json")]
+        logits: bool,
     },
     /// Transcribe WAV files with a Whisper model (Hugging Face or CTranslate2 directory, or hub
     /// id), optionally with a LoRA adapter; with `--data manifest.jsonl` (`audio`, `text`), report
@@ -148,6 +215,9 @@ pub enum Command {
         from: String,
         #[arg(long)]
         out: PathBuf,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Read files the way training would and report what each holds, or what is wrong with it:
     /// weights (safetensors, GGUF, .pth, CTranslate2), tokenizer.json, config.json,
@@ -164,6 +234,9 @@ pub enum Command {
         /// For labelled datasets: the label column.
         #[arg(long, default_value = "label")]
         label_column: String,
+        /// One JSON object per file (`file`, `status`: ok/error/bug, `message`).
+        #[arg(long)]
+        json: bool,
     },
     /// Describe a model: architecture, parameters, and what a method would train.
     Inspect {
@@ -180,6 +253,9 @@ pub enum Command {
         /// double quantization, blocks of 64; for a GGUF decoder also `gguf`: its own blocks).
         #[arg(long)]
         quantize: Option<String>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -269,17 +345,43 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Merge { base, adapter, out, gguf_file } if lm::is_causal_lm_adapter(&adapter)? => {
-            let base = base.context("--base is needed for a causal-LM adapter")?;
-            let path = lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
-            let n = lm::merge(&path, &adapter, &out)?;
-            println!("merged {n} adapted layers into {}", out.display());
+        Command::Export { model, gguf_file, adapter, merge, to: ExportFormat::Gguf, out, quant, json } => {
+            use crate::inference::gguf_export;
+            let base = match (&model, &adapter) {
+                (Some(m), _) => m.clone(),
+                (None, Some(a)) => crate::io::peft::AdapterFiles::read(a)?
+                    .base_model()
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: names no base model; give --model", a.display()))?,
+                (None, None) => anyhow::bail!("give --model (and --adapter to export an adapter or merge one)"),
+            };
+            let base = lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
+            let written = match &adapter {
+                Some(a) if !merge => gguf_export::export_adapter(&base, a, &out)?,
+                _ => gguf_export::export_model(&base, adapter.as_deref(), &out, quant.ggml_type())?,
+            };
+            if json {
+                println!("{}", serde_json::to_string(&written)?);
+            } else {
+                println!("wrote {} ({} tensors, {:.1} MB)", written.path, written.tensors, written.bytes as f64 / 1e6);
+            }
         }
-        Command::Merge { base, adapter, out, .. } => {
-            let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
-            let n = m.merge_adapter()?;
-            m.save_model(&out)?;
-            println!("merged {n} adapted layers into {}", out.display());
+        Command::Merge { base, adapter, out, gguf_file, json } => {
+            let n = if lm::is_causal_lm_adapter(&adapter)? {
+                let base = base.context("--base is needed for a causal-LM adapter")?;
+                let path = lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
+                lm::merge(&path, &adapter, &out)?
+            } else {
+                let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
+                let n = m.merge_adapter()?;
+                m.save_model(&out)?;
+                n
+            };
+            if json {
+                println!("{}", serde_json::json!({"path": out.display().to_string(), "merged_layers": n}));
+            } else {
+                println!("merged {n} adapted layers into {}", out.display());
+            }
         }
         Command::Generate {
             model,
@@ -293,9 +395,11 @@ pub fn run(cli: Cli) -> Result<()> {
             top_p,
             seed,
             device,
+            json,
+            logits,
         } => {
             let sampling = Sampling { temperature, top_p, seed, max_new_tokens, stop_ids: Vec::new() };
-            let opts = lm::GenerateOptions { system, raw };
+            let opts = lm::GenerateOptions { system, raw, json, logits };
             let path = lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
             lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
         }
@@ -326,21 +430,25 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Convert { from, out } => {
+        Command::Convert { from, out, json } => {
             let dir = crate::models::ModelDir::open(&resolve_model_dir(&from)?)?;
             let config = crate::models::whisper::WhisperConfig::read(&dir)?;
             crate::models::whisper::convert(&dir, &config, &out)?;
-            println!("{}", out.display());
+            if json {
+                println!("{}", serde_json::json!({"path": out.display().to_string(), "model_type": "whisper"}));
+            } else {
+                println!("{}", out.display());
+            }
         }
-        Command::Check { files, kind, text_column, label_column } => {
+        Command::Check { files, kind, text_column, label_column, json } => {
             let columns = crate::data::text::Columns { text: text_column, label: label_column };
-            let status = check::run(&files, kind, &columns);
+            let status = check::run(&files, kind, &columns, json);
             if status != 0 {
                 std::process::exit(status);
             }
         }
-        Command::Inspect { model, gguf_file, method, trainable_layers, quantize } => {
-            inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref())?
+        Command::Inspect { model, gguf_file, method, trainable_layers, quantize, json } => {
+            inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref(), json)?
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `tokenizer.json` via the `tokenizers` crate, with the file's own padding and truncation
 //! switched off: we pad per batch (to the longest sequence) and truncate to the recipe's length.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -125,6 +125,12 @@ impl LmTokenizer {
         self.inner.decode(ids, skip_special).map_err(|e| anyhow!("decoding {ids:?}: {e}"))
     }
 
+    /// The tokenizer as `tokenizer.json` holds it.
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        let text = self.inner.to_string(false).map_err(|e| anyhow!("serializing the tokenizer: {e}"))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -146,6 +152,70 @@ impl LmTokenizer {
 /// `tokenizer.json` for the vocabulary a GGUF file carries (`tokenizer.ggml.*`), as
 /// `transformers` converts it: byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with the file's
 /// merges, control tokens as special tokens, a BOS token prepended when `add_bos_token` says so.
+/// GGUF tokenizer metadata (`tokenizer.ggml.*`, llama.cpp's `gpt2` model) for a byte-level BPE
+/// `tokenizer.json`: the tokens in id order, their types (1 normal, 3 control = special added
+/// token, 4 user-defined = other added token), the merges, and `pre = "gpt-2"` (GPT-2's split
+/// pattern, which byte-level BPE with the regex uses). Other tokenizer models are refused.
+pub fn gguf_tokenizer_metadata(json: &serde_json::Value, w: &mut crate::io::gguf_writer::GgufWriter) -> Result<()> {
+    use crate::io::gguf::{Value, ValueType};
+    let model = &json["model"];
+    let byte_level = |p: &serde_json::Value| {
+        p["type"] == "ByteLevel"
+            || p["pretokenizers"].as_array().is_some_and(|a| a.iter().any(|q| q["type"] == "ByteLevel"))
+    };
+    anyhow::ensure!(
+        model["type"] == "BPE" && byte_level(&json["pre_tokenizer"]),
+        "the tokenizer is {} with pre-tokenizer {}: finetune writes byte-level BPE tokenizers (GPT-2, Llama 3, \
+         Qwen, SmolLM) to GGUF; convert this model with llama.cpp's convert_hf_to_gguf.py instead",
+        model["type"],
+        json["pre_tokenizer"]["type"]
+    );
+    let mut tokens: Vec<Option<(String, i64)>> = Vec::new();
+    let mut put = |id: u64, tok: &str, ty: i64| -> Result<()> {
+        let id = usize::try_from(id)?;
+        anyhow::ensure!(id < 1 << 24, "token id {id} is out of range");
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some((tok.to_string(), ty));
+        Ok(())
+    };
+    for (tok, id) in model["vocab"].as_object().context("tokenizer.json: model.vocab is not a map")? {
+        put(id.as_u64().context("tokenizer.json: a vocab id is not an integer")?, tok, 1)?;
+    }
+    for t in json["added_tokens"].as_array().into_iter().flatten() {
+        let id = t["id"].as_u64().context("tokenizer.json: an added token without an id")?;
+        let content = t["content"].as_str().context("tokenizer.json: an added token without content")?;
+        put(id, content, if t["special"].as_bool().unwrap_or(false) { 3 } else { 4 })?;
+    }
+    let missing = tokens.iter().position(Option::is_none);
+    anyhow::ensure!(missing.is_none(), "tokenizer.json: no token has id {}", missing.unwrap_or(0));
+    let (names, types): (Vec<Value>, Vec<Value>) =
+        tokens.into_iter().flatten().map(|(t, ty)| (Value::Str(t), Value::I64(ty))).unzip();
+    let merges: Vec<Value> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(Value::Str(s.clone())),
+            serde_json::Value::Array(pair) => {
+                Ok(Value::Str(pair.iter().map(|p| p.as_str().unwrap_or_default()).collect::<Vec<_>>().join(" ")))
+            }
+            other => Err(anyhow!("tokenizer.json: merge {other} is neither \"a b\" nor [\"a\", \"b\"]")),
+        })
+        .collect::<Result<_>>()?;
+    w.str("tokenizer.ggml.model", "gpt2");
+    w.str("tokenizer.ggml.pre", "gpt-2");
+    w.set("tokenizer.ggml.tokens", ValueType::ARRAY_STR, Value::Array(names));
+    w.set("tokenizer.ggml.token_type", ValueType::ARRAY_I32, Value::Array(types));
+    w.set("tokenizer.ggml.merges", ValueType::ARRAY_STR, Value::Array(merges));
+    // A BOS the post-processor adds (Llama 3's template processing).
+    let single = json["post_processor"]["single"].as_array().cloned().unwrap_or_default();
+    let adds_bos = single.first().is_some_and(|s| s.get("SpecialToken").is_some());
+    w.bool("tokenizer.ggml.add_bos_token", adds_bos);
+    Ok(())
+}
+
 pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serde_json::Value> {
     use crate::io::gguf::Value;
     use serde_json::json;

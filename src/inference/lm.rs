@@ -93,11 +93,15 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
     Ok(LoadedLm { model, cfg, tokenizer, template })
 }
 
-/// How `finetune generate` builds its prompt.
+/// How `finetune generate` builds its prompt and what it prints.
 pub struct GenerateOptions {
     pub system: Option<String>,
     /// The prompt is raw text: no chat template.
     pub raw: bool,
+    /// Print one JSON object (prompt and generated ids and text) instead of streaming text.
+    pub json: bool,
+    /// With `json`: also the logits of the first generated position.
+    pub logits: bool,
 }
 
 /// Load a decoder (and an adapter), then stream a completion of `prompt` to stdout.
@@ -127,6 +131,20 @@ pub fn generate_cli(
     };
     let ids = lm.tokenizer.encode(&text, template.is_none())?;
     sampling.stop_ids.push(lm.eos_id()?);
+    if opts.json {
+        let out = generate(&model, &ids, &sampling, &device, |_| {});
+        let mut record = serde_json::json!({
+            "prompt": text,
+            "prompt_ids": ids,
+            "ids": out,
+            "text": lm.tokenizer.decode(&out, true)?,
+        });
+        if opts.logits {
+            record["next_token_logits"] = crate::models::generation::next_token_logits(&model, &ids, &device).into();
+        }
+        println!("{record}");
+        return Ok(());
+    }
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0;
     let start = std::time::Instant::now();

@@ -4,6 +4,7 @@
 //! the tasks train on: a split is scored the same way during training and after it.
 
 pub mod audio;
+pub mod gguf_export;
 pub mod image;
 pub mod lm;
 pub mod text;

@@ -57,6 +57,25 @@ impl Value {
     }
 }
 
+/// A metadata value's GGUF type id (0 u8 … 12 f64, 8 string, 9 array) and, for an array, its
+/// items' type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueType {
+    pub ty: u32,
+    pub item: Option<u32>,
+}
+
+impl ValueType {
+    pub const U32: Self = Self { ty: 4, item: None };
+    pub const I32: Self = Self { ty: 5, item: None };
+    pub const F32: Self = Self { ty: 6, item: None };
+    pub const BOOL: Self = Self { ty: 7, item: None };
+    pub const STR: Self = Self { ty: 8, item: None };
+    pub const ARRAY_STR: Self = Self { ty: 9, item: Some(8) };
+    pub const ARRAY_I32: Self = Self { ty: 9, item: Some(5) };
+    pub const ARRAY_F32: Self = Self { ty: 9, item: Some(6) };
+}
+
 /// The ggml storage types we can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
@@ -83,6 +102,20 @@ impl GgmlType {
             30 => Self::Bf16,
             _ => return None,
         })
+    }
+
+    /// The type's id in a GGUF tensor record.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q6K => 14,
+            Self::Bf16 => 30,
+        }
     }
 
     /// (elements per block, bytes per block).
@@ -138,6 +171,9 @@ pub struct GgufFile {
     path: PathBuf,
     mmap: memmap2::Mmap,
     pub metadata: BTreeMap<String, Value>,
+    /// Each metadata value's GGUF type (and an array's item type), so it can be written again
+    /// exactly (llama.cpp checks types: a `u32` key written as `u64` is refused).
+    pub metadata_types: BTreeMap<String, ValueType>,
     pub tensors: BTreeMap<String, TensorInfo>,
 }
 
@@ -236,13 +272,15 @@ impl GgufFile {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: read-only map of a file we do not modify while it is open.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-        let (metadata, tensors) =
+        let (metadata, metadata_types, tensors) =
             Self::parse(&mmap).with_context(|| format!("{}: corrupt or not a GGUF file", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), mmap, metadata, tensors })
+        Ok(Self { path: path.to_path_buf(), mmap, metadata, metadata_types, tensors })
     }
 
     #[allow(clippy::type_complexity)]
-    fn parse(bytes: &[u8]) -> Result<(BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
+    fn parse(
+        bytes: &[u8],
+    ) -> Result<(BTreeMap<String, Value>, BTreeMap<String, ValueType>, BTreeMap<String, TensorInfo>)> {
         let mut c = Cursor { bytes, pos: 0 };
         ensure!(c.take(4)? == b"GGUF", "bad magic (expected 'GGUF')");
         let version = c.u32()?;
@@ -252,10 +290,15 @@ impl GgufFile {
         let n_tensors = c.count(24)?;
         let n_kv = c.count(13)?;
         let mut metadata = BTreeMap::new();
+        let mut types = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
+            // An array's item type is the next u32; peek it before the value is read.
+            let item =
+                (ty == 9).then(|| c.bytes.get(c.pos..c.pos + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4"))));
             let v = c.value(ty, 0).with_context(|| format!("metadata '{key}'"))?;
+            types.insert(key.clone(), ValueType { ty, item: item.flatten() });
             metadata.insert(key, v);
         }
         let mut raw = Vec::with_capacity(n_tensors.min(1 << 16));
@@ -306,7 +349,7 @@ impl GgufFile {
             );
             tensors.insert(name, TensorInfo { shape, ggml_type: ty, start, len });
         }
-        Ok((metadata, tensors))
+        Ok((metadata, types, tensors))
     }
 
     pub fn path(&self) -> &Path {

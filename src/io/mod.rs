@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod ctranslate2;
 pub mod failpoint;
 pub mod gguf;
+pub mod gguf_writer;
 pub mod hub;
 pub mod params;
 pub mod paths;

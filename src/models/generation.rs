@@ -87,6 +87,21 @@ pub fn generate(
     out
 }
 
+/// The logits of the token that would follow `prompt` (one pass, no sampling): what
+/// `finetune generate --json --logits` prints for comparing with other runtimes.
+pub fn next_token_logits(model: &LlamaForCausalLM, prompt: &[u32], device: &Device) -> Vec<f32> {
+    let input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [1, prompt.len()]), device);
+    let hidden = model.hidden(ids, None);
+    let [_, l, h] = hidden.dims();
+    model
+        .logits(hidden.slice(s![.., l - 1..l, ..]).reshape([1, h]))
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("f32 logits")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,16 @@
 //! A llama.cpp GGUF file seen as a Hugging Face Llama checkpoint: `config.json` fields from the
 //! GGUF metadata, and tensors under transformers' names (`blk.0.attn_q.weight` →
 //! `model.layers.0.self_attn.q_proj.weight`), dequantized to f32, with llama.cpp's Q/K row
-//! permutation undone.
+//! permutation undone; and the way back, a Llama model written as llama.cpp reads it
+//! ([`write_config`], [`write_tensors`]) and a LoRA adapter as a llama.cpp adapter
+//! ([`write_lora`]).
 
-use super::llama::{LlamaConfig, unpermute_qk_rows};
+use super::llama::{LlamaConfig, LlamaForCausalLM, permute_qk_rows, unpermute_qk_rows};
 use crate::io::WeightSource;
-use crate::io::gguf::{GgufFile, Value};
+use crate::io::gguf::{GgmlType, GgufFile, Value};
+use crate::io::gguf_writer::GgufWriter;
 use crate::io::safetensors::HostTensor;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 /// `general.architecture` values that are the Llama architecture under another name.
 const LLAMA_ARCHES: &[&str] = &["llama"];
@@ -171,4 +174,133 @@ impl WeightSource for GgufLlama<'_> {
         }
         Ok(HostTensor::new(shape, data))
     }
+}
+
+/// llama.cpp's `general.file_type` for a file whose matrices are stored as `ty`.
+pub fn file_type(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q4K => 15,
+        GgmlType::Q6K => 18,
+        GgmlType::Bf16 => 32,
+    }
+}
+
+/// The `llama.*` metadata (and special token ids) describing `cfg`, with the names and types
+/// llama.cpp's loader reads.
+pub fn write_config(w: &mut GgufWriter, cfg: &LlamaConfig) -> Result<()> {
+    ensure!(
+        cfg.rope_scaling.is_none()
+            && cfg.rope_parameters.as_ref().is_none_or(|p| p.get("rope_type").is_none_or(|t| t == "default")),
+        "this model scales RoPE; finetune writes GGUF for unscaled RoPE only (convert with llama.cpp's convert_hf_to_gguf.py)"
+    );
+    let n = |v: usize| u32::try_from(v).context("a size beyond u32");
+    w.str("general.architecture", "llama");
+    w.u32("llama.context_length", n(cfg.max_position_embeddings)?);
+    w.u32("llama.embedding_length", n(cfg.hidden_size)?);
+    w.u32("llama.block_count", n(cfg.num_hidden_layers)?);
+    w.u32("llama.feed_forward_length", n(cfg.intermediate_size)?);
+    w.u32("llama.rope.dimension_count", n(cfg.head_dim())?);
+    w.u32("llama.attention.head_count", n(cfg.num_attention_heads)?);
+    w.u32("llama.attention.head_count_kv", n(cfg.num_kv_heads())?);
+    w.f32("llama.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps as f32);
+    w.f32("llama.rope.freq_base", cfg.rope_theta() as f32);
+    w.u32("llama.vocab_size", n(cfg.vocab_size)?);
+    if let Some(b) = cfg.bos_token_id {
+        w.u32("tokenizer.ggml.bos_token_id", b);
+    }
+    if let Some(&e) = cfg.eos_token_ids().first() {
+        w.u32("tokenizer.ggml.eos_token_id", e);
+    }
+    if let Some(p) = cfg.pad_token_id {
+        w.u32("tokenizer.ggml.padding_token_id", p);
+    }
+    Ok(())
+}
+
+/// Every parameter of `model` under its llama.cpp name: matrices encoded as `ty` (F16 where a
+/// row does not hold whole blocks of `ty`, as llama.cpp's converter falls back), norms and
+/// biases as F32, Q/K rows in llama.cpp's interleaved order. Frozen quantized layers must have
+/// been turned back into float weights first.
+pub fn write_tensors(w: &mut GgufWriter, model: &LlamaForCausalLM, cfg: &LlamaConfig, ty: GgmlType) -> Result<()> {
+    let tensors = super::checkpoint_tensors(model, super::llama::checkpoint_key, |_| true);
+    for (key, t) in tensors {
+        let (name, heads) = gguf_name(&key, cfg).with_context(|| format!("'{key}' has no llama.cpp name"))?;
+        ensure!(!t.shape.contains(&0), "'{key}' holds no values (a layer still held quantized?)");
+        let cols = if t.shape.len() == 2 { t.shape[1] } else { t.shape[0] };
+        let data = match heads {
+            Some(h) => permute_qk_rows(&t.data, t.shape[0], cols, h),
+            None => t.data,
+        };
+        let chosen = match t.shape.len() {
+            2 if cols.is_multiple_of(ty.block().0) => ty,
+            2 => GgmlType::F16,
+            _ => GgmlType::F32,
+        };
+        let bytes = crate::quant::ggml::encode(chosen, &data, cols)?;
+        w.tensor(&name, &t.shape, chosen, bytes)?;
+    }
+    Ok(())
+}
+
+/// One LoRA-adapted linear layer for a llama.cpp adapter: its transformers module name
+/// (`model.layers.0.self_attn.q_proj`), `A [r, in]` and `B [out, r]` as peft stores them, and the
+/// scale of `B·A`.
+pub struct LoraLayer<'a> {
+    pub module: &'a str,
+    pub a: &'a HostTensor,
+    pub b: &'a HostTensor,
+    pub scale: f64,
+}
+
+/// Write adapters as llama.cpp's LoRA GGUF (`general.type = "adapter"`, `adapter.type = "lora"`,
+/// tensors `<base tensor>.lora_a [r, in]` and `.lora_b [out, r]`, F32). llama.cpp scales each
+/// layer by `adapter.lora.alpha / r`: when every layer's scale × rank is the same, that is the
+/// alpha written and B is stored as trained; otherwise (rank or alpha patterns) each B carries
+/// its own correction. Q/K rows of B are permuted as llama.cpp permutes the base weights.
+pub fn write_lora(w: &mut GgufWriter, cfg: &LlamaConfig, layers: &[LoraLayer<'_>]) -> Result<()> {
+    ensure!(!layers.is_empty(), "the adapter has no LoRA layers");
+    let products: Vec<f64> = layers.iter().map(|l| l.scale * l.a.shape[0] as f64).collect();
+    let alpha = products[0];
+    w.str("general.architecture", "llama");
+    w.str("general.type", "adapter");
+    w.str("adapter.type", "lora");
+    w.f32("adapter.lora.alpha", alpha as f32);
+    for (layer, product) in layers.iter().zip(&products) {
+        let weight = format!("{}.weight", layer.module);
+        let (name, heads) = gguf_name(&weight, cfg).with_context(|| {
+            format!("{}: llama.cpp has no tensor for this layer (LoRA on it cannot be exported)", layer.module)
+        })?;
+        let (r, d_in) = (layer.a.shape[0], layer.a.shape[1]);
+        let d_out = layer.b.shape[0];
+        ensure!(
+            layer.b.shape == [d_out, r],
+            "{}: lora_B has shape {:?}, lora_A {:?}",
+            layer.module,
+            layer.b.shape,
+            layer.a.shape
+        );
+        let correction = (product / alpha) as f32;
+        let mut b: Vec<f32> = layer.b.data.iter().map(|v| v * correction).collect();
+        if let Some(h) = heads {
+            b = permute_qk_rows(&b, d_out, r, h);
+        }
+        w.tensor(
+            &format!("{name}.lora_a"),
+            &[r, d_in],
+            GgmlType::F32,
+            crate::quant::ggml::encode(GgmlType::F32, &layer.a.data, d_in)?,
+        )?;
+        w.tensor(
+            &format!("{name}.lora_b"),
+            &[d_out, r],
+            GgmlType::F32,
+            crate::quant::ggml::encode(GgmlType::F32, &b, r)?,
+        )?;
+    }
+    Ok(())
 }

@@ -467,6 +467,16 @@ pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -
     unpermuted_row_order(rows, heads).iter().flat_map(|&src| &data[src * cols..(src + 1) * cols]).copied().collect()
 }
 
+/// transformers' Q/K rows `[rows, cols]` in llama.cpp's interleaved order (what
+/// `convert_hf_to_gguf.py`'s `permute` does; the inverse of [`unpermute_qk_rows`]).
+pub fn permute_qk_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for (hf_row, gguf_row) in unpermuted_row_order(rows, heads).into_iter().enumerate() {
+        out[gguf_row * cols..(gguf_row + 1) * cols].copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
+    }
+    out
+}
+
 /// For each row of transformers' layout, the row of llama.cpp's layout it comes from.
 pub fn unpermuted_row_order(rows: usize, heads: usize) -> Vec<usize> {
     let half = rows / heads / 2;

@@ -122,15 +122,38 @@ impl ModelDir {
     }
 
     /// Labels stored by a fine-tuned classifier (`id2label` of a `*ForSequenceClassification`),
-    /// in id order; `None` for a base model.
+    /// in id order; `None` for a base model. A classifier saved without `id2label` gets
+    /// transformers' default names `LABEL_0..` for as many classes as its head has.
     pub fn labels(&self) -> Result<Option<Vec<String>>> {
         let raw = self.raw_config()?;
         let has_head = raw
             .get("architectures")
             .and_then(|a| a.as_array())
             .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))));
-        let Some(map) = raw.get("id2label").and_then(|m| m.as_object()).filter(|_| has_head) else {
+        if !has_head {
             return Ok(None);
+        }
+        let Some(map) = raw.get("id2label").and_then(|m| m.as_object()) else {
+            let from_config = raw.get("num_labels").and_then(|n| n.as_u64()).map(|n| n as usize);
+            let from_head = || -> Option<usize> {
+                let Ok(Weights::Safetensors(w)) = self.weights() else { return None };
+                ["classifier.weight", "score.weight", "classifier.out_proj.weight"]
+                    .iter()
+                    .find_map(|k| w.tensor(k).ok().map(|t| t.shape[0]))
+            };
+            let Some(n) = from_config.or_else(from_head).filter(|&n| (1..=1 << 20).contains(&n)) else {
+                bail!(
+                    "{}: a *ForSequenceClassification without id2label, num_labels or a classifier.weight: \
+                     how many classes it has is unknown",
+                    self.config_path().display()
+                );
+            };
+            tracing::warn!(
+                "{}: no id2label; the {n} classes are named LABEL_0..LABEL_{}",
+                self.config_path().display(),
+                n - 1
+            );
+            return Ok(Some((0..n).map(|i| format!("LABEL_{i}")).collect()));
         };
         let mut pairs: Vec<(usize, String)> = map
             .iter()

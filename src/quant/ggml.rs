@@ -46,9 +46,70 @@ impl GgmlWeight {
     }
 }
 
+/// Encode `data` (rows of `row` values) as ggml type `ty`, as llama.cpp's reference quantizers
+/// do (`quantize_row_q8_0_ref`, `quantize_row_q4_0_ref`: one f16 scale per block of 32, values
+/// rounded half away from zero). F32, F16, Q8_0 and Q4_0; rows must hold whole blocks.
+pub fn encode(ty: GgmlType, data: &[f32], row: usize) -> anyhow::Result<Vec<u8>> {
+    let (per_block, _) = ty.block();
+    anyhow::ensure!(
+        row > 0 && row.is_multiple_of(per_block),
+        "rows of {row} values do not hold whole {} blocks",
+        ty.name()
+    );
+    Ok(match ty {
+        GgmlType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        GgmlType::F16 => data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+        GgmlType::Q8_0 => data
+            .chunks(32)
+            .flat_map(|b| {
+                let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut out = half::f16::from_f32(d).to_le_bytes().to_vec();
+                out.extend(b.iter().map(|x| (x * id).round() as i8 as u8));
+                out
+            })
+            .collect(),
+        GgmlType::Q4_0 => data
+            .chunks(32)
+            .flat_map(|b| {
+                // The value of largest magnitude, with its sign, maps to -8.
+                let max = b.iter().fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let q = |x: f32| ((x * id + 8.5) as i8).min(15) as u8;
+                let mut out = half::f16::from_f32(d).to_le_bytes().to_vec();
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[16 + j]) << 4)));
+                out
+            })
+            .collect(),
+        other => anyhow::bail!("writing {} is not supported (F32, F16, Q8_0, Q4_0)", other.name()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encoding then decoding stays within half a quantization step of every value (Q8_0: amax /
+    /// 254; Q4_0: |max| / 8, as +8 is clamped to 7), F16 within its rounding, F32 exactly.
+    #[test]
+    fn encode_then_decode_is_within_half_a_step() {
+        let data: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        for (ty, tol) in [
+            (GgmlType::F32, 0.0),
+            (GgmlType::F16, 4e-3),
+            (GgmlType::Q8_0, 50.0 / 7.0 / 254.0 + 1e-4),
+            (GgmlType::Q4_0, 50.0 / 7.0 / 8.0 + 1e-4),
+        ] {
+            let bytes = encode(ty, &data, 64).unwrap();
+            let mut back = vec![0f32; data.len()];
+            dequantize(ty, &bytes, &mut back);
+            let err = data.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= tol, "{}: error {err} > {tol}", ty.name());
+        }
+        assert!(encode(GgmlType::Q8_0, &data, 48).is_err(), "rows must hold whole blocks");
+    }
 
     /// Decoding rows in parallel tasks gives what one pass over all the blocks gives (37 rows:
     /// two full tasks and a partial one).

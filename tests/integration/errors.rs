@@ -150,3 +150,81 @@ fn committed_recipes_are_valid() {
     }
     assert!(n >= 6, "found {n} recipes");
 }
+
+/// Scripts get JSON from every command that prints results, and a redirected log is plain text
+/// (no ANSI colour codes), whatever the command.
+#[test]
+fn json_output_and_plain_logs_for_scripts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).env("RUST_LOG", "finetune=debug").output().unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains('\u{1b}'), "{args:?}: colour codes in a redirected log: {stderr:?}");
+        stdout
+    };
+    let tiny = tiny_bert().display().to_string();
+    let csv = fixtures().join("uci-sample.csv").display().to_string();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&run(&["inspect", &tiny, "--method", "lora", "--json"])).unwrap();
+    assert_eq!(inspect["arch"]["family"], "bert");
+    assert!(inspect["trainable"].as_u64().unwrap() > 0 && inspect["groups"].as_array().unwrap().len() >= 3);
+    let check = run(&["check", &csv, &tiny_bert().join("config.json").display().to_string(), "--json"]);
+    let records: Vec<serde_json::Value> = check.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["status"] == "ok"), "{records:?}");
+    let merged = tmp.path().join("merged");
+    let adapter = fixtures().join("peft/lora").display().to_string();
+    let merge: serde_json::Value = serde_json::from_str(&run(&[
+        "merge",
+        "--adapter",
+        &adapter,
+        "--base",
+        &tiny,
+        "--out",
+        &merged.display().to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(merge["merged_layers"], 4);
+    let prediction: serde_json::Value =
+        serde_json::from_str(run(&["predict", "--model", &tiny, "great", "--json"]).lines().next().unwrap()).unwrap();
+    assert!(prediction["label"].is_string(), "{prediction}");
+    // Training logs (info lines with levels and times) go to a redirected stderr as plain text.
+    let recipe = tiny_recipe(tmp.path(), "full", "run", "");
+    let (ok, log) = train_cli(&recipe, &["training.epochs=1"]);
+    assert!(ok && log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a redirected training log: {log:?}");
+}
+
+/// A classifier saved by transformers without `id2label` is usable: its classes get
+/// transformers' default names (`LABEL_i`), as many as the head has.
+#[test]
+fn classifier_without_id2label_gets_default_label_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny_bert().join(f), model.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let obj = config.as_object_mut().unwrap();
+    obj.remove("id2label");
+    obj.remove("label2id");
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["predict", "--model", &model.display().to_string(), "--json", "a fine day"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(p["label"].as_str().unwrap().starts_with("LABEL_"), "{p}");
+    assert_eq!(
+        p["probabilities"].as_object().map(|m| m.len()).or(p["logits"].as_array().map(|a| a.len())),
+        Some(3),
+        "{p}"
+    );
+}

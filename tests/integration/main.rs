@@ -4,6 +4,7 @@ mod architecture;
 mod causal_lm;
 mod common;
 mod errors;
+mod gguf_export;
 mod hostile;
 mod hub;
 mod matrix;
