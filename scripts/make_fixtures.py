@@ -235,8 +235,9 @@ def peft_option_fixtures():
         with open(os.path.join(out, "adapter_config.json")) as f:
             c = json.load(f)
         c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
-        if isinstance(c.get("target_modules"), list):
-            c["target_modules"] = sorted(c["target_modules"])  # peft writes a set: make the file stable
+        for key in ["target_modules", "exclude_modules"]:
+            if isinstance(c.get(key), list):
+                c[key] = sorted(c[key])  # peft writes a set: make the file stable
         with open(os.path.join(out, "adapter_config.json"), "w") as f:
             json.dump(c, f, indent=2, sort_keys=True)
         with torch.no_grad():
@@ -245,6 +246,35 @@ def peft_option_fixtures():
         ref[f"{name}.trainable_params"] = torch.tensor([float(trainable)])
         adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
         print(f"peft option {name}: trainable {trainable}, {len(adapted)} adapted layers")
+    # Two adapters active at once, saved in peft's multi-adapter layout (the default adapter at the
+    # root, "second" in a subfolder): peft adds their updates.
+    torch.manual_seed(350)
+    gen = torch.Generator().manual_seed(450)
+    base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
+    # No task type: peft would give each adapter its own copy of the classifier, and it refuses
+    # to activate two such copies at once; the base's classifier serves both.
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    model.add_adapter("second", LoraConfig(r=2, lora_alpha=6, target_modules=["key", "value"]))
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "lora_" in pname or "modules_to_save" in pname:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    model.eval()
+    out = os.path.join(out_root, "multi")
+    model.save_pretrained(out, safe_serialization=True, selected_adapters=["default", "second"])
+    for sub in ["", "second"]:
+        d = os.path.join(out, sub)
+        if os.path.exists(os.path.join(d, "README.md")):
+            os.remove(os.path.join(d, "README.md"))
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            c = json.load(f)
+        c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
+        with open(os.path.join(d, "adapter_config.json"), "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+    model.base_model.set_adapter(["default", "second"])
+    with torch.no_grad():
+        ref["multi.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+    print("peft multi-adapter: default + second active")
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "peft-options-reference.safetensors"))
 
 

@@ -77,9 +77,10 @@ pub enum Command {
         /// A fine-tuned model, or the base model of `--adapter`.
         #[arg(long)]
         model: Option<String>,
-        /// A PEFT adapter directory (finetune's or Python peft's).
+        /// A PEFT adapter directory (finetune's or Python peft's); repeat it to combine LoRA
+        /// adapters (their updates add up, as peft's active adapters do).
         #[arg(long)]
-        adapter: Option<PathBuf>,
+        adapter: Vec<PathBuf>,
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "text")]
@@ -101,9 +102,10 @@ pub enum Command {
         /// A fine-tuned model, or the base model of `--adapter`.
         #[arg(long)]
         model: Option<String>,
-        /// A PEFT adapter directory (finetune's or Python peft's).
+        /// A PEFT adapter directory (finetune's or Python peft's); repeat it to combine LoRA
+        /// adapters (their updates add up, as peft's active adapters do).
         #[arg(long)]
-        adapter: Option<PathBuf>,
+        adapter: Vec<PathBuf>,
         texts: Vec<String>,
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -115,8 +117,10 @@ pub enum Command {
         /// The base model (default: the adapter's base_model_name_or_path).
         #[arg(long)]
         base: Option<String>,
-        #[arg(long)]
-        adapter: PathBuf,
+        /// The adapter; repeat it to merge several (their updates add up, as peft's active
+        /// adapters do).
+        #[arg(long, required = true)]
+        adapter: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
         /// For a causal-LM base given as a hub id of a GGUF repository: the file.
@@ -136,9 +140,10 @@ pub enum Command {
         model: Option<String>,
         #[arg(long)]
         gguf_file: Option<String>,
-        /// A PEFT LoRA adapter (finetune's or Python peft's).
+        /// A PEFT LoRA adapter (finetune's or Python peft's); with --merge, repeat it to merge
+        /// several (their updates add up).
         #[arg(long)]
-        adapter: Option<PathBuf>,
+        adapter: Vec<PathBuf>,
         /// Write the base with the adapter merged, not the adapter alone.
         #[arg(long)]
         merge: bool,
@@ -162,9 +167,9 @@ pub enum Command {
         model: String,
         #[arg(long)]
         gguf_file: Option<String>,
-        /// A PEFT LoRA adapter (finetune's or Python peft's).
+        /// A PEFT LoRA adapter (finetune's or Python peft's); repeat it to combine several.
         #[arg(long)]
-        adapter: Option<PathBuf>,
+        adapter: Vec<PathBuf>,
         #[arg(long)]
         prompt: String,
         /// A system message for the chat template.
@@ -281,7 +286,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print_eval(&m.evaluate_split(&data, batch_size)?, json)?;
         }
         Command::Eval { model, adapter, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
-            let m = FinetunedClassifier::load(model.as_deref(), adapter.as_deref(), &device, None)?;
+            let m = FinetunedClassifier::load_combined(model.as_deref(), &adapter, &device, None)?;
             let cols = crate::data::text::Columns { text: text_column, label: label_column };
             let metrics = m.evaluate_file(&data, &cols, batch_size, skip_bad_rows)?;
             print_eval(&metrics, json)?;
@@ -318,7 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Predict { model, adapter, texts, device, json } => {
-            let m = FinetunedClassifier::load(model.as_deref(), adapter.as_deref(), &device, None)?;
+            let m = FinetunedClassifier::load_combined(model.as_deref(), &adapter, &device, None)?;
             let texts = if texts.is_empty() {
                 std::io::stdin()
                     .lock()
@@ -347,7 +352,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Export { model, gguf_file, adapter, merge, to: ExportFormat::Gguf, out, quant, json } => {
             use crate::inference::gguf_export;
-            let base = match (&model, &adapter) {
+            let base = match (&model, adapter.first()) {
                 (Some(m), _) => m.clone(),
                 (None, Some(a)) => crate::io::peft::AdapterFiles::read(a)?
                     .base_model()
@@ -356,9 +361,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 (None, None) => anyhow::bail!("give --model (and --adapter to export an adapter or merge one)"),
             };
             let base = lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
-            let written = match &adapter {
-                Some(a) if !merge => gguf_export::export_adapter(&base, a, &out)?,
-                _ => gguf_export::export_model(&base, adapter.as_deref(), &out, quant.ggml_type())?,
+            let written = match adapter.as_slice() {
+                [a] if !merge => gguf_export::export_adapter(&base, a, &out)?,
+                [_, _, ..] if !merge => anyhow::bail!(
+                    "a llama.cpp adapter file holds one adapter: export each (llama.cpp takes several --lora) or merge them (--merge)"
+                ),
+                _ => gguf_export::export_model(&base, &adapter, &out, quant.ggml_type())?,
             };
             if json {
                 println!("{}", serde_json::to_string(&written)?);
@@ -367,14 +375,26 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Merge { base, adapter, out, gguf_file, json } => {
-            let n = if lm::is_causal_lm_adapter(&adapter)? {
+            let n = if lm::is_causal_lm_adapter(&adapter[0])? {
                 let base = base.context("--base is needed for a causal-LM adapter")?;
                 let path = lm::resolve_model(&base, gguf_file.as_deref(), "main")?;
                 lm::merge(&path, &adapter, &out)?
-            } else {
-                let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter), "cpu", None)?;
+            } else if adapter.len() == 1 {
+                let mut m = FinetunedClassifier::load(base.as_deref(), Some(&adapter[0]), "cpu", None)?;
                 let n = m.merge_adapter()?;
                 m.save_model(&out)?;
+                n
+            } else {
+                let m = FinetunedClassifier::load_combined(base.as_deref(), &adapter, "cpu", None)?;
+                m.save_model(&out)?;
+                let mut n = 0;
+                for dir in &adapter {
+                    n += crate::io::peft::AdapterFiles::read(dir)?
+                        .tensors
+                        .keys()
+                        .filter(|k| k.ends_with(".lora_A.weight"))
+                        .count();
+                }
                 n
             };
             if json {
@@ -401,7 +421,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let sampling = Sampling { temperature, top_p, seed, max_new_tokens, stop_ids: Vec::new() };
             let opts = lm::GenerateOptions { system, raw, json, logits };
             let path = lm::resolve_model(&model, gguf_file.as_deref(), "main")?;
-            lm::generate_cli(&path, adapter.as_deref(), &prompt, &opts, sampling, &device)?;
+            lm::generate_cli(&path, &adapter, &prompt, &opts, sampling, &device)?;
         }
         Command::Transcribe { model, adapter, data, files, device, json } => {
             anyhow::ensure!(!files.is_empty() || data.is_some(), "no audio files given (or --data MANIFEST)");

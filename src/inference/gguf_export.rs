@@ -12,7 +12,7 @@
 //! Checked in `tests/integration/gguf_export.rs` (our reader, merge deltas, logits) and against
 //! llama.cpp itself by `scripts/check_gguf_export.py` (docs/BENCHMARKS.md).
 
-use super::lm::load_with_adapter;
+use super::lm::load_with_adapters;
 use crate::io::gguf::GgmlType;
 use crate::io::gguf_writer::GgufWriter;
 use crate::io::peft::AdapterFiles;
@@ -23,7 +23,7 @@ use crate::models::gguf_llama::{LoraLayer, file_type, write_config, write_lora, 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::Param;
 use burn::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What an export wrote.
 #[derive(Debug, serde::Serialize)]
@@ -49,17 +49,22 @@ fn stale_key(key: &str) -> bool {
     key == "general.file_type" || key == "general.alignment" || key.starts_with("quantize.")
 }
 
-/// `base` (HF directory or GGUF file) with `adapter` merged, written to `out` with matrices as
-/// `weights`.
-pub fn export_model(base: &Path, adapter: Option<&Path>, out: &Path, weights: GgmlType) -> Result<ExportReport> {
+/// `base` (HF directory or GGUF file) with `adapters` merged (several: their updates add up, as
+/// peft's active adapters do), written to `out` with matrices as `weights`.
+pub fn export_model(base: &Path, adapters: &[PathBuf], out: &Path, weights: GgmlType) -> Result<ExportReport> {
     ensure!(
         matches!(weights, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 | GgmlType::Q4_0),
         "--quant {}: finetune writes f32, f16, q8_0 and q4_0; for k-quants run llama.cpp's llama-quantize on an f16 export",
         weights.name()
     );
     let device = Device::flex();
-    let mut lm = load_with_adapter(base, adapter, &device)?;
-    let merged = lora::merge(&mut lm.model);
+    let mut lm = load_with_adapters(base, adapters, &device)?;
+    let mut merged = lora::merge(&mut lm.model);
+    if adapters.len() > 1 {
+        for dir in adapters {
+            merged += AdapterFiles::read(dir)?.tensors.keys().filter(|k| k.ends_with(".lora_A.weight")).count();
+        }
+    }
     // Layers held in a quantized format (a GGUF base kept as stored) become float again.
     for (_, dense) in crate::models::Adaptable::dense_layers_mut(&mut lm.model) {
         if dense.quantized.is_some() {

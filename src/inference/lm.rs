@@ -93,6 +93,18 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
     Ok(LoadedLm { model, cfg, tokenizer, template })
 }
 
+/// [`load_with_adapter`] with any number of adapters: one is attached as trained; several are
+/// active together with peft's semantics (their updates add up, `lora::adapter::merge_all`).
+pub fn load_with_adapters(path: &Path, adapters: &[PathBuf], device: &Device) -> Result<LoadedLm> {
+    if adapters.len() <= 1 {
+        return load_with_adapter(path, adapters.first().map(PathBuf::as_path), device);
+    }
+    let files: Vec<AdapterFiles> = adapters.iter().map(|d| AdapterFiles::read(d)).collect::<Result<_>>()?;
+    let mut lm = load_with_adapter(path, None, device)?;
+    lm.model = lora::adapter::merge_all(lm.model, &files, device)?;
+    Ok(lm)
+}
+
 /// How `finetune generate` builds its prompt and what it prints.
 pub struct GenerateOptions {
     pub system: Option<String>,
@@ -107,7 +119,7 @@ pub struct GenerateOptions {
 /// Load a decoder (and an adapter), then stream a completion of `prompt` to stdout.
 pub fn generate_cli(
     model: &Path,
-    adapter: Option<&Path>,
+    adapters: &[PathBuf],
     prompt: &str,
     opts: &GenerateOptions,
     mut sampling: Sampling,
@@ -115,7 +127,7 @@ pub fn generate_cli(
 ) -> Result<()> {
     use std::io::Write;
     let device = crate::ops::device::select(device)?;
-    let lm = load_with_adapter(model, adapter, &device)?;
+    let lm = load_with_adapters(model, adapters, &device)?;
     let model = lm.model.valid();
     let template = if opts.raw { None } else { lm.template.as_ref() };
     let text = match template {
@@ -171,12 +183,17 @@ pub fn is_causal_lm_adapter(dir: &Path) -> Result<bool> {
     Ok(AdapterFiles::read(dir)?.config.get("task_type").and_then(|t| t.as_str()) == Some("CAUSAL_LM"))
 }
 
-/// Fold a LoRA adapter into its base decoder (dequantized, when the base was held quantized)
+/// Fold LoRA adapters into their base decoder (dequantized, when the base was held quantized)
 /// and write a plain Hugging Face model directory. Returns the number of merged layers.
-pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize> {
+pub fn merge(base: &Path, adapters: &[PathBuf], out: &Path) -> Result<usize> {
     let device = Device::flex();
-    let mut lm = load_with_adapter(base, Some(adapter), &device)?;
-    let n = lora::merge(&mut lm.model);
+    let mut lm = load_with_adapters(base, adapters, &device)?;
+    lora::merge(&mut lm.model);
+    // Layer updates merged, adapter by adapter.
+    let mut n = 0;
+    for dir in adapters {
+        n += AdapterFiles::read(dir)?.tensors.keys().filter(|k| k.ends_with(".lora_A.weight")).count();
+    }
     save_model(&lm.model, &lm.cfg, &lm.tokenizer, lm.template.as_ref(), out)?;
     Ok(n)
 }

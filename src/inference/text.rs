@@ -170,6 +170,28 @@ impl FinetunedClassifier {
         Ok(Self { model: model.valid(), labels, tokenizer, meta, base, adapter, device })
     }
 
+    /// [`Self::load`] with several adapters active at once (`--adapter` repeated): with peft's
+    /// semantics their LoRA updates add up (`lora::adapter::merge_all`); the classifier comes
+    /// from the one adapter that trained it. One adapter (or none) is [`Self::load`].
+    pub fn load_combined(
+        model: Option<&str>,
+        adapters: &[std::path::PathBuf],
+        device_name: &str,
+        max_length: Option<usize>,
+    ) -> Result<Self> {
+        if adapters.len() <= 1 {
+            return Self::load(model, adapters.first().map(|p| p.as_path()), device_name, max_length);
+        }
+        let files: Vec<AdapterFiles> = adapters.iter().map(|d| AdapterFiles::read(d)).collect::<Result<_>>()?;
+        let head = lora::adapter::check_combinable(&files)?.unwrap_or(0);
+        let mut m = Self::load(model, Some(&adapters[head]), device_name, max_length)?;
+        m.merge_adapter()?;
+        let others: Vec<AdapterFiles> =
+            files.into_iter().enumerate().filter(|(i, _)| *i != head).map(|(_, f)| f).collect();
+        m.model = lora::adapter::merge_all(m.model.clone(), &others, &m.device)?;
+        Ok(m)
+    }
+
     /// Fold a LoRA/DoRA adapter into the base weights (prompt tuning cannot be merged).
     pub fn merge_adapter(&mut self) -> Result<usize> {
         match &self.adapter {

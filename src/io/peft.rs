@@ -30,6 +30,18 @@ pub struct AdapterFiles {
 impl AdapterFiles {
     pub fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
+        if !config_path.is_file() {
+            let named = Self::named_adapters(dir);
+            if !named.is_empty() {
+                bail!(
+                    "{}: holds several adapters (peft's multi-adapter layout): {}; give --adapter {}/<name> \
+                     (repeat --adapter to combine several)",
+                    dir.display(),
+                    named.join(", "),
+                    dir.display()
+                );
+            }
+        }
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("{}: not an adapter directory (no {CONFIG_FILE})", dir.display()))?;
         let config: Value =
@@ -47,6 +59,25 @@ impl AdapterFiles {
         let file = SafetensorsFile::open(&weights)?;
         let tensors = file.names().into_iter().map(|k| file.tensor(&k).map(|t| (k, t))).collect::<Result<_>>()?;
         Ok(Self { dir: dir.to_path_buf(), config, tensors })
+    }
+
+    /// The adapters peft's `save_pretrained` wrote beside the default one: subdirectories
+    /// holding their own `adapter_config.json`, by name.
+    pub fn named_adapters(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join(CONFIG_FILE).is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Tensors besides the LoRA matrices (modules trained in full, biases).
+    pub fn non_lora_tensors(&self) -> Vec<&str> {
+        self.tensors.keys().filter(|k| !k.contains(".lora_")).map(String::as_str).collect()
     }
 
     pub fn peft_type(&self) -> Result<&str> {

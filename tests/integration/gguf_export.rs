@@ -125,7 +125,7 @@ fn merged_model_exports_as_gguf_with_its_tokenizer() {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     for (ty, tol) in [(GgmlType::F32, 1e-5), (GgmlType::Q8_0, 0.02 * scale), (GgmlType::Q4_0, 0.3 * scale)] {
         let out = tmp.path().join(format!("merged-{}.gguf", ty.name()));
-        let written = export_model(&base, Some(&adapter), &out, ty).unwrap();
+        let written = export_model(&base, std::slice::from_ref(&adapter), &out, ty).unwrap();
         assert_eq!(written.merged_layers, 14);
         let files = ModelDir::open(&out).unwrap();
         let g = files.gguf().unwrap();
@@ -155,7 +155,7 @@ fn smollm2_reexports_with_its_metadata() {
     let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
     for (ty, tol) in [(GgmlType::F16, 0.002), (GgmlType::Q8_0, 0.04)] {
         let out = tmp.path().join(format!("smollm2-{}.gguf", ty.name()));
-        export_model(&path, None, &out, ty).unwrap();
+        export_model(&path, &[], &out, ty).unwrap();
         let (b, _, _) = decoder::load(&ModelDir::open(&out).unwrap(), &device).unwrap();
         let d = max_abs_diff(&la, &logits(&b, &ids, &device));
         eprintln!("SmolLM2 re-exported as {}: max |logit difference| {d} (max |logit| {scale})", ty.name());

@@ -326,3 +326,42 @@ fn unsupported_peft_options_are_refused_by_name() {
     files.config["some_future_option"] = serde_json::Value::Null;
     finetune::methods::load_adapter(tiny(&device), &files, &device).unwrap();
 }
+
+/// Several adapters at once, peft's way: a `save_pretrained` directory holding two adapters (the
+/// default at the root, `second` in a subfolder), both active, gives peft's logits with both
+/// active; a directory holding only named adapters says which; two adapters that each train
+/// the classifier are refused, as peft refuses to activate them together.
+#[test]
+fn several_adapters_combine_as_peft_does() {
+    let device = Device::flex();
+    let input = super::numerics::reference_input(&device);
+    let multi = fixtures().join("peft/options/multi");
+    assert_eq!(AdapterFiles::named_adapters(&multi), ["second"]);
+    let base = tiny_bert().display().to_string();
+    let both = [multi.clone(), multi.join("second")];
+    let m = finetune::inference::text::FinetunedClassifier::load_combined(Some(&base), &both, "cpu", None).unwrap();
+    let logits = values(m.model.forward(&input));
+    let reference = SafetensorsFile::open(&fixtures().join("peft-options-reference.safetensors")).unwrap();
+    let theirs = reference.tensor("multi.logits").unwrap().data;
+    let d = max_abs_diff(&softmax_rows(&logits, 3), &softmax_rows(&theirs, 3));
+    assert!(d < 1e-5, "two active adapters: probabilities differ from peft by {d}");
+    // Either alone differs: the combination is not one of them.
+    let one = finetune::inference::text::FinetunedClassifier::load(Some(&base), Some(&multi), "cpu", None).unwrap();
+    assert!(max_abs_diff(&values(one.model.forward(&input)), &theirs) > 1e-3);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let only_named = tmp.path().join("adapters");
+    std::fs::create_dir_all(only_named.join("second")).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(multi.join("second").join(f), only_named.join("second").join(f)).unwrap();
+    }
+    let err = format!("{:#}", AdapterFiles::read(&only_named).unwrap_err());
+    assert!(err.contains("second") && err.contains("--adapter"), "{err}");
+
+    let heads = [fixtures().join("peft/lora"), fixtures().join("peft/options/bias-all")];
+    let err = format!(
+        "{:#}",
+        finetune::inference::text::FinetunedClassifier::load_combined(Some(&base), &heads, "cpu", None).err().unwrap()
+    );
+    assert!(err.contains("classifier") && err.contains("together"), "{err}");
+}

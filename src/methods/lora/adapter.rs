@@ -213,3 +213,43 @@ pub fn load_adapter<M: Adaptable>(mut model: M, files: &AdapterFiles, device: &D
     };
     Ok((crate::methods::load_saved(model, files, KEY_PREFIX, &stored_key, used)?, cfg))
 }
+
+/// Check that `adapters` can be active together, with peft's semantics for several active LoRA
+/// adapters (their updates add up): all LoRA, no DoRA (its magnitude normalises one update, not
+/// a sum), and at most one that trains modules in full (peft refuses to activate two
+/// `modules_to_save` copies at once). Returns the index of that one, if any.
+pub fn check_combinable(adapters: &[AdapterFiles]) -> Result<Option<usize>> {
+    let mut with_modules = None;
+    for (i, a) in adapters.iter().enumerate() {
+        anyhow::ensure!(a.peft_type()? == "LORA", "{}: only LoRA adapters can be combined", a.dir.display());
+        let cfg = read_config(a)?;
+        anyhow::ensure!(!cfg.use_dora, "{}: DoRA adapters cannot be combined with others", a.dir.display());
+        if !a.non_lora_tensors().is_empty() {
+            if let Some(j) = with_modules {
+                let other: &AdapterFiles = &adapters[j];
+                bail!(
+                    "{} and {} both train modules in full ({}): peft cannot activate them together either; \
+                     combine adapters that share one head, or use them one at a time",
+                    other.dir.display(),
+                    a.dir.display(),
+                    a.non_lora_tensors().join(", ")
+                );
+            }
+            with_modules = Some(i);
+        }
+    }
+    Ok(with_modules)
+}
+
+/// `model` with every adapter in `adapters` folded in (checked by [`check_combinable`]): the
+/// one that trains modules in full first, then each adapter attached and merged in turn, which
+/// computes what peft computes with all of them active (`W + Σ scaleᵢ·Bᵢ·Aᵢ`).
+pub fn merge_all<M: Adaptable>(mut model: M, adapters: &[AdapterFiles], device: &Device) -> Result<M> {
+    let first = check_combinable(adapters)?.unwrap_or(0);
+    let order = std::iter::once(first).chain((0..adapters.len()).filter(|&i| i != first));
+    for i in order {
+        model = load_adapter(model, &adapters[i], device)?.0;
+        super::merge(&mut model);
+    }
+    Ok(model)
+}
