@@ -126,10 +126,12 @@ impl ModelDir {
     /// transformers' default names `LABEL_0..` for as many classes as its head has.
     pub fn labels(&self) -> Result<Option<Vec<String>>> {
         let raw = self.raw_config()?;
-        let has_head = raw
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))));
+        // finetune's own mean/CLS-pooled classifiers say `BertModel` (so that transformers cannot
+        // silently add a random pooler) and carry their pooling under "finetune".
+        let has_head = raw.get("finetune").is_some_and(|f| f.get("pooling").is_some())
+            || raw.get("architectures").and_then(|a| a.as_array()).is_some_and(|a| {
+                a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification")))
+            });
         if !has_head {
             return Ok(None);
         }

@@ -173,6 +173,14 @@ pub struct FinetuneMeta {
 /// Write a fine-tuned model directory: `model.safetensors` with `BertForSequenceClassification`
 /// keys, `config.json` with `id2label`/`label2id` (and our pooling under `"finetune"`), and the
 /// tokenizer files of the base model.
+///
+/// With the pooler (`BertForSequenceClassification`'s own pooling) `transformers` computes our
+/// logits. With mean or CLS pooling it cannot: `BertForSequenceClassification` would always
+/// apply a pooler (initialised at random, as the checkpoint has none), so the config does not
+/// claim that class (`architectures = ["BertModel"]`: loading it for sequence classification
+/// warns that the head is new) and the directory is also a sentence-transformers model
+/// (`modules.json`: Transformer → Pooling → Dense with the classifier as an identity-activated
+/// layer) whose `encode` returns our logits (docs/text.md has the snippet).
 pub fn save_model(
     model: &TextClassifier,
     base: &super::ModelDir,
@@ -188,7 +196,9 @@ pub fn save_model(
         labels.names().iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
     let label2id: serde_json::Map<String, serde_json::Value> =
         labels.names().iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
-    obj.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+    let pooler = model.pooling == crate::nn::classification_head::Pooling::Pooler;
+    let architecture = if pooler { "BertForSequenceClassification" } else { "BertModel" };
+    obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("id2label".into(), id2label.into());
     obj.insert("label2id".into(), label2id.into());
     obj.insert("num_labels".into(), labels.len().into());
@@ -204,6 +214,63 @@ pub fn save_model(
                 std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
             }
         }
+        if !pooler {
+            write_sentence_transformers(dir, model.pooling, &tensors, meta.max_length)?;
+        }
         Ok(())
     })
+}
+
+/// The sentence-transformers modules that compute a mean- or CLS-pooled classifier's logits.
+fn write_sentence_transformers(
+    dir: &std::path::Path,
+    pooling: crate::nn::classification_head::Pooling,
+    tensors: &[(String, crate::io::safetensors::HostTensor)],
+    max_length: usize,
+) -> anyhow::Result<()> {
+    use crate::nn::classification_head::Pooling;
+    use anyhow::Context;
+    let find =
+        |k: &str| tensors.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).with_context(|| format!("no {k}"));
+    let (w, b) = (find("classifier.weight")?, find("classifier.bias")?);
+    let (labels, hidden) = (w.shape[0], w.shape[1]);
+    let json = |path: std::path::PathBuf, v: serde_json::Value| -> anyhow::Result<()> {
+        std::fs::create_dir_all(path.parent().expect("inside the directory"))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))
+    };
+    json(
+        dir.join("modules.json"),
+        serde_json::json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+        ]),
+    )?;
+    json(
+        dir.join("sentence_bert_config.json"),
+        serde_json::json!({"max_seq_length": max_length, "do_lower_case": false}),
+    )?;
+    json(
+        dir.join("1_Pooling/config.json"),
+        serde_json::json!({
+            "word_embedding_dimension": hidden,
+            "pooling_mode_cls_token": pooling == Pooling::Cls,
+            "pooling_mode_mean_tokens": pooling == Pooling::Mean,
+            "pooling_mode_max_tokens": false,
+            "pooling_mode_mean_sqrt_len_tokens": false,
+            "pooling_mode_weightedmean_tokens": false,
+            "pooling_mode_lasttoken": false,
+            "include_prompt": true
+        }),
+    )?;
+    json(
+        dir.join("2_Dense/config.json"),
+        serde_json::json!({"in_features": hidden, "out_features": labels, "bias": true,
+                           "activation_function": "torch.nn.modules.linear.Identity"}),
+    )?;
+    crate::io::safetensors::write_safetensors(
+        &dir.join("2_Dense/model.safetensors"),
+        &[("linear.weight".to_string(), w), ("linear.bias".to_string(), b)],
+        None,
+    )
 }

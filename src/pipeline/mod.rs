@@ -92,6 +92,11 @@ pub trait Task {
     fn adapter_notes(&self, _method: Method) -> Option<serde_json::Value> {
         None
     }
+    /// A `README.md` for the adapter directory, where loading it with peft alone would not
+    /// compute what finetune computes (and how to reproduce it in Python).
+    fn adapter_readme(&self) -> Option<String> {
+        None
+    }
     /// The task's report fields, from the trained model (inference mode) and its test metrics.
     fn finish(
         &mut self,
@@ -217,6 +222,9 @@ pub fn run<T: Task>(
             if let Some(notes) = task.adapter_notes(recipe.method) {
                 let path = run.adapter().join(crate::io::peft::NOTES_FILE);
                 crate::io::atomic::write_atomic(&path, serde_json::to_string_pretty(&notes)?.as_bytes())?;
+            }
+            if let Some(readme) = task.adapter_readme() {
+                crate::io::atomic::write_atomic(&run.adapter().join("README.md"), readme.as_bytes())?;
             }
             if task.saves_merged_model() {
                 let mut merged = model.clone();

@@ -365,3 +365,45 @@ fn several_adapters_combine_as_peft_does() {
     );
     assert!(err.contains("classifier") && err.contains("together"), "{err}");
 }
+
+/// A mean-pooled classifier cannot be loaded by transformers as `BertForSequenceClassification`
+/// without a random pooler changing its outputs: the exported model says `BertModel` and is a
+/// sentence-transformers directory whose Dense layer is the classifier (Python reproduces the
+/// logits: scripts/check_mean_pooling.py); finetune still reads it as a classifier. A
+/// mean-pooled adapter carries a README saying how to reproduce it.
+#[test]
+fn mean_pooled_models_export_so_python_cannot_silently_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "full", "run", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["train", &recipe.display().to_string(), "--no-progress", "--set", "training.epochs=1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model = dir.path().join("run/model");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["BertModel"]));
+    let modules: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("modules.json")).unwrap()).unwrap();
+    assert_eq!(modules[2]["type"], "sentence_transformers.models.Dense");
+    let pooling: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("1_Pooling/config.json")).unwrap()).unwrap();
+    assert_eq!(pooling["pooling_mode_mean_tokens"], true);
+    let dense = SafetensorsFile::open(&model.join("2_Dense/model.safetensors")).unwrap();
+    let weights = SafetensorsFile::open(&model.join("model.safetensors")).unwrap();
+    assert_eq!(dense.tensor("linear.weight").unwrap().data, weights.tensor("classifier.weight").unwrap().data);
+    assert_eq!(dense.tensor("linear.bias").unwrap().data, weights.tensor("classifier.bias").unwrap().data);
+    let m = finetune::inference::text::FinetunedClassifier::load(Some(&model.display().to_string()), None, "cpu", None)
+        .unwrap();
+    assert_eq!(m.model.pooling, Pooling::Mean);
+
+    let lora = lora_recipe(dir.path(), "lora");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["train", &lora.display().to_string(), "--no-progress", "--set", "training.epochs=1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let readme = std::fs::read_to_string(dir.path().join("run/adapter/README.md")).unwrap();
+    assert!(readme.contains("finetune merge") && readme.contains("SentenceTransformer"), "{readme}");
+}
