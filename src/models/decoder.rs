@@ -15,7 +15,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use std::path::Path;
 
-/// The decoder's config: `config.json` (`model_type` llama or mistral), or the GGUF metadata.
+/// The decoder's config: `config.json` (`model_type` one of `llama::MODEL_TYPES`), or the GGUF
+/// metadata.
 pub fn config(dir: &ModelDir) -> Result<LlamaConfig> {
     if let Some(g) = dir.gguf() {
         return super::gguf_llama::config(g);
@@ -23,8 +24,12 @@ pub fn config(dir: &ModelDir) -> Result<LlamaConfig> {
     let raw = dir.raw_config()?;
     let path = dir.config_path();
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
-    if !matches!(model_type, "llama" | "mistral") {
-        bail!("{}: model_type '{model_type}' is not a decoder finetune supports yet (llama)", path.display());
+    if !super::llama::MODEL_TYPES.contains(&model_type) {
+        bail!(
+            "{}: model_type '{model_type}' is not a decoder finetune supports yet ({})",
+            path.display(),
+            super::llama::MODEL_TYPES.join(", ")
+        );
     }
     let cfg: LlamaConfig =
         serde_json::from_value(raw).with_context(|| format!("{}: not a Llama config", path.display()))?;
@@ -152,8 +157,14 @@ pub fn save_model(
     meta.insert("format".to_string(), "pt".to_string());
     crate::io::safetensors::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))?;
     let mut config = serde_json::to_value(cfg)?;
-    config["model_type"] = "llama".into();
-    config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    let class = match cfg.model_type() {
+        "mistral" => "MistralForCausalLM",
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    };
+    config["model_type"] = cfg.model_type().into();
+    config["architectures"] = serde_json::json!([class]);
     crate::io::atomic::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     if let Some(t) = template {
         crate::io::atomic::write_atomic(&dir.join("chat_template.jinja"), t.source().as_bytes())?;

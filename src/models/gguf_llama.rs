@@ -66,6 +66,10 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         eos_token_id: token("eos_token_id").map(Into::into),
         pad_token_id: token("padding_token_id"),
         initializer_range: 0.02,
+        model_type: Some("llama".into()),
+        sliding_window: None,
+        use_sliding_window: None,
+        layer_types: None,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
     // Every block the metadata counts must be in the file (and no more): a wrong count is a
@@ -193,6 +197,12 @@ pub fn file_type(ty: GgmlType) -> u32 {
 /// The `llama.*` metadata (and special token ids) describing `cfg`, with the names and types
 /// llama.cpp's loader reads.
 pub fn write_config(w: &mut GgufWriter, cfg: &LlamaConfig) -> Result<()> {
+    ensure!(
+        cfg.model_type() == "llama" && cfg.layer_types.is_none() && cfg.sliding_window.is_none(),
+        "model_type '{}': finetune writes GGUF for the Llama architecture only (convert this one with llama.cpp's \
+         convert_hf_to_gguf.py from a merged Hugging Face directory: finetune merge)",
+        cfg.model_type()
+    );
     ensure!(
         cfg.rope_scaling.is_none()
             && cfg.rope_parameters.as_ref().is_none_or(|p| p.get("rope_type").is_none_or(|t| t == "default")),

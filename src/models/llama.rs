@@ -2,6 +2,17 @@
 //! embeddings, grouped-query attention, SwiGLU feed-forward, optionally tied input/output
 //! embeddings, causal attention with a KV cache for generation.
 //!
+//! The same file holds the families that differ from Llama in a few switches, each read from
+//! `config.json` as transformers does (tiny fixtures: scripts/make_decoder_fixtures.py):
+//! - Qwen2 (`model_type = "qwen2"`): biases on q/k/v (not o);
+//! - Qwen3 (`"qwen3"`): RMSNorm over each head's queries and keys before RoPE (`q_norm`,
+//!   `k_norm`);
+//! - Mistral (`"mistral"`) and any config with `layer_types`: sliding-window attention (a query
+//!   sees the last `sliding_window` positions);
+//! - RoPE scaling: `rope_type = "linear"` (positions divided by `factor`) and `"llama3"`
+//!   (Llama 3.1/3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp
+//!   between).
+//!
 //! Field names follow `transformers`' `LlamaForCausalLM`, so a parameter's burn path *is* its
 //! checkpoint key (`model.layers.0.self_attn.q_proj.weight`); dense weights are transposed.
 
@@ -55,7 +66,21 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
     #[serde(default = "default_init_range")]
     pub initializer_range: f64,
+    /// `llama`, `mistral`, `qwen2`, `qwen3` (absent: llama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2's switch for `sliding_window` (false: full attention everywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// Per layer, `"full_attention"` or `"sliding_attention"` (transformers 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
+
+/// The decoder families this file implements.
+pub const MODEL_TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
 
 fn default_eps() -> f64 {
     1e-6
@@ -86,6 +111,62 @@ impl LlamaConfig {
             .and_then(|v| v.as_f64())
             .or(self.rope_theta)
             .unwrap_or(10_000.0)
+    }
+
+    pub fn model_type(&self) -> &str {
+        self.model_type.as_deref().unwrap_or("llama")
+    }
+
+    /// Biases on the q/k/v projections (Qwen2 always has them), and on o.
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.model_type() == "qwen2"
+    }
+
+    /// The attention window of layer `layer`: `Some(w)` when it attends to the last `w`
+    /// positions only.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        match &self.layer_types {
+            Some(types) => types.get(layer).filter(|t| *t == "sliding_attention").and(self.sliding_window),
+            None if self.use_sliding_window == Some(false) => None,
+            None => self.sliding_window,
+        }
+    }
+
+    /// The RoPE settings (`rope_parameters` in transformers 5, `rope_scaling` before).
+    fn rope(&self) -> Option<&serde_json::Value> {
+        self.rope_parameters
+            .as_ref()
+            .filter(|p| p.get("rope_type").is_some_and(|t| t != "default"))
+            .or(self.rope_scaling.as_ref())
+    }
+
+    /// RoPE's inverse frequencies `θ^(-2i/d)`, scaled as the config says.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim();
+        let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta().powf((2 * i) as f64 / d as f64)).collect();
+        let Some(rope) = self.rope() else { return base.iter().map(|&f| f as f32).collect() };
+        let num = |k: &str, default: f64| rope.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+        let factor = num("factor", 1.0);
+        match rope.get("rope_type").or_else(|| rope.get("type")).and_then(|v| v.as_str()) {
+            Some("linear") => base.iter().map(|&f| (f / factor) as f32).collect(),
+            Some("llama3") => {
+                let (low, high) = (num("low_freq_factor", 1.0), num("high_freq_factor", 4.0));
+                let old = num("original_max_position_embeddings", 8192.0);
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        if wavelen < high_wavelen || wavelen > low_wavelen {
+                            return scaled as f32;
+                        }
+                        let smooth = (old / wavelen - low) / (high - low);
+                        ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
+                    })
+                    .collect()
+            }
+            _ => base.iter().map(|&f| f as f32).collect(),
+        }
     }
 
     /// Token ids that end generation.
@@ -122,6 +203,27 @@ impl LlamaConfig {
         ])?;
         ensure!(self.hidden_act == "silu", "hidden_act '{}' is not supported (Llama uses 'silu')", self.hidden_act);
         ensure!(
+            MODEL_TYPES.contains(&self.model_type()),
+            "model_type '{}' is not a decoder finetune supports yet ({})",
+            self.model_type(),
+            MODEL_TYPES.join(", ")
+        );
+        if let Some(types) = &self.layer_types {
+            ensure!(
+                types.len() == self.num_hidden_layers,
+                "layer_types has {} entries for {} layers",
+                types.len(),
+                self.num_hidden_layers
+            );
+            for t in types {
+                ensure!(
+                    matches!(t.as_str(), "full_attention" | "sliding_attention"),
+                    "layer_types: '{t}' is not supported (full_attention, sliding_attention)"
+                );
+            }
+        }
+        ensure!(self.sliding_window != Some(0), "sliding_window = 0: must be at least 1 (or null)");
+        ensure!(
             self.num_attention_heads.is_multiple_of(self.num_kv_heads()),
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             self.num_attention_heads,
@@ -131,10 +233,14 @@ impl LlamaConfig {
         for rope in [&self.rope_scaling, &self.rope_parameters].into_iter().flatten() {
             let kind = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|v| v.as_str());
             ensure!(
-                matches!(kind, None | Some("default")),
-                "rope scaling '{}' is not supported yet (only the default rotary embedding)",
+                matches!(kind, None | Some("default" | "linear" | "llama3")),
+                "rope scaling '{}' is not supported yet (default, linear, llama3)",
                 kind.unwrap_or_default()
             );
+            if matches!(kind, Some("linear" | "llama3")) {
+                let factor = rope.get("factor").and_then(|v| v.as_f64()).unwrap_or(0.0);
+                ensure!(factor > 0.0 && factor.is_finite(), "rope scaling factor {factor}: must be positive");
+            }
         }
         Ok(())
     }
@@ -164,6 +270,9 @@ pub struct LlamaAttention {
     pub k_proj: Dense,
     pub v_proj: Dense,
     pub o_proj: Dense,
+    /// Qwen3: RMSNorm over each head's queries / keys.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -182,6 +291,8 @@ pub struct LlamaDecoderLayer {
     pub mlp: LlamaMlp,
     pub input_layernorm: RmsNorm,
     pub post_attention_layernorm: RmsNorm,
+    /// Attend to the last `w` positions only (sliding-window layers).
+    pub window: Option<usize>,
 }
 
 #[derive(Module, Debug)]
@@ -196,7 +307,8 @@ pub struct LlamaForCausalLM {
     pub model: LlamaModel,
     /// `None` when the output projection is the (tied) input embedding.
     pub lm_head: Option<Dense>,
-    pub rope_theta: f64,
+    /// RoPE's inverse frequencies, scaling applied.
+    pub inv_freq: Vec<f32>,
 }
 
 /// Keys and values of the positions seen so far, per layer (`[batch, kv_heads, t, head_dim]`).
@@ -224,15 +336,13 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(theta: f64, head_dim: usize, start: usize, len: usize, device: &Device) -> Self {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+    fn new(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> Self {
+        let head_dim = 2 * inv_freq.len();
         let mut cos = Vec::with_capacity(len * head_dim);
         let mut sin = Vec::with_capacity(len * head_dim);
         for p in start..start + len {
             for _half in 0..2 {
-                for f in &inv_freq {
+                for f in inv_freq {
                     let angle = p as f32 * f;
                     cos.push(angle.cos());
                     sin.push(angle.sin());
@@ -254,13 +364,17 @@ impl Rope {
 }
 
 /// Additive causal mask `[1, 1, len, start + len]`: query `i` (at position `start + i`) sees keys
-/// `0..=start + i`.
-fn causal_bias(start: usize, len: usize, device: &Device) -> Tensor<4> {
+/// `0..=start + i`, and with a `window` only the last `window` of them (transformers:
+/// `q - k < window`).
+fn causal_bias(start: usize, len: usize, window: Option<usize>, device: &Device) -> Tensor<4> {
     let total = start + len;
     let mut bias = vec![0f32; len * total];
     for i in 0..len {
-        for j in start + i + 1..total {
-            bias[i * total + j] = -1e9;
+        let q = start + i;
+        for j in 0..total {
+            if j > q || window.is_some_and(|w| q - j >= w) {
+                bias[i * total + j] = -1e9;
+            }
         }
     }
     Tensor::from_data(TensorData::new(bias, [1, 1, len, total]), device)
@@ -275,13 +389,16 @@ impl LlamaForCausalLM {
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
         let std = cfg.initializer_range;
         let dense = |i: usize, o: usize, bias: bool| Dense::new(i, o, std, bias, device);
+        let qk_norm = cfg.model_type() == "qwen3";
         let layers = (0..cfg.num_hidden_layers)
-            .map(|_| LlamaDecoderLayer {
+            .map(|i| LlamaDecoderLayer {
                 self_attn: LlamaAttention {
-                    q_proj: dense(h, nh * dh, cfg.attention_bias),
-                    k_proj: dense(h, nkv * dh, cfg.attention_bias),
-                    v_proj: dense(h, nkv * dh, cfg.attention_bias),
+                    q_proj: dense(h, nh * dh, cfg.qkv_bias()),
+                    k_proj: dense(h, nkv * dh, cfg.qkv_bias()),
+                    v_proj: dense(h, nkv * dh, cfg.qkv_bias()),
                     o_proj: dense(nh * dh, h, cfg.attention_bias),
+                    q_norm: qk_norm.then(|| RmsNorm::new(dh, cfg.rms_norm_eps, device)),
+                    k_norm: qk_norm.then(|| RmsNorm::new(dh, cfg.rms_norm_eps, device)),
                     num_heads: nh,
                     num_kv_heads: nkv,
                     head_dim: dh,
@@ -293,6 +410,7 @@ impl LlamaForCausalLM {
                 },
                 input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
                 post_attention_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
+                window: cfg.window(i),
             })
             .collect();
         Ok(Self {
@@ -304,7 +422,7 @@ impl LlamaForCausalLM {
                 norm: RmsNorm::new(h, cfg.rms_norm_eps, device),
             },
             lm_head: (!cfg.tie_word_embeddings).then(|| dense(h, cfg.vocab_size, false)),
-            rope_theta: cfg.rope_theta(),
+            inv_freq: cfg.inv_freq(),
         })
     }
 
@@ -322,20 +440,26 @@ impl LlamaForCausalLM {
         let [_, len] = ids.dims();
         let device = ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let rope = Rope::new(self.rope_theta, head_dim, start, len, &device);
-        let bias = causal_bias(start, len, &device);
+        let rope = Rope::new(&self.inv_freq, start, len, &device);
+        // One mask per distinct window (full attention: None).
+        let mut masks: Vec<(Option<usize>, Tensor<4>)> = Vec::new();
+        for layer in &self.model.layers {
+            if !masks.iter().any(|(w, _)| *w == layer.window) {
+                masks.push((layer.window, causal_bias(start, len, layer.window, &device)));
+            }
+        }
+        let mask = |w: Option<usize>| &masks.iter().find(|(x, _)| *x == w).expect("built above").1;
         let mut x = self.model.embed_tokens.forward(ids);
         match cache {
             Some(cache) => {
                 cache.layers.resize_with(self.model.layers.len(), || None);
                 for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, &rope, &bias, Some(kv));
+                    x = layer.forward(x, &rope, mask(layer.window), Some(kv));
                 }
             }
             None => {
                 for layer in &self.model.layers {
-                    x = layer.forward(x, &rope, &bias, None);
+                    x = layer.forward(x, &rope, mask(layer.window), None);
                 }
             }
         }
@@ -386,8 +510,12 @@ impl LlamaAttention {
         let [b, l, _] = x.dims();
         let (nh, nkv, dh) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, l, n, dh]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), nh));
-        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), nkv));
+        let norm = |n: &Option<RmsNorm>, t: Tensor<4>| match n {
+            Some(n) => n.forward(t),
+            None => t,
+        };
+        let q = rope.apply(norm(&self.q_norm, heads(self.q_proj.forward(x.clone()), nh)));
+        let mut k = rope.apply(norm(&self.k_norm, heads(self.k_proj.forward(x.clone()), nkv)));
         let mut v = heads(self.v_proj.forward(x), nkv);
         if let Some(slot) = cache {
             if let Some((k0, v0)) = slot.take() {
@@ -516,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn config_reads_both_rope_theta_spellings_and_rejects_scaling() {
+    fn config_reads_both_rope_theta_spellings_and_rejects_unknown_scaling() {
         let base = serde_json::json!({"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1});
         let mut v4 = base.clone();
@@ -529,8 +657,8 @@ mod tests {
         assert_eq!(c.rope_theta(), 100000.0);
         c.validate().unwrap();
         let mut scaled = base;
-        scaled["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        scaled["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 8.0});
         let c: LlamaConfig = serde_json::from_value(scaled).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("llama3"));
+        assert!(c.validate().unwrap_err().to_string().contains("yarn"));
     }
 }

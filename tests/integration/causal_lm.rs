@@ -224,3 +224,47 @@ target_modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
         finetune::training::trainer::evaluate(&model, &examples, finetune::training::trainer::Split::Train, 8, 49152);
     assert!((m.loss - after.loss).abs() < 1e-3, "reloaded adapter loss {} vs trained {}", m.loss, after.loss);
 }
+
+fn decoders_reference(name: &str) -> finetune::io::safetensors::HostTensor {
+    SafetensorsFile::open(&fixtures().join("decoders/decoders-reference.safetensors")).unwrap().tensor(name).unwrap()
+}
+
+/// Qwen2 (q/k/v biases, tied), Qwen3 (q/k norms, head_dim ≠ hidden / heads), Mistral (sliding
+/// window of 4 over 12 tokens), Llama 3 and linear RoPE scaling: tiny models made by
+/// transformers' own classes give transformers' logits (1e-4) and greedy continuation (8 tokens
+/// through the KV cache, past the window); saved again as a Hugging Face directory, they keep
+/// their family and their logits.
+#[test]
+fn decoder_families_match_transformers() {
+    let device = Device::flex();
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-llama-linear"] {
+        let files = ModelDir::open(&fixtures().join("decoders").join(name)).unwrap();
+        let (model, cfg, report) = decoder::load(&files, &device).unwrap();
+        assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");
+        let t = decoders_reference(&format!("{name}.input_ids"));
+        let shape = [t.shape[0], t.shape[1]];
+        let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), shape), &device);
+        let logits = values(model.forward(input.clone(), None));
+        let d = max_abs_diff(&logits, &decoders_reference(&format!("{name}.logits")).data);
+        assert!(d < 1e-4, "{name}: logits differ from transformers by {d}");
+        let prompt: Vec<u32> = ids[..shape[1]].iter().map(|&v| v as u32).collect();
+        let s = Sampling { max_new_tokens: 8, ..Default::default() };
+        let greedy = generate(&model, &prompt, &s, &device, |_| {});
+        let want: Vec<u32> = decoders_reference(&format!("{name}.greedy")).data.iter().map(|&v| v as u32).collect();
+        assert_eq!(greedy, want, "{name}: greedy tokens");
+
+        let out = tempfile::tempdir().unwrap();
+        let tokenizer = finetune::data::tokenizer::LmTokenizer::from_json(
+            &serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+                "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}}),
+            "test",
+        )
+        .unwrap();
+        decoder::save_model(&model, &cfg, &tokenizer, None, out.path()).unwrap();
+        let (again, again_cfg, _) = decoder::load(&ModelDir::open(out.path()).unwrap(), &device).unwrap();
+        assert_eq!(again_cfg.model_type(), cfg.model_type(), "{name}");
+        assert_eq!(values(again.forward(input, None)), logits, "{name}: saved and reloaded");
+    }
+}

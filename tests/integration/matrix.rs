@@ -219,11 +219,24 @@ fn char_tokenizer() -> Value {
 
 #[test]
 fn causal_lm_row() {
+    causal_lm_row_for(&fixtures().join("tiny-llama"));
+}
+
+/// The same row for the other decoder families (Qwen2's biases, Qwen3's q/k norms, Mistral's
+/// window): every method trains what it should on each.
+#[test]
+fn causal_lm_row_other_families() {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral"] {
+        causal_lm_row_for(&fixtures().join("decoders").join(name));
+    }
+}
+
+fn causal_lm_row_for(fixture: &Path) {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("tiny-llama");
+    let model = tmp.path().join("tiny-model");
     std::fs::create_dir_all(&model).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures().join("tiny-llama").join(f), model.join(f)).unwrap();
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
     }
     std::fs::write(model.join("tokenizer.json"), char_tokenizer().to_string()).unwrap();
     let data = tmp.path().join("sft");
@@ -261,7 +274,7 @@ fn causal_lm_row() {
         Task::CausalLm,
         Some(Cell {
             recipe,
-            base: tensors(&fixtures().join("tiny-llama/model.safetensors")),
+            base: tensors(&fixture.join("model.safetensors")),
             base_key: |k| k.to_string(),
             is_head: |_| false,
             trains: |method, p| method != Method::Lora || p.contains(".lora."),

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Tiny *random* decoders of the families finetune reads besides Llama, made by transformers' own
+classes, with transformers' logits and greedy continuations (no real checkpoint of these
+families is in a registry package yet; see docs/ASSETS.md).
+
+Families (each: vocab 96, hidden 32, 2 layers, 4 query / 2 key-value heads, non-trivial norms):
+  tiny-qwen2      Qwen2ForCausalLM: q/k/v biases (o_proj none), tied embeddings
+  tiny-qwen3      Qwen3ForCausalLM: q/k RMSNorm per head, head_dim 16 (≠ hidden / heads)
+  tiny-mistral    MistralForCausalLM: sliding window of 4 positions over a 12-token input
+  tiny-llama3     LlamaForCausalLM with rope_type "llama3" scaling (factor 8, original context 16)
+  tiny-llama-linear  LlamaForCausalLM with rope_type "linear" (factor 4)
+
+Outputs (under tests/fixtures/decoders/): <name>/config.json + model.safetensors, and
+decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 96],
+<name>.greedy [1, 8] (greedy continuation of row 0, KV cache on).
+
+Usage: python scripts/make_decoder_fixtures.py   (needs torch, transformers, safetensors)
+"""
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "decoders")
+COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, bos_token_id=1,
+              eos_token_id=2, pad_token_id=0)
+FAMILIES = {
+    "tiny-qwen2": (Qwen2ForCausalLM, Qwen2Config(**COMMON, rope_theta=1000.0, tie_word_embeddings=True)),
+    "tiny-qwen3": (Qwen3ForCausalLM, Qwen3Config(**COMMON, head_dim=16, rope_theta=1000.0, tie_word_embeddings=False)),
+    "tiny-mistral": (MistralForCausalLM, MistralConfig(**COMMON, sliding_window=4, rope_theta=1000.0,
+                                                       tie_word_embeddings=False)),
+    "tiny-llama3": (LlamaForCausalLM, LlamaConfig(**COMMON, tie_word_embeddings=False, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16})),
+    "tiny-llama-linear": (LlamaForCausalLM, LlamaConfig(**COMMON, tie_word_embeddings=False, rope_parameters={
+        "rope_type": "linear", "rope_theta": 500.0, "factor": 4.0})),
+}
+
+
+def main():
+    ref = {}
+    for i, (name, (cls, cfg)) in enumerate(FAMILIES.items()):
+        torch.manual_seed(10 + i)
+        cfg._attn_implementation = "eager"
+        model = cls(cfg).eval()
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "norm" in pname:
+                    p.add_(torch.randn_like(p) * 0.1)
+                if pname.endswith(".bias"):
+                    p.add_(torch.randn_like(p) * 0.1)
+        d = os.path.join(OUT, name)
+        model.save_pretrained(d, safe_serialization=True)
+        if os.path.exists(os.path.join(d, "generation_config.json")):
+            os.remove(os.path.join(d, "generation_config.json"))
+        ids = torch.randint(3, cfg.vocab_size, (2, 12))
+        with torch.no_grad():
+            logits = model(ids).logits
+            out = model.generate(ids[:1], max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+        ref[f"{name}.input_ids"] = ids.to(torch.int64)
+        ref[f"{name}.logits"] = logits.contiguous()
+        ref[f"{name}.greedy"] = out[:, ids.shape[1]:].to(torch.int64).contiguous()
+        print(name, "logits", tuple(logits.shape), "greedy", out[0, ids.shape[1]:].tolist())
+    save_file(ref, os.path.join(OUT, "decoders-reference.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
