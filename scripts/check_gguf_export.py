@@ -10,6 +10,11 @@ adapter, and the greedy continuations (20 tokens).
 
     python scripts/check_gguf_export.py --base BASE.gguf --adapter runs/NAME/adapter \
         [--finetune target/release/finetune] [--data test.jsonl]
+    python scripts/check_gguf_export.py --tiny-families [--finetune ...]
+
+`--tiny-families` instead exports the tiny Llama, Qwen2 and Qwen3 fixtures (made by
+transformers; a byte-level test tokenizer added) as f32 GGUF under their own llama.cpp
+architectures and compares llama.cpp's logits with transformers' (tolerance 1e-4).
 
 Needs llama-cpp-python (pip builds llama.cpp) and numpy. Prints a table; exits non-zero when a
 difference exceeds its tolerance: 5% of the largest logit for the adapter on the quantized base, 1e-3 relative for the F32
@@ -66,15 +71,64 @@ def llama_run(model, lora, ids, max_new):
     return logits, out
 
 
+def tiny_families(binary):
+    """Tiny transformers fixtures → finetune export → llama.cpp, against transformers' logits."""
+    import shutil
+    import torch
+    from transformers import AutoModelForCausalLM
+    tokens = ["<pad>", "<s>", "</s>", "\u0120"] + [chr(c) for c in range(33, 125)]
+    special = lambda i, c: {"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                            "normalized": False, "special": True}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")], "normalizer": None,
+           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+           "post_processor": None,
+           "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                     "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}}
+    fixtures = os.path.join(ROOT, "tests", "fixtures")
+    failures = 0
+    print("| family | llama.cpp vs transformers, max abs logit diff | largest logit |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as d:
+        for name, src in [("llama", "tiny-llama"), ("qwen2", "decoders/tiny-qwen2"), ("qwen3", "decoders/tiny-qwen3")]:
+            model = os.path.join(d, name)
+            os.makedirs(model)
+            for f in ["config.json", "model.safetensors"]:
+                shutil.copy(os.path.join(fixtures, src, f), model)
+            with open(os.path.join(model, "tokenizer.json"), "w") as f:
+                json.dump(tok, f)
+            out = os.path.join(d, f"{name}.gguf")
+            subprocess.run([binary, "export", "--model", model, "--quant", "f32", "--out", out], check=True,
+                           stdout=subprocess.DEVNULL)
+            ids = [5, 17, 33, 60, 3, 91, 40, 12, 8]
+            hf = AutoModelForCausalLM.from_pretrained(model).eval()
+            with torch.no_grad():
+                want = hf(torch.tensor([ids])).logits[0].numpy()
+            llm = Llama(model_path=out, n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+            llm.eval(ids)
+            diff = float(np.abs(np.array(llm.scores[:len(ids)]) - want).max())
+            ok = diff < 1e-4
+            failures += not ok
+            print(f"| {name} | {diff:.1e}{'' if ok else ' FAIL'} | {float(np.abs(want).max()):.2f} |")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True, help="the base GGUF file the adapter was trained over")
-    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--tiny-families", action="store_true")
+    ap.add_argument("--base", help="the base GGUF file the adapter was trained over")
+    ap.add_argument("--adapter")
     ap.add_argument("--finetune", default=os.path.join(ROOT, "target", "release", "finetune"))
     ap.add_argument("--data", help="chat JSONL whose first user turns are the prompts (default: built-in)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--max-new", type=int, default=20)
     args = ap.parse_args()
+    if args.tiny_families:
+        sys.exit(1 if tiny_families(args.finetune) else 0)
+    if not (args.base and args.adapter):
+        ap.error("--base and --adapter are needed (or --tiny-families)")
     prompts = PROMPTS
     if args.data:
         prompts = []

@@ -12,16 +12,18 @@ use crate::io::gguf_writer::GgufWriter;
 use crate::io::safetensors::HostTensor;
 use anyhow::{Context, Result, bail, ensure};
 
-/// `general.architecture` values that are the Llama architecture under another name.
-const LLAMA_ARCHES: &[&str] = &["llama"];
+/// `general.architecture` values finetune reads: Llama (Mistral is written as `llama` by
+/// llama.cpp's converter), Qwen2 and Qwen3. Only `llama` files have their Q/K rows permuted.
+const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3"];
 
 /// The Llama configuration a GGUF file describes.
 pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let arch = file.require("general.architecture")?.as_str().unwrap_or_default().to_string();
     if !LLAMA_ARCHES.contains(&arch.as_str()) {
         bail!(
-            "{}: general.architecture is '{arch}'; finetune reads Llama-architecture GGUF files ('llama')",
-            file.path().display()
+            "{}: general.architecture is '{arch}'; finetune reads GGUF files of the architectures {}",
+            file.path().display(),
+            LLAMA_ARCHES.join(", ")
         );
     }
     let num = |key: &str| -> Result<usize> {
@@ -39,7 +41,11 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
     }
     let heads = num("attention.head_count")?;
     let hidden = num("embedding_length")?;
-    let head_dim = num("rope.dimension_count").ok().filter(|&d| heads == 0 || d != hidden / heads);
+    // Qwen3 states the head size as the key length; Llama as the rotary dimension.
+    let head_dim = num("attention.key_length")
+        .or_else(|_| num("rope.dimension_count"))
+        .ok()
+        .filter(|&d| heads == 0 || d != hidden / heads);
     let vocab_size = match num("vocab_size") {
         Ok(v) => v,
         Err(_) => file.info("token_embd.weight")?.shape[0],
@@ -60,13 +66,15 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         max_position_embeddings: num("context_length").unwrap_or(2048),
         tie_word_embeddings: !file.tensors.contains_key("output.weight"),
         hidden_act: "silu".into(),
-        attention_bias: file.tensors.contains_key("blk.0.attn_q.bias"),
+        // Qwen2's q/k/v biases come with its model type; `attention_bias` is o's too.
+        attention_bias: file.tensors.contains_key("blk.0.attn_output.bias")
+            || (arch == "llama" && file.tensors.contains_key("blk.0.attn_q.bias")),
         mlp_bias: false,
         bos_token_id: token("bos_token_id"),
         eos_token_id: token("eos_token_id").map(Into::into),
         pad_token_id: token("padding_token_id"),
         initializer_range: 0.02,
-        model_type: Some("llama".into()),
+        model_type: Some(arch.clone()),
         sliding_window: None,
         use_sliding_window: None,
         layer_types: None,
@@ -90,6 +98,8 @@ const LAYER_MODULES: &[&str] = &[
     "self_attn.k_proj",
     "self_attn.v_proj",
     "self_attn.o_proj",
+    "self_attn.q_norm",
+    "self_attn.k_norm",
     "mlp.gate_proj",
     "mlp.up_proj",
     "mlp.down_proj",
@@ -98,7 +108,7 @@ const LAYER_MODULES: &[&str] = &[
 ];
 
 /// The GGUF name of a transformers Llama parameter, and whether its rows need un-permuting
-/// (with how many heads).
+/// (with how many heads: llama.cpp permutes Q/K rows for the `llama` architecture only).
 pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)> {
     let fixed = match key {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
@@ -112,9 +122,12 @@ pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)
     let rest = key.strip_prefix("model.layers.")?;
     let (layer, param) = rest.split_once('.')?;
     let (module, kind) = param.rsplit_once('.')?;
+    let permuted = matches!(cfg.model_type(), "llama" | "mistral");
     let (name, heads) = match module {
-        "self_attn.q_proj" => ("attn_q", Some(cfg.num_attention_heads)),
-        "self_attn.k_proj" => ("attn_k", Some(cfg.num_kv_heads())),
+        "self_attn.q_proj" => ("attn_q", permuted.then_some(cfg.num_attention_heads)),
+        "self_attn.k_proj" => ("attn_k", permuted.then_some(cfg.num_kv_heads())),
+        "self_attn.q_norm" => ("attn_q_norm", None),
+        "self_attn.k_norm" => ("attn_k_norm", None),
         "self_attn.v_proj" => ("attn_v", None),
         "self_attn.o_proj" => ("attn_output", None),
         "mlp.gate_proj" => ("ffn_gate", None),
@@ -197,11 +210,14 @@ pub fn file_type(ty: GgmlType) -> u32 {
 /// The `llama.*` metadata (and special token ids) describing `cfg`, with the names and types
 /// llama.cpp's loader reads.
 pub fn write_config(w: &mut GgufWriter, cfg: &LlamaConfig) -> Result<()> {
+    let arch = cfg.model_type();
     ensure!(
-        cfg.model_type() == "llama" && cfg.layer_types.is_none() && cfg.sliding_window.is_none(),
-        "model_type '{}': finetune writes GGUF for the Llama architecture only (convert this one with llama.cpp's \
-         convert_hf_to_gguf.py from a merged Hugging Face directory: finetune merge)",
-        cfg.model_type()
+        LLAMA_ARCHES.contains(&arch)
+            && cfg.layer_types.as_ref().is_none_or(|t| t.iter().all(|l| l == "full_attention"))
+            && (arch != "llama" || cfg.sliding_window.is_none()),
+        "model_type '{arch}': finetune writes GGUF for {} (without sliding-window layers) \
+         (convert this one with llama.cpp's convert_hf_to_gguf.py from a merged Hugging Face directory: finetune merge)",
+        LLAMA_ARCHES.join(", ")
     );
     ensure!(
         cfg.rope_scaling.is_none()
@@ -209,17 +225,22 @@ pub fn write_config(w: &mut GgufWriter, cfg: &LlamaConfig) -> Result<()> {
         "this model scales RoPE; finetune writes GGUF for unscaled RoPE only (convert with llama.cpp's convert_hf_to_gguf.py)"
     );
     let n = |v: usize| u32::try_from(v).context("a size beyond u32");
-    w.str("general.architecture", "llama");
-    w.u32("llama.context_length", n(cfg.max_position_embeddings)?);
-    w.u32("llama.embedding_length", n(cfg.hidden_size)?);
-    w.u32("llama.block_count", n(cfg.num_hidden_layers)?);
-    w.u32("llama.feed_forward_length", n(cfg.intermediate_size)?);
-    w.u32("llama.rope.dimension_count", n(cfg.head_dim())?);
-    w.u32("llama.attention.head_count", n(cfg.num_attention_heads)?);
-    w.u32("llama.attention.head_count_kv", n(cfg.num_kv_heads())?);
-    w.f32("llama.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps as f32);
-    w.f32("llama.rope.freq_base", cfg.rope_theta() as f32);
-    w.u32("llama.vocab_size", n(cfg.vocab_size)?);
+    let key = |k: &str| format!("{arch}.{k}");
+    w.str("general.architecture", arch);
+    w.u32(&key("context_length"), n(cfg.max_position_embeddings)?);
+    w.u32(&key("embedding_length"), n(cfg.hidden_size)?);
+    w.u32(&key("block_count"), n(cfg.num_hidden_layers)?);
+    w.u32(&key("feed_forward_length"), n(cfg.intermediate_size)?);
+    w.u32(&key("rope.dimension_count"), n(cfg.head_dim())?);
+    w.u32(&key("attention.head_count"), n(cfg.num_attention_heads)?);
+    w.u32(&key("attention.head_count_kv"), n(cfg.num_kv_heads())?);
+    if cfg.head_dim() != cfg.hidden_size / cfg.num_attention_heads {
+        w.u32(&key("attention.key_length"), n(cfg.head_dim())?);
+        w.u32(&key("attention.value_length"), n(cfg.head_dim())?);
+    }
+    w.f32(&key("attention.layer_norm_rms_epsilon"), cfg.rms_norm_eps as f32);
+    w.f32(&key("rope.freq_base"), cfg.rope_theta() as f32);
+    w.u32(&key("vocab_size"), n(cfg.vocab_size)?);
     if let Some(b) = cfg.bos_token_id {
         w.u32("tokenizer.ggml.bos_token_id", b);
     }
@@ -274,9 +295,10 @@ pub struct LoraLayer<'a> {
 /// its own correction. Q/K rows of B are permuted as llama.cpp permutes the base weights.
 pub fn write_lora(w: &mut GgufWriter, cfg: &LlamaConfig, layers: &[LoraLayer<'_>]) -> Result<()> {
     ensure!(!layers.is_empty(), "the adapter has no LoRA layers");
+    ensure!(LLAMA_ARCHES.contains(&cfg.model_type()), "model_type '{}' has no GGUF form", cfg.model_type());
     let products: Vec<f64> = layers.iter().map(|l| l.scale * l.a.shape[0] as f64).collect();
     let alpha = products[0];
-    w.str("general.architecture", "llama");
+    w.str("general.architecture", if cfg.model_type() == "mistral" { "llama" } else { cfg.model_type() });
     w.str("general.type", "adapter");
     w.str("adapter.type", "lora");
     w.f32("adapter.lora.alpha", alpha as f32);

@@ -169,3 +169,32 @@ fn smollm2_reexports_with_its_metadata() {
     }
     assert_eq!(dst.metadata["general.file_type"], Value::U64(7));
 }
+
+/// Qwen2 and Qwen3 (tiny fixtures from transformers) exported as GGUF under their own llama.cpp
+/// architectures (no Q/K permutation, q/k norms as `attn_q_norm`/`attn_k_norm`, Qwen3's head size
+/// as `attention.key_length`) read back with the Hugging Face directory's logits.
+#[test]
+fn qwen_families_export_and_read_back_as_gguf() {
+    let device = Device::flex();
+    for name in ["tiny-qwen2", "tiny-qwen3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join(name);
+        std::fs::create_dir_all(&base).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixtures().join("decoders").join(name).join(f), base.join(f)).unwrap();
+        }
+        std::fs::write(base.join("tokenizer.json"), byte_level_tokenizer().to_string()).unwrap();
+        let out = tmp.path().join("model.gguf");
+        export_model(&base, &[], &out, GgmlType::F32).unwrap();
+        let g = GgufFile::open(&out).unwrap();
+        let arch = name.trim_start_matches("tiny-");
+        assert_eq!(g.metadata["general.architecture"], Value::Str(arch.into()));
+        let (hf, hf_cfg, _) = decoder::load(&ModelDir::open(&base).unwrap(), &device).unwrap();
+        let (gguf, gguf_cfg, report) = decoder::load(&ModelDir::open(&out).unwrap(), &device).unwrap();
+        assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");
+        assert_eq!((gguf_cfg.head_dim(), gguf_cfg.qkv_bias()), (hf_cfg.head_dim(), hf_cfg.qkv_bias()), "{name}");
+        let ids = [5u32, 17, 33, 60, 2, 91, 40];
+        let d = max_abs_diff(&logits(&gguf, &ids, &device), &logits(&hf, &ids, &device));
+        assert!(d < 1e-5, "{name}: GGUF-loaded logits differ from the HF directory's by {d}");
+    }
+}
