@@ -12,7 +12,9 @@ Families (each: vocab 96, hidden 32, 2 layers, 4 query / 2 key-value heads, non-
 
 Outputs (under tests/fixtures/decoders/): <name>/config.json + model.safetensors, and
 decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 96],
-<name>.greedy [1, 8] (greedy continuation of row 0, KV cache on).
+<name>.greedy [1, 8] (greedy continuation of row 0, KV cache on); and a peft prompt-tuning
+adapter for tiny-llama (tests/fixtures/peft/llama-prompt) with peft's logits of the 12 text
+positions (llama-prompt.*).
 
 Usage: python scripts/make_decoder_fixtures.py   (needs torch, transformers, safetensors)
 """
@@ -65,6 +67,22 @@ def main():
         ref[f"{name}.logits"] = logits.contiguous()
         ref[f"{name}.greedy"] = out[:, ids.shape[1]:].to(torch.int64).contiguous()
         print(name, "logits", tuple(logits.shape), "greedy", out[0, ids.shape[1]:].tolist())
+    # A peft prompt-tuning adapter (CAUSAL_LM, 4 random virtual tokens) for the tiny Llama of
+    # scripts/make_llama_fixtures.py, and peft's logits of the text positions.
+    from peft import PromptTuningConfig, get_peft_model
+    torch.manual_seed(30)
+    base = LlamaForCausalLM.from_pretrained(os.path.join(ROOT, "tests", "fixtures", "tiny-llama")).eval()
+    peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    ids = torch.randint(3, 96, (2, 12))
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    adapter = os.path.join(ROOT, "tests", "fixtures", "peft", "llama-prompt")
+    peft_model.save_pretrained(adapter)
+    if os.path.exists(os.path.join(adapter, "README.md")):
+        os.remove(os.path.join(adapter, "README.md"))
+    ref["llama-prompt.input_ids"] = ids.to(torch.int64)
+    ref["llama-prompt.logits"] = logits[:, -ids.shape[1]:].contiguous()
+    print("llama-prompt logits", tuple(logits.shape))
     save_file(ref, os.path.join(OUT, "decoders-reference.safetensors"))
 
 

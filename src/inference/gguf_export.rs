@@ -57,6 +57,7 @@ pub fn export_model(base: &Path, adapters: &[PathBuf], out: &Path, weights: Ggml
         "--quant {}: finetune writes f32, f16, q8_0 and q4_0; for k-quants run llama.cpp's llama-quantize on an f16 export",
         weights.name()
     );
+    super::lm::only_lora(adapters)?;
     let device = Device::flex();
     let mut lm = load_with_adapters(base, adapters, &device)?;
     let mut merged = lora::merge(&mut lm.model);

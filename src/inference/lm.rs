@@ -12,7 +12,7 @@ use crate::models::decoder::{self, save_model};
 use crate::models::generation::{Sampling, generate};
 use crate::models::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::quant::QuantConfig;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
@@ -81,13 +81,11 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
         }
     };
     if let Some(a) = &adapter_files {
-        if a.peft_type()? != "LORA" {
-            bail!("{}: only LoRA adapters can be used with a causal LM today", a.dir.display());
-        }
         if let Some(q) = quantization.as_ref().filter(|q| !q.keeps_file_quantization()) {
             lora::qlora::quantize_model(&mut model, q, |_| false)?;
         }
-        model = lora::adapter::load_adapter(model, a, device)?.0;
+        // LoRA or prompt tuning (finetune's or Python peft's).
+        model = crate::methods::load_adapter(model, a, device)?.0;
     }
     let template = decoder::chat_template(&files, &tokenizer, &cfg)?;
     Ok(LoadedLm { model, cfg, tokenizer, template })
@@ -103,6 +101,19 @@ pub fn load_with_adapters(path: &Path, adapters: &[PathBuf], device: &Device) ->
     let mut lm = load_with_adapter(path, None, device)?;
     lm.model = lora::adapter::merge_all(lm.model, &files, device)?;
     Ok(lm)
+}
+
+/// Merging needs LoRA: a soft prompt is an input, not a change of weights.
+pub fn only_lora(adapters: &[PathBuf]) -> Result<()> {
+    for dir in adapters {
+        let kind = AdapterFiles::read(dir)?.peft_type()?.to_string();
+        anyhow::ensure!(
+            kind == "LORA",
+            "{}: a {kind} adapter cannot be merged into the weights (only LoRA can); use it with --adapter",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// How `finetune generate` builds its prompt and what it prints.
@@ -186,6 +197,7 @@ pub fn is_causal_lm_adapter(dir: &Path) -> Result<bool> {
 /// Fold LoRA adapters into their base decoder (dequantized, when the base was held quantized)
 /// and write a plain Hugging Face model directory. Returns the number of merged layers.
 pub fn merge(base: &Path, adapters: &[PathBuf], out: &Path) -> Result<usize> {
+    only_lora(adapters)?;
     let device = Device::flex();
     let mut lm = load_with_adapters(base, adapters, &device)?;
     lora::merge(&mut lm.model);

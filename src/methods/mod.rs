@@ -122,9 +122,16 @@ impl Tuner {
                 }
                 Self::Lora { cfg: Box::new(cfg), quantization: sections.quantization.cloned() }
             }
-            Method::PromptTuning => Self::PromptTuning(
-                sections.prompt_tuning.context("method = \"prompt-tuning\" needs a [prompt_tuning] section")?.clone(),
-            ),
+            Method::PromptTuning => {
+                let mut cfg = sections
+                    .prompt_tuning
+                    .context("method = \"prompt-tuning\" needs a [prompt_tuning] section")?
+                    .clone();
+                if let Some(head) = head_module.filter(|h| !lora::in_modules(h, &cfg.modules_to_save)) {
+                    cfg.modules_to_save.push(head.to_string());
+                }
+                Self::PromptTuning(cfg)
+            }
             Method::FeatureExtraction => bail!("feature extraction trains a head alone, not the whole model"),
         })
     }
@@ -239,7 +246,7 @@ impl Tuner {
         let saved = |p: &ParamInfo| self.adapter_trains(p, &modules[&p.path]);
         match self {
             Self::Lora { cfg, .. } => lora::adapter::save_adapter(model, cfg, base_model, task_type, saved, dir),
-            Self::PromptTuning(cfg) => prompt_tuning::save_adapter(model, cfg, base_model, saved, dir),
+            Self::PromptTuning(cfg) => prompt_tuning::save_adapter(model, cfg, base_model, task_type, saved, dir),
             Self::Unfreezing { .. } => bail!("full and transfer fine-tuning produce a model, not an adapter"),
         }
     }

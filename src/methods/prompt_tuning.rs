@@ -36,8 +36,9 @@ pub struct PromptTuningConfig {
     pub init: PromptInit,
     /// The text for `init = "text"`.
     pub init_text: Option<String>,
-    /// Modules trained in full besides the prompt (peft adds the classifier for classification).
-    #[serde(default = "default_modules_to_save")]
+    /// Modules trained in full besides the prompt (the task's classifier is added, as peft
+    /// does for classification).
+    #[serde(default)]
     pub modules_to_save: Vec<String>,
 }
 
@@ -61,9 +62,6 @@ impl PromptTuningConfig {
 fn default_init() -> PromptInit {
     PromptInit::Random
 }
-fn default_modules_to_save() -> Vec<String> {
-    vec!["classifier".into()]
-}
 
 /// peft's key of the prompt in `adapter_model.safetensors`.
 pub const PROMPT_KEY: &str = "prompt_embeddings";
@@ -77,10 +75,11 @@ fn config_json(
     num_layers: usize,
     num_heads: usize,
     base_model: &str,
+    task_type: Option<&str>,
 ) -> serde_json::Value {
     serde_json::json!({
         "peft_type": "PROMPT_TUNING",
-        "task_type": "SEQ_CLS",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "num_virtual_tokens": cfg.num_virtual_tokens,
         "token_dim": hidden,
@@ -90,7 +89,7 @@ fn config_json(
         "prompt_tuning_init": match cfg.init { PromptInit::Random => "RANDOM", PromptInit::Text => "TEXT" },
         "prompt_tuning_init_text": cfg.init_text,
         "tokenizer_name_or_path": if cfg.init == PromptInit::Text { serde_json::json!(base_model) } else { serde_json::Value::Null },
-        "modules_to_save": cfg.modules_to_save,
+        "modules_to_save": if cfg.modules_to_save.is_empty() { serde_json::Value::Null } else { serde_json::json!(cfg.modules_to_save) },
         "inference_mode": true,
         "revision": null,
     })
@@ -104,7 +103,7 @@ pub fn attach<M: Adaptable>(
     tokenize: &dyn Fn(&str) -> Result<Vec<u32>>,
     device: &Device,
 ) -> Result<()> {
-    let slot = model.prompt_slot().context("this model takes no soft prompt (prompt tuning needs a text encoder)")?;
+    let slot = model.prompt_slot().context("this model takes no soft prompt")?;
     let hidden = slot.word_embeddings.dims()[1];
     let prompt = match cfg.init {
         PromptInit::Random => SoftPrompt::random(cfg.num_virtual_tokens, hidden, device),
@@ -128,6 +127,7 @@ pub fn save_adapter<M: Adaptable + Clone>(
     model: &M,
     cfg: &PromptTuningConfig,
     base_model: &str,
+    task_type: Option<&str>,
     saved: impl Fn(&ParamInfo) -> bool,
     dir: &Path,
 ) -> Result<()> {
@@ -136,7 +136,7 @@ pub fn save_adapter<M: Adaptable + Clone>(
     let p = slot.prompt.as_ref().context("no soft prompt attached")?.embeddings.val();
     let [n, h] = p.dims();
     let data = p.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
-    let config = config_json(cfg, h, slot.num_layers, slot.num_heads, base_model);
+    let config = config_json(cfg, h, slot.num_layers, slot.num_heads, base_model, task_type);
     let mut tensors = vec![(PROMPT_KEY.to_string(), HostTensor::new(vec![n, h], data))];
     let others = checkpoint_tensors(model, |p| model.checkpoint_key(p), |p| !p.within("SoftPrompt") && saved(p));
     tensors.extend(others.into_iter().map(|(k, t)| (format!("{KEY_PREFIX}{k}"), t)));

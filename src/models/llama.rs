@@ -23,6 +23,7 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::dense::Dense;
+use crate::nn::soft_prompt::SoftPrompt;
 use crate::ops::attention_softmax::scaled_masked_softmax;
 use crate::ops::matmul::matmul;
 
@@ -309,6 +310,9 @@ pub struct LlamaForCausalLM {
     pub lm_head: Option<Dense>,
     /// RoPE's inverse frequencies, scaling applied.
     pub inv_freq: Vec<f32>,
+    /// Prompt tuning: virtual tokens before the input (peft's `CAUSAL_LM` prompt tuning: they
+    /// take positions `0..n`, the text follows; outputs are the text's positions only).
+    pub prompt: Option<SoftPrompt>,
 }
 
 /// Keys and values of the positions seen so far, per layer (`[batch, kv_heads, t, head_dim]`).
@@ -423,6 +427,7 @@ impl LlamaForCausalLM {
             },
             lm_head: (!cfg.tie_word_embeddings).then(|| dense(h, cfg.vocab_size, false)),
             inv_freq: cfg.inv_freq(),
+            prompt: None,
         })
     }
 
@@ -437,9 +442,20 @@ impl LlamaForCausalLM {
     /// Final hidden states `[batch, len, hidden]` (after the last RMSNorm) of `ids [batch, len]`.
     /// With a cache, `ids` continue the cached positions and the cache is extended.
     pub fn hidden(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        let [_, len] = ids.dims();
+        let [b, mut len] = ids.dims();
         let device = ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = self.model.embed_tokens.forward(ids);
+        // A soft prompt goes before the first chunk of a sequence (a cache continues after it).
+        let virtual_tokens = match &self.prompt {
+            Some(p) if start == 0 => {
+                let [n, h] = p.embeddings.dims();
+                x = Tensor::cat(vec![p.embeddings.val().unsqueeze::<3>().expand([b, n, h]), x], 1);
+                len += n;
+                n
+            }
+            _ => 0,
+        };
         let rope = Rope::new(&self.inv_freq, start, len, &device);
         // One mask per distinct window (full attention: None).
         let mut masks: Vec<(Option<usize>, Tensor<4>)> = Vec::new();
@@ -449,7 +465,6 @@ impl LlamaForCausalLM {
             }
         }
         let mask = |w: Option<usize>| &masks.iter().find(|(x, _)| *x == w).expect("built above").1;
-        let mut x = self.model.embed_tokens.forward(ids);
         match cache {
             Some(cache) => {
                 cache.layers.resize_with(self.model.layers.len(), || None);
@@ -462,6 +477,10 @@ impl LlamaForCausalLM {
                     x = layer.forward(x, &rope, mask(layer.window), None);
                 }
             }
+        }
+        if virtual_tokens > 0 {
+            let h = x.dims()[2];
+            x = x.slice(s![.., virtual_tokens..len, 0..h]);
         }
         self.model.norm.forward(x)
     }
@@ -562,6 +581,14 @@ impl super::Adaptable for LlamaForCausalLM {
     }
     fn output_layer(&self) -> Option<String> {
         Some("lm_head".into())
+    }
+    fn prompt_slot(&mut self) -> Option<super::PromptSlot<'_>> {
+        Some(super::PromptSlot {
+            word_embeddings: self.model.embed_tokens.weight.val(),
+            num_layers: self.model.layers.len(),
+            num_heads: self.model.layers.first().map_or(1, |l| l.self_attn.num_heads),
+            prompt: &mut self.prompt,
+        })
     }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
         let mut out = Vec::new();

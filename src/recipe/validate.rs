@@ -24,7 +24,7 @@ impl Task {
         use Method::*;
         match self {
             Self::TextClassification => &[FeatureExtraction, Full, Transfer, Lora, PromptTuning],
-            Self::CausalLm => &[Full, Lora],
+            Self::CausalLm => &[Full, Lora, PromptTuning],
             Self::ImageClassification => &[FeatureExtraction, Full, Transfer, Lora],
             Self::AudioClassification => &[FeatureExtraction, Full, Lora],
             Self::Transcription => &[Full, Lora],

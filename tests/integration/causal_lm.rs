@@ -268,3 +268,30 @@ fn decoder_families_match_transformers() {
         assert_eq!(values(again.forward(input, None)), logits, "{name}: saved and reloaded");
     }
 }
+
+/// Prompt tuning on a decoder, peft's way (`CAUSAL_LM`: virtual tokens at positions 0..n, the
+/// text after them): a peft-written adapter for the tiny Llama gives peft's logits on the text
+/// positions (1e-4), and decoding in two chunks through the KV cache (the prompt only before the
+/// first) gives the same logits as one pass.
+#[test]
+fn decoder_prompt_tuning_matches_peft() {
+    let device = Device::flex();
+    let files = ModelDir::open(&fixtures().join("tiny-llama")).unwrap();
+    let (model, _, _) = decoder::load(&files, &device).unwrap();
+    let adapter = finetune::io::peft::AdapterFiles::read(&fixtures().join("peft/llama-prompt")).unwrap();
+    let (model, tuner) = finetune::methods::load_adapter(model, &adapter, &device).unwrap();
+    assert!(matches!(tuner, finetune::methods::Tuner::PromptTuning(_)));
+    let t = decoders_reference("llama-prompt.input_ids");
+    let shape = [t.shape[0], t.shape[1]];
+    let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &device);
+    let logits = model.forward(input.clone(), None);
+    let d = max_abs_diff(&values(logits.clone()), &decoders_reference("llama-prompt.logits").data);
+    assert!(d < 1e-4, "prompt-tuned logits differ from peft by {d}");
+    let mut cache = finetune::models::llama::KvCache::default();
+    let first = model.forward(input.clone().slice(s![.., 0..5]), Some(&mut cache));
+    let rest = model.forward(input.slice(s![.., 5..shape[1]]), Some(&mut cache));
+    assert_eq!(cache.len(), 4 + shape[1], "the cache holds the virtual tokens too");
+    let d = max_abs_diff(&values(Tensor::cat(vec![first, rest], 1)), &values(logits));
+    assert!(d < 1e-5, "cached decoding differs by {d}");
+}

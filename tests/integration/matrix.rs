@@ -277,7 +277,11 @@ fn causal_lm_row_for(fixture: &Path) {
             base: tensors(&fixture.join("model.safetensors")),
             base_key: |k| k.to_string(),
             is_head: |_| false,
-            trains: |method, p| method != Method::Lora || p.contains(".lora."),
+            trains: |method, p| match method {
+                Method::Lora => p.contains(".lora."),
+                Method::PromptTuning => p.starts_with("prompt."),
+                _ => true,
+            },
             reload: Box::new(reload),
         }),
     );
@@ -409,7 +413,11 @@ fn transcription_row() {
             base: whisper_base(&model),
             base_key: |k| k.to_string(),
             is_head: |_| false,
-            trains: |method, p| method != Method::Lora || p.contains(".lora."),
+            trains: |method, p| match method {
+                Method::Lora => p.contains(".lora."),
+                Method::PromptTuning => p.starts_with("prompt."),
+                _ => true,
+            },
             reload: Box::new(reload),
         }),
     );
