@@ -9,6 +9,7 @@ Families (each: vocab 96, hidden 32, 2 layers, 4 query / 2 key-value heads, non-
   tiny-mistral    MistralForCausalLM: sliding window of 4 positions over a 12-token input
   tiny-llama3     LlamaForCausalLM with rope_type "llama3" scaling (factor 8, original context 16)
   tiny-llama-linear  LlamaForCausalLM with rope_type "linear" (factor 4)
+  tiny-phi3       Phi3ForCausalLM: fused qkv_proj and gate_up_proj, RoPE on half of each head
 
 Outputs (under tests/fixtures/decoders/): <name>/config.json + model.safetensors, and
 decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 96],
@@ -22,8 +23,8 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "decoders")
@@ -40,6 +41,8 @@ FAMILIES = {
         "original_max_position_embeddings": 16})),
     "tiny-llama-linear": (LlamaForCausalLM, LlamaConfig(**COMMON, tie_word_embeddings=False, rope_parameters={
         "rope_type": "linear", "rope_theta": 500.0, "factor": 4.0})),
+    "tiny-phi3": (Phi3ForCausalLM, Phi3Config(**COMMON, partial_rotary_factor=0.5, rope_theta=1000.0,
+                                              tie_word_embeddings=False, sliding_window=None)),
 }
 
 

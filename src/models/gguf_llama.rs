@@ -78,6 +78,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         sliding_window: None,
         use_sliding_window: None,
         layer_types: None,
+        partial_rotary_factor: None,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
     // Every block the metadata counts must be in the file (and no more): a wrong count is a

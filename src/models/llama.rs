@@ -9,6 +9,8 @@
 //!   `k_norm`);
 //! - Mistral (`"mistral"`) and any config with `layer_types`: sliding-window attention (a query
 //!   sees the last `sliding_window` positions);
+//! - Phi-3 (`"phi3"`): fused `qkv_proj` and `gate_up_proj` (what peft targets on it), RoPE on
+//!   the first `partial_rotary_factor` of each head (Phi-4-mini: 0.75);
 //! - RoPE scaling: `rope_type = "linear"` (positions divided by `factor`) and `"llama3"`
 //!   (Llama 3.1/3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp
 //!   between).
@@ -78,10 +80,13 @@ pub struct LlamaConfig {
     /// Per layer, `"full_attention"` or `"sliding_attention"` (transformers 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Phi-3: the share of each head's dimensions that RoPE rotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
 }
 
 /// The decoder families this file implements.
-pub const MODEL_TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+pub const MODEL_TYPES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "phi3"];
 
 fn default_eps() -> f64 {
     1e-6
@@ -141,9 +146,23 @@ impl LlamaConfig {
             .or(self.rope_scaling.as_ref())
     }
 
-    /// RoPE's inverse frequencies `θ^(-2i/d)`, scaled as the config says.
+    /// Phi-3's fused projections (`qkv_proj`, `gate_up_proj`).
+    pub fn fused(&self) -> bool {
+        self.model_type() == "phi3"
+    }
+
+    /// The dimensions of each head that RoPE rotates (all, unless `partial_rotary_factor`).
+    pub fn rotary_dim(&self) -> usize {
+        let in_rope =
+            self.rope_parameters.as_ref().and_then(|p| p.get("partial_rotary_factor")).and_then(|v| v.as_f64());
+        let f = self.partial_rotary_factor.or(in_rope).unwrap_or(1.0);
+        ((self.head_dim() as f64 * f) as usize).max(2) & !1
+    }
+
+    /// RoPE's inverse frequencies `θ^(-2i/d)` (`d` the rotary dimension), scaled as the config
+    /// says.
     pub fn inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim();
+        let d = self.rotary_dim();
         let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta().powf((2 * i) as f64 / d as f64)).collect();
         let Some(rope) = self.rope() else { return base.iter().map(|&f| f as f32).collect() };
         let num = |k: &str, default: f64| rope.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
@@ -224,6 +243,9 @@ impl LlamaConfig {
             }
         }
         ensure!(self.sliding_window != Some(0), "sliding_window = 0: must be at least 1 (or null)");
+        if let Some(f) = self.partial_rotary_factor {
+            ensure!(f > 0.0 && f <= 1.0, "partial_rotary_factor = {f}: must be in (0, 1]");
+        }
         ensure!(
             self.num_attention_heads.is_multiple_of(self.num_kv_heads()),
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -267,9 +289,11 @@ impl RmsNorm {
 
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
-    pub q_proj: Dense,
-    pub k_proj: Dense,
-    pub v_proj: Dense,
+    /// Separate projections, or Phi-3's fused `qkv_proj` (q, then k, then v rows).
+    pub q_proj: Option<Dense>,
+    pub k_proj: Option<Dense>,
+    pub v_proj: Option<Dense>,
+    pub qkv_proj: Option<Dense>,
     pub o_proj: Dense,
     /// Qwen3: RMSNorm over each head's queries / keys.
     pub q_norm: Option<RmsNorm>,
@@ -281,9 +305,64 @@ pub struct LlamaAttention {
 
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    pub gate_proj: Dense,
-    pub up_proj: Dense,
+    /// Separate, or Phi-3's fused `gate_up_proj` (gate rows, then up rows).
+    pub gate_proj: Option<Dense>,
+    pub up_proj: Option<Dense>,
+    pub gate_up_proj: Option<Dense>,
     pub down_proj: Dense,
+}
+
+impl LlamaAttention {
+    /// The linear layers by their checkpoint names, in checkpoint order.
+    fn projections(&self) -> Vec<(&'static str, &Dense)> {
+        [("q_proj", &self.q_proj), ("k_proj", &self.k_proj), ("v_proj", &self.v_proj), ("qkv_proj", &self.qkv_proj)]
+            .into_iter()
+            .filter_map(|(n, d)| d.as_ref().map(|d| (n, d)))
+            .chain([("o_proj", &self.o_proj)])
+            .collect()
+    }
+    fn projections_mut(&mut self) -> Vec<(&'static str, &mut Dense)> {
+        [
+            ("q_proj", &mut self.q_proj),
+            ("k_proj", &mut self.k_proj),
+            ("v_proj", &mut self.v_proj),
+            ("qkv_proj", &mut self.qkv_proj),
+        ]
+        .into_iter()
+        .filter_map(|(n, d)| d.as_mut().map(|d| (n, d)))
+        .chain([("o_proj", &mut self.o_proj)])
+        .collect()
+    }
+}
+
+impl LlamaMlp {
+    fn projections(&self) -> Vec<(&'static str, &Dense)> {
+        [("gate_proj", &self.gate_proj), ("up_proj", &self.up_proj), ("gate_up_proj", &self.gate_up_proj)]
+            .into_iter()
+            .filter_map(|(n, d)| d.as_ref().map(|d| (n, d)))
+            .chain([("down_proj", &self.down_proj)])
+            .collect()
+    }
+    fn projections_mut(&mut self) -> Vec<(&'static str, &mut Dense)> {
+        [("gate_proj", &mut self.gate_proj), ("up_proj", &mut self.up_proj), ("gate_up_proj", &mut self.gate_up_proj)]
+            .into_iter()
+            .filter_map(|(n, d)| d.as_mut().map(|d| (n, d)))
+            .chain([("down_proj", &mut self.down_proj)])
+            .collect()
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(fused), _, _) => {
+                let both = fused.forward(x);
+                let [b, l, two] = both.dims();
+                (both.clone().slice(s![0..b, 0..l, 0..two / 2]), both.slice(s![0..b, 0..l, two / 2..two]))
+            }
+            (None, Some(g), Some(u)) => (g.forward(x.clone()), u.forward(x)),
+            _ => unreachable!("an MLP has gate and up projections"),
+        };
+        self.down_proj.forward(silu(gate) * up)
+    }
 }
 
 #[derive(Module, Debug)]
@@ -357,9 +436,15 @@ impl Rope {
         Self { cos: t(cos), sin: t(sin) }
     }
 
-    /// `x·cos + rotate_half(x)·sin` for `x [b, heads, len, head_dim]`.
+    /// `x·cos + rotate_half(x)·sin` for `x [b, heads, len, head_dim]`, on the first
+    /// rotary dimensions only when they are fewer than the head's (partial RoPE).
     fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, _, d] = x.dims();
+        let r = self.cos.dims()[3];
+        if r < d {
+            let pass = x.clone().slice(s![.., .., .., r..d]);
+            return Tensor::cat(vec![self.apply(x.slice(s![.., .., .., 0..r])), pass], 3);
+        }
         let x1 = x.clone().slice(s![.., .., .., 0..d / 2]);
         let x2 = x.clone().slice(s![.., .., .., d / 2..d]);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
@@ -394,12 +479,15 @@ impl LlamaForCausalLM {
         let std = cfg.initializer_range;
         let dense = |i: usize, o: usize, bias: bool| Dense::new(i, o, std, bias, device);
         let qk_norm = cfg.model_type() == "qwen3";
+        let (fused, split) = (cfg.fused(), !cfg.fused());
+        let i_size = cfg.intermediate_size;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| LlamaDecoderLayer {
                 self_attn: LlamaAttention {
-                    q_proj: dense(h, nh * dh, cfg.qkv_bias()),
-                    k_proj: dense(h, nkv * dh, cfg.qkv_bias()),
-                    v_proj: dense(h, nkv * dh, cfg.qkv_bias()),
+                    q_proj: split.then(|| dense(h, nh * dh, cfg.qkv_bias())),
+                    k_proj: split.then(|| dense(h, nkv * dh, cfg.qkv_bias())),
+                    v_proj: split.then(|| dense(h, nkv * dh, cfg.qkv_bias())),
+                    qkv_proj: fused.then(|| dense(h, (nh + 2 * nkv) * dh, cfg.qkv_bias())),
                     o_proj: dense(nh * dh, h, cfg.attention_bias),
                     q_norm: qk_norm.then(|| RmsNorm::new(dh, cfg.rms_norm_eps, device)),
                     k_norm: qk_norm.then(|| RmsNorm::new(dh, cfg.rms_norm_eps, device)),
@@ -408,9 +496,10 @@ impl LlamaForCausalLM {
                     head_dim: dh,
                 },
                 mlp: LlamaMlp {
-                    gate_proj: dense(h, cfg.intermediate_size, cfg.mlp_bias),
-                    up_proj: dense(h, cfg.intermediate_size, cfg.mlp_bias),
-                    down_proj: dense(cfg.intermediate_size, h, cfg.mlp_bias),
+                    gate_proj: split.then(|| dense(h, i_size, cfg.mlp_bias)),
+                    up_proj: split.then(|| dense(h, i_size, cfg.mlp_bias)),
+                    gate_up_proj: fused.then(|| dense(h, 2 * i_size, cfg.mlp_bias)),
+                    down_proj: dense(i_size, h, cfg.mlp_bias),
                 },
                 input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
                 post_attention_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
@@ -513,8 +602,7 @@ impl LlamaDecoderLayer {
     ) -> Tensor<3> {
         let attended = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, bias, cache);
         let normed = self.post_attention_layernorm.forward(attended.clone());
-        let mlp = &self.mlp;
-        attended + mlp.down_proj.forward(silu(mlp.gate_proj.forward(normed.clone())) * mlp.up_proj.forward(normed))
+        attended + self.mlp.forward(normed)
     }
 }
 
@@ -533,9 +621,23 @@ impl LlamaAttention {
             Some(n) => n.forward(t),
             None => t,
         };
-        let q = rope.apply(norm(&self.q_norm, heads(self.q_proj.forward(x.clone()), nh)));
-        let mut k = rope.apply(norm(&self.k_norm, heads(self.k_proj.forward(x.clone()), nkv)));
-        let mut v = heads(self.v_proj.forward(x), nkv);
+        let (q, k, v) = match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(fused), ..) => {
+                let all = fused.forward(x);
+                let (qe, ke) = (nh * dh, (nh + nkv) * dh);
+                let total = all.dims()[2];
+                (
+                    all.clone().slice(s![0..b, 0..l, 0..qe]),
+                    all.clone().slice(s![0..b, 0..l, qe..ke]),
+                    all.slice(s![0..b, 0..l, ke..total]),
+                )
+            }
+            (None, Some(q), Some(k), Some(v)) => (q.forward(x.clone()), k.forward(x.clone()), v.forward(x)),
+            _ => unreachable!("attention has q, k and v projections"),
+        };
+        let q = rope.apply(norm(&self.q_norm, heads(q, nh)));
+        let mut k = rope.apply(norm(&self.k_norm, heads(k, nkv)));
+        let mut v = heads(v, nkv);
         if let Some(slot) = cache {
             if let Some((k0, v0)) = slot.take() {
                 k = Tensor::cat(vec![k0, k], 2);
@@ -565,14 +667,8 @@ impl super::Adaptable for LlamaForCausalLM {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            let a = &l.self_attn;
-            out.push((format!("{p}.self_attn.q_proj"), &a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &a.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &l.mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &l.mlp.down_proj));
+            out.extend(l.self_attn.projections().into_iter().map(|(n, d)| (format!("{p}.self_attn.{n}"), d)));
+            out.extend(l.mlp.projections().into_iter().map(|(n, d)| (format!("{p}.mlp.{n}"), d)));
         }
         if let Some(head) = &self.lm_head {
             out.push(("lm_head".into(), head));
@@ -594,14 +690,8 @@ impl super::Adaptable for LlamaForCausalLM {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
-            let a = &mut l.self_attn;
-            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
+            out.extend(l.self_attn.projections_mut().into_iter().map(|(n, d)| (format!("{p}.self_attn.{n}"), d)));
+            out.extend(l.mlp.projections_mut().into_iter().map(|(n, d)| (format!("{p}.mlp.{n}"), d)));
         }
         if let Some(head) = &mut self.lm_head {
             out.push(("lm_head".into(), head));

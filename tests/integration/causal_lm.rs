@@ -230,14 +230,15 @@ fn decoders_reference(name: &str) -> finetune::io::safetensors::HostTensor {
 }
 
 /// Qwen2 (q/k/v biases, tied), Qwen3 (q/k norms, head_dim ≠ hidden / heads), Mistral (sliding
-/// window of 4 over 12 tokens), Llama 3 and linear RoPE scaling: tiny models made by
+/// window of 4 over 12 tokens), Llama 3 and linear RoPE scaling, Phi-3 (fused qkv and gate_up,
+/// RoPE on half of each head): tiny models made by
 /// transformers' own classes give transformers' logits (1e-4) and greedy continuation (8 tokens
 /// through the KV cache, past the window); saved again as a Hugging Face directory, they keep
 /// their family and their logits.
 #[test]
 fn decoder_families_match_transformers() {
     let device = Device::flex();
-    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-llama-linear"] {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-llama-linear", "tiny-phi3"] {
         let files = ModelDir::open(&fixtures().join("decoders").join(name)).unwrap();
         let (model, cfg, report) = decoder::load(&files, &device).unwrap();
         assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");

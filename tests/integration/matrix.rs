@@ -223,10 +223,10 @@ fn causal_lm_row() {
 }
 
 /// The same row for the other decoder families (Qwen2's biases, Qwen3's q/k norms, Mistral's
-/// window): every method trains what it should on each.
+/// window, Phi-3's fused projections): every method trains what it should on each.
 #[test]
 fn causal_lm_row_other_families() {
-    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral"] {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3"] {
         causal_lm_row_for(&fixtures().join("decoders").join(name));
     }
 }
@@ -252,7 +252,7 @@ fn causal_lm_row_for(fixture: &Path) {
     }
     let recipe = format!(
         "model = \"{}\"\n[data]\ndataset = \"{}\"\ntrain = \"train.jsonl\"\nvalidation = \"validation.jsonl\"\ntest = \"test.jsonl\"\nmax_length = 48\n\
-         {TRAINING}metric = \"loss\"\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"q_proj\", \"v_proj\"]\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
+         {TRAINING}metric = \"loss\"\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"q_proj\", \"v_proj\", \"qkv_proj\"]\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
         model.display(),
         data.display()
     );
