@@ -170,8 +170,9 @@ pub enum Command {
         /// A PEFT LoRA adapter (finetune's or Python peft's); repeat it to combine several.
         #[arg(long)]
         adapter: Vec<PathBuf>,
-        #[arg(long)]
-        prompt: String,
+        /// The prompt; repeat it to generate for several prompts in one left-padded batch.
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
         /// A system message for the chat template.
         #[arg(long)]
         system: Option<String>,

@@ -131,7 +131,7 @@ pub struct GenerateOptions {
 pub fn generate_cli(
     model: &Path,
     adapters: &[PathBuf],
-    prompt: &str,
+    prompts: &[String],
     opts: &GenerateOptions,
     mut sampling: Sampling,
     device: &str,
@@ -141,19 +141,52 @@ pub fn generate_cli(
     let lm = load_with_adapters(model, adapters, &device)?;
     let model = lm.model.valid();
     let template = if opts.raw { None } else { lm.template.as_ref() };
-    let text = match template {
-        Some(t) => {
-            let mut messages = Vec::new();
-            if let Some(s) = &opts.system {
-                messages.push(Message::new("system", s));
+    let render = |prompt: &str| -> Result<String> {
+        Ok(match template {
+            Some(t) => {
+                let mut messages = Vec::new();
+                if let Some(s) = &opts.system {
+                    messages.push(Message::new("system", s));
+                }
+                messages.push(Message::new("user", prompt));
+                t.render(&messages, true)?
             }
-            messages.push(Message::new("user", prompt));
-            t.render(&messages, true)?
-        }
-        None => prompt.to_string(),
+            None => prompt.to_string(),
+        })
     };
-    let ids = lm.tokenizer.encode(&text, template.is_none())?;
     sampling.stop_ids.push(lm.eos_id()?);
+    if prompts.len() > 1 {
+        // Several prompts: one left-padded batch, each answer printed when all are done.
+        let texts: Vec<String> = prompts.iter().map(|p| render(p)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> =
+            texts.iter().map(|t| lm.tokenizer.encode(t, template.is_none())).collect::<Result<_>>()?;
+        let pad = lm.cfg.pad_token_id.unwrap_or(lm.eos_id()?);
+        let start = std::time::Instant::now();
+        let outs = crate::models::generation::generate_batch(&model, &ids, &sampling, pad, &device);
+        for ((text, prompt_ids), out) in texts.iter().zip(&ids).zip(&outs) {
+            let answer = lm.tokenizer.decode(out, true)?;
+            if opts.json {
+                let mut record =
+                    serde_json::json!({"prompt": text, "prompt_ids": prompt_ids, "ids": out, "text": answer});
+                if opts.logits {
+                    record["next_token_logits"] =
+                        crate::models::generation::next_token_logits(&model, prompt_ids, &device).into();
+                }
+                println!("{record}");
+            } else {
+                println!("{answer}\n");
+            }
+        }
+        let new: usize = outs.iter().map(Vec::len).sum();
+        tracing::info!(
+            "{} prompts, {new} new tokens in {:.2} s (batched)",
+            prompts.len(),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let text = render(prompts.first().map(String::as_str).unwrap_or_default())?;
+    let ids = lm.tokenizer.encode(&text, template.is_none())?;
     if opts.json {
         let out = generate(&model, &ids, &sampling, &device, |_| {});
         let mut record = serde_json::json!({

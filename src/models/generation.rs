@@ -102,6 +102,67 @@ pub fn next_token_logits(model: &LlamaForCausalLM, prompt: &[u32], device: &Devi
         .expect("f32 logits")
 }
 
+/// Continue several prompts at once: they are left-padded with `pad_id` to one length (padding
+/// masked, positions per row, as transformers' batched `generate`), each row samples with its
+/// own generator (seeded `seed + row`) and stops at a stop id or `max_new_tokens`. Greedy
+/// results equal one prompt at a time. A model with a soft prompt generates one prompt at a time.
+pub fn generate_batch(
+    model: &LlamaForCausalLM,
+    prompts: &[Vec<u32>],
+    s: &Sampling,
+    pad_id: u32,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    if model.prompt.is_some() || prompts.len() <= 1 {
+        return prompts
+            .iter()
+            .enumerate()
+            .map(|(r, p)| generate(model, p, &Sampling { seed: s.seed + r as u64, ..s.clone() }, device, |_| {}))
+            .collect();
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let b = prompts.len();
+    let mut input: Vec<i64> = prompts
+        .iter()
+        .zip(&pad)
+        .flat_map(|(p, &n)| std::iter::repeat_n(pad_id, n).chain(p.iter().copied()))
+        .map(|t| t as i64)
+        .collect();
+    let mut width = longest;
+    let mut rngs: Vec<SplitMix64> = (0..b).map(|r| SplitMix64::new(s.seed + r as u64)).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let mut cache = KvCache::default();
+    for _ in 0..s.max_new_tokens {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input.clone(), [b, width]), device);
+        let hidden = model.hidden_padded(ids, Some(&mut cache), Some(&pad));
+        let [_, l, h] = hidden.dims();
+        let logits: Vec<f32> = model
+            .logits(hidden.slice(s![.., l - 1..l, ..]).reshape([b, h]))
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .expect("f32 logits");
+        let vocab = logits.len() / b;
+        let mut next = Vec::with_capacity(b);
+        for r in 0..b {
+            let t = if done[r] { pad_id } else { sample(&logits[r * vocab..(r + 1) * vocab], s, &mut rngs[r]) };
+            if !done[r] {
+                out[r].push(t);
+                done[r] = s.stop_ids.contains(&t);
+            }
+            next.push(t as i64);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        input = next;
+        width = 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -419,6 +419,27 @@ struct Rope {
 }
 
 impl Rope {
+    /// Tables for each row of a left-padded batch: row `r`'s positions are shifted back by its
+    /// padding `pad[r]` (transformers' `position_ids = cumsum(mask) - 1`), `[b, 1, len, d]`.
+    fn rows(inv_freq: &[f32], start: usize, len: usize, pad: &[usize], device: &Device) -> Self {
+        let head_dim = 2 * inv_freq.len();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for &p in pad {
+            for pos in start..start + len {
+                let pos = pos.saturating_sub(p);
+                for _half in 0..2 {
+                    for f in inv_freq {
+                        let angle = pos as f32 * f;
+                        cos.push(angle.cos());
+                        sin.push(angle.sin());
+                    }
+                }
+            }
+        }
+        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [pad.len(), 1, len, head_dim]), device);
+        Self { cos: t(cos), sin: t(sin) }
+    }
+
     fn new(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> Self {
         let head_dim = 2 * inv_freq.len();
         let mut cos = Vec::with_capacity(len * head_dim);
@@ -467,6 +488,22 @@ fn causal_bias(start: usize, len: usize, window: Option<usize>, device: &Device)
         }
     }
     Tensor::from_data(TensorData::new(bias, [1, 1, len, total]), device)
+}
+
+/// [`causal_bias`] for a left-padded batch: row `r` also hides its first `pad[r]` keys (the
+/// padding), `[b, 1, len, start + len]`.
+fn padded_causal_bias(start: usize, len: usize, window: Option<usize>, pad: &[usize], device: &Device) -> Tensor<4> {
+    let causal = causal_bias(start, len, window, device);
+    let total = start + len;
+    let mut hide = vec![0f32; pad.len() * len * total];
+    for (r, &p) in pad.iter().enumerate() {
+        for i in 0..len {
+            for j in 0..p.min(total) {
+                hide[(r * len + i) * total + j] = -1e9;
+            }
+        }
+    }
+    causal + Tensor::from_data(TensorData::new(hide, [pad.len(), 1, len, total]), device)
 }
 
 impl LlamaForCausalLM {
@@ -531,6 +568,14 @@ impl LlamaForCausalLM {
     /// Final hidden states `[batch, len, hidden]` (after the last RMSNorm) of `ids [batch, len]`.
     /// With a cache, `ids` continue the cached positions and the cache is extended.
     pub fn hidden(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.hidden_padded(ids, cache, None)
+    }
+
+    /// [`Self::hidden`] for a batch whose rows are left-padded by `pad[r]` tokens (batched
+    /// generation): padding is masked out of attention and each row's positions start at its
+    /// first real token, as transformers does.
+    pub fn hidden_padded(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>, pad: Option<&[usize]>) -> Tensor<3> {
+        let pad = pad.filter(|p| p.iter().any(|&n| n > 0));
         let [b, mut len] = ids.dims();
         let device = ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
@@ -545,12 +590,19 @@ impl LlamaForCausalLM {
             }
             _ => 0,
         };
-        let rope = Rope::new(&self.inv_freq, start, len, &device);
+        let rope = match pad {
+            Some(p) => Rope::rows(&self.inv_freq, start, len, p, &device),
+            None => Rope::new(&self.inv_freq, start, len, &device),
+        };
         // One mask per distinct window (full attention: None).
         let mut masks: Vec<(Option<usize>, Tensor<4>)> = Vec::new();
         for layer in &self.model.layers {
             if !masks.iter().any(|(w, _)| *w == layer.window) {
-                masks.push((layer.window, causal_bias(start, len, layer.window, &device)));
+                let bias = match pad {
+                    Some(p) => padded_causal_bias(start, len, layer.window, p, &device),
+                    None => causal_bias(start, len, layer.window, &device),
+                };
+                masks.push((layer.window, bias));
             }
         }
         let mask = |w: Option<usize>| &masks.iter().find(|(x, _)| *x == w).expect("built above").1;
