@@ -65,6 +65,8 @@ pub struct AudioPrediction {
     pub audio: PathBuf,
     pub label: String,
     pub top: Vec<(String, f32)>,
+    /// Every label's probability, in label order (as text predictions give them).
+    pub probabilities: Vec<(String, f32)>,
 }
 
 impl FinetunedAudioClassifier {
@@ -110,7 +112,8 @@ impl FinetunedAudioClassifier {
             let probs: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
             for (row, file) in probs.chunks(self.labels.len()).zip(chunk) {
                 let top = super::top_k(row, &self.labels, top_k);
-                out.push(AudioPrediction { audio: file.clone(), label: top[0].0.clone(), top });
+                let probabilities = self.labels.iter().cloned().zip(row.iter().copied()).collect();
+                out.push(AudioPrediction { audio: file.clone(), label: top[0].0.clone(), top, probabilities });
             }
         }
         Ok(out)

@@ -129,6 +129,8 @@ pub struct ImagePrediction {
     pub image: PathBuf,
     pub label: String,
     pub top: Vec<(String, f32)>,
+    /// Every label's probability, in label order (as text predictions give them).
+    pub probabilities: Vec<(String, f32)>,
 }
 
 impl FinetunedImageClassifier {
@@ -163,7 +165,8 @@ impl FinetunedImageClassifier {
             let probs: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
             for (row, path) in probs.chunks(self.labels.len()).zip(chunk) {
                 let top = super::top_k(row, &self.labels, top_k);
-                out.push(ImagePrediction { image: path.clone(), label: top[0].0.clone(), top });
+                let probabilities = self.labels.iter().cloned().zip(row.iter().copied()).collect();
+                out.push(ImagePrediction { image: path.clone(), label: top[0].0.clone(), top, probabilities });
             }
         }
         Ok(out)

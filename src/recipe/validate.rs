@@ -156,7 +156,7 @@ num_virtual_tokens = 4
                 }
             }
         }
-        assert_eq!(accepted, 5 + 2 + 4 + 3 + 2);
+        assert_eq!(accepted, 5 + 3 + 4 + 3 + 2);
         let err = format!("{:#}", recipe("image-classification", "prompt-tuning").unwrap_err());
         assert!(err.contains("feature-extraction, full, transfer, lora"), "{err}");
     }

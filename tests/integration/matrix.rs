@@ -309,6 +309,9 @@ fn image_classification_row() {
         let p = m.predict(std::slice::from_ref(&image), 3).unwrap();
         assert_eq!(p.len(), 1);
         assert!(p[0].top.iter().all(|(_, v)| v.is_finite()));
+        // predict --json gives every label's probability, not only the top ones.
+        let total: f32 = p[0].probabilities.iter().map(|(_, v)| v).sum();
+        assert!(p[0].probabilities.len() == m.labels.len() && (total - 1.0).abs() < 1e-4, "{:?}", p[0].probabilities);
     };
     run_row(
         Task::ImageClassification,
