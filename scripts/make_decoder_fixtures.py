@@ -10,6 +10,9 @@ Families (each: vocab 96, hidden 32, 2 layers, 4 query / 2 key-value heads, non-
   tiny-llama3     LlamaForCausalLM with rope_type "llama3" scaling (factor 8, original context 16)
   tiny-llama-linear  LlamaForCausalLM with rope_type "linear" (factor 4)
   tiny-phi3       Phi3ForCausalLM: fused qkv_proj and gate_up_proj, RoPE on half of each head
+  tiny-gemma3     Gemma3ForCausalLM: scaled embeddings, (1 + w) norms around attention and MLP, GeGLU,
+                  q/k norms, query_pre_attn_scalar, sliding and full layers with their own RoPE
+                  bases, final logit soft-capping
 
 Outputs (under tests/fixtures/decoders/): <name>/config.json + model.safetensors, and
 decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 96],
@@ -23,7 +26,8 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +47,11 @@ FAMILIES = {
         "rope_type": "linear", "rope_theta": 500.0, "factor": 4.0})),
     "tiny-phi3": (Phi3ForCausalLM, Phi3Config(**COMMON, partial_rotary_factor=0.5, rope_theta=1000.0,
                                               tie_word_embeddings=False, sliding_window=None)),
+    "tiny-gemma3": (Gemma3ForCausalLM, Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 3}, head_dim=16,
+                                                        query_pre_attn_scalar=12, sliding_window=4,
+                                                        layer_types=["sliding_attention", "full_attention",
+                                                                     "sliding_attention"],
+                                                        final_logit_softcapping=3.0)),
 }
 
 

@@ -79,6 +79,10 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         use_sliding_window: None,
         layer_types: None,
         partial_rotary_factor: None,
+        hidden_activation: None,
+        query_pre_attn_scalar: None,
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
     // Every block the metadata counts must be in the file (and no more): a wrong count is a

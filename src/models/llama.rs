@@ -9,6 +9,10 @@
 //!   `k_norm`);
 //! - Mistral (`"mistral"`) and any config with `layer_types`: sliding-window attention (a query
 //!   sees the last `sliding_window` positions);
+//! - Gemma 3 (`"gemma3_text"`): embeddings scaled by √hidden, RMSNorms that multiply by
+//!   `1 + w`, norms before and after both attention and MLP, GeGLU (tanh GELU), q/k norms,
+//!   attention scaled by `query_pre_attn_scalar^-½`, sliding-window layers with their own RoPE
+//!   base (`rope_parameters` per layer type), optional final logit soft-capping;
 //! - Phi-3 (`"phi3"`): fused `qkv_proj` and `gate_up_proj` (what peft targets on it), RoPE on
 //!   the first `partial_rotary_factor` of each head (Phi-4-mini: 0.75);
 //! - RoPE scaling: `rope_type = "linear"` (positions divided by `factor`) and `"llama3"`
@@ -83,10 +87,20 @@ pub struct LlamaConfig {
     /// Phi-3: the share of each head's dimensions that RoPE rotates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_rotary_factor: Option<f64>,
+    /// Gemma: `gelu_pytorch_tanh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma: attention scores scaled by `query_pre_attn_scalar^-½` instead of `head_dim^-½`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
 }
 
 /// The decoder families this file implements.
-pub const MODEL_TYPES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "phi3"];
+pub const MODEL_TYPES: [&str; 6] = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"];
 
 fn default_eps() -> f64 {
     1e-6
@@ -113,6 +127,7 @@ impl LlamaConfig {
     pub fn rope_theta(&self) -> f64 {
         self.rope_parameters
             .as_ref()
+            .map(|p| p.get("full_attention").unwrap_or(p))
             .and_then(|p| p.get("rope_theta"))
             .and_then(|v| v.as_f64())
             .or(self.rope_theta)
@@ -138,12 +153,24 @@ impl LlamaConfig {
         }
     }
 
-    /// The RoPE settings (`rope_parameters` in transformers 5, `rope_scaling` before).
+    /// The RoPE settings (`rope_parameters` in transformers 5, `rope_scaling` before; Gemma 3:
+    /// one entry per layer type, the global layers' here).
     fn rope(&self) -> Option<&serde_json::Value> {
-        self.rope_parameters
-            .as_ref()
-            .filter(|p| p.get("rope_type").is_some_and(|t| t != "default"))
-            .or(self.rope_scaling.as_ref())
+        let params = self.rope_parameters.as_ref().map(|p| p.get("full_attention").unwrap_or(p));
+        params.filter(|p| p.get("rope_type").is_some_and(|t| t != "default")).or(self.rope_scaling.as_ref())
+    }
+
+    /// Gemma 3's sliding-window layers' RoPE (their own base, no scaling), if the config has
+    /// RoPE parameters per layer type.
+    pub fn local_inv_freq(&self) -> Option<Vec<f32>> {
+        let local = self.rope_parameters.as_ref()?.get("sliding_attention")?;
+        let theta = local.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0);
+        let d = self.rotary_dim();
+        Some((0..d / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32).collect())
+    }
+
+    pub fn is_gemma(&self) -> bool {
+        self.model_type() == "gemma3_text"
     }
 
     /// Phi-3's fused projections (`qkv_proj`, `gate_up_proj`).
@@ -221,7 +248,14 @@ impl LlamaConfig {
             ("head_dim", self.head_dim(), 1 << 12),
             ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
         ])?;
-        ensure!(self.hidden_act == "silu", "hidden_act '{}' is not supported (Llama uses 'silu')", self.hidden_act);
+        let act = if self.is_gemma() {
+            self.hidden_activation.as_deref().unwrap_or("gelu_pytorch_tanh")
+        } else {
+            &self.hidden_act
+        };
+        let expected = if self.is_gemma() { "gelu_pytorch_tanh" } else { "silu" };
+        ensure!(act == expected, "activation '{act}' is not supported for {} ('{expected}')", self.model_type());
+        ensure!(self.attn_logit_softcapping.is_none(), "attn_logit_softcapping (Gemma 2) is not supported yet");
         ensure!(
             MODEL_TYPES.contains(&self.model_type()),
             "model_type '{}' is not a decoder finetune supports yet ({})",
@@ -253,7 +287,8 @@ impl LlamaConfig {
             self.num_kv_heads()
         );
         ensure!(self.head_dim().is_multiple_of(2), "head_dim {} must be even for rotary embeddings", self.head_dim());
-        for rope in [&self.rope_scaling, &self.rope_parameters].into_iter().flatten() {
+        let per_type = self.rope_parameters.as_ref().and_then(|p| p.get("full_attention")).into_iter();
+        for rope in [self.rope_scaling.as_ref(), self.rope_parameters.as_ref()].into_iter().flatten().chain(per_type) {
             let kind = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|v| v.as_str());
             ensure!(
                 matches!(kind, None | Some("default" | "linear" | "llama3")),
@@ -274,16 +309,24 @@ impl LlamaConfig {
 pub struct RmsNorm {
     pub weight: Param<Tensor<1>>,
     pub eps: f64,
+    /// Gemma: the scale is `1 + weight` (the checkpoint stores the offset from 1).
+    pub unit_offset: bool,
 }
 
 impl RmsNorm {
     fn new(dim: usize, eps: f64, device: &Device) -> Self {
-        Self { weight: Initializer::Ones.init([dim], device), eps }
+        Self { weight: Initializer::Ones.init([dim], device), eps, unit_offset: false }
+    }
+
+    fn gemma(dim: usize, eps: f64, device: &Device) -> Self {
+        Self { weight: Initializer::Zeros.init([dim], device), eps, unit_offset: true }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
-        (x / rms) * self.weight.val().unsqueeze::<D>()
+        let w = self.weight.val();
+        let w = if self.unit_offset { w.add_scalar(1.0) } else { w };
+        (x / rms) * w.unsqueeze::<D>()
     }
 }
 
@@ -301,6 +344,8 @@ pub struct LlamaAttention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// The scale of `q·k` (`head_dim^-½`, Gemma: `query_pre_attn_scalar^-½`).
+    pub scaling: f64,
 }
 
 #[derive(Module, Debug)]
@@ -310,6 +355,15 @@ pub struct LlamaMlp {
     pub up_proj: Option<Dense>,
     pub gate_up_proj: Option<Dense>,
     pub down_proj: Dense,
+    /// Gemma's GeGLU (tanh-approximated GELU) instead of SwiGLU.
+    pub gelu: bool,
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let inner =
+        (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
 impl LlamaAttention {
@@ -361,7 +415,8 @@ impl LlamaMlp {
             (None, Some(g), Some(u)) => (g.forward(x.clone()), u.forward(x)),
             _ => unreachable!("an MLP has gate and up projections"),
         };
-        self.down_proj.forward(silu(gate) * up)
+        let gate = if self.gelu { gelu_tanh(gate) } else { silu(gate) };
+        self.down_proj.forward(gate * up)
     }
 }
 
@@ -373,6 +428,12 @@ pub struct LlamaDecoderLayer {
     pub post_attention_layernorm: RmsNorm,
     /// Attend to the last `w` positions only (sliding-window layers).
     pub window: Option<usize>,
+    /// Gemma: norms around the MLP (and `post_attention_layernorm` then normalises the
+    /// attention output instead of the MLP input).
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+    /// Gemma 3: this layer uses the sliding-window RoPE base.
+    pub local_rope: bool,
 }
 
 #[derive(Module, Debug)]
@@ -392,6 +453,12 @@ pub struct LlamaForCausalLM {
     /// Prompt tuning: virtual tokens before the input (peft's `CAUSAL_LM` prompt tuning: they
     /// take positions `0..n`, the text follows; outputs are the text's positions only).
     pub prompt: Option<SoftPrompt>,
+    /// Gemma: word embeddings are multiplied by √hidden.
+    pub embed_scale: f64,
+    /// Gemma 3: the sliding-window layers' RoPE frequencies.
+    pub local_inv_freq: Option<Vec<f32>>,
+    /// `tanh(logits / c) · c` when set.
+    pub final_softcap: Option<f64>,
 }
 
 /// Keys and values of the positions seen so far, per layer (`[batch, kv_heads, t, head_dim]`).
@@ -515,7 +582,12 @@ impl LlamaForCausalLM {
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
         let std = cfg.initializer_range;
         let dense = |i: usize, o: usize, bias: bool| Dense::new(i, o, std, bias, device);
-        let qk_norm = cfg.model_type() == "qwen3";
+        let gemma = cfg.is_gemma();
+        let qk_norm = matches!(cfg.model_type(), "qwen3" | "gemma3_text");
+        let norm = |d: usize| {
+            if gemma { RmsNorm::gemma(d, cfg.rms_norm_eps, device) } else { RmsNorm::new(d, cfg.rms_norm_eps, device) }
+        };
+        let scaling = cfg.query_pre_attn_scalar.unwrap_or(dh as f64).powf(-0.5);
         let (fused, split) = (cfg.fused(), !cfg.fused());
         let i_size = cfg.intermediate_size;
         let layers = (0..cfg.num_hidden_layers)
@@ -526,21 +598,26 @@ impl LlamaForCausalLM {
                     v_proj: split.then(|| dense(h, nkv * dh, cfg.qkv_bias())),
                     qkv_proj: fused.then(|| dense(h, (nh + 2 * nkv) * dh, cfg.qkv_bias())),
                     o_proj: dense(nh * dh, h, cfg.attention_bias),
-                    q_norm: qk_norm.then(|| RmsNorm::new(dh, cfg.rms_norm_eps, device)),
-                    k_norm: qk_norm.then(|| RmsNorm::new(dh, cfg.rms_norm_eps, device)),
+                    q_norm: qk_norm.then(|| norm(dh)),
+                    k_norm: qk_norm.then(|| norm(dh)),
                     num_heads: nh,
                     num_kv_heads: nkv,
                     head_dim: dh,
+                    scaling,
                 },
                 mlp: LlamaMlp {
                     gate_proj: split.then(|| dense(h, i_size, cfg.mlp_bias)),
                     up_proj: split.then(|| dense(h, i_size, cfg.mlp_bias)),
                     gate_up_proj: fused.then(|| dense(h, 2 * i_size, cfg.mlp_bias)),
                     down_proj: dense(i_size, h, cfg.mlp_bias),
+                    gelu: gemma,
                 },
-                input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
-                post_attention_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, device),
+                input_layernorm: norm(h),
+                post_attention_layernorm: norm(h),
                 window: cfg.window(i),
+                pre_feedforward_layernorm: gemma.then(|| norm(h)),
+                post_feedforward_layernorm: gemma.then(|| norm(h)),
+                local_rope: cfg.window(i).is_some() && cfg.local_inv_freq().is_some(),
             })
             .collect();
         Ok(Self {
@@ -549,11 +626,14 @@ impl LlamaForCausalLM {
                     .with_initializer(Initializer::Normal { mean: 0.0, std })
                     .init(device),
                 layers,
-                norm: RmsNorm::new(h, cfg.rms_norm_eps, device),
+                norm: norm(h),
             },
             lm_head: (!cfg.tie_word_embeddings).then(|| dense(h, cfg.vocab_size, false)),
             inv_freq: cfg.inv_freq(),
             prompt: None,
+            embed_scale: if gemma { (h as f32).sqrt() as f64 } else { 1.0 },
+            local_inv_freq: cfg.local_inv_freq(),
+            final_softcap: cfg.final_logit_softcapping,
         })
     }
 
@@ -580,6 +660,9 @@ impl LlamaForCausalLM {
         let device = ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.model.embed_tokens.forward(ids);
+        if self.embed_scale != 1.0 {
+            x = x.mul_scalar(self.embed_scale as f32);
+        }
         // A soft prompt goes before the first chunk of a sequence (a cache continues after it).
         let virtual_tokens = match &self.prompt {
             Some(p) if start == 0 => {
@@ -590,9 +673,15 @@ impl LlamaForCausalLM {
             }
             _ => 0,
         };
-        let rope = match pad {
-            Some(p) => Rope::rows(&self.inv_freq, start, len, p, &device),
-            None => Rope::new(&self.inv_freq, start, len, &device),
+        let make_rope = |inv_freq: &[f32]| match pad {
+            Some(p) => Rope::rows(inv_freq, start, len, p, &device),
+            None => Rope::new(inv_freq, start, len, &device),
+        };
+        let rope = make_rope(&self.inv_freq);
+        let local_rope = self.local_inv_freq.as_deref().map(make_rope);
+        let rope_of = |layer: &LlamaDecoderLayer| match (&local_rope, layer.local_rope) {
+            (Some(r), true) => r,
+            _ => &rope,
         };
         // One mask per distinct window (full attention: None).
         let mut masks: Vec<(Option<usize>, Tensor<4>)> = Vec::new();
@@ -610,12 +699,12 @@ impl LlamaForCausalLM {
             Some(cache) => {
                 cache.layers.resize_with(self.model.layers.len(), || None);
                 for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, &rope, mask(layer.window), Some(kv));
+                    x = layer.forward(x, rope_of(layer), mask(layer.window), Some(kv));
                 }
             }
             None => {
                 for layer in &self.model.layers {
-                    x = layer.forward(x, &rope, mask(layer.window), None);
+                    x = layer.forward(x, rope_of(layer), mask(layer.window), None);
                 }
             }
         }
@@ -628,9 +717,13 @@ impl LlamaForCausalLM {
 
     /// Next-token logits `[rows, vocab]` of hidden states `[rows, hidden]`.
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => matmul(hidden, self.model.embed_tokens.weight.val().transpose()),
+        };
+        match self.final_softcap {
+            Some(c) => logits.div_scalar(c as f32).tanh().mul_scalar(c as f32),
+            None => logits,
         }
     }
 
@@ -652,9 +745,19 @@ impl LlamaDecoderLayer {
         bias: &Tensor<4>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
-        let attended = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, bias, cache);
-        let normed = self.post_attention_layernorm.forward(attended.clone());
-        attended + self.mlp.forward(normed)
+        let attention = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, bias, cache);
+        match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
+            // Gemma: every sublayer normalised on the way in and on the way out.
+            (Some(pre), Some(post)) => {
+                let attended = x + self.post_attention_layernorm.forward(attention);
+                attended.clone() + post.forward(self.mlp.forward(pre.forward(attended)))
+            }
+            _ => {
+                let attended = x + attention;
+                let normed = self.post_attention_layernorm.forward(attended.clone());
+                attended + self.mlp.forward(normed)
+            }
+        }
     }
 }
 
@@ -703,7 +806,7 @@ impl LlamaAttention {
         let group = nh / nkv;
         let q = q.reshape([b, nkv, group * l, dh]);
         let scores = matmul(q, k.swap_dims(2, 3)).reshape([b, nh, l, total]);
-        let probs = scaled_masked_softmax(scores, 1.0 / (dh as f32).sqrt(), Some(bias.clone()));
+        let probs = scaled_masked_softmax(scores, self.scaling as f32, Some(bias.clone()));
         let probs = probs.reshape([b, nkv, group * l, total]);
         let context = matmul(probs, v).reshape([b, nh, l, dh]).swap_dims(1, 2).reshape([b, l, nh * dh]);
         self.o_proj.forward(context)

@@ -238,7 +238,9 @@ fn decoders_reference(name: &str) -> finetune::io::safetensors::HostTensor {
 #[test]
 fn decoder_families_match_transformers() {
     let device = Device::flex();
-    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-llama-linear", "tiny-phi3"] {
+    for name in
+        ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-llama-linear", "tiny-phi3", "tiny-gemma3"]
+    {
         let files = ModelDir::open(&fixtures().join("decoders").join(name)).unwrap();
         let (model, cfg, report) = decoder::load(&files, &device).unwrap();
         assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");

@@ -226,7 +226,7 @@ fn causal_lm_row() {
 /// window, Phi-3's fused projections): every method trains what it should on each.
 #[test]
 fn causal_lm_row_other_families() {
-    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3"] {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3", "tiny-gemma3"] {
         causal_lm_row_for(&fixtures().join("decoders").join(name));
     }
 }
