@@ -148,6 +148,29 @@ def reference_batch():
     return ids, types, mask
 
 
+def tidy_adapter_dir(d):
+    """peft's save_pretrained output made stable: no model-card template, the base named by its
+    repository path, sets written as sorted lists, keys sorted."""
+    if os.path.exists(os.path.join(d, "README.md")):
+        os.remove(os.path.join(d, "README.md"))
+    with open(os.path.join(d, "adapter_config.json")) as f:
+        c = json.load(f)
+    c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
+    for key in ["target_modules", "exclude_modules"]:
+        if isinstance(c.get(key), list):
+            c[key] = sorted(c[key])  # peft writes a set
+    with open(os.path.join(d, "adapter_config.json"), "w") as f:
+        json.dump(c, f, indent=2, sort_keys=True)
+
+
+def perturb_trainable(model, gen):
+    """As if trained: every trainable tensor (B, magnitudes, biases, the classifier, a prompt) moved."""
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+
+
 def peft_fixtures():
     """Adapters written by peft for tiny-bert, with peft's logits (and merged weights)."""
     from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -169,20 +192,11 @@ def peft_fixtures():
         gen = torch.Generator().manual_seed(200 + len(name))
         base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
         model = get_peft_model(base, cfg)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if p.requires_grad:
-                    # As if trained: B non-zero, magnitudes and the classifier moved, prompt random.
-                    p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        perturb_trainable(model, gen)
         model.eval()
         out = os.path.join(out_root, name)
         model.save_pretrained(out, safe_serialization=True)
-        os.remove(os.path.join(out, "README.md"))  # peft's model-card template
-        with open(os.path.join(out, "adapter_config.json")) as f:
-            c = json.load(f)
-        c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
-        with open(os.path.join(out, "adapter_config.json"), "w") as f:
-            json.dump(c, f, indent=2, sort_keys=True)
+        tidy_adapter_dir(out)
         with torch.no_grad():
             ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -223,23 +237,11 @@ def peft_option_fixtures():
         gen = torch.Generator().manual_seed(400 + i)
         base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
         model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, **opts))
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if p.requires_grad:
-                    # As if trained: B non-zero, biases and the classifier moved.
-                    p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        perturb_trainable(model, gen)
         model.eval()
         out = os.path.join(out_root, name)
         model.save_pretrained(out, safe_serialization=True)
-        os.remove(os.path.join(out, "README.md"))
-        with open(os.path.join(out, "adapter_config.json")) as f:
-            c = json.load(f)
-        c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
-        for key in ["target_modules", "exclude_modules"]:
-            if isinstance(c.get(key), list):
-                c[key] = sorted(c[key])  # peft writes a set: make the file stable
-        with open(os.path.join(out, "adapter_config.json"), "w") as f:
-            json.dump(c, f, indent=2, sort_keys=True)
+        tidy_adapter_dir(out)
         with torch.no_grad():
             ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -263,14 +265,7 @@ def peft_option_fixtures():
     out = os.path.join(out_root, "multi")
     model.save_pretrained(out, safe_serialization=True, selected_adapters=["default", "second"])
     for sub in ["", "second"]:
-        d = os.path.join(out, sub)
-        if os.path.exists(os.path.join(d, "README.md")):
-            os.remove(os.path.join(d, "README.md"))
-        with open(os.path.join(d, "adapter_config.json")) as f:
-            c = json.load(f)
-        c["base_model_name_or_path"] = "tests/fixtures/tiny-bert"
-        with open(os.path.join(d, "adapter_config.json"), "w") as f:
-            json.dump(c, f, indent=2, sort_keys=True)
+        tidy_adapter_dir(os.path.join(out, sub))
     model.base_model.set_adapter(["default", "second"])
     with torch.no_grad():
         ref["multi.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
