@@ -77,8 +77,10 @@ impl BertConfig {
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert");
         if model_type != "bert" {
             anyhow::bail!(
-                "{}: model_type '{model_type}' is not supported yet; finetune loads BERT-family encoders (model_type = \"bert\")",
-                path.display()
+                "{}: model_type '{model_type}' is not supported yet; finetune loads BERT-family encoders (model_type = \"bert\") \
+                 for classification, and the decoders {} for causal LM",
+                path.display(),
+                super::llama::MODEL_TYPES.join(", ")
             );
         }
         let cfg: BertConfig =

@@ -132,10 +132,10 @@ pub fn describe_config(path: &std::path::Path) -> Result<String> {
         return Ok(format!("image model config: {}, {} classes", c.architecture, c.num_classes));
     }
     Ok(match raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default() {
-        "llama" | "mistral" => {
+        t if llama::MODEL_TYPES.contains(&t) => {
             let c = decoder::config(&files)?;
             format!(
-                "decoder config: {} layers, hidden {}, {} heads, vocab {} ({} parameters)",
+                "{t} decoder config: {} layers, hidden {}, {} heads, vocab {} ({} parameters)",
                 c.num_hidden_layers,
                 c.hidden_size,
                 c.num_attention_heads,
