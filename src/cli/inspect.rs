@@ -178,13 +178,14 @@ fn run_decoder(out: &mut Out, files: &ModelDir, quantize: Option<&str>) -> Resul
     let cfg = decoder::config(files)?;
     let device = crate::ops::device::select("cpu")?;
     out.say("model", files.describe().into(), format!("model:       {}", files.describe()));
-    let arch = serde_json::json!({"family": "llama", "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
+    let arch = serde_json::json!({"family": cfg.model_type(), "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
         "heads": cfg.num_attention_heads, "kv_heads": cfg.num_kv_heads(), "head_dim": cfg.head_dim(),
         "ffn": cfg.intermediate_size, "vocab": cfg.vocab_size, "rope_theta": cfg.rope_theta(),
         "tied_embeddings": cfg.tie_word_embeddings});
     let text = format!(
-        "arch:        Llama decoder, {} layers, hidden {}, {} query / {} key-value heads (head dim {}), FFN {}, \
+        "arch:        {} decoder, {} layers, hidden {}, {} query / {} key-value heads (head dim {}), FFN {}, \
          vocab {}, rope theta {}, {} embeddings",
+        cfg.model_type(),
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.num_attention_heads,
