@@ -273,7 +273,9 @@ fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::
     let added: Vec<serde_json::Value> = original
         .iter()
         .zip(&types)
-        .filter(|(t, ty)| **ty == 3 || (**ty == 4 && vocab.contains_key(t.as_str())))
+        // Control (3) and user-defined (4) tokens; one respelled out of the vocabulary (spaces) is
+        // left to the model, as transformers leaves it.
+        .filter(|(t, ty)| matches!(**ty, 3 | 4) && vocab.contains_key(t.as_str()))
         .map(|(t, ty)| {
             json!({"id": vocab[t.as_str()], "content": t, "single_word": false, "lstrip": false, "rstrip": false,
                    "normalized": false, "special": *ty == 3})
