@@ -617,6 +617,17 @@ pub fn ct2_seed() -> Vec<u8> {
 /// a byte-level BPE vocabulary with merges that `data::tokenizer` turns into a tokenizer, and f32
 /// tensors of one block. The real SmolLM2 file (98 MB) is too big to mutate ten thousand times.
 pub fn gguf_llama_seed() -> Vec<u8> {
+    gguf_seed("llama", false)
+}
+
+/// The same for llama.cpp's `gemma3` architecture with a SentencePiece (`llama`) vocabulary:
+/// control, unknown, byte and whitespace-only user-defined tokens, no merges (rebuilt by the
+/// reader).
+pub fn gguf_gemma_seed() -> Vec<u8> {
+    gguf_seed("gemma3", true)
+}
+
+fn gguf_seed(arch: &str, sentencepiece: bool) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u64).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
@@ -629,28 +640,47 @@ pub fn gguf_llama_seed() -> Vec<u8> {
         Strs(Vec<&'a str>),
         I32s(Vec<i32>),
     }
-    let tokens = vec!["<|endoftext|>", "<|im_start|>", "a", "b", "c", "Ġ", "ab", "Ġa", "H", "e", "l", "o"];
+    let (tokens, types): (Vec<&str>, Vec<i32>) = if sentencepiece {
+        let t = ["<pad>", "<eos>", "<bos>", "<unk>", "\u{2581}", "a", "b", "\u{2581}a", "ab", "<0x00>", "<0x41>", "  "];
+        (t.to_vec(), vec![3, 3, 3, 2, 1, 1, 1, 1, 1, 6, 6, 4])
+    } else {
+        let t = ["<|endoftext|>", "<|im_start|>", "a", "b", "c", "Ġ", "ab", "Ġa", "H", "e", "l", "o"];
+        (t.to_vec(), (0..t.len()).map(|i| if i < 2 { 3 } else { 1 }).collect())
+    };
     let hidden = 8u64;
-    let kv: Vec<(&str, V)> = vec![
-        ("general.architecture", V::Str("llama")),
+    let key = |k: &str| -> &'static str { Box::leak(format!("{arch}.{k}").into_boxed_str()) };
+    let mut kv: Vec<(&str, V)> = vec![
+        ("general.architecture", V::Str(arch)),
         ("general.name", V::Str("fuzz seed")),
-        ("llama.block_count", V::U32(1)),
-        ("llama.context_length", V::U32(64)),
-        ("llama.embedding_length", V::U32(hidden as u32)),
-        ("llama.feed_forward_length", V::U32(16)),
-        ("llama.attention.head_count", V::U32(2)),
-        ("llama.attention.head_count_kv", V::U32(1)),
-        ("llama.rope.freq_base", V::F32(10000.0)),
-        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
-        ("tokenizer.ggml.model", V::Str("gpt2")),
+        (key("block_count"), V::U32(1)),
+        (key("context_length"), V::U32(64)),
+        (key("embedding_length"), V::U32(hidden as u32)),
+        (key("feed_forward_length"), V::U32(16)),
+        (key("attention.head_count"), V::U32(2)),
+        (key("attention.head_count_kv"), V::U32(1)),
+        (key("rope.freq_base"), V::F32(10000.0)),
+        (key("attention.layer_norm_rms_epsilon"), V::F32(1e-5)),
+        ("tokenizer.ggml.model", V::Str(if sentencepiece { "llama" } else { "gpt2" })),
         ("tokenizer.ggml.pre", V::Str("default")),
         ("tokenizer.ggml.tokens", V::Strs(tokens.clone())),
-        ("tokenizer.ggml.token_type", V::I32s((0..tokens.len()).map(|i| if i < 2 { 3 } else { 1 }).collect())),
-        ("tokenizer.ggml.merges", V::Strs(vec!["a b", "Ġ a"])),
-        ("tokenizer.ggml.bos_token_id", V::U32(1)),
-        ("tokenizer.ggml.eos_token_id", V::U32(0)),
-        ("tokenizer.ggml.add_bos_token", V::Bool(false)),
+        ("tokenizer.ggml.token_type", V::I32s(types)),
     ];
+    if sentencepiece {
+        kv.extend([
+            (key("attention.sliding_window"), V::U32(4)),
+            ("tokenizer.ggml.bos_token_id", V::U32(2)),
+            ("tokenizer.ggml.eos_token_id", V::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", V::U32(3)),
+            ("tokenizer.ggml.add_bos_token", V::Bool(true)),
+        ]);
+    } else {
+        kv.extend([
+            ("tokenizer.ggml.merges", V::Strs(vec!["a b", "Ġ a"])),
+            ("tokenizer.ggml.bos_token_id", V::U32(1)),
+            ("tokenizer.ggml.eos_token_id", V::U32(0)),
+            ("tokenizer.ggml.add_bos_token", V::Bool(false)),
+        ]);
+    }
     let vocab = tokens.len() as u64;
     // (name, GGUF dims: fastest-varying first)
     let tensors: Vec<(&str, Vec<u64>)> = vec![
@@ -744,7 +774,11 @@ pub fn targets(fixtures: &Path, recipes: &Path, assets: &BTreeMap<&str, PathBuf>
         Target::new("safetensors", vec![f("tiny-bert/model.safetensors")?, f("peft/lora/adapter_model.safetensors")?]),
         Target::new(
             "gguf",
-            vec![f("gguf-blocks.gguf")?, Seed::generated("fuzz::gguf_llama_seed", "llama.gguf", gguf_llama_seed())],
+            vec![
+                f("gguf-blocks.gguf")?,
+                Seed::generated("fuzz::gguf_llama_seed", "llama.gguf", gguf_llama_seed()),
+                Seed::generated("fuzz::gguf_gemma_seed", "gemma.gguf", gguf_gemma_seed()),
+            ],
         ),
         Target::new("pth", vec![f("pth/zip.pth")?, f("pth/legacy.pth")?]),
         Target::new("ct2", vec![Seed::generated("fuzz::ct2_seed", "model.bin", ct2_seed())]),

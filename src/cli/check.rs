@@ -142,7 +142,7 @@ fn check(path: &Path, kind: FileKind, columns: &Columns) -> Result<String> {
             let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
             let mut summary =
                 format!("{} tensors, architecture {arch}{}", g.tensors.len(), non_finite_note(non_finite));
-            if arch == "llama" && g.get("llama.block_count").is_some() {
+            if crate::models::gguf_llama::reads(&arch) && g.get(&format!("{arch}.block_count")).is_some() {
                 let c = crate::models::gguf_llama::config(&g).with_context(named)?;
                 summary += &format!(", {} layers, hidden {}", c.num_hidden_layers, c.hidden_size);
             }

@@ -17,6 +17,11 @@ use anyhow::{Context, Result, bail, ensure};
 /// permuted; Gemma files store every norm weight plus one (llama.cpp's `norm_shift`).
 const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
+/// Whether finetune reads GGUF files of architecture `arch` as decoders.
+pub fn reads(arch: &str) -> bool {
+    LLAMA_ARCHES.contains(&arch)
+}
+
 /// Architectures finetune also writes.
 const WRITTEN_ARCHES: &[&str] = &["llama", "qwen2", "qwen3"];
 
