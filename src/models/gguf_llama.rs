@@ -182,8 +182,8 @@ pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)
         // Gemma normalises the attention output here; the MLP input norm is `ffn_norm`.
         "post_attention_layernorm" if gemma => ("post_attention_norm", None),
         "post_attention_layernorm" => ("ffn_norm", None),
-        "pre_feedforward_layernorm" => ("ffn_norm", None),
-        "post_feedforward_layernorm" => ("post_ffw_norm", None),
+        "pre_feedforward_layernorm" if gemma => ("ffn_norm", None),
+        "post_feedforward_layernorm" if gemma => ("post_ffw_norm", None),
         _ => return None,
     };
     Some((format!("blk.{layer}.{name}.{kind}"), heads))

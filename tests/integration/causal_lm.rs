@@ -43,6 +43,7 @@ fn smollm2_gguf_matches_transformers() {
     let device = Device::flex();
     let (model, cfg, report) = decoder::load(&files, &device).unwrap();
     assert!(report.initialized.is_empty(), "{:?}", report.initialized);
+    assert!(report.unused.is_empty(), "every tensor of the file finds its place: {:?}", report.unused);
     assert!(cfg.tie_word_embeddings);
     let template = decoder::chat_template(&files, &tok, &cfg).unwrap().expect("SmolLM2 has a chat template");
     let messages = [Message::new("user", "Explain in two sentences what fine-tuning a language model means.")];
@@ -351,7 +352,7 @@ fn gemma3_gguf_matches_transformers() {
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("gemma3-reference.json")).unwrap()).unwrap();
     let device = Device::flex();
     let (model, cfg, report) = decoder::load(&ModelDir::open(&path).unwrap(), &device).unwrap();
-    assert!(report.initialized.is_empty(), "{report:?}");
+    assert!(report.initialized.is_empty() && report.unused.is_empty(), "{report:?}");
     assert_eq!(
         (cfg.model_type(), cfg.num_hidden_layers, cfg.window(0), cfg.window(5)),
         ("gemma3_text", 18, Some(512), None)
