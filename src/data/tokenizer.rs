@@ -216,6 +216,26 @@ pub fn gguf_tokenizer_metadata(json: &serde_json::Value, w: &mut crate::io::gguf
     Ok(())
 }
 
+/// A GGUF metadata array of strings (`tokenizer.ggml.tokens`, `.merges`), or an error naming it.
+fn gguf_strings(file: &crate::io::gguf::GgufFile, key: &str) -> Result<Vec<String>> {
+    let at = file.path().display();
+    let values = file.require(key)?.as_array().ok_or_else(|| anyhow!("{at}: '{key}' is not an array"))?;
+    values
+        .iter()
+        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| anyhow!("{at}: '{key}' holds a non-string")))
+        .collect()
+}
+
+/// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte), or all
+/// normal when absent.
+fn gguf_token_types(file: &crate::io::gguf::GgufFile, n: usize) -> Vec<i64> {
+    use crate::io::gguf::Value;
+    match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+        Some(a) => a.iter().map(|v| if let Value::I64(t) = v { *t } else { v.as_u64().unwrap_or(1) as i64 }).collect(),
+        None => vec![1; n],
+    }
+}
+
 /// Gemma's SentencePiece-BPE vocabulary from GGUF metadata as a `tokenizer.json`, the way
 /// transformers' GGUF loader builds `GemmaTokenizer` (`integrations/gguf`: `gemma_tokenizer`):
 /// tokens of spaces respelled with `▁`; the file has no merges, so they are rebuilt from the
@@ -228,18 +248,8 @@ fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::
     use serde_json::json;
     use std::collections::HashMap;
     let at = file.path().display();
-    let strings = |key: &str| -> Result<Vec<String>> {
-        let values = file.require(key)?.as_array().ok_or_else(|| anyhow!("{at}: '{key}' is not an array"))?;
-        values
-            .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| anyhow!("{at}: '{key}' holds a non-string")))
-            .collect()
-    };
-    let original = strings("tokenizer.ggml.tokens")?;
-    let types: Vec<i64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a.iter().map(|v| if let Value::I64(t) = v { *t } else { v.as_u64().unwrap_or(1) as i64 }).collect(),
-        None => vec![1; original.len()],
-    };
+    let original = gguf_strings(file, "tokenizer.ggml.tokens")?;
+    let types = gguf_token_types(file, original.len());
     anyhow::ensure!(types.len() == original.len(), "{at}: {} token types for {} tokens", types.len(), original.len());
     let tokens: Vec<String> = original
         .iter()
@@ -334,19 +344,9 @@ pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serd
              put the model's tokenizer.json beside the GGUF file"
         );
     }
-    let strings = |key: &str| -> Result<Vec<String>> {
-        let values = file.require(key)?.as_array().ok_or_else(|| anyhow!("{at}: '{key}' is not an array"))?;
-        values
-            .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| anyhow!("{at}: '{key}' holds a non-string")))
-            .collect()
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<i64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a.iter().map(|v| if let Value::I64(t) = v { *t } else { v.as_u64().unwrap_or(1) as i64 }).collect(),
-        None => vec![1; tokens.len()],
-    };
+    let tokens = gguf_strings(file, "tokenizer.ggml.tokens")?;
+    let merges = gguf_strings(file, "tokenizer.ggml.merges")?;
+    let types = gguf_token_types(file, tokens.len());
     let vocab: serde_json::Map<String, serde_json::Value> =
         tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     // Token type 3 is a control token (<|im_start|>, <|endoftext|>), 4 a user-defined one.
