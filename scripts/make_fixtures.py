@@ -171,6 +171,26 @@ def perturb_trainable(model, gen):
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
 
 
+def write_peft_adapter(cfg, seed, out, ref, name):
+    """A peft adapter for tiny-bert as if trained (seeded), saved to `out`, with peft's logits on
+    the reference batch and trainable count recorded in `ref` under `name`."""
+    from peft import get_peft_model
+    ids, types, mask = reference_batch()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    base = BertForSequenceClassification.from_pretrained(os.path.join(FIX, "tiny-bert"), attn_implementation="eager")
+    model = get_peft_model(base, cfg)
+    perturb_trainable(model, gen)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tidy_adapter_dir(out)
+    with torch.no_grad():
+        ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ref[f"{name}.trainable_params"] = torch.tensor([float(trainable)])
+    return model, trainable
+
+
 def peft_fixtures():
     """Adapters written by peft for tiny-bert, with peft's logits (and merged weights)."""
     from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -188,19 +208,7 @@ def peft_fixtures():
         "prompt": PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4),
     }
     for name, cfg in variants.items():
-        torch.manual_seed(100 + len(name))
-        gen = torch.Generator().manual_seed(200 + len(name))
-        base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
-        model = get_peft_model(base, cfg)
-        perturb_trainable(model, gen)
-        model.eval()
-        out = os.path.join(out_root, name)
-        model.save_pretrained(out, safe_serialization=True)
-        tidy_adapter_dir(out)
-        with torch.no_grad():
-            ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        ref[f"{name}.trainable_params"] = torch.tensor([float(trainable)])
+        model, trainable = write_peft_adapter(cfg, 100 + len(name), os.path.join(out_root, name), ref, name)
         if name != "prompt":
             merged = model.merge_and_unload()
             for k, v in merged.state_dict().items():
@@ -233,19 +241,8 @@ def peft_option_fixtures():
     ids, types, mask = reference_batch()
     ref = {}
     for i, (name, opts) in enumerate(PEFT_OPTIONS.items()):
-        torch.manual_seed(300 + i)
-        gen = torch.Generator().manual_seed(400 + i)
-        base = BertForSequenceClassification.from_pretrained(tiny, attn_implementation="eager")
-        model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, **opts))
-        perturb_trainable(model, gen)
-        model.eval()
-        out = os.path.join(out_root, name)
-        model.save_pretrained(out, safe_serialization=True)
-        tidy_adapter_dir(out)
-        with torch.no_grad():
-            ref[f"{name}.logits"] = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        ref[f"{name}.trainable_params"] = torch.tensor([float(trainable)])
+        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, **opts)
+        model, trainable = write_peft_adapter(cfg, 300 + i, os.path.join(out_root, name), ref, name)
         adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
         print(f"peft option {name}: trainable {trainable}, {len(adapted)} adapted layers")
     # Two adapters active at once, saved in peft's multi-adapter layout (the default adapter at the
