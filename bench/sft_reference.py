@@ -9,7 +9,12 @@ weight decay, cosine schedule with 5% warmup, clipping at 1.0. Held-out loss is 
 target tokens of the unpacked validation/test conversations, before and after training.
 The forward is transformers' standard one (logits at every position), as users run it.
 
-Usage: python bench/sft_reference.py --gguf FILE --data DIR [--max-steps N] [--out results.json]
+With --chat-template FILE (a base model without one, e.g. Gemma 3 270M with
+recipes/templates/gemma.jinja) conversations are rendered with that template, as the recipe's
+`data.chat_template` does.
+
+Usage: python bench/sft_reference.py --gguf FILE --data DIR [--chat-template FILE] [--max-steps N]
+       [--adapter-out DIR] [--out results.json]
 """
 import argparse, json, math, os, random, resource, sys, time
 
@@ -36,6 +41,8 @@ ap.add_argument("--max-steps", type=int)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--seed", type=int, default=42)
 ap.add_argument("--skip-eval", action="store_true")
+ap.add_argument("--chat-template")
+ap.add_argument("--adapter-out", help="save the trained adapter here (peft's save_pretrained)")
 ap.add_argument("--out")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
@@ -44,6 +51,8 @@ random.seed(args.seed)
 
 d, f = os.path.split(os.path.abspath(args.gguf))
 tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+if args.chat_template:
+    tok.chat_template = open(args.chat_template, encoding="utf-8").read()
 model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
 eos = model.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
@@ -152,5 +161,7 @@ result = {
     "before": before, "after": after,
 }
 print(json.dumps(result, indent=1))
+if args.adapter_out:
+    model.save_pretrained(args.adapter_out)
 if args.out:
     json.dump(result, open(args.out, "w"), indent=1)

@@ -13,6 +13,10 @@ Families (each: vocab 96, hidden 32, 2 layers, 4 query / 2 key-value heads, non-
   tiny-gemma3     Gemma3ForCausalLM: scaled embeddings, (1 + w) norms around attention and MLP, GeGLU,
                   q/k norms, query_pre_attn_scalar, sliding and full layers with their own RoPE
                   bases, final logit soft-capping
+  tiny-gpt2       GPT2LMHeadModel (vocab 96, n_embd 32, 2 layers, 4 heads, 64 positions): LayerNorm,
+                  learned positions, Conv1D c_attn / c_proj / c_fc, tied embeddings; with a peft LoRA
+                  adapter on c_attn, c_proj and c_fc (random B; peft sets fan_in_fan_out) and peft's
+                  logits (tests/fixtures/peft/gpt2-lora, gpt2-lora.*)
 
 Outputs (under tests/fixtures/decoders/): <name>/config.json + model.safetensors, and
 decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 96],
@@ -20,12 +24,14 @@ decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 
 adapter for tiny-llama (tests/fixtures/peft/llama-prompt) with peft's logits of the 12 text
 positions (llama-prompt.*).
 
-Usage: python scripts/make_decoder_fixtures.py   (needs torch, transformers, safetensors)
+Usage: python scripts/make_decoder_fixtures.py [gpt2]   (needs torch, transformers, peft, safetensors)
+With `gpt2`, only tiny-gpt2 and its adapter are (re)made; the other fixtures stay as committed.
 """
 import os
+import sys
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
@@ -55,30 +61,76 @@ FAMILIES = {
 }
 
 
+def reference(name, model, ids, ref):
+    with torch.no_grad():
+        logits = model(ids).logits
+        out = model.generate(ids[:1], max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref[f"{name}.input_ids"] = ids.to(torch.int64)
+    ref[f"{name}.logits"] = logits.contiguous()
+    ref[f"{name}.greedy"] = out[:, ids.shape[1]:].to(torch.int64).contiguous()
+    print(name, "logits", tuple(logits.shape), "greedy", out[0, ids.shape[1]:].tolist())
+
+
+def perturb(model):
+    """Norm scales and biases away from their 1 / 0 initialisation, so that a misread one shows."""
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or ".ln_" in pname:
+                p.add_(torch.randn_like(p) * 0.1)
+            if pname.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def save(model, d):
+    model.save_pretrained(d, safe_serialization=True)
+    if os.path.exists(os.path.join(d, "generation_config.json")):
+        os.remove(os.path.join(d, "generation_config.json"))
+
+
+def save_adapter(peft_model, name):
+    adapter = os.path.join(ROOT, "tests", "fixtures", "peft", name)
+    peft_model.save_pretrained(adapter)
+    if os.path.exists(os.path.join(adapter, "README.md")):
+        os.remove(os.path.join(adapter, "README.md"))
+
+
+def gpt2(ref):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(40)
+    cfg = GPT2Config(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
+    cfg._attn_implementation = "eager"
+    model = GPT2LMHeadModel(cfg).eval()
+    perturb(model)
+    save(model, os.path.join(OUT, "tiny-gpt2"))
+    ids = torch.randint(3, cfg.vocab_size, (2, 12))
+    reference("tiny-gpt2", model, ids, ref)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM",
+                      init_lora_weights=False)
+    peft_model = get_peft_model(model, lora).eval()
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    save_adapter(peft_model, "gpt2-lora")
+    ref["gpt2-lora.input_ids"] = ids.to(torch.int64).clone()
+    ref["gpt2-lora.logits"] = logits.contiguous()
+    print("gpt2-lora logits", tuple(logits.shape))
+
+
 def main():
+    path = os.path.join(OUT, "decoders-reference.safetensors")
+    if sys.argv[1:] == ["gpt2"]:
+        ref = load_file(path)
+        gpt2(ref)
+        save_file(ref, path)
+        return
     ref = {}
     for i, (name, (cls, cfg)) in enumerate(FAMILIES.items()):
         torch.manual_seed(10 + i)
         cfg._attn_implementation = "eager"
         model = cls(cfg).eval()
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if "norm" in pname:
-                    p.add_(torch.randn_like(p) * 0.1)
-                if pname.endswith(".bias"):
-                    p.add_(torch.randn_like(p) * 0.1)
-        d = os.path.join(OUT, name)
-        model.save_pretrained(d, safe_serialization=True)
-        if os.path.exists(os.path.join(d, "generation_config.json")):
-            os.remove(os.path.join(d, "generation_config.json"))
-        ids = torch.randint(3, cfg.vocab_size, (2, 12))
-        with torch.no_grad():
-            logits = model(ids).logits
-            out = model.generate(ids[:1], max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-        ref[f"{name}.input_ids"] = ids.to(torch.int64)
-        ref[f"{name}.logits"] = logits.contiguous()
-        ref[f"{name}.greedy"] = out[:, ids.shape[1]:].to(torch.int64).contiguous()
-        print(name, "logits", tuple(logits.shape), "greedy", out[0, ids.shape[1]:].tolist())
+        perturb(model)
+        save(model, os.path.join(OUT, name))
+        reference(name, model, torch.randint(3, cfg.vocab_size, (2, 12)), ref)
     # A peft prompt-tuning adapter (CAUSAL_LM, 4 random virtual tokens) for the tiny Llama of
     # scripts/make_llama_fixtures.py, and peft's logits of the text positions.
     from peft import PromptTuningConfig, get_peft_model
@@ -88,14 +140,12 @@ def main():
     ids = torch.randint(3, 96, (2, 12))
     with torch.no_grad():
         logits = peft_model(input_ids=ids).logits
-    adapter = os.path.join(ROOT, "tests", "fixtures", "peft", "llama-prompt")
-    peft_model.save_pretrained(adapter)
-    if os.path.exists(os.path.join(adapter, "README.md")):
-        os.remove(os.path.join(adapter, "README.md"))
+    save_adapter(peft_model, "llama-prompt")
     ref["llama-prompt.input_ids"] = ids.to(torch.int64)
     ref["llama-prompt.logits"] = logits[:, -ids.shape[1]:].contiguous()
     print("llama-prompt logits", tuple(logits.shape))
-    save_file(ref, os.path.join(OUT, "decoders-reference.safetensors"))
+    gpt2(ref)
+    save_file(ref, path)
 
 
 if __name__ == "__main__":

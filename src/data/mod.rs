@@ -186,6 +186,10 @@ pub struct DataConfig {
     /// Causal LM: concatenate training examples into rows of `max_length` tokens.
     #[serde(default)]
     pub packing: bool,
+    /// Causal LM: a Jinja chat template file to render conversations with, for a model that
+    /// ships none (a base model) or to replace its own. It is saved beside the adapter.
+    #[serde(default)]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -206,6 +210,9 @@ impl DataConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.max_length >= 2, "data.max_length = {}: must be at least 2", self.max_length);
         anyhow::ensure!(!self.train.trim().is_empty(), "data.train is empty: name the training file");
+        if let Some(t) = &self.chat_template {
+            anyhow::ensure!(t.is_file(), "data.chat_template = {}: no such file", t.display());
+        }
         Ok(())
     }
 

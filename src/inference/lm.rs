@@ -87,7 +87,11 @@ pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -
         // LoRA or prompt tuning (finetune's or Python peft's).
         model = crate::methods::load_adapter(model, a, device)?.0;
     }
-    let template = decoder::chat_template(&files, &tokenizer, &cfg)?;
+    // An adapter trained with a recipe's chat template carries it.
+    let template = match adapter.map(|a| a.join(decoder::CHAT_TEMPLATE_FILE)).filter(|p| p.is_file()) {
+        Some(path) => Some(decoder::chat_template_file(&path, &tokenizer, &cfg)?),
+        None => decoder::chat_template(&files, &tokenizer, &cfg)?,
+    };
     Ok(LoadedLm { model, cfg, tokenizer, template })
 }
 
@@ -111,6 +115,18 @@ pub fn only_lora(adapters: &[PathBuf]) -> Result<()> {
             kind == "LORA",
             "{}: a {kind} adapter cannot be merged into the weights (only LoRA can); use it with --adapter",
             dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// A prompt longer than a learned position table (GPT-2: `n_positions`) cannot be read.
+fn prompt_fits(model: &LlamaForCausalLM, ids: &[u32]) -> Result<()> {
+    if let Some(n) = model.max_positions() {
+        let needed = ids.len() + model.virtual_tokens();
+        anyhow::ensure!(
+            needed <= n,
+            "the prompt needs {needed} positions (with any soft-prompt tokens) but the model has {n} (n_positions): shorten it"
         );
     }
     Ok(())
@@ -160,6 +176,7 @@ pub fn generate_cli(
         let texts: Vec<String> = prompts.iter().map(|p| render(p)).collect::<Result<_>>()?;
         let ids: Vec<Vec<u32>> =
             texts.iter().map(|t| lm.tokenizer.encode(t, template.is_none())).collect::<Result<_>>()?;
+        ids.iter().try_for_each(|p| prompt_fits(&model, p))?;
         let pad = lm.cfg.pad_token_id.unwrap_or(lm.eos_id()?);
         let start = std::time::Instant::now();
         let outs = crate::models::generation::generate_batch(&model, &ids, &sampling, pad, &device);
@@ -187,6 +204,7 @@ pub fn generate_cli(
     }
     let text = render(prompts.first().map(String::as_str).unwrap_or_default())?;
     let ids = lm.tokenizer.encode(&text, template.is_none())?;
+    prompt_fits(&model, &ids)?;
     if opts.json {
         let out = generate(&model, &ids, &sampling, &device, |_| {});
         let mut record = serde_json::json!({

@@ -24,6 +24,10 @@ pub fn config(dir: &ModelDir) -> Result<LlamaConfig> {
     let raw = dir.raw_config()?;
     let path = dir.config_path();
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
+    if model_type == "gpt2" {
+        let cfg = super::gpt2::Gpt2Config::from_json(raw).with_context(|| path.display().to_string())?;
+        return Ok(cfg.to_decoder());
+    }
     if !super::llama::MODEL_TYPES.contains(&model_type) {
         bail!(
             "{}: model_type '{model_type}' is not a decoder finetune supports yet ({})",
@@ -50,13 +54,19 @@ pub fn load(dir: &ModelDir, device: &Device) -> Result<(LlamaForCausalLM, LlamaC
     check_plausible(&cfg, dir)?;
     let model = LlamaForCausalLM::new(&cfg, device)?;
     let keys = |info: &crate::io::params::ParamInfo| (vec![info.path.clone()], false);
+    let gpt2_keys = |info: &crate::io::params::ParamInfo| (super::gpt2::candidate_keys(&info.path), false);
     let (model, report) = match dir.gguf() {
         Some(g) => load_weights(model, &GgufLlama::new(g)?, keys)?,
+        None if cfg.is_gpt2() => load_weights(model, &super::gpt2::Conv1dAsLinear(&dir.weights()?), gpt2_keys)?,
         None => load_weights(model, &dir.weights()?, keys)?,
     };
-    // A tied checkpoint may still carry a copy of the embedding as lm_head.
-    let unused: Vec<&String> =
-        report.unused.iter().filter(|k| !(cfg.tie_word_embeddings && k.as_str() == "lm_head.weight")).collect();
+    // A tied checkpoint may still carry a copy of the embedding as lm_head (and an old GPT-2
+    // one its causal-mask buffers).
+    let unused: Vec<&String> = report
+        .unused
+        .iter()
+        .filter(|k| !(super::gpt2::is_buffer(k) || cfg.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+        .collect();
     if !unused.is_empty() {
         tracing::warn!("{}: tensors the model does not use: {unused:?}", dir.describe());
     }
@@ -117,14 +127,15 @@ pub fn tokenizer(dir: &ModelDir) -> Result<LmTokenizer> {
     }
 }
 
+/// The file a chat template is saved in beside a model or adapter (as transformers does).
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
 /// The model's chat template, if it has one.
 pub fn chat_template(dir: &ModelDir, tokenizer: &LmTokenizer, cfg: &LlamaConfig) -> Result<Option<ChatTemplate>> {
-    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
-    let (bos, eos) = (token(cfg.bos_token_id), token(cfg.eos_token_ids().first().copied()));
     let source = match dir.gguf() {
         Some(g) => g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
         None => {
-            let jinja = dir.dir.join("chat_template.jinja");
+            let jinja = dir.dir.join(CHAT_TEMPLATE_FILE);
             let config = dir.dir.join("tokenizer_config.json");
             if jinja.is_file() {
                 Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?)
@@ -138,7 +149,19 @@ pub fn chat_template(dir: &ModelDir, tokenizer: &LmTokenizer, cfg: &LlamaConfig)
             }
         }
     };
-    source.map(|s| ChatTemplate::new(&s, &bos, &eos).with_context(|| dir.describe())).transpose()
+    source.map(|s| template_for(&s, tokenizer, cfg).with_context(|| dir.describe())).transpose()
+}
+
+/// A chat template from a Jinja file (a recipe's `data.chat_template`, an adapter's
+/// `chat_template.jinja`), with the model's bos/eos tokens.
+pub fn chat_template_file(path: &Path, tokenizer: &LmTokenizer, cfg: &LlamaConfig) -> Result<ChatTemplate> {
+    let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    template_for(&source, tokenizer, cfg).with_context(|| path.display().to_string())
+}
+
+fn template_for(source: &str, tokenizer: &LmTokenizer, cfg: &LlamaConfig) -> Result<ChatTemplate> {
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+    ChatTemplate::new(source, &token(cfg.bos_token_id), &token(cfg.eos_token_ids().first().copied()))
 }
 
 /// Write a fully fine-tuned decoder as a Hugging Face directory: `config.json`,
@@ -152,23 +175,29 @@ pub fn save_model(
     dir: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tensors = super::checkpoint_tensors(model, super::llama::checkpoint_key, |_| true);
+    let tensors = super::checkpoint_tensors(model, |p| model.checkpoint_key(p), |_| true);
+    let tensors = if cfg.is_gpt2() { super::gpt2::to_conv1d_layout(tensors) } else { tensors };
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     crate::io::safetensors::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))?;
-    let mut config = serde_json::to_value(cfg)?;
+    let mut config = match cfg.is_gpt2() {
+        true => serde_json::to_value(super::gpt2::Gpt2Config::from_decoder(cfg))?,
+        false => serde_json::to_value(cfg)?,
+    };
     let class = match cfg.model_type() {
+        "gpt2" => "GPT2LMHeadModel",
         "mistral" => "MistralForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "gemma3_text" => "Gemma3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
         _ => "LlamaForCausalLM",
     };
     config["model_type"] = cfg.model_type().into();
     config["architectures"] = serde_json::json!([class]);
     crate::io::atomic::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     if let Some(t) = template {
-        crate::io::atomic::write_atomic(&dir.join("chat_template.jinja"), t.source().as_bytes())?;
+        crate::io::atomic::write_atomic(&dir.join(CHAT_TEMPLATE_FILE), t.source().as_bytes())?;
         let tc = serde_json::json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": t.bos_token(),

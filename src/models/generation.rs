@@ -57,7 +57,8 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> u32 {
     probs.last().map_or(argmax(), |p| p.0) as u32
 }
 
-/// Continue `prompt` by up to `max_new_tokens` tokens, calling `on_token` with each new token as
+/// Continue `prompt` by up to `max_new_tokens` tokens (fewer where a learned position table
+/// ends, `LlamaForCausalLM::room_after`), calling `on_token` with each new token as
 /// it is chosen (for streaming). Returns the new tokens.
 pub fn generate(
     model: &LlamaForCausalLM,
@@ -70,7 +71,8 @@ pub fn generate(
     let mut rng = SplitMix64::new(s.seed);
     let mut out = Vec::new();
     let mut input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
-    while out.len() < s.max_new_tokens {
+    let budget = model.room_after(prompt.len(), s.max_new_tokens);
+    while out.len() < budget {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(input.clone(), [1, input.len()]), device);
         let hidden = model.hidden(ids, Some(&mut cache));
         let [_, l, h] = hidden.dims();
@@ -134,7 +136,7 @@ pub fn generate_batch(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
     let mut cache = KvCache::default();
-    for _ in 0..s.max_new_tokens {
+    for _ in 0..model.room_after(longest, s.max_new_tokens) {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(input.clone(), [b, width]), device);
         let hidden = model.hidden_padded(ids, Some(&mut cache), Some(&pad));
         let [_, l, h] = hidden.dims();

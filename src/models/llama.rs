@@ -15,12 +15,16 @@
 //!   base (`rope_parameters` per layer type), optional final logit soft-capping;
 //! - Phi-3 (`"phi3"`): fused `qkv_proj` and `gate_up_proj` (what peft targets on it), RoPE on
 //!   the first `partial_rotary_factor` of each head (Phi-4-mini: 0.75);
+//! - GPT-2 (`"gpt2"`, config and checkpoint names in `gpt2.rs`): LayerNorm with biases,
+//!   learned position embeddings (`embed_positions`) and no RoPE, fused `qkv_proj` (`c_attn`),
+//!   a non-gated tanh-GELU MLP (`up_proj` = `c_fc`), biases everywhere, tied embeddings;
 //! - RoPE scaling: `rope_type = "linear"` (positions divided by `factor`) and `"llama3"`
 //!   (Llama 3.1/3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp
 //!   between).
 //!
 //! Field names follow `transformers`' `LlamaForCausalLM`, so a parameter's burn path *is* its
-//! checkpoint key (`model.layers.0.self_attn.q_proj.weight`); dense weights are transposed.
+//! checkpoint key (`model.layers.0.self_attn.q_proj.weight`; GPT-2 renames them, `gpt2.rs`);
+//! dense weights are transposed.
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
@@ -100,7 +104,7 @@ pub struct LlamaConfig {
 }
 
 /// The decoder families this file implements.
-pub const MODEL_TYPES: [&str; 6] = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"];
+pub const MODEL_TYPES: [&str; 7] = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text", "gpt2"];
 
 fn default_eps() -> f64 {
     1e-6
@@ -178,6 +182,11 @@ impl LlamaConfig {
         self.model_type() == "phi3"
     }
 
+    /// GPT-2: LayerNorm, learned positions, fused `c_attn`, non-gated MLP (see `gpt2.rs`).
+    pub fn is_gpt2(&self) -> bool {
+        self.model_type() == "gpt2"
+    }
+
     /// The dimensions of each head that RoPE rotates (all, unless `partial_rotary_factor`).
     pub fn rotary_dim(&self) -> usize {
         let in_rope =
@@ -232,7 +241,9 @@ impl LlamaConfig {
         let head_dim = self.head_dim.map_or(h / heads, |d| d as u128);
         let attention = h * head_dim * (2 * heads + 2 * self.num_kv_heads() as u128);
         let heads_out = if self.tie_word_embeddings { 1 } else { 2 };
-        heads_out * self.vocab_size as u128 * h + self.num_hidden_layers as u128 * (attention + 3 * h * i)
+        // GPT-2: two MLP matrices, not three, and a table of learned positions.
+        let (mlp, positions) = if self.is_gpt2() { (2, self.max_position_embeddings as u128 * h) } else { (3, 0) };
+        heads_out * self.vocab_size as u128 * h + positions + self.num_hidden_layers as u128 * (attention + mlp * h * i)
     }
 
     /// Check the combinations this implementation supports, with a message a user can act on.
@@ -253,7 +264,11 @@ impl LlamaConfig {
         } else {
             &self.hidden_act
         };
-        let expected = if self.is_gemma() { "gelu_pytorch_tanh" } else { "silu" };
+        let expected = match self.model_type() {
+            "gemma3_text" => "gelu_pytorch_tanh",
+            "gpt2" => "gelu_new",
+            _ => "silu",
+        };
         ensure!(act == expected, "activation '{act}' is not supported for {} ('{expected}')", self.model_type());
         ensure!(self.attn_logit_softcapping.is_none(), "attn_logit_softcapping (Gemma 2) is not supported yet");
         ensure!(
@@ -286,7 +301,11 @@ impl LlamaConfig {
             self.num_attention_heads,
             self.num_kv_heads()
         );
-        ensure!(self.head_dim().is_multiple_of(2), "head_dim {} must be even for rotary embeddings", self.head_dim());
+        ensure!(
+            self.is_gpt2() || self.head_dim().is_multiple_of(2),
+            "head_dim {} must be even for rotary embeddings",
+            self.head_dim()
+        );
         let per_type = self.rope_parameters.as_ref().and_then(|p| p.get("full_attention")).into_iter();
         for rope in [self.rope_scaling.as_ref(), self.rope_parameters.as_ref()].into_iter().flatten().chain(per_type) {
             let kind = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|v| v.as_str());
@@ -304,29 +323,45 @@ impl LlamaConfig {
     }
 }
 
-/// `x / sqrt(mean(x²) + eps) · weight`, computed in f32 (as transformers does).
+/// RMSNorm, `x / sqrt(mean(x²) + eps) · weight`, or with a bias LayerNorm (GPT-2),
+/// `(x - mean) / sqrt(var + eps) · weight + bias`; computed in f32 (as transformers does).
 #[derive(Module, Debug)]
-pub struct RmsNorm {
+pub struct Norm {
     pub weight: Param<Tensor<1>>,
+    pub bias: Option<Param<Tensor<1>>>,
     pub eps: f64,
     /// Gemma: the scale is `1 + weight` (the checkpoint stores the offset from 1).
     pub unit_offset: bool,
 }
 
-impl RmsNorm {
-    fn new(dim: usize, eps: f64, device: &Device) -> Self {
-        Self { weight: Initializer::Ones.init([dim], device), eps, unit_offset: false }
+impl Norm {
+    fn rms(dim: usize, eps: f64, device: &Device) -> Self {
+        Self { weight: Initializer::Ones.init([dim], device), bias: None, eps, unit_offset: false }
     }
 
     fn gemma(dim: usize, eps: f64, device: &Device) -> Self {
-        Self { weight: Initializer::Zeros.init([dim], device), eps, unit_offset: true }
+        Self { weight: Initializer::Zeros.init([dim], device), bias: None, eps, unit_offset: true }
+    }
+
+    fn layer_norm(dim: usize, eps: f64, device: &Device) -> Self {
+        let bias = Some(Initializer::Zeros.init([dim], device));
+        Self { weight: Initializer::Ones.init([dim], device), bias, eps, unit_offset: false }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
         let w = self.weight.val();
         let w = if self.unit_offset { w.add_scalar(1.0) } else { w };
-        (x / rms) * w.unsqueeze::<D>()
+        match &self.bias {
+            Some(b) => {
+                let centred = x.clone() - x.mean_dim(D - 1);
+                let std = centred.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+                (centred / std) * w.unsqueeze::<D>() + b.val().unsqueeze::<D>()
+            }
+            None => {
+                let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+                (x / rms) * w.unsqueeze::<D>()
+            }
+        }
     }
 }
 
@@ -339,8 +374,8 @@ pub struct LlamaAttention {
     pub qkv_proj: Option<Dense>,
     pub o_proj: Dense,
     /// Qwen3: RMSNorm over each head's queries / keys.
-    pub q_norm: Option<RmsNorm>,
-    pub k_norm: Option<RmsNorm>,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -350,7 +385,8 @@ pub struct LlamaAttention {
 
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    /// Separate, or Phi-3's fused `gate_up_proj` (gate rows, then up rows).
+    /// Separate, or Phi-3's fused `gate_up_proj` (gate rows, then up rows); GPT-2 has no
+    /// gate (`up_proj` alone is `c_fc`).
     pub gate_proj: Option<Dense>,
     pub up_proj: Option<Dense>,
     pub gate_up_proj: Option<Dense>,
@@ -413,7 +449,8 @@ impl LlamaMlp {
                 (both.clone().slice(s![0..b, 0..l, 0..two / 2]), both.slice(s![0..b, 0..l, two / 2..two]))
             }
             (None, Some(g), Some(u)) => (g.forward(x.clone()), u.forward(x)),
-            _ => unreachable!("an MLP has gate and up projections"),
+            (None, None, Some(u)) => return self.down_proj.forward(gelu_tanh(u.forward(x))),
+            _ => unreachable!("an MLP has an up projection"),
         };
         let gate = if self.gelu { gelu_tanh(gate) } else { silu(gate) };
         self.down_proj.forward(gate * up)
@@ -424,14 +461,14 @@ impl LlamaMlp {
 pub struct LlamaDecoderLayer {
     pub self_attn: LlamaAttention,
     pub mlp: LlamaMlp,
-    pub input_layernorm: RmsNorm,
-    pub post_attention_layernorm: RmsNorm,
+    pub input_layernorm: Norm,
+    pub post_attention_layernorm: Norm,
     /// Attend to the last `w` positions only (sliding-window layers).
     pub window: Option<usize>,
     /// Gemma: norms around the MLP (and `post_attention_layernorm` then normalises the
     /// attention output instead of the MLP input).
-    pub pre_feedforward_layernorm: Option<RmsNorm>,
-    pub post_feedforward_layernorm: Option<RmsNorm>,
+    pub pre_feedforward_layernorm: Option<Norm>,
+    pub post_feedforward_layernorm: Option<Norm>,
     /// Gemma 3: this layer uses the sliding-window RoPE base.
     pub local_rope: bool,
 }
@@ -439,8 +476,10 @@ pub struct LlamaDecoderLayer {
 #[derive(Module, Debug)]
 pub struct LlamaModel {
     pub embed_tokens: Embedding,
+    /// GPT-2's learned position embeddings (the others use RoPE).
+    pub embed_positions: Option<Embedding>,
     pub layers: Vec<LlamaDecoderLayer>,
-    pub norm: RmsNorm,
+    pub norm: Norm,
 }
 
 #[derive(Module, Debug)]
@@ -459,6 +498,8 @@ pub struct LlamaForCausalLM {
     pub local_inv_freq: Option<Vec<f32>>,
     /// `tanh(logits / c) · c` when set.
     pub final_softcap: Option<f64>,
+    /// GPT-2: checkpoint keys are GPT-2's (`gpt2::checkpoint_key`), its linear layers `Conv1D`s.
+    pub gpt2: bool,
 }
 
 /// Keys and values of the positions seen so far, per layer (`[batch, kv_heads, t, head_dim]`).
@@ -540,6 +581,18 @@ impl Rope {
     }
 }
 
+/// Position ids `[b, len]` of positions `start..start + len` (learned position embeddings);
+/// row `r` of a left-padded batch is shifted back by its padding `pad[r]`, as for RoPE.
+fn positions(b: usize, start: usize, len: usize, pad: Option<&[usize]>, device: &Device) -> Tensor<2, Int> {
+    let ids: Vec<i64> = (0..b)
+        .flat_map(|r| {
+            let p = pad.map_or(0, |p| p[r]);
+            (start..start + len).map(move |pos| pos.saturating_sub(p) as i64)
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [b, len]), device)
+}
+
 /// Additive causal mask `[1, 1, len, start + len]`: query `i` (at position `start + i`) sees keys
 /// `0..=start + i`, and with a `window` only the last `window` of them (transformers:
 /// `q - k < window`).
@@ -584,11 +637,14 @@ impl LlamaForCausalLM {
         let dense = |i: usize, o: usize, bias: bool| Dense::new(i, o, std, bias, device);
         let gemma = cfg.is_gemma();
         let qk_norm = matches!(cfg.model_type(), "qwen3" | "gemma3_text");
-        let norm = |d: usize| {
-            if gemma { RmsNorm::gemma(d, cfg.rms_norm_eps, device) } else { RmsNorm::new(d, cfg.rms_norm_eps, device) }
+        let gpt2 = cfg.is_gpt2();
+        let norm = |d: usize| match () {
+            _ if gemma => Norm::gemma(d, cfg.rms_norm_eps, device),
+            _ if gpt2 => Norm::layer_norm(d, cfg.rms_norm_eps, device),
+            _ => Norm::rms(d, cfg.rms_norm_eps, device),
         };
         let scaling = cfg.query_pre_attn_scalar.unwrap_or(dh as f64).powf(-0.5);
-        let (fused, split) = (cfg.fused(), !cfg.fused());
+        let (fused, split) = (cfg.fused() || gpt2, !cfg.fused() && !gpt2);
         let i_size = cfg.intermediate_size;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| LlamaDecoderLayer {
@@ -607,8 +663,8 @@ impl LlamaForCausalLM {
                 },
                 mlp: LlamaMlp {
                     gate_proj: split.then(|| dense(h, i_size, cfg.mlp_bias)),
-                    up_proj: split.then(|| dense(h, i_size, cfg.mlp_bias)),
-                    gate_up_proj: fused.then(|| dense(h, 2 * i_size, cfg.mlp_bias)),
+                    up_proj: (split || gpt2).then(|| dense(h, i_size, cfg.mlp_bias)),
+                    gate_up_proj: (fused && !gpt2).then(|| dense(h, 2 * i_size, cfg.mlp_bias)),
                     down_proj: dense(i_size, h, cfg.mlp_bias),
                     gelu: gemma,
                 },
@@ -625,15 +681,21 @@ impl LlamaForCausalLM {
                 embed_tokens: EmbeddingConfig::new(cfg.vocab_size, h)
                     .with_initializer(Initializer::Normal { mean: 0.0, std })
                     .init(device),
+                embed_positions: gpt2.then(|| {
+                    EmbeddingConfig::new(cfg.max_position_embeddings, h)
+                        .with_initializer(Initializer::Normal { mean: 0.0, std })
+                        .init(device)
+                }),
                 layers,
                 norm: norm(h),
             },
             lm_head: (!cfg.tie_word_embeddings).then(|| dense(h, cfg.vocab_size, false)),
-            inv_freq: cfg.inv_freq(),
+            inv_freq: if gpt2 { Vec::new() } else { cfg.inv_freq() },
             prompt: None,
             embed_scale: if gemma { (h as f32).sqrt() as f64 } else { 1.0 },
             local_inv_freq: cfg.local_inv_freq(),
             final_softcap: cfg.final_logit_softcapping,
+            gpt2,
         })
     }
 
@@ -643,6 +705,27 @@ impl LlamaForCausalLM {
 
     pub fn vocab_size(&self) -> usize {
         self.model.embed_tokens.weight.lazy_shape().as_slice()[0]
+    }
+
+    /// The positions a sequence may take (soft prompt included) where they are a learned table
+    /// (GPT-2); RoPE models have no hard limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.model.embed_positions.as_ref().map(|e| e.weight.lazy_shape().as_slice()[0])
+    }
+
+    /// The tokens a soft prompt puts before each sequence.
+    pub fn virtual_tokens(&self) -> usize {
+        self.prompt.as_ref().map_or(0, |p| p.embeddings.dims()[0])
+    }
+
+    /// How many tokens may follow a prompt of `prompt_len` tokens (at most `wanted`): a learned
+    /// position table ends somewhere.
+    pub fn room_after(&self, prompt_len: usize, wanted: usize) -> usize {
+        match self.max_positions() {
+            // The last token chosen needs no position of its own.
+            Some(n) => wanted.min((n + 1).saturating_sub(prompt_len + self.virtual_tokens())),
+            None => wanted,
+        }
     }
 
     /// Final hidden states `[batch, len, hidden]` (after the last RMSNorm) of `ids [batch, len]`.
@@ -673,15 +756,18 @@ impl LlamaForCausalLM {
             }
             _ => 0,
         };
+        if let Some(table) = &self.model.embed_positions {
+            x = x + table.forward(positions(b, start, len, pad, &device));
+        }
         let make_rope = |inv_freq: &[f32]| match pad {
             Some(p) => Rope::rows(inv_freq, start, len, p, &device),
             None => Rope::new(inv_freq, start, len, &device),
         };
-        let rope = make_rope(&self.inv_freq);
+        let rope = (!self.inv_freq.is_empty()).then(|| make_rope(&self.inv_freq));
         let local_rope = self.local_inv_freq.as_deref().map(make_rope);
         let rope_of = |layer: &LlamaDecoderLayer| match (&local_rope, layer.local_rope) {
-            (Some(r), true) => r,
-            _ => &rope,
+            (Some(r), true) => Some(r),
+            _ => rope.as_ref(),
         };
         // One mask per distinct window (full attention: None).
         let mut masks: Vec<(Option<usize>, Tensor<4>)> = Vec::new();
@@ -741,7 +827,7 @@ impl LlamaDecoderLayer {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
+        rope: Option<&Rope>,
         bias: &Tensor<4>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
@@ -765,14 +851,14 @@ impl LlamaAttention {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
+        rope: Option<&Rope>,
         bias: &Tensor<4>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [b, l, _] = x.dims();
         let (nh, nkv, dh) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, l, n, dh]).swap_dims(1, 2);
-        let norm = |n: &Option<RmsNorm>, t: Tensor<4>| match n {
+        let norm = |n: &Option<Norm>, t: Tensor<4>| match n {
             Some(n) => n.forward(t),
             None => t,
         };
@@ -790,8 +876,12 @@ impl LlamaAttention {
             (None, Some(q), Some(k), Some(v)) => (q.forward(x.clone()), k.forward(x.clone()), v.forward(x)),
             _ => unreachable!("attention has q, k and v projections"),
         };
-        let q = rope.apply(norm(&self.q_norm, heads(q, nh)));
-        let mut k = rope.apply(norm(&self.k_norm, heads(k, nkv)));
+        let rotate = |t: Tensor<4>| match rope {
+            Some(r) => r.apply(t),
+            None => t,
+        };
+        let q = rotate(norm(&self.q_norm, heads(q, nh)));
+        let mut k = rotate(norm(&self.k_norm, heads(k, nkv)));
         let mut v = heads(v, nkv);
         if let Some(slot) = cache {
             if let Some((k0, v0)) = slot.take() {
@@ -815,15 +905,20 @@ impl LlamaAttention {
 
 impl super::Adaptable for LlamaForCausalLM {
     fn checkpoint_key(&self, path: &str) -> String {
-        checkpoint_key(path)
+        if self.gpt2 { super::gpt2::checkpoint_key(path) } else { checkpoint_key(path) }
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        self.gpt2
     }
 
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.extend(l.self_attn.projections().into_iter().map(|(n, d)| (format!("{p}.self_attn.{n}"), d)));
-            out.extend(l.mlp.projections().into_iter().map(|(n, d)| (format!("{p}.mlp.{n}"), d)));
+            let key = |m: &str, n: &str| self.checkpoint_key(&format!("{p}.{m}.{n}"));
+            out.extend(l.self_attn.projections().into_iter().map(|(n, d)| (key("self_attn", n), d)));
+            out.extend(l.mlp.projections().into_iter().map(|(n, d)| (key("mlp", n), d)));
         }
         if let Some(head) = &self.lm_head {
             out.push(("lm_head".into(), head));
@@ -843,10 +938,15 @@ impl super::Adaptable for LlamaForCausalLM {
     }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
         let mut out = Vec::new();
+        let gpt2 = self.gpt2;
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
-            out.extend(l.self_attn.projections_mut().into_iter().map(|(n, d)| (format!("{p}.self_attn.{n}"), d)));
-            out.extend(l.mlp.projections_mut().into_iter().map(|(n, d)| (format!("{p}.mlp.{n}"), d)));
+            let key = |m: &str, n: &str| {
+                let path = format!("{p}.{m}.{n}");
+                if gpt2 { super::gpt2::checkpoint_key(&path) } else { path }
+            };
+            out.extend(l.self_attn.projections_mut().into_iter().map(|(n, d)| (key("self_attn", n), d)));
+            out.extend(l.mlp.projections_mut().into_iter().map(|(n, d)| (key("mlp", n), d)));
         }
         if let Some(head) = &mut self.lm_head {
             out.push(("lm_head".into(), head));

@@ -5,6 +5,7 @@ pub mod decoder;
 pub mod efficientnet_lite;
 pub mod generation;
 pub mod gguf_llama;
+pub mod gpt2;
 pub mod image_classifier;
 pub mod llama;
 pub mod mobilenet_v2;
@@ -43,6 +44,12 @@ pub trait Adaptable: burn::module::Module + Sized {
     }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
         Vec::new()
+    }
+
+    /// The checkpoint stores linear weights as `[fan_in, fan_out]` (GPT-2's `Conv1D`), what
+    /// peft's `fan_in_fan_out` says; LoRA's A and B are the same either way.
+    fn fan_in_fan_out(&self) -> bool {
+        false
     }
 
     /// The output layer among [`Self::dense_layers`] (a language model's `lm_head`, a

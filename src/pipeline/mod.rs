@@ -92,10 +92,11 @@ pub trait Task {
     fn adapter_notes(&self, _method: Method) -> Option<serde_json::Value> {
         None
     }
-    /// A `README.md` for the adapter directory, where loading it with peft alone would not
-    /// compute what finetune computes (and how to reproduce it in Python).
-    fn adapter_readme(&self) -> Option<String> {
-        None
+    /// Files written beside the adapter by name: a `README.md` where loading it with peft alone
+    /// would not compute what finetune computes (and how to reproduce it in Python), the chat
+    /// template a causal LM was trained with when the recipe supplied it.
+    fn adapter_files(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
     /// The task's report fields, from the trained model (inference mode) and its test metrics.
     fn finish(
@@ -223,8 +224,8 @@ pub fn run<T: Task>(
                 let path = run.adapter().join(crate::io::peft::NOTES_FILE);
                 crate::io::atomic::write_atomic(&path, serde_json::to_string_pretty(&notes)?.as_bytes())?;
             }
-            if let Some(readme) = task.adapter_readme() {
-                crate::io::atomic::write_atomic(&run.adapter().join("README.md"), readme.as_bytes())?;
+            for (name, text) in task.adapter_files() {
+                crate::io::atomic::write_atomic(&run.adapter().join(name), text.as_bytes())?;
             }
             if task.saves_merged_model() {
                 let mut merged = model.clone();

@@ -174,6 +174,8 @@ pub struct CausalLm {
     cfg: LlamaConfig,
     tokenizer: LmTokenizer,
     template: Option<ChatTemplate>,
+    /// The template is the recipe's `data.chat_template`, not the model's own.
+    template_from_recipe: bool,
     eos_id: u32,
     examples: LmExamples,
     samples: Vec<(String, String)>,
@@ -199,9 +201,23 @@ impl CausalLm {
             tokenizer.vocab_size(),
             cfg.vocab_size
         );
-        let template = decoder::chat_template(&files, &tokenizer, &cfg)?;
-        let eos_id = eos_id(&cfg, &tokenizer)?;
         let d = &recipe.data;
+        if cfg.is_gpt2() {
+            let prompt = recipe.prompt_tuning.as_ref().filter(|_| recipe.method == Method::PromptTuning);
+            let positions = d.max_length + prompt.map_or(0, |p| p.num_virtual_tokens);
+            anyhow::ensure!(
+                positions <= cfg.max_position_embeddings,
+                "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has n_positions = {}: \
+                 lower data.max_length",
+                files.describe(),
+                cfg.max_position_embeddings
+            );
+        }
+        let template = match &d.chat_template {
+            Some(path) => Some(decoder::chat_template_file(path, &tokenizer, &cfg)?),
+            None => decoder::chat_template(&files, &tokenizer, &cfg)?,
+        };
+        let eos_id = eos_id(&cfg, &tokenizer)?;
         let data_dir = crate::data::dataset_dir(d)?;
         let encoder = SftEncoder {
             tokenizer: &tokenizer,
@@ -246,6 +262,7 @@ impl CausalLm {
             files,
             cfg,
             tokenizer,
+            template_from_recipe: d.chat_template.is_some(),
             template,
             eos_id,
             examples,
@@ -336,6 +353,14 @@ impl Task for CausalLm {
 
     fn save_model(&self, model: &LlamaForCausalLM, _: Method, dir: &Path) -> Result<()> {
         save_model(model, &self.cfg, &self.tokenizer, self.template.as_ref(), dir)
+    }
+
+    /// A recipe's chat template travels with the adapter (`generate --adapter` renders with it).
+    fn adapter_files(&self) -> Vec<(&'static str, String)> {
+        match (&self.template, self.template_from_recipe) {
+            (Some(t), true) => vec![(decoder::CHAT_TEMPLATE_FILE, t.source().to_string())],
+            _ => Vec::new(),
+        }
     }
 
     /// How the base was held, so that loading the adapter reproduces the trained function.

@@ -168,26 +168,29 @@ impl Task for TextClassification {
     fn adapter_notes(&self, method: Method) -> Option<serde_json::Value> {
         Some(serde_json::json!({ "labels": self.data.labels.names(), "finetune": self.meta(method) }))
     }
-    fn adapter_readme(&self) -> Option<String> {
+    fn adapter_files(&self) -> Vec<(&'static str, String)> {
         use crate::nn::classification_head::Pooling;
         let pooling = self.meta.pooling;
         if pooling == Pooling::Pooler {
-            return None;
+            return Vec::new();
         }
         tracing::warn!(
             "head.pooling = {pooling:?}: peft + BertForSequenceClassification apply a pooler instead; \
              the adapter's README.md and the merged model/ (a sentence-transformers directory) say how to reproduce it"
         );
-        Some(format!(
-            "# finetune adapter ({pooling:?} pooling)\n\n\
+        vec![(
+            "README.md",
+            format!(
+                "# finetune adapter ({pooling:?} pooling)\n\n\
              This adapter was trained with `head.pooling = \"{}\"`. Loaded with peft onto\n\
              `BertForSequenceClassification`, it would pass the [CLS] state through BERT's pooler (tanh(dense))\n\
              instead, and give other probabilities. To reproduce finetune's outputs in Python, merge it\n\
              (`finetune merge --adapter THIS_DIR --out merged/`): `merged/` is also a sentence-transformers\n\
              model whose `SentenceTransformer(\"merged\").encode(texts)` returns finetune's logits (see\n\
              docs/text.md, \"Using the fine-tuned model from Python\").\n",
-            if pooling == Pooling::Mean { "mean" } else { "cls" }
-        ))
+                if pooling == Pooling::Mean { "mean" } else { "cls" }
+            ),
+        )]
     }
     fn frozen_model(&mut self, device: &Device) -> Result<TextClassifier> {
         let (model, _) =

@@ -239,9 +239,16 @@ fn decoders_reference(name: &str) -> finetune::io::safetensors::HostTensor {
 #[test]
 fn decoder_families_match_transformers() {
     let device = Device::flex();
-    for name in
-        ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-llama-linear", "tiny-phi3", "tiny-gemma3"]
-    {
+    for name in [
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-llama3",
+        "tiny-llama-linear",
+        "tiny-phi3",
+        "tiny-gemma3",
+        "tiny-gpt2",
+    ] {
         let files = ModelDir::open(&fixtures().join("decoders").join(name)).unwrap();
         let (model, cfg, report) = decoder::load(&files, &device).unwrap();
         assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");
@@ -270,7 +277,59 @@ fn decoder_families_match_transformers() {
         let (again, again_cfg, _) = decoder::load(&ModelDir::open(out.path()).unwrap(), &device).unwrap();
         assert_eq!(again_cfg.model_type(), cfg.model_type(), "{name}");
         assert_eq!(values(again.forward(input, None)), logits, "{name}: saved and reloaded");
+        // The saved checkpoint has the keys, layout and config the family's own class reads.
+        let saved = SafetensorsFile::open(&out.path().join("model.safetensors")).unwrap();
+        let original = SafetensorsFile::open(&files.weights_path()).unwrap();
+        let mut names = saved.names();
+        names.sort();
+        let mut want = original.names();
+        want.retain(|k| !k.ends_with(".attn.bias") && !k.ends_with(".attn.masked_bias"));
+        want.sort();
+        assert_eq!(names, want, "{name}: saved keys");
+        for k in &names {
+            assert_eq!(saved.tensor(k).unwrap().shape, original.tensor(k).unwrap().shape, "{name}: {k}");
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+        let original: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(files.dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["architectures"], original["architectures"], "{name}");
     }
+}
+
+/// GPT-2 with a peft LoRA adapter on its `Conv1D` layers (`c_attn`, `c_proj`, `c_fc`; peft writes
+/// `fan_in_fan_out: true`): peft's logits within 1e-4; saved again, the adapter has peft's keys
+/// and `fan_in_fan_out`, and reloads to the same logits; merged, the same logits again.
+#[test]
+fn gpt2_lora_adapter_matches_peft_both_ways() {
+    let device = Device::flex();
+    let files = ModelDir::open(&fixtures().join("decoders/tiny-gpt2")).unwrap();
+    let (model, _, _) = decoder::load(&files, &device).unwrap();
+    let peft = finetune::io::peft::AdapterFiles::read(&fixtures().join("peft/gpt2-lora")).unwrap();
+    let (mut model, cfg) = finetune::methods::lora::adapter::load_adapter(model, &peft, &device).unwrap();
+    let t = decoders_reference("gpt2-lora.input_ids");
+    let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [t.shape[0], t.shape[1]]), &device);
+    let logits = values(model.forward(input.clone(), None));
+    let d = max_abs_diff(&logits, &decoders_reference("gpt2-lora.logits").data);
+    assert!(d < 1e-4, "GPT-2 + peft LoRA logits differ from peft by {d}");
+
+    let out = tempfile::tempdir().unwrap();
+    finetune::methods::lora::adapter::save_adapter(&model, &cfg, "tiny-gpt2", Some("CAUSAL_LM"), |_| false, out.path())
+        .unwrap();
+    let ours = finetune::io::peft::AdapterFiles::read(out.path()).unwrap();
+    assert_eq!(ours.config["fan_in_fan_out"], serde_json::json!(true));
+    let (mut a, mut b): (Vec<&String>, Vec<&String>) = (ours.tensors.keys().collect(), peft.tensors.keys().collect());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "peft's keys (transformer.h.N.attn.c_attn.lora_A.weight, ...)");
+    let (model2, _, _) = decoder::load(&files, &device).unwrap();
+    let (again, _) = finetune::methods::lora::adapter::load_adapter(model2, &ours, &device).unwrap();
+    assert_eq!(values(again.forward(input.clone(), None)), logits, "saved and reloaded");
+
+    assert_eq!(finetune::methods::lora::merge(&mut model), 8, "2 layers × c_attn, attn.c_proj, c_fc, mlp.c_proj");
+    let d = max_abs_diff(&values(model.forward(input, None)), &logits);
+    assert!(d < 1e-4, "merged logits differ by {d}");
 }
 
 /// Prompt tuning on a decoder, peft's way (`CAUSAL_LM`: virtual tokens at positions 0..n, the
@@ -305,7 +364,9 @@ fn decoder_prompt_tuning_matches_peft() {
 #[test]
 fn batched_generation_equals_one_prompt_at_a_time() {
     let device = Device::flex();
-    for dir in [fixtures().join("tiny-llama"), fixtures().join("decoders/tiny-mistral")] {
+    for dir in
+        [fixtures().join("tiny-llama"), fixtures().join("decoders/tiny-mistral"), fixtures().join("decoders/tiny-gpt2")]
+    {
         let (model, _, _) = decoder::load(&ModelDir::open(&dir).unwrap(), &device).unwrap();
         let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 33, 60, 9, 41, 77], vec![12, 8], vec![90, 3, 44, 44, 21]];
         let s = Sampling { max_new_tokens: 9, stop_ids: vec![2], ..Default::default() };

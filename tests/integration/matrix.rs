@@ -223,10 +223,11 @@ fn causal_lm_row() {
 }
 
 /// The same row for the other decoder families (Qwen2's biases, Qwen3's q/k norms, Mistral's
-/// window, Phi-3's fused projections): every method trains what it should on each.
+/// window, Phi-3's fused projections, Gemma 3, GPT-2's Conv1D `c_attn` and learned positions):
+/// every method trains what it should on each.
 #[test]
 fn causal_lm_row_other_families() {
-    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3", "tiny-gemma3"] {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3", "tiny-gemma3", "tiny-gpt2"] {
         causal_lm_row_for(&fixtures().join("decoders").join(name));
     }
 }
@@ -252,7 +253,7 @@ fn causal_lm_row_for(fixture: &Path) {
     }
     let recipe = format!(
         "model = \"{}\"\n[data]\ndataset = \"{}\"\ntrain = \"train.jsonl\"\nvalidation = \"validation.jsonl\"\ntest = \"test.jsonl\"\nmax_length = 48\n\
-         {TRAINING}metric = \"loss\"\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"q_proj\", \"v_proj\", \"qkv_proj\"]\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
+         {TRAINING}metric = \"loss\"\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"q_proj\", \"v_proj\", \"qkv_proj\", \"c_attn\"]\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
         model.display(),
         data.display()
     );

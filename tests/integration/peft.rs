@@ -310,7 +310,6 @@ fn unsupported_peft_options_are_refused_by_name() {
     let base = AdapterFiles::read(&fixtures().join("peft/lora")).unwrap();
     for (field, value) in [
         ("lora_bias", serde_json::json!(true)),
-        ("fan_in_fan_out", serde_json::json!(true)),
         ("use_qalora", serde_json::json!(true)),
         ("layer_replication", serde_json::json!([[0, 1]])),
         ("init_lora_weights", serde_json::json!("pissa")),

@@ -72,8 +72,14 @@ fn peft_key(key: &str, adapted: &std::collections::BTreeSet<String>) -> String {
 }
 
 /// `adapter_config.json` for `cfg`, in peft's schema (`task_type` null for a model peft has no
-/// task type for, e.g. a vision backbone).
-pub fn config_json(cfg: &LoraConfig, base_model: &str, task_type: Option<&str>) -> serde_json::Value {
+/// task type for, e.g. a vision backbone; `fan_in_fan_out` as the base's linear layers are
+/// stored, true for GPT-2's `Conv1D`).
+pub fn config_json(
+    cfg: &LoraConfig,
+    base_model: &str,
+    task_type: Option<&str>,
+    fan_in_fan_out: bool,
+) -> serde_json::Value {
     let or_null = |v: serde_json::Value| if v.is_null() { serde_json::Value::Null } else { v };
     serde_json::json!({
         "peft_type": "LORA",
@@ -88,7 +94,7 @@ pub fn config_json(cfg: &LoraConfig, base_model: &str, task_type: Option<&str>) 
         "init_lora_weights": cfg.init_lora_weights,
         "modules_to_save": if cfg.modules_to_save.is_empty() { serde_json::Value::Null } else { serde_json::json!(cfg.modules_to_save) },
         "bias": cfg.bias,
-        "fan_in_fan_out": false,
+        "fan_in_fan_out": fan_in_fan_out,
         "inference_mode": true,
         "lora_bias": false,
         "layers_to_transform": or_null(serde_json::json!(cfg.layers_to_transform)),
@@ -109,7 +115,8 @@ pub fn save_adapter<M: Adaptable + Clone>(
     saved: impl Fn(&ParamInfo) -> bool,
     dir: &Path,
 ) -> Result<()> {
-    AdapterFiles::write(dir, &config_json(cfg, base_model, task_type), adapter_tensors(model, saved))
+    let config = config_json(cfg, base_model, task_type, model.fan_in_fan_out());
+    AdapterFiles::write(dir, &config, adapter_tensors(model, saved))
 }
 
 /// The adapter's LoRA config, checked, and checked against its matrices (their rank), before

@@ -181,8 +181,7 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 
 /// `adapter_config.json` fields that change an adapter's numbers and that finetune does not
 /// implement, with the value that means "off". A file with any other value is refused by name.
-const UNSUPPORTED: [(&str, &str); 15] = [
-    ("fan_in_fan_out", "false"),
+const UNSUPPORTED: [(&str, &str); 14] = [
     ("lora_bias", "false"),
     ("use_qalora", "false"),
     ("use_bdlora", "null or false"),
@@ -200,8 +199,11 @@ const UNSUPPORTED: [(&str, &str); 15] = [
 ];
 
 /// Fields that never change what a loaded adapter computes (metadata, training-time or
-/// initialisation-time settings whose effect is in the stored tensors).
-const HARMLESS: [&str; 16] = [
+/// initialisation-time settings whose effect is in the stored tensors). `fan_in_fan_out` says
+/// how the *base* layer stores its weight (true for GPT-2's `Conv1D`; peft resets it to the
+/// layer's own layout either way): LoRA's A and B are the same.
+const HARMLESS: [&str; 17] = [
+    "fan_in_fan_out",
     "peft_type",
     "task_type",
     "auto_mapping",
