@@ -7,9 +7,11 @@ tokens). Equal to the `validation_after` / `test_after` loss in finetune's resul
 the adapter loads with peft's semantics.
 
 Without --adapter it scores the model alone, e.g. a directory written by `finetune merge`.
+The chat template is the adapter's `chat_template.jinja` when it has one (a recipe's
+`data.chat_template`, for a base model without its own), else --chat-template, else the model's.
 
 Usage: python scripts/check_lm_adapter.py --gguf FILE | --model DIR  [--adapter DIR] --data FILE.jsonl
-       [--max-length 256] [--expect LOSS]
+       [--chat-template FILE] [--max-length 256] [--expect LOSS]
 """
 import argparse, json, math, os, sys
 
@@ -27,6 +29,7 @@ ap.add_argument("--data", required=True)
 ap.add_argument("--max-length", type=int, default=256)
 ap.add_argument("--batch", type=int, default=16)
 ap.add_argument("--expect", type=float)
+ap.add_argument("--chat-template")
 args = ap.parse_args()
 torch.set_num_threads(2)
 if args.gguf:
@@ -36,6 +39,11 @@ if args.gguf:
 else:
     tok = AutoTokenizer.from_pretrained(args.model)
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+template = args.chat_template
+if args.adapter and os.path.exists(os.path.join(args.adapter, "chat_template.jinja")):
+    template = os.path.join(args.adapter, "chat_template.jinja")
+if template:
+    tok.chat_template = open(template, encoding="utf-8").read()
 model = (PeftModel.from_pretrained(base, args.adapter) if args.adapter else base).eval()
 eos = base.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos

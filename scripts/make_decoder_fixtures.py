@@ -14,7 +14,8 @@ Families (each: vocab 96, hidden 32, 2 layers, 4 query / 2 key-value heads, non-
                   q/k norms, query_pre_attn_scalar, sliding and full layers with their own RoPE
                   bases, final logit soft-capping
   tiny-gpt2       GPT2LMHeadModel (vocab 96, n_embd 32, 2 layers, 4 heads, 64 positions): LayerNorm,
-                  learned positions, Conv1D c_attn / c_proj / c_fc, tied embeddings; with a peft LoRA
+                  learned positions, Conv1D c_attn / c_proj / c_fc, tied embeddings; also as llama.cpp's
+                  converter writes it (tiny-gpt2.gguf, f32); with a peft LoRA
                   adapter on c_attn, c_proj and c_fc (random B; peft sets fan_in_fan_out) and peft's
                   logits (tests/fixtures/peft/gpt2-lora, gpt2-lora.*)
 
@@ -94,6 +95,46 @@ def save_adapter(peft_model, name):
         os.remove(os.path.join(adapter, "README.md"))
 
 
+def gpt2_gguf(model, path):
+    """The tiny GPT-2 as llama.cpp's convert_hf_to_gguf.py writes it (f32): names through the gguf
+    package's own GPT-2 tensor map, Conv1D weights transposed to nn.Linear's layout, the tied
+    embedding also stored as output.weight; a placeholder 96-token byte-level vocabulary (llama.cpp
+    reads it: llama-cpp-python's logits equal transformers', see docs/ASSETS.md)."""
+    import gguf
+    cfg = model.config
+    w = gguf.GGUFWriter(path, "gpt2")
+    w.add_block_count(cfg.n_layer)
+    w.add_context_length(cfg.n_positions)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(4 * cfg.n_embd)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    tokens = [chr(0x100 + i) if i < 3 else chr(0x21 + i) for i in range(cfg.vocab_size)]
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (cfg.vocab_size - 3))
+    w.add_token_merges([f"{tokens[3]} {tokens[4]}"])  # llama.cpp needs at least one
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, cfg.n_layer)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        t = t.detach().float()
+        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            t = t.t()
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        w.add_tensor(new, t.contiguous().numpy())
+        if new == "token_embd.weight":
+            w.add_tensor("output.weight", t.contiguous().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def gpt2(ref):
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -103,6 +144,7 @@ def gpt2(ref):
     model = GPT2LMHeadModel(cfg).eval()
     perturb(model)
     save(model, os.path.join(OUT, "tiny-gpt2"))
+    gpt2_gguf(model, os.path.join(OUT, "tiny-gpt2.gguf"))
     ids = torch.randint(3, cfg.vocab_size, (2, 12))
     reference("tiny-gpt2", model, ids, ref)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM",

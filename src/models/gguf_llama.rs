@@ -13,9 +13,11 @@ use crate::io::safetensors::HostTensor;
 use anyhow::{Context, Result, bail, ensure};
 
 /// `general.architecture` values finetune reads: Llama (Mistral is written as `llama` by
-/// llama.cpp's converter), Qwen2, Qwen3 and Gemma 3. Only `llama` files have their Q/K rows
-/// permuted; Gemma files store every norm weight plus one (llama.cpp's `norm_shift`).
-const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+/// llama.cpp's converter), Qwen2, Qwen3, Gemma 3 and GPT-2. Only `llama` files have their Q/K
+/// rows permuted; Gemma files store every norm weight plus one (llama.cpp's `norm_shift`);
+/// GPT-2 files hold the `Conv1D` weights transposed to `nn.Linear`'s layout and a copy of the
+/// (tied) embedding as `output.weight`.
+const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "gpt2"];
 
 /// Whether finetune reads GGUF files of architecture `arch` as decoders.
 pub fn reads(arch: &str) -> bool {
@@ -48,6 +50,26 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
             .ok_or_else(|| anyhow::anyhow!("{}: metadata '{full}' is not an integer", file.path().display()))
     };
     let opt_f64 = |key: &str| file.get(&format!("{arch}.{key}")).and_then(Value::as_f64);
+    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|v| v as u32);
+    let vocab_size = || match num("vocab_size") {
+        Ok(v) => Ok(v),
+        Err(_) => file.info("token_embd.weight").map(|i| i.shape[0]),
+    };
+    if arch == "gpt2" {
+        let cfg = super::gpt2::Gpt2Config::from_json(serde_json::json!({
+            "vocab_size": vocab_size()?,
+            "n_positions": num("context_length")?,
+            "n_embd": num("embedding_length")?,
+            "n_layer": num("block_count")?,
+            "n_head": num("attention.head_count")?,
+            "n_inner": num("feed_forward_length")?,
+            "layer_norm_epsilon": opt_f64("attention.layer_norm_epsilon").unwrap_or(1e-5),
+            "bos_token_id": token("bos_token_id"),
+            "eos_token_id": token("eos_token_id"),
+        }))
+        .with_context(|| file.path().display().to_string())?;
+        return checked(cfg.to_decoder(), file, &arch);
+    }
     let scaling = file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str).filter(|k| *k != "none");
     let gemma = arch == "gemma3";
     match scaling {
@@ -62,11 +84,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         .or_else(|_| num("rope.dimension_count"))
         .ok()
         .filter(|&d| heads == 0 || d != hidden / heads);
-    let vocab_size = match num("vocab_size") {
-        Ok(v) => v,
-        Err(_) => file.info("token_embd.weight")?.shape[0],
-    };
-    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|v| v as u32);
+    let vocab_size = vocab_size()?;
     let blocks = num("block_count")?;
     let theta = opt_f64("rope.freq_base").unwrap_or(10_000.0);
     // Gemma 3's layer pattern and RoPE per layer type, as transformers' config holds them.
@@ -121,6 +139,11 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         final_logit_softcapping: opt_f64("final_logit_softcapping"),
         attn_logit_softcapping: None,
     };
+    checked(cfg, file, &arch)
+}
+
+/// The config, valid, and with as many blocks as the file holds.
+fn checked(cfg: LlamaConfig, file: &GgufFile, arch: &str) -> Result<LlamaConfig> {
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?;
     // Every block the metadata counts must be in the file (and no more): a wrong count is a
     // corrupt file, not a model to build.
@@ -137,6 +160,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
 
 const LAYER_MODULES: &[&str] = &[
     "self_attn.q_proj",
+    "self_attn.qkv_proj",
     "self_attn.k_proj",
     "self_attn.v_proj",
     "self_attn.o_proj",
@@ -156,7 +180,9 @@ const LAYER_MODULES: &[&str] = &[
 pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)> {
     let fixed = match key {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.embed_positions.weight" => Some("position_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
+        "model.norm.bias" => Some("output_norm.bias"),
         "lm_head.weight" => Some("output.weight"),
         _ => None,
     };
@@ -174,6 +200,7 @@ pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)
         "self_attn.q_norm" => ("attn_q_norm", None),
         "self_attn.k_norm" => ("attn_k_norm", None),
         "self_attn.v_proj" => ("attn_v", None),
+        "self_attn.qkv_proj" => ("attn_qkv", None),
         "self_attn.o_proj" => ("attn_output", None),
         "mlp.gate_proj" => ("ffn_gate", None),
         "mlp.up_proj" => ("ffn_up", None),
@@ -212,14 +239,18 @@ impl WeightSource for GgufLlama<'_> {
 
     /// Every tensor of the file under its transformers name (its GGUF name if it has none).
     fn names(&self) -> Vec<String> {
-        let mut hf: std::collections::BTreeMap<String, String> = ["model.embed_tokens", "model.norm", "lm_head"]
-            .iter()
-            .map(|m| format!("{m}.weight"))
-            .chain((0..self.cfg.num_hidden_layers).flat_map(|i| {
-                LAYER_MODULES.iter().flat_map(move |m| ["weight", "bias"].map(|k| format!("model.layers.{i}.{m}.{k}")))
-            }))
-            .filter_map(|key| gguf_name(&key, &self.cfg).map(|(g, _)| (g, key)))
-            .collect();
+        let mut hf: std::collections::BTreeMap<String, String> =
+            ["model.embed_tokens.weight", "model.embed_positions.weight", "model.norm.weight", "model.norm.bias"]
+                .iter()
+                .chain(&["lm_head.weight"])
+                .map(|k| k.to_string())
+                .chain((0..self.cfg.num_hidden_layers).flat_map(|i| {
+                    LAYER_MODULES
+                        .iter()
+                        .flat_map(move |m| ["weight", "bias"].map(|k| format!("model.layers.{i}.{m}.{k}")))
+                }))
+                .filter_map(|key| gguf_name(&key, &self.cfg).map(|(g, _)| (g, key)))
+                .collect();
         self.file.tensors.keys().map(|g| hf.remove(g).unwrap_or_else(|| g.clone())).collect()
     }
 
@@ -271,7 +302,7 @@ pub fn write_config(w: &mut GgufWriter, cfg: &LlamaConfig) -> Result<()> {
             && (arch != "llama" || cfg.sliding_window.is_none()),
         "model_type '{arch}': finetune writes GGUF for {} (without sliding-window layers) \
          (convert this one with llama.cpp's convert_hf_to_gguf.py from a merged Hugging Face directory: finetune merge)",
-        LLAMA_ARCHES.join(", ")
+        WRITTEN_ARCHES.join(", ")
     );
     ensure!(
         cfg.rope_scaling.is_none()

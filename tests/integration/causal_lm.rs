@@ -297,6 +297,29 @@ fn decoder_families_match_transformers() {
     }
 }
 
+/// GPT-2 from GGUF, as llama.cpp's converter writes it (`c_attn` etc. transposed to Linear's
+/// layout, `attn_qkv`, `position_embd`, LayerNorm biases, the tied embedding copied as
+/// `output.weight`; llama.cpp reads this file with transformers' logits, check_gguf_export.py):
+/// the same config and logits as the Hugging Face checkpoint, every tensor placed.
+#[test]
+fn gpt2_gguf_equals_the_hugging_face_checkpoint() {
+    let device = Device::flex();
+    let hf = ModelDir::open(&fixtures().join("decoders/tiny-gpt2")).unwrap();
+    let gguf = ModelDir::open(&fixtures().join("decoders/tiny-gpt2.gguf")).unwrap();
+    let (a, a_cfg, _) = decoder::load(&hf, &device).unwrap();
+    let (b, b_cfg, report) = decoder::load(&gguf, &device).unwrap();
+    assert!(report.initialized.is_empty(), "{report:?}");
+    assert_eq!(report.unused, ["lm_head.weight"], "only the tied embedding's copy is left over");
+    assert_eq!((b_cfg.model_type(), b_cfg.hidden_size, b_cfg.max_position_embeddings), ("gpt2", 32, 64));
+    assert_eq!(b_cfg.intermediate_size, a_cfg.intermediate_size);
+    assert!((b_cfg.rms_norm_eps - a_cfg.rms_norm_eps).abs() < 1e-9, "layer_norm_epsilon (f32 in GGUF)");
+    let t = decoders_reference("tiny-gpt2.input_ids");
+    let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [t.shape[0], t.shape[1]]), &device);
+    let d = max_abs_diff(&values(b.forward(input.clone(), None)), &values(a.forward(input, None)));
+    assert!(d < 1e-5, "GGUF and HF logits differ by {d}");
+}
+
 /// GPT-2 with a peft LoRA adapter on its `Conv1D` layers (`c_attn`, `c_proj`, `c_fc`; peft writes
 /// `fan_in_fan_out: true`): peft's logits within 1e-4; saved again, the adapter has peft's keys
 /// and `fan_in_fan_out`, and reloads to the same logits; merged, the same logits again.
