@@ -236,14 +236,26 @@ fn gguf_token_types(file: &crate::io::gguf::GgufFile, n: usize) -> Vec<i64> {
     }
 }
 
-/// Gemma's SentencePiece-BPE vocabulary from GGUF metadata as a `tokenizer.json`, the way
-/// transformers' GGUF loader builds `GemmaTokenizer` (`integrations/gguf`: `gemma_tokenizer`):
-/// tokens of spaces respelled with `▁`; the file has no merges, so they are rebuilt from the
-/// vocabulary — every split of a token into two tokens — best first, where "best" is the token's
-/// position in the file (Gemma's scores do not follow its merge order), then the lengths of the
-/// halves (transformers' `generate_merges`); control tokens added as special, user-defined ones
-/// as plain added tokens; byte fallback; `<bos>` prepended when `add_bos_token`.
-fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::Value> {
+/// Which of transformers' SentencePiece builders a GGUF vocabulary goes through
+/// (`integrations/gguf/gguf_tokenizer_mapping.py`).
+#[derive(Clone, Copy, PartialEq)]
+enum Spm {
+    /// `GemmaTokenizer`: tokens of spaces respelled with `▁`, merges ranked by the token's
+    /// position in the file (Gemma's scores do not follow its merge order), spaces replaced by a
+    /// normalizer and split off.
+    Gemma,
+    /// `LlamaTokenizer` (Llama 2, TinyLlama, Mistral v0.1, ...): merges ranked by the file's
+    /// scores, a `Metaspace` pre-tokenizer that prefixes the first word, the decoder strips it.
+    Llama,
+}
+
+/// A SentencePiece-BPE vocabulary from GGUF metadata (`tokenizer.ggml.model = "llama"`) as a
+/// `tokenizer.json`, the way transformers' GGUF loader builds it: the file has no merges, so
+/// they are rebuilt from the vocabulary (`generate_merges`) — every split of a token into two
+/// tokens, best first by the token's rank, then the longer halves, ties in file order; control
+/// tokens (and the unknown/bos/eos tokens) added as special, user-defined ones as plain added
+/// tokens; byte fallback; `<bos>` prepended when `add_bos_token` (the default).
+fn sentencepiece_tokenizer_json(file: &crate::io::gguf::GgufFile, flavor: Spm) -> Result<serde_json::Value> {
     use crate::io::gguf::Value;
     use serde_json::json;
     use std::collections::HashMap;
@@ -251,12 +263,34 @@ fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::
     let original = gguf_strings(file, "tokenizer.ggml.tokens")?;
     let types = gguf_token_types(file, original.len());
     anyhow::ensure!(types.len() == original.len(), "{at}: {} token types for {} tokens", types.len(), original.len());
-    let tokens: Vec<String> = original
-        .iter()
-        .map(|t| if t.contains(' ') && t.trim().is_empty() { "\u{2581}".repeat(t.chars().count()) } else { t.clone() })
-        .collect();
-    // A token's id is its last position (as a Python dict built in order), its merge rank the
-    // position too; iteration follows first appearance.
+    let tokens: Vec<String> =
+        match flavor {
+            Spm::Gemma => original
+                .iter()
+                .map(|t| {
+                    if t.contains(' ') && t.trim().is_empty() {
+                        "\u{2581}".repeat(t.chars().count())
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect(),
+            Spm::Llama => original.clone(),
+        };
+    // The rank of each token (higher is merged first): Gemma's `-position`, else its score.
+    let scores: Vec<f64> = match flavor {
+        Spm::Gemma => (0..tokens.len()).map(|i| -(i as f64)).collect(),
+        Spm::Llama => {
+            let s = match file.require("tokenizer.ggml.scores")? {
+                Value::Array(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect::<Vec<f64>>(),
+                _ => anyhow::bail!("{at}: tokenizer.ggml.scores is not an array"),
+            };
+            anyhow::ensure!(s.len() == tokens.len(), "{at}: {} token scores for {} tokens", s.len(), tokens.len());
+            s
+        }
+    };
+    // A token's id is its last position (a Python dict built in order), its rank the last one's
+    // too; iteration follows first appearance.
     let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
     let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
@@ -264,9 +298,9 @@ fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::
             order.push(t.as_str());
         }
     }
-    let mut merges: Vec<(&str, &str, usize)> = Vec::new();
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
     for merge in &order {
-        let score = vocab[merge];
+        let score = scores[vocab[merge]];
         let start = merges.len();
         for (split, _) in merge.char_indices().skip(1) {
             let (l, r) = merge.split_at(split);
@@ -276,26 +310,27 @@ fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::
         }
         merges[start..].sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
     }
-    // Best first: the lowest position (the highest `-position`), then the longer halves.
+    // Best first: the highest rank, then the longer halves (a stable sort: ties keep their order).
     let len = |s: &str| s.chars().count();
-    merges.sort_by(|a, b| b.2.cmp(&a.2).reverse().then_with(|| (len(b.0), len(b.1)).cmp(&(len(a.0), len(a.1)))));
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| (len(b.0), len(b.1)).cmp(&(len(a.0), len(a.1)))));
     let merges: Vec<[&str; 2]> = merges.into_iter().map(|(l, r, _)| [l, r]).collect();
+    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|i| i as usize);
+    let named = [token("unknown_token_id"), token("bos_token_id"), token("eos_token_id")];
     let added: Vec<serde_json::Value> = original
         .iter()
         .zip(&types)
+        .enumerate()
         // Control (3) and user-defined (4) tokens; one respelled out of the vocabulary (spaces) is
         // left to the model, as transformers leaves it.
-        .filter(|(t, ty)| matches!(**ty, 3 | 4) && vocab.contains_key(t.as_str()))
-        .map(|(t, ty)| {
+        .filter(|(i, (t, ty))| (matches!(**ty, 3 | 4) || named.contains(&Some(*i))) && vocab.contains_key(t.as_str()))
+        .map(|(i, (t, ty))| {
             json!({"id": vocab[t.as_str()], "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": *ty == 3})
+                   "normalized": false, "special": *ty != 4 || named.contains(&Some(i))})
         })
         .collect();
     let vocab_json: serde_json::Map<String, serde_json::Value> =
         tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).map(|i| i as usize);
     let name = |id: Option<usize>| id.and_then(|i| tokens.get(i)).cloned();
-    let unk = name(token("unknown_token_id")).unwrap_or_else(|| "<unk>".into());
     let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(true);
     let post = match name(token("bos_token_id")).filter(|_| add_bos) {
         Some(bos) => json!({"type": "TemplateProcessing",
@@ -305,17 +340,31 @@ fn gemma_tokenizer_json(file: &crate::io::gguf::GgufFile) -> Result<serde_json::
             "special_tokens": {bos.clone(): {"id": bos, "ids": [token("bos_token_id")], "tokens": [bos]}}}),
         None => serde_json::Value::Null,
     };
+    let replace = json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "});
+    let (normalizer, pre_tokenizer, decoder, unk) = match flavor {
+        Spm::Gemma => (
+            json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
+            json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+            json!({"type": "Sequence", "decoders": [replace, {"type": "ByteFallback"}, {"type": "Fuse"}]}),
+            json!(name(token("unknown_token_id")).unwrap_or_else(|| "<unk>".into())),
+        ),
+        Spm::Llama => (
+            serde_json::Value::Null,
+            json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}),
+            json!({"type": "Sequence", "decoders": [replace, {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+            serde_json::Value::Null,
+        ),
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
-        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": post,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "decoder": decoder,
         "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                   "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                   "vocab": vocab_json, "merges": merges}
@@ -328,13 +377,14 @@ pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serd
     let at = file.path().display();
     let model = file.require("tokenizer.ggml.model")?.as_str().unwrap_or_default();
     let arch = file.get("general.architecture").and_then(Value::as_str).unwrap_or_default();
-    if model == "llama" && arch == "gemma3" {
-        return gemma_tokenizer_json(file);
+    if model == "llama" {
+        let flavor = if matches!(arch, "gemma" | "gemma2" | "gemma3") { Spm::Gemma } else { Spm::Llama };
+        return sentencepiece_tokenizer_json(file, flavor);
     }
     if model != "gpt2" {
         anyhow::bail!(
-            "{at}: tokenizer.ggml.model is '{model}'; finetune builds byte-level BPE ('gpt2') tokenizers from GGUF \
-             metadata — put the model's tokenizer.json beside the GGUF file instead"
+            "{at}: tokenizer.ggml.model is '{model}'; finetune builds byte-level BPE ('gpt2') and SentencePiece \
+             ('llama') tokenizers from GGUF metadata — put the model's tokenizer.json beside the GGUF file instead"
         );
     }
     let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");

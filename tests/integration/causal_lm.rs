@@ -462,3 +462,24 @@ fn gemma3_gguf_matches_transformers() {
     }
     assert_eq!(tok.decode(&greedy, true).unwrap(), reference["greedy_text"].as_str().unwrap());
 }
+
+/// A Llama-style SentencePiece vocabulary in GGUF metadata (scores, byte tokens, control and
+/// user-defined tokens, no merges; scripts/make_gguf_fixtures.py spm) rebuilt as transformers'
+/// GGUF loader builds `LlamaTokenizer`: the same ids (merges ranked by score, `▁` prefixed to the
+/// first word, byte fallback, `<s>` first, `<|user|>` whole) and the same decoded text.
+#[test]
+fn llama_sentencepiece_gguf_tokenizer_matches_transformers() {
+    let file = finetune::io::gguf::GgufFile::open(&fixtures().join("llama-spm-tokenizer.gguf")).unwrap();
+    let json = finetune::data::tokenizer::tokenizer_json_from_gguf(&file).unwrap();
+    let tok = finetune::data::tokenizer::LmTokenizer::from_json(&json, "llama-spm-tokenizer.gguf").unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-spm-tokenizer-reference.json")).unwrap())
+            .unwrap();
+    for case in reference.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tok.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+    }
+}
