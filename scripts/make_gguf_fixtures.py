@@ -13,7 +13,12 @@ tests/fixtures/llama-spm-tokenizer.gguf, and the ids and decodings of transforme
 in tests/fixtures/llama-spm-tokenizer-reference.json. No real file of this kind is in a registry
 package (see docs/ASSETS.md); the vocabulary is small and made up, the converter is transformers'.
 
-Usage: python scripts/make_gguf_fixtures.py [spm]   (needs numpy, gguf, safetensors; spm: transformers)
+With `bpe`: byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) with the pre-tokenizers
+of Qwen2 (`tokenizer.ggml.pre = "qwen2"`: digits one by one) and Llama 3 (`"llama-bpe"`: digits in
+threes), a few merges that tell them apart, and transformers' ids:
+tests/fixtures/bpe-<pre>-tokenizer.gguf and tests/fixtures/bpe-tokenizer-reference.json.
+
+Usage: python scripts/make_gguf_fixtures.py [spm|bpe]   (needs numpy, gguf, safetensors; spm/bpe: transformers)
 """
 import json
 import os
@@ -103,5 +108,47 @@ def spm():
         json.dump(cases, f, indent=1, ensure_ascii=False)
 
 
+BPE_TEXTS = ["12345 apples", "it's 2024!\n", "Hello  world\t99", "x=1234567;", "don't stop"]
+
+
+def bpe():
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    alphabet = list(bytes_to_unicode().values())
+    merges = ["1 2", "12 3", "4 5", "\u0120 a", "p p", "\u0120a pp", "l e", "le s", "' s", "' t", "\u0120 w", "o r",
+              "\u0120w or", "l d", "\u0120wor ld", "H e", "l l", "He ll", "Hell o", "9 9", "\u0120 s", "t o",
+              "\u0120s to", "d o", "do n"]
+    tokens = alphabet + ["".join(m.split(" ")) for m in merges] + ["<|endoftext|>"]
+    types = [1] * (len(tokens) - 1) + [3]
+    reference = {}
+    for pre in ["qwen2", "llama-bpe"]:
+        name = f"bpe-{pre}-tokenizer.gguf"
+        w = gguf.GGUFWriter(os.path.join(fixtures, name), "llama")
+        w.add_block_count(1)
+        w.add_context_length(64)
+        w.add_embedding_length(8)
+        w.add_feed_forward_length(16)
+        w.add_head_count(2)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_eos_token_id(len(tokens) - 1)
+        w.add_bos_token_id(len(tokens) - 1)
+        w.add_add_bos_token(False)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tok = AutoTokenizer.from_pretrained(fixtures, gguf_file=name)
+        reference[pre] = [{"text": t, "ids": tok(t)["input_ids"]} for t in BPE_TEXTS]
+        for case in reference[pre]:
+            print(pre, repr(case["text"]), case["ids"])
+    with open(os.path.join(fixtures, "bpe-tokenizer-reference.json"), "w") as f:
+        json.dump(reference, f, indent=1, ensure_ascii=False)
+
+
 if __name__ == "__main__":
-    spm() if sys.argv[1:] == ["spm"] else blocks()
+    {"spm": spm, "bpe": bpe}.get((sys.argv[1:] or ["blocks"])[0], blocks)()

@@ -371,6 +371,19 @@ fn sentencepiece_tokenizer_json(file: &crate::io::gguf::GgufFile, flavor: Spm) -
     }))
 }
 
+/// The split pattern of a byte-level BPE vocabulary's pre-tokenizer (`tokenizer.ggml.pre`), as
+/// transformers' GGUF loader maps llama.cpp's names (`GGUF_PRE_TOKENIZER_SPLITS`): Llama 3's
+/// (digits in threes) and Qwen2's (digits one by one).
+fn split_regex(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
+        _ => None,
+    }
+}
+
 pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serde_json::Value> {
     use crate::io::gguf::Value;
     use serde_json::json;
@@ -388,12 +401,20 @@ pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serd
         );
     }
     let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-    if !matches!(pre, "default" | "gpt2" | "gpt-2" | "smollm" | "starcoder" | "refact") {
-        anyhow::bail!(
-            "{at}: pre-tokenizer '{pre}' is not one finetune knows (its split pattern differs from GPT-2's); \
-             put the model's tokenizer.json beside the GGUF file"
-        );
-    }
+    let pre_tokenizer = match pre {
+        "default" | "gpt2" | "gpt-2" | "smollm" | "starcoder" | "refact" => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+        _ => match split_regex(pre) {
+            Some(regex) => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            None => anyhow::bail!(
+                "{at}: pre-tokenizer '{pre}' is not one finetune knows (gpt-2, smollm, starcoder, refact, qwen2, \
+                 llama-bpe and their aliases); put the model's tokenizer.json beside the GGUF file"
+            ),
+        },
+    };
     let tokens = gguf_strings(file, "tokenizer.ggml.tokens")?;
     let merges = gguf_strings(file, "tokenizer.ggml.merges")?;
     let types = gguf_token_types(file, tokens.len());
@@ -426,7 +447,7 @@ pub fn tokenizer_json_from_gguf(file: &crate::io::gguf::GgufFile) -> Result<serd
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": {"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": special_tokens},
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,

@@ -483,3 +483,25 @@ fn llama_sentencepiece_gguf_tokenizer_matches_transformers() {
         assert_eq!(tok.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
     }
 }
+
+/// Byte-level BPE vocabularies in GGUF with Qwen2's and Llama 3's pre-tokenizers
+/// (`tokenizer.ggml.pre = "qwen2"`: digits one by one; `"llama-bpe"`: digits in threes;
+/// scripts/make_gguf_fixtures.py bpe): transformers' GGUF loader's ids, which differ between them.
+#[test]
+fn qwen2_and_llama3_gguf_pre_tokenizers_match_transformers() {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("bpe-tokenizer-reference.json")).unwrap())
+            .unwrap();
+    for pre in ["qwen2", "llama-bpe"] {
+        let name = format!("bpe-{pre}-tokenizer.gguf");
+        let file = finetune::io::gguf::GgufFile::open(&fixtures().join(&name)).unwrap();
+        let json = finetune::data::tokenizer::tokenizer_json_from_gguf(&file).unwrap();
+        let tok = finetune::data::tokenizer::LmTokenizer::from_json(&json, &name).unwrap();
+        for case in reference[pre].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(text, true).unwrap(), want, "{pre}: {text:?}");
+        }
+    }
+    assert_ne!(reference["qwen2"][0]["ids"], reference["llama-bpe"][0]["ids"], "the fixture tells them apart");
+}
