@@ -813,6 +813,16 @@ impl LlamaForCausalLM {
         }
     }
 
+    /// The output projection's `[vocab, hidden]` table when the logits are exactly
+    /// `hidden · tableᵀ` (tied embeddings, no soft-capping): what a fused loss can take instead
+    /// of [`Self::logits`].
+    pub fn tied_output_table(&self) -> Option<Tensor<2>> {
+        match (&self.lm_head, self.final_softcap) {
+            (None, None) => Some(self.model.embed_tokens.weight.val()),
+            _ => None,
+        }
+    }
+
     /// Logits `[batch, len, vocab]` of every position.
     pub fn forward(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let hidden = self.hidden(ids, cache);

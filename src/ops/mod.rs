@@ -6,6 +6,8 @@
 //!   AVX512-BF16 kernel and its autodiff node; [`frozen_matmul`] multiplies by a quantized frozen
 //!   weight without keeping its dequantized copy for the backward pass.
 //! - [`attention_softmax`], [`layer_norm`]: fused CPU training passes (burn recorded 5-10 ops).
+//! - [`head_loss`]: the causal-LM loss fused with a tied output projection, in chunks of rows
+//!   (never the whole `[targets, vocab]` logits).
 //! - [`adamw`]: the optimizer's update in one pass; [`dropout_mask`]: the mask generator.
 //! - [`context`]: the run's precision and dropout generator; [`device`]: device names and access
 //!   to the CPU backend's buffers; [`rng`], [`simd`], [`simd_math`]: shared helpers.
@@ -18,6 +20,7 @@ pub mod context;
 pub mod device;
 pub mod dropout_mask;
 pub mod frozen_matmul;
+pub mod head_loss;
 pub mod layer_norm;
 pub mod matmul;
 pub mod rng;

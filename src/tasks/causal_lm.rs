@@ -13,6 +13,7 @@ use crate::models::ModelDir;
 use crate::models::decoder::{self, save_model};
 use crate::models::generation::{Sampling, generate};
 use crate::models::llama::{LlamaConfig, LlamaForCausalLM};
+use crate::ops::head_loss;
 use crate::pipeline::{self, Devices, ReportExtra, Task, TrainReport};
 use crate::quant::QuantConfig;
 use crate::recipe::{Recipe, Task as TaskKind};
@@ -74,7 +75,9 @@ impl Examples<LlamaForCausalLM> for LmExamples {
     }
 
     /// Mean next-token cross-entropy over the batch's target tokens. The output projection (a
-    /// 49k-wide product on SmolLM2) runs only on the positions that have a target.
+    /// 49k-wide product on SmolLM2, 262k on Gemma 3) runs only on the positions that have a
+    /// target, and with a tied head fused with the loss a chunk of rows at a time
+    /// (`ops::head_loss`: the whole `[targets, vocab]` logits never exist).
     fn loss(&self, model: &LlamaForCausalLM, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
         let s = &self.splits[split.slot()];
         let batch: Vec<&SftExample> = indices.iter().map(|&i| &s[i]).collect();
@@ -91,7 +94,13 @@ impl Examples<LlamaForCausalLM> for LmExamples {
         let (rows, targets) = Self::targets(&batch, len);
         let n = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
-        let logits = model.logits(hidden.reshape([b * l, h]).select(0, rows));
+        let hidden = hidden.reshape([b * l, h]).select(0, rows);
+        if let Some(table) = model.tied_output_table().filter(|t| head_loss::supports(&hidden, t)) {
+            let wanted: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
+            let (loss, predicted) = head_loss::tied_head_cross_entropy(hidden, table, &wanted);
+            return (loss, predicted.into_iter().zip(wanted).collect());
+        }
+        let logits = model.logits(hidden);
         let predicted: Vec<i64> = logits.clone().argmax(1).into_data().convert::<i64>().try_into_vec().expect("ints");
         let pairs = predicted.iter().zip(&targets).map(|(&p, &t)| (p as usize, t as usize)).collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &self.device);
