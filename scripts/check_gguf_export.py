@@ -15,8 +15,8 @@ adapter, and the greedy continuations (20 tokens).
 `--tiny-families` instead exports the tiny Llama, Qwen2 and Qwen3 fixtures (made by
 transformers; a byte-level test tokenizer added) as f32 GGUF under their own llama.cpp
 architectures and compares llama.cpp's logits with transformers' (tolerance 1e-4); and checks
-that llama.cpp reads the GPT-2 fixture GGUF (tests/fixtures/decoders/tiny-gpt2.gguf, which
-finetune's tests read) as transformers reads the GPT-2 checkpoint.
+that llama.cpp reads the GPT-2 and Phi-3 fixture GGUFs (tests/fixtures/decoders/tiny-*.gguf, which
+finetune's tests read) as transformers reads the checkpoints.
 
 Needs llama-cpp-python (pip builds llama.cpp) and numpy. Prints a table; exits non-zero when a
 difference exceeds its tolerance: 5% of the largest logit for the adapter on the quantized base, 1e-3 relative for the F32
@@ -114,18 +114,19 @@ def tiny_families(binary):
             ok = diff < 1e-4
             failures += not ok
             print(f"| {name} | {diff:.1e}{'' if ok else ' FAIL'} | {float(np.abs(want).max()):.2f} |")
-    # Reading, not writing: the tiny GPT-2 as llama.cpp's converter lays it out (the file
-    # finetune's test `gpt2_gguf_equals_the_hugging_face_checkpoint` reads).
+    # Reading, not writing: the tiny GPT-2 and Phi-3 as llama.cpp's converter lays them out (the
+    # files finetune's test `gpt2_and_phi3_gguf_equal_the_hugging_face_checkpoints` reads).
     ids = [5, 17, 33, 60, 3, 91, 40, 12, 8]
-    hf = AutoModelForCausalLM.from_pretrained(os.path.join(fixtures, "decoders", "tiny-gpt2")).eval()
-    with torch.no_grad():
-        want = hf(torch.tensor([ids])).logits[0].numpy()
-    llm = Llama(model_path=os.path.join(fixtures, "decoders", "tiny-gpt2.gguf"), n_ctx=64, n_threads=2,
-                logits_all=True, verbose=False)
-    llm.eval(ids)
-    diff = float(np.abs(np.array(llm.scores[:len(ids)]) - want).max())
-    failures += diff >= 1e-4
-    print(f"| gpt2 (fixture GGUF, read) | {diff:.1e}{'' if diff < 1e-4 else ' FAIL'} | {float(np.abs(want).max()):.2f} |")
+    for name in ["tiny-gpt2", "tiny-phi3"]:
+        hf = AutoModelForCausalLM.from_pretrained(os.path.join(fixtures, "decoders", name)).eval()
+        with torch.no_grad():
+            want = hf(torch.tensor([ids])).logits[0].numpy()
+        llm = Llama(model_path=os.path.join(fixtures, "decoders", f"{name}.gguf"), n_ctx=64, n_threads=2,
+                    logits_all=True, verbose=False)
+        llm.eval(ids)
+        diff = float(np.abs(np.array(llm.scores[:len(ids)]) - want).max())
+        failures += diff >= 1e-4
+        print(f"| {name} (fixture GGUF, read) | {diff:.1e}{'' if diff < 1e-4 else ' FAIL'} | {float(np.abs(want).max()):.2f} |")
     return failures
 
 

@@ -25,8 +25,11 @@ decoders-reference.safetensors: <name>.input_ids [2, 12], <name>.logits [2, 12, 
 adapter for tiny-llama (tests/fixtures/peft/llama-prompt) with peft's logits of the 12 text
 positions (llama-prompt.*).
 
-Usage: python scripts/make_decoder_fixtures.py [gpt2]   (needs torch, transformers, peft, safetensors)
-With `gpt2`, only tiny-gpt2 and its adapter are (re)made; the other fixtures stay as committed.
+Also tiny-phi3.gguf: tiny-phi3 as llama.cpp's converter writes it (f32).
+
+Usage: python scripts/make_decoder_fixtures.py [gpt2|phi3-gguf]   (needs torch, transformers, peft,
+safetensors, gguf). With `gpt2` only tiny-gpt2 and its adapter are (re)made, with `phi3-gguf` only
+tiny-phi3.gguf; the other fixtures stay as committed.
 """
 import os
 import sys
@@ -135,6 +138,42 @@ def gpt2_gguf(model, path):
     w.close()
 
 
+def phi3_gguf():
+    """tiny-phi3 as llama.cpp's convert_hf_to_gguf.py writes it (f32, no Q/K permutation for Phi-3):
+    `attn_qkv`, `ffn_up` holding gate and up rows, the rotary dimension as `rope.dimension_count`;
+    read from the committed checkpoint, so the other fixtures are untouched."""
+    import gguf
+    from transformers import Phi3ForCausalLM
+    model = Phi3ForCausalLM.from_pretrained(os.path.join(OUT, "tiny-phi3")).eval()
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    w = gguf.GGUFWriter(os.path.join(OUT, "tiny-phi3.gguf"), "phi3")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(int(cfg.rope_parameters["partial_rotary_factor"] * head_dim))
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tokens = [chr(0x100 + i) if i < 3 else chr(0x21 + i) for i in range(cfg.vocab_size)]
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (cfg.vocab_size - 3))
+    w.add_token_merges([f"{tokens[3]} {tokens[4]}"])
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.PHI3, cfg.num_hidden_layers)
+    for name, t in model.state_dict().items():
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), t.detach().float().contiguous().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def gpt2(ref):
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -165,6 +204,9 @@ def main():
         gpt2(ref)
         save_file(ref, path)
         return
+    if sys.argv[1:] == ["phi3-gguf"]:
+        phi3_gguf()
+        return
     ref = {}
     for i, (name, (cls, cfg)) in enumerate(FAMILIES.items()):
         torch.manual_seed(10 + i)
@@ -188,6 +230,7 @@ def main():
     print("llama-prompt logits", tuple(logits.shape))
     gpt2(ref)
     save_file(ref, path)
+    phi3_gguf()
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ use crate::io::safetensors::HostTensor;
 use anyhow::{Context, Result, bail, ensure};
 
 /// `general.architecture` values finetune reads: Llama (Mistral is written as `llama` by
-/// llama.cpp's converter), Qwen2, Qwen3, Gemma 3 and GPT-2. Only `llama` files have their Q/K
+/// llama.cpp's converter), Qwen2, Qwen3, Gemma 3, GPT-2 and Phi-3 (its fused `attn_qkv`, and
+/// `ffn_up` holding the gate rows then the up rows; LongRoPE files are refused). Only `llama` files have their Q/K
 /// rows permuted; Gemma files store every norm weight plus one (llama.cpp's `norm_shift`);
 /// GPT-2 files hold the `Conv1D` weights transposed to `nn.Linear`'s layout and a copy of the
 /// (tied) embedding as `output.weight`.
-const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "gpt2"];
+const LLAMA_ARCHES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "gpt2", "phi3"];
 
 /// Whether finetune reads GGUF files of architecture `arch` as decoders.
 pub fn reads(arch: &str) -> bool {
@@ -72,6 +73,12 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
     }
     let scaling = file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str).filter(|k| *k != "none");
     let gemma = arch == "gemma3";
+    let phi3 = arch == "phi3";
+    anyhow::ensure!(
+        !file.tensors.contains_key("rope_factors_long.weight"),
+        "{}: LongRoPE scaling (rope_factors_long) is not supported yet",
+        file.path().display()
+    );
     match scaling {
         Some("linear") if gemma => {}
         Some(kind) => bail!("{}: rope scaling '{kind}' is not supported yet", file.path().display()),
@@ -80,10 +87,18 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let heads = num("attention.head_count")?;
     let hidden = num("embedding_length")?;
     // Qwen3 states the head size as the key length; Llama as the rotary dimension.
-    let head_dim = num("attention.key_length")
-        .or_else(|_| num("rope.dimension_count"))
-        .ok()
-        .filter(|&d| heads == 0 || d != hidden / heads);
+    let head_dim = match phi3 {
+        // Phi-3's rotary dimension is a share of the head, not its size.
+        true => None,
+        false => num("attention.key_length")
+            .or_else(|_| num("rope.dimension_count"))
+            .ok()
+            .filter(|&d| heads == 0 || d != hidden / heads),
+    };
+    let partial_rotary_factor = match (phi3, num("rope.dimension_count")) {
+        (true, Ok(d)) if heads > 0 && d != hidden / heads => Some(d as f64 / (hidden / heads) as f64),
+        _ => None,
+    };
     let vocab_size = vocab_size()?;
     let blocks = num("block_count")?;
     let theta = opt_f64("rope.freq_base").unwrap_or(10_000.0);
@@ -102,6 +117,8 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         let rope = serde_json::json!({"full_attention": global,
             "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_BASE}});
         (Some(types), Some(rope), num("attention.sliding_window").ok())
+    } else if phi3 {
+        (None, None, num("attention.sliding_window").ok())
     } else {
         (None, None, None)
     };
@@ -132,7 +149,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         sliding_window,
         use_sliding_window: None,
         layer_types,
-        partial_rotary_factor: None,
+        partial_rotary_factor,
         hidden_activation: gemma.then(|| "gelu_pytorch_tanh".into()),
         // llama.cpp scales Gemma 3's queries by the key length (true of every size but 27B).
         query_pre_attn_scalar: if gemma { head_dim.or(Some(hidden / heads.max(1))).map(|d| d as f64) } else { None },
@@ -168,6 +185,7 @@ const LAYER_MODULES: &[&str] = &[
     "self_attn.k_norm",
     "mlp.gate_proj",
     "mlp.up_proj",
+    "mlp.gate_up_proj",
     "mlp.down_proj",
     "input_layernorm",
     "post_attention_layernorm",
@@ -203,7 +221,9 @@ pub fn gguf_name(key: &str, cfg: &LlamaConfig) -> Option<(String, Option<usize>)
         "self_attn.qkv_proj" => ("attn_qkv", None),
         "self_attn.o_proj" => ("attn_output", None),
         "mlp.gate_proj" => ("ffn_gate", None),
-        "mlp.up_proj" => ("ffn_up", None),
+        // Phi-3 stores its fused gate and up rows where the others store up.
+        "mlp.up_proj" if !cfg.fused() => ("ffn_up", None),
+        "mlp.gate_up_proj" if cfg.fused() => ("ffn_up", None),
         "mlp.down_proj" => ("ffn_down", None),
         "input_layernorm" => ("attn_norm", None),
         // Gemma normalises the attention output here; the MLP input norm is `ffn_norm`.

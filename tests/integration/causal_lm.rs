@@ -297,27 +297,35 @@ fn decoder_families_match_transformers() {
     }
 }
 
-/// GPT-2 from GGUF, as llama.cpp's converter writes it (`c_attn` etc. transposed to Linear's
-/// layout, `attn_qkv`, `position_embd`, LayerNorm biases, the tied embedding copied as
-/// `output.weight`; llama.cpp reads this file with transformers' logits, check_gguf_export.py):
-/// the same config and logits as the Hugging Face checkpoint, every tensor placed.
+/// GPT-2 and Phi-3 from GGUF, as llama.cpp's converter writes them (GPT-2: `c_attn` etc.
+/// transposed to Linear's layout, `attn_qkv`, `position_embd`, LayerNorm biases, the tied
+/// embedding copied as `output.weight`; Phi-3: `attn_qkv`, gate and up rows in `ffn_up`, the
+/// rotary share as `rope.dimension_count`; llama.cpp reads both files with transformers' logits,
+/// check_gguf_export.py): the same config and logits as the Hugging Face checkpoint, every
+/// tensor placed.
 #[test]
-fn gpt2_gguf_equals_the_hugging_face_checkpoint() {
+fn gpt2_and_phi3_gguf_equal_the_hugging_face_checkpoints() {
     let device = Device::flex();
-    let hf = ModelDir::open(&fixtures().join("decoders/tiny-gpt2")).unwrap();
-    let gguf = ModelDir::open(&fixtures().join("decoders/tiny-gpt2.gguf")).unwrap();
-    let (a, a_cfg, _) = decoder::load(&hf, &device).unwrap();
-    let (b, b_cfg, report) = decoder::load(&gguf, &device).unwrap();
-    assert!(report.initialized.is_empty(), "{report:?}");
-    assert_eq!(report.unused, ["lm_head.weight"], "only the tied embedding's copy is left over");
-    assert_eq!((b_cfg.model_type(), b_cfg.hidden_size, b_cfg.max_position_embeddings), ("gpt2", 32, 64));
-    assert_eq!(b_cfg.intermediate_size, a_cfg.intermediate_size);
-    assert!((b_cfg.rms_norm_eps - a_cfg.rms_norm_eps).abs() < 1e-9, "layer_norm_epsilon (f32 in GGUF)");
-    let t = decoders_reference("tiny-gpt2.input_ids");
-    let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [t.shape[0], t.shape[1]]), &device);
-    let d = max_abs_diff(&values(b.forward(input.clone(), None)), &values(a.forward(input, None)));
-    assert!(d < 1e-5, "GGUF and HF logits differ by {d}");
+    for (name, left_over) in [("tiny-gpt2", vec!["lm_head.weight"]), ("tiny-phi3", vec![])] {
+        let hf = ModelDir::open(&fixtures().join("decoders").join(name)).unwrap();
+        let gguf = ModelDir::open(&fixtures().join("decoders").join(format!("{name}.gguf"))).unwrap();
+        let (a, a_cfg, _) = decoder::load(&hf, &device).unwrap();
+        let (b, b_cfg, report) = decoder::load(&gguf, &device).unwrap();
+        assert!(report.initialized.is_empty(), "{name}: {report:?}");
+        assert_eq!(report.unused, left_over, "{name}: tensors left over");
+        assert_eq!(b_cfg.model_type(), a_cfg.model_type(), "{name}");
+        assert_eq!(
+            (b_cfg.hidden_size, b_cfg.intermediate_size, b_cfg.max_position_embeddings, b_cfg.rotary_dim()),
+            (a_cfg.hidden_size, a_cfg.intermediate_size, a_cfg.max_position_embeddings, a_cfg.rotary_dim()),
+            "{name}"
+        );
+        assert!((b_cfg.rms_norm_eps - a_cfg.rms_norm_eps).abs() < 1e-9, "{name}: norm epsilon (f32 in GGUF)");
+        let t = decoders_reference(&format!("{name}.input_ids"));
+        let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [t.shape[0], t.shape[1]]), &device);
+        let d = max_abs_diff(&values(b.forward(input.clone(), None)), &values(a.forward(input, None)));
+        assert!(d < 1e-5, "{name}: GGUF and HF logits differ by {d}");
+    }
 }
 
 /// GPT-2 with a peft LoRA adapter on its `Conv1D` layers (`c_attn`, `c_proj`, `c_fc`; peft writes
