@@ -36,6 +36,16 @@ impl ChatTemplate {
         Ok(Self { env, source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into() })
     }
 
+    /// What closes an assistant turn, trimmed (`<end_of_turn>`, `<|im_end|>`): the text the
+    /// template puts after an assistant message, if any.
+    pub fn turn_end(&self) -> Option<String> {
+        let marker = "\u{1}answer\u{1}";
+        let messages = [Message::new("user", "question"), Message::new("assistant", marker)];
+        let text = self.render(&messages, false).ok()?;
+        let after = text[text.rfind(marker)? + marker.len()..].trim();
+        (!after.is_empty()).then(|| after.to_string())
+    }
+
     /// The Jinja text.
     pub fn source(&self) -> &str {
         &self.source
@@ -102,6 +112,19 @@ mod tests {
     use super::*;
 
     const SMOLLM: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    /// What closes an assistant turn: ChatML's `<|im_end|>`, Gemma's `<end_of_turn>`.
+    #[test]
+    fn finds_the_end_of_an_assistant_turn() {
+        let chatml = ChatTemplate::new(SMOLLM, "<|im_start|>", "<|im_end|>").unwrap();
+        assert_eq!(chatml.turn_end().as_deref(), Some("<|im_end|>"));
+        let gemma =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/templates/gemma.jinja")).unwrap();
+        let gemma = ChatTemplate::new(&gemma, "<bos>", "<eos>").unwrap();
+        assert_eq!(gemma.turn_end().as_deref(), Some("<end_of_turn>"));
+        let bare = ChatTemplate::new("{% for m in messages %}{{ m['content'] }}{% endfor %}", "", "").unwrap();
+        assert_eq!(bare.turn_end(), None);
+    }
 
     #[test]
     fn renders_like_transformers_and_splits_assistant_turns() {

@@ -46,6 +46,19 @@ impl LoadedLm {
     }
 }
 
+/// The ids that end an answer: the end-of-sequence id and, with a chat template, the token
+/// that closes an assistant turn when it is another one (Gemma's `<end_of_turn>` while its
+/// eos is `<eos>`; transformers' Gemma instruct checkpoints list both as `eos_token_id`).
+pub fn stop_ids(cfg: &LlamaConfig, tokenizer: &LmTokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>> {
+    let mut ids = vec![eos_id(cfg, tokenizer)?];
+    if let Some(end) = template.and_then(|t| t.turn_end()).and_then(|e| tokenizer.token_to_id(&e)) {
+        if !ids.contains(&end) {
+            ids.push(end);
+        }
+    }
+    Ok(ids)
+}
+
 /// The end-of-sequence id: the config's, else the tokenizer's `</s>`/`<|endoftext|>`.
 pub fn eos_id(cfg: &LlamaConfig, tokenizer: &LmTokenizer) -> Result<u32> {
     cfg.eos_token_ids()
@@ -170,7 +183,7 @@ pub fn generate_cli(
             None => prompt.to_string(),
         })
     };
-    sampling.stop_ids.push(lm.eos_id()?);
+    sampling.stop_ids.extend(stop_ids(&lm.cfg, &lm.tokenizer, template)?);
     if prompts.len() > 1 {
         // Several prompts: one left-padded batch, each answer printed when all are done.
         let texts: Vec<String> = prompts.iter().map(|p| render(p)).collect::<Result<_>>()?;

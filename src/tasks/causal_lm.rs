@@ -185,7 +185,6 @@ pub struct CausalLm {
     template: Option<ChatTemplate>,
     /// The template is the recipe's `data.chat_template`, not the model's own.
     template_from_recipe: bool,
-    eos_id: u32,
     examples: LmExamples,
     samples: Vec<(String, String)>,
     quantization: Option<QuantConfig>,
@@ -273,7 +272,6 @@ impl CausalLm {
             tokenizer,
             template_from_recipe: d.chat_template.is_some(),
             template,
-            eos_id,
             examples,
             samples,
             quantization: recipe.quantization.clone(),
@@ -293,7 +291,8 @@ impl CausalLm {
 
     /// Greedy answers (up to 48 tokens) to the sample prompts.
     fn answer(&self, model: &LlamaForCausalLM) -> Result<Vec<String>> {
-        let s = Sampling { max_new_tokens: 48, stop_ids: vec![self.eos_id], ..Default::default() };
+        let stop_ids = crate::inference::lm::stop_ids(&self.cfg, &self.tokenizer, self.template.as_ref())?;
+        let s = Sampling { max_new_tokens: 48, stop_ids, ..Default::default() };
         let template = self.template.as_ref();
         self.samples
             .iter()
