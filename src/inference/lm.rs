@@ -51,10 +51,10 @@ impl LoadedLm {
 /// eos is `<eos>`; transformers' Gemma instruct checkpoints list both as `eos_token_id`).
 pub fn stop_ids(cfg: &LlamaConfig, tokenizer: &LmTokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>> {
     let mut ids = vec![eos_id(cfg, tokenizer)?];
-    if let Some(end) = template.and_then(|t| t.turn_end()).and_then(|e| tokenizer.token_to_id(&e)) {
-        if !ids.contains(&end) {
-            ids.push(end);
-        }
+    if let Some(end) = template.and_then(|t| t.turn_end()).and_then(|e| tokenizer.token_to_id(&e))
+        && !ids.contains(&end)
+    {
+        ids.push(end);
     }
     Ok(ids)
 }
