@@ -152,6 +152,33 @@ pub fn chat_template(dir: &ModelDir, tokenizer: &LmTokenizer, cfg: &LlamaConfig)
     source.map(|s| template_for(&s, tokenizer, cfg).with_context(|| dir.describe())).transpose()
 }
 
+/// The template training renders conversations with: the recipe's `data.chat_template` file
+/// if it names one, else the model's own.
+pub fn template_for_training(
+    dir: &ModelDir,
+    tokenizer: &LmTokenizer,
+    cfg: &LlamaConfig,
+    recipe_file: Option<&Path>,
+) -> Result<Option<ChatTemplate>> {
+    match recipe_file {
+        Some(path) => chat_template_file(path, tokenizer, cfg).map(Some),
+        None => chat_template(dir, tokenizer, cfg),
+    }
+}
+
+/// Sequences of `positions` tokens (soft prompt included) fit a learned position table
+/// (GPT-2's `n_positions`); RoPE models have no hard limit.
+pub fn check_positions(cfg: &LlamaConfig, positions: usize, dir: &ModelDir) -> Result<()> {
+    anyhow::ensure!(
+        !cfg.is_gpt2() || positions <= cfg.max_position_embeddings,
+        "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has n_positions = {}: \
+         lower data.max_length",
+        dir.describe(),
+        cfg.max_position_embeddings
+    );
+    Ok(())
+}
+
 /// A chat template from a Jinja file (a recipe's `data.chat_template`, an adapter's
 /// `chat_template.jinja`), with the model's bos/eos tokens.
 pub fn chat_template_file(path: &Path, tokenizer: &LmTokenizer, cfg: &LlamaConfig) -> Result<ChatTemplate> {

@@ -82,12 +82,8 @@ impl Examples<LlamaForCausalLM> for LmExamples {
         let s = &self.splits[split.slot()];
         let batch: Vec<&SftExample> = indices.iter().map(|&i| &s[i]).collect();
         let len = batch.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-        let mut ids = vec![self.pad_id as i64; batch.len() * len];
-        for (b, ex) in batch.iter().enumerate() {
-            for (p, &t) in ex.ids.iter().enumerate() {
-                ids[b * len + p] = t as i64;
-            }
-        }
+        let pad = |ex: &&SftExample| std::iter::repeat_n(self.pad_id as i64, len - ex.ids.len());
+        let ids: Vec<i64> = batch.iter().flat_map(|ex| ex.ids.iter().map(|&t| t as i64).chain(pad(ex))).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch.len(), len]), &self.device);
         let hidden = model.hidden(ids, None);
         let [b, l, h] = hidden.dims();
@@ -210,21 +206,9 @@ impl CausalLm {
             cfg.vocab_size
         );
         let d = &recipe.data;
-        if cfg.is_gpt2() {
-            let prompt = recipe.prompt_tuning.as_ref().filter(|_| recipe.method == Method::PromptTuning);
-            let positions = d.max_length + prompt.map_or(0, |p| p.num_virtual_tokens);
-            anyhow::ensure!(
-                positions <= cfg.max_position_embeddings,
-                "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has n_positions = {}: \
-                 lower data.max_length",
-                files.describe(),
-                cfg.max_position_embeddings
-            );
-        }
-        let template = match &d.chat_template {
-            Some(path) => Some(decoder::chat_template_file(path, &tokenizer, &cfg)?),
-            None => decoder::chat_template(&files, &tokenizer, &cfg)?,
-        };
+        let prompt = recipe.prompt_tuning.as_ref().filter(|_| recipe.method == Method::PromptTuning);
+        decoder::check_positions(&cfg, d.max_length + prompt.map_or(0, |p| p.num_virtual_tokens), &files)?;
+        let template = decoder::template_for_training(&files, &tokenizer, &cfg, d.chat_template.as_deref())?;
         let eos_id = eos_id(&cfg, &tokenizer)?;
         let data_dir = crate::data::dataset_dir(d)?;
         let encoder = SftEncoder {
@@ -365,10 +349,8 @@ impl Task for CausalLm {
 
     /// A recipe's chat template travels with the adapter (`generate --adapter` renders with it).
     fn adapter_files(&self) -> Vec<(&'static str, String)> {
-        match (&self.template, self.template_from_recipe) {
-            (Some(t), true) => vec![(decoder::CHAT_TEMPLATE_FILE, t.source().to_string())],
-            _ => Vec::new(),
-        }
+        let template = self.template.as_ref().filter(|_| self.template_from_recipe);
+        template.map(|t| (decoder::CHAT_TEMPLATE_FILE, t.source().to_string())).into_iter().collect()
     }
 
     /// How the base was held, so that loading the adapter reproduces the trained function.
