@@ -65,6 +65,19 @@ def blocks():
     save_file(reference, os.path.join(fixtures, "gguf-blocks-reference.safetensors"))
 
 
+def tokenizer_only_writer(path):
+    """A GGUF writer for a file that carries a tokenizer and the least `llama` metadata a loader
+    reads (no tensors)."""
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    return w
+
+
 SPM_TEXTS = ["Hello world", "hello, the world!", "  leading spaces", "in the <|user|> turn", "naïve ü", "the\tend\n"]
 
 
@@ -80,13 +93,7 @@ def spm():
     # Scores: pieces best first (as sentencepiece writes them), with a tie to exercise the order.
     scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i if i != 7 else 6) for i in range(len(pieces))] + [0.0, 0.0]
     path = os.path.join(fixtures, "llama-spm-tokenizer.gguf")
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_embedding_length(8)
-    w.add_feed_forward_length(16)
-    w.add_head_count(2)
-    w.add_layer_norm_rms_eps(1e-5)
+    w = tokenizer_only_writer(path)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -123,13 +130,7 @@ def bpe():
     reference = {}
     for pre in ["qwen2", "llama-bpe"]:
         name = f"bpe-{pre}-tokenizer.gguf"
-        w = gguf.GGUFWriter(os.path.join(fixtures, name), "llama")
-        w.add_block_count(1)
-        w.add_context_length(64)
-        w.add_embedding_length(8)
-        w.add_feed_forward_length(16)
-        w.add_head_count(2)
-        w.add_layer_norm_rms_eps(1e-5)
+        w = tokenizer_only_writer(os.path.join(fixtures, name))
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(pre)
         w.add_token_list(tokens)
