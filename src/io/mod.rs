@@ -28,3 +28,19 @@ pub trait WeightSource {
     /// Read a tensor, checking its shape (the error names the source, the key and both shapes).
     fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor>;
 }
+
+/// A boxed source (a file whose format is known only at run time) is a source.
+impl<S: WeightSource + ?Sized> WeightSource for Box<S> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn contains(&self, key: &str) -> bool {
+        (**self).contains(key)
+    }
+    fn names(&self) -> Vec<String> {
+        (**self).names()
+    }
+    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        (**self).tensor_with_shape(key, expected)
+    }
+}

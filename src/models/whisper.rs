@@ -442,7 +442,7 @@ impl WhisperAudioClassifier {
                 device,
             ),
         };
-        let weights = BoxedSource(weights(files)?);
+        let weights = weights(files)?;
         let fine_tuned = weights.contains("encoder.conv1.weight");
         let (model, mut report) = load_weights(model, &weights, |info| {
             if info.path.starts_with("head.") {
@@ -593,28 +593,10 @@ pub fn weights(dir: &ModelDir) -> Result<Box<dyn WeightSource>> {
 /// A Whisper model with its pretrained weights.
 pub fn load(dir: &ModelDir, config: &WhisperConfig, device: &Device) -> Result<(Whisper, LoadReport)> {
     let model = Whisper::new(config, device)?;
-    let (model, mut report) =
-        load_weights(model, &BoxedSource(weights(dir)?), |info| (vec![checkpoint_key(&info.path)], false))?;
+    let (model, mut report) = load_weights(model, &weights(dir)?, |info| (vec![checkpoint_key(&info.path)], false))?;
     // The output projection is tied to the token embedding.
     report.unused.retain(|k| k != "proj_out.weight");
     Ok((model, report))
-}
-
-struct BoxedSource(Box<dyn WeightSource>);
-
-impl WeightSource for BoxedSource {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn contains(&self, key: &str) -> bool {
-        self.0.contains(key)
-    }
-    fn names(&self) -> Vec<String> {
-        self.0.names()
-    }
-    fn tensor_with_shape(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
-        self.0.tensor_with_shape(key, expected)
-    }
 }
 
 /// Tensors held in memory (a converted checkpoint).
