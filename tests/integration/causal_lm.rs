@@ -20,7 +20,7 @@ pub fn smollm2() -> Option<PathBuf> {
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2-reference.json")).unwrap()).unwrap()
+    fixture_json("smollm2-reference.json")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -477,19 +477,25 @@ fn gemma3_gguf_matches_transformers() {
 /// first word, byte fallback, `<s>` first, `<|user|>` whole) and the same decoded text.
 #[test]
 fn llama_sentencepiece_gguf_tokenizer_matches_transformers() {
-    let file = finetune::io::gguf::GgufFile::open(&fixtures().join("llama-spm-tokenizer.gguf")).unwrap();
-    let json = finetune::data::tokenizer::tokenizer_json_from_gguf(&file).unwrap();
-    let tok = finetune::data::tokenizer::LmTokenizer::from_json(&json, "llama-spm-tokenizer.gguf").unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-spm-tokenizer-reference.json")).unwrap())
-            .unwrap();
+    let tok = gguf_tokenizer("llama-spm-tokenizer.gguf");
+    let reference = fixture_json("llama-spm-tokenizer-reference.json");
     for case in reference.as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let ids = tok.encode(text, true).unwrap();
-        assert_eq!(ids, want, "{text:?}");
-        assert_eq!(tok.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+        let got = tok.encode(text, true).unwrap();
+        assert_eq!(got, ids(&case["ids"]), "{text:?}");
+        assert_eq!(tok.decode(&got, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
     }
+}
+
+/// The tokenizer a fixture GGUF file's metadata describes.
+fn gguf_tokenizer(name: &str) -> finetune::data::tokenizer::LmTokenizer {
+    let file = finetune::io::gguf::GgufFile::open(&fixtures().join(name)).unwrap();
+    let json = finetune::data::tokenizer::tokenizer_json_from_gguf(&file).unwrap();
+    finetune::data::tokenizer::LmTokenizer::from_json(&json, name).unwrap()
+}
+
+fn fixture_json(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
 }
 
 /// Byte-level BPE vocabularies in GGUF with Qwen2's and Llama 3's pre-tokenizers
@@ -497,18 +503,12 @@ fn llama_sentencepiece_gguf_tokenizer_matches_transformers() {
 /// scripts/make_gguf_fixtures.py bpe): transformers' GGUF loader's ids, which differ between them.
 #[test]
 fn qwen2_and_llama3_gguf_pre_tokenizers_match_transformers() {
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("bpe-tokenizer-reference.json")).unwrap())
-            .unwrap();
+    let reference = fixture_json("bpe-tokenizer-reference.json");
     for pre in ["qwen2", "llama-bpe"] {
-        let name = format!("bpe-{pre}-tokenizer.gguf");
-        let file = finetune::io::gguf::GgufFile::open(&fixtures().join(&name)).unwrap();
-        let json = finetune::data::tokenizer::tokenizer_json_from_gguf(&file).unwrap();
-        let tok = finetune::data::tokenizer::LmTokenizer::from_json(&json, &name).unwrap();
+        let tok = gguf_tokenizer(&format!("bpe-{pre}-tokenizer.gguf"));
         for case in reference[pre].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
-            let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-            assert_eq!(tok.encode(text, true).unwrap(), want, "{pre}: {text:?}");
+            assert_eq!(tok.encode(text, true).unwrap(), ids(&case["ids"]), "{pre}: {text:?}");
         }
     }
     assert_ne!(reference["qwen2"][0]["ids"], reference["llama-bpe"][0]["ids"], "the fixture tells them apart");
