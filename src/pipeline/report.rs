@@ -12,6 +12,11 @@ pub trait ReportExtra: Serialize + DeserializeOwned + Default {
     fn summary(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether accuracy and macro-F1 over classes describe the task (a language model's
+    /// next-token "classes" are its vocabulary: its summary reports loss and perplexity instead).
+    fn classifies(&self) -> bool {
+        true
+    }
 }
 
 /// No extra fields (classification tasks).
@@ -70,15 +75,17 @@ impl<E: ReportExtra> TrainReport<E> {
             let how = if self.feature_cache_hit == Some(true) { "cache hit" } else { "computed" };
             out.push(format!("features:      {s:.1} s ({how})"));
         }
-        if let Some(b) = &self.best {
-            out.push(format!(
+        match &self.best {
+            Some(b) if self.extra.classifies() => out.push(format!(
                 "best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})",
                 b.epoch + 1,
                 b.metrics.accuracy,
                 b.metrics.macro_f1
-            ));
+            )),
+            Some(b) => out.push(format!("best epoch:    {} (validation loss {:.4})", b.epoch + 1, b.metrics.loss)),
+            None => {}
         }
-        if let Some(t) = &self.test {
+        if let Some(t) = self.test.as_ref().filter(|_| self.extra.classifies()) {
             out.push(format!(
                 "test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)",
                 t.accuracy, t.macro_f1, t.loss, t.examples

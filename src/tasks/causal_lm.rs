@@ -150,6 +150,9 @@ pub struct LmExtra {
 }
 
 impl ReportExtra for LmExtra {
+    fn classifies(&self) -> bool {
+        false
+    }
     fn summary(&self) -> Vec<String> {
         let mut out = vec![format!("throughput:    {:.0} tokens/s", self.train_tokens_per_second)];
         for (name, before, after) in [
