@@ -263,20 +263,12 @@ fn sentencepiece_tokenizer_json(file: &crate::io::gguf::GgufFile, flavor: Spm) -
     let original = gguf_strings(file, "tokenizer.ggml.tokens")?;
     let types = gguf_token_types(file, original.len());
     anyhow::ensure!(types.len() == original.len(), "{at}: {} token types for {} tokens", types.len(), original.len());
-    let tokens: Vec<String> =
-        match flavor {
-            Spm::Gemma => original
-                .iter()
-                .map(|t| {
-                    if t.contains(' ') && t.trim().is_empty() {
-                        "\u{2581}".repeat(t.chars().count())
-                    } else {
-                        t.clone()
-                    }
-                })
-                .collect(),
-            Spm::Llama => original.clone(),
-        };
+    // Gemma files store tokens of spaces as spaces; its tokenizer looks them up as `▁`s.
+    let respell = |t: &String| match flavor {
+        Spm::Gemma if t.contains(' ') && t.trim().is_empty() => "\u{2581}".repeat(t.chars().count()),
+        _ => t.clone(),
+    };
+    let tokens: Vec<String> = original.iter().map(respell).collect();
     // The rank of each token (higher is merged first): Gemma's `-position`, else its score.
     let scores: Vec<f64> = match flavor {
         Spm::Gemma => (0..tokens.len()).map(|i| -(i as f64)).collect(),

@@ -259,18 +259,20 @@ impl WeightSource for GgufLlama<'_> {
 
     /// Every tensor of the file under its transformers name (its GGUF name if it has none).
     fn names(&self) -> Vec<String> {
-        let mut hf: std::collections::BTreeMap<String, String> =
-            ["model.embed_tokens.weight", "model.embed_positions.weight", "model.norm.weight", "model.norm.bias"]
-                .iter()
-                .chain(&["lm_head.weight"])
-                .map(|k| k.to_string())
-                .chain((0..self.cfg.num_hidden_layers).flat_map(|i| {
-                    LAYER_MODULES
-                        .iter()
-                        .flat_map(move |m| ["weight", "bias"].map(|k| format!("model.layers.{i}.{m}.{k}")))
-                }))
-                .filter_map(|key| gguf_name(&key, &self.cfg).map(|(g, _)| (g, key)))
-                .collect();
+        let mut hf: std::collections::BTreeMap<String, String> = [
+            "model.embed_tokens.weight",
+            "model.embed_positions.weight",
+            "model.norm.weight",
+            "model.norm.bias",
+            "lm_head.weight",
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .chain((0..self.cfg.num_hidden_layers).flat_map(|i| {
+            LAYER_MODULES.iter().flat_map(move |m| ["weight", "bias"].map(|k| format!("model.layers.{i}.{m}.{k}")))
+        }))
+        .filter_map(|key| gguf_name(&key, &self.cfg).map(|(g, _)| (g, key)))
+        .collect();
         self.file.tensors.keys().map(|g| hf.remove(g).unwrap_or_else(|| g.clone())).collect()
     }
 

@@ -162,35 +162,32 @@ impl Gpt2Config {
 /// burn path (Llama names, as `llama.rs` builds the model) → GPT-2 checkpoint key, for whole
 /// parameter paths and module paths alike.
 pub fn checkpoint_key(path: &str) -> String {
-    let rename = |rest: &str| -> String {
-        for (ours, theirs) in [
-            ("self_attn.qkv_proj", "attn.c_attn"),
-            ("self_attn.o_proj", "attn.c_proj"),
-            ("mlp.up_proj", "mlp.c_fc"),
-            ("mlp.down_proj", "mlp.c_proj"),
-            ("input_layernorm", "ln_1"),
-            ("post_attention_layernorm", "ln_2"),
-        ] {
-            if let Some(tail) = rest.strip_prefix(ours) {
-                return format!("{theirs}{tail}");
-            }
-        }
-        rest.to_string()
-    };
-    if let Some(rest) = path.strip_prefix("model.layers.") {
-        let (layer, rest) = rest.split_once('.').unwrap_or((rest, ""));
-        return format!("transformer.h.{layer}.{}", rename(rest));
-    }
-    for (ours, theirs) in [
+    const LAYER: [(&str, &str); 6] = [
+        ("self_attn.qkv_proj", "attn.c_attn"),
+        ("self_attn.o_proj", "attn.c_proj"),
+        ("mlp.up_proj", "mlp.c_fc"),
+        ("mlp.down_proj", "mlp.c_proj"),
+        ("input_layernorm", "ln_1"),
+        ("post_attention_layernorm", "ln_2"),
+    ];
+    const MODEL: [(&str, &str); 3] = [
         ("model.embed_tokens", "transformer.wte"),
         ("model.embed_positions", "transformer.wpe"),
         ("model.norm", "transformer.ln_f"),
-    ] {
-        if let Some(tail) = path.strip_prefix(ours) {
-            return format!("{theirs}{tail}");
-        }
+    ];
+    if let Some(rest) = path.strip_prefix("model.layers.") {
+        let (layer, rest) = rest.split_once('.').unwrap_or((rest, ""));
+        return format!("transformer.h.{layer}.{}", renamed(rest, &LAYER));
     }
-    path.to_string()
+    renamed(path, &MODEL)
+}
+
+/// `path` with the first matching prefix of `table` replaced (unchanged if none matches).
+fn renamed(path: &str, table: &[(&str, &str)]) -> String {
+    table
+        .iter()
+        .find_map(|(ours, theirs)| path.strip_prefix(ours).map(|tail| format!("{theirs}{tail}")))
+        .unwrap_or_else(|| path.to_string())
 }
 
 /// The keys a parameter may have in a file: `transformer.`-prefixed (`GPT2LMHeadModel`) or not

@@ -915,7 +915,7 @@ impl LlamaAttention {
 
 impl super::Adaptable for LlamaForCausalLM {
     fn checkpoint_key(&self, path: &str) -> String {
-        if self.gpt2 { super::gpt2::checkpoint_key(path) } else { checkpoint_key(path) }
+        family_key(self.gpt2, path)
     }
 
     fn fan_in_fan_out(&self) -> bool {
@@ -951,10 +951,7 @@ impl super::Adaptable for LlamaForCausalLM {
         let gpt2 = self.gpt2;
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
-            let key = |m: &str, n: &str| {
-                let path = format!("{p}.{m}.{n}");
-                if gpt2 { super::gpt2::checkpoint_key(&path) } else { path }
-            };
+            let key = |m: &str, n: &str| family_key(gpt2, &format!("{p}.{m}.{n}"));
             out.extend(l.self_attn.projections_mut().into_iter().map(|(n, d)| (key("self_attn", n), d)));
             out.extend(l.mlp.projections_mut().into_iter().map(|(n, d)| (key("mlp", n), d)));
         }
@@ -963,6 +960,11 @@ impl super::Adaptable for LlamaForCausalLM {
         }
         out
     }
+}
+
+/// The checkpoint key of a burn path: GPT-2's own names, the same path for the others.
+fn family_key(gpt2: bool, path: &str) -> String {
+    if gpt2 { super::gpt2::checkpoint_key(path) } else { checkpoint_key(path) }
 }
 
 /// The Hugging Face key of a parameter given its burn path (they are the same by construction).
