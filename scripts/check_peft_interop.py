@@ -8,6 +8,9 @@ and compare logits (tolerance 1e-5). The recipes use `pooling = "pooler"`, the p
 `BertForSequenceClassification` applies.
 
     python scripts/check_peft_interop.py [--finetune target/release/finetune]
+    python scripts/check_peft_interop.py --families   # the RoBERTa, XLM-RoBERTa, DistilBERT and
+        # ELECTRA fixtures (tests/fixtures/encoders): LoRA and prompt tuning through each family's
+        # own *ForSequenceClassification head (AutoModelForSequenceClassification)
 
 Needs torch, transformers and peft. Exits non-zero on a mismatch.
 """
@@ -21,7 +24,7 @@ import tempfile
 
 import torch
 from peft import PeftModel
-from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, PreTrainedTokenizerFast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "fixtures", "tiny-bert")
@@ -61,12 +64,20 @@ def write_data(d):
             w.writerows(part)
 
 
-def recipe(d, name):
-    method = "prompt-tuning" if name == "prompt" else "lora"
+FAMILY_VARIANTS = {
+    "lora": '[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.1\ntarget_modules = ["query", "value", "q_lin", "v_lin"]\n',
+    "prompt": VARIANTS["prompt"],
+    # A whole fine-tuned model: saved under the family's keys, loaded by transformers alone.
+    "full": "",
+}
+
+
+def recipe(d, name, model, variants, run):
+    method = {"prompt": "prompt-tuning", "full": "full"}.get(name, "lora")
     text = f'''method = "{method}"
-model = "{TINY}"
+model = "{model}"
 seed = 3
-output_dir = "{d}/run-{name}"
+output_dir = "{d}/run-{run}"
 [data]
 dataset = "{d}"
 train = "train.csv"
@@ -78,45 +89,68 @@ pooling = "pooler"
 epochs = 2
 batch_size = 16
 learning_rate = 5e-3
-{VARIANTS[name]}'''
-    path = os.path.join(d, f"{name}.toml")
+{variants[name]}'''
+    path = os.path.join(d, f"{run}.toml")
     with open(path, "w") as f:
         f.write(text)
     return path
 
 
+def check(finetune, d, label, model_dir, name, variants, model_class):
+    """Train adapter `name` on `model_dir`, predict with finetune and with peft; True if equal."""
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
+    tok.backend_tokenizer.no_padding()
+    tok.backend_tokenizer.no_truncation()
+    run = f"{label}-{name}"
+    subprocess.run([finetune, "train", recipe(d, name, model_dir, variants, run), "--no-progress"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if name == "full":
+        merged = os.path.join(d, f"run-{run}", "model")
+        out = subprocess.run([finetune, "predict", "--model", merged, "--json", *TEXTS],
+                             check=True, capture_output=True, text=True).stdout
+        model = model_class.from_pretrained(merged, attn_implementation="eager").eval()
+    else:
+        adapter = os.path.join(d, f"run-{run}", "adapter")
+        out = subprocess.run([finetune, "predict", "--model", model_dir, "--adapter", adapter, "--json", *TEXTS],
+                             check=True, capture_output=True, text=True).stdout
+        n = len(json.loads(out.splitlines()[0])["logits"])
+        base = model_class.from_pretrained(model_dir, num_labels=n, ignore_mismatched_sizes=True,
+                                           attn_implementation="eager")
+        model = PeftModel.from_pretrained(base, adapter).eval()
+    ours = torch.tensor([json.loads(line)["logits"] for line in out.splitlines()])
+    theirs = []
+    with torch.no_grad():
+        for t in TEXTS:
+            enc = tok(t, truncation=True, max_length=32, return_tensors="pt")
+            if model.config.model_type == "distilbert":
+                enc.pop("token_type_ids", None)
+            theirs.append(model(**enc).logits[0])
+    diff = (ours - torch.stack(theirs)).abs().max().item()
+    ok = diff < 1e-5
+    print(f"| {label} {name} | {len(TEXTS)} | {diff:.2e}{'' if ok else ' FAIL'} |")
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--finetune", default=os.path.join(ROOT, "target", "release", "finetune"))
+    ap.add_argument("--families", action="store_true", help="the other encoder families' fixtures")
     args = ap.parse_args()
-    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(TINY, "tokenizer.json"))
-    tok.backend_tokenizer.no_padding()
-    tok.backend_tokenizer.no_truncation()
     failures = 0
     with tempfile.TemporaryDirectory() as d:
         write_data(d)
         print("| adapter | texts | max abs logit difference (finetune vs peft) |")
         print("|---|---|---|")
-        for name in VARIANTS:
-            subprocess.run([args.finetune, "train", recipe(d, name), "--no-progress"], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            adapter = os.path.join(d, f"run-{name}", "adapter")
-            out = subprocess.run([args.finetune, "predict", "--model", TINY, "--adapter", adapter, "--json", *TEXTS],
-                                 check=True, capture_output=True, text=True).stdout
-            ours = torch.tensor([json.loads(line)["logits"] for line in out.splitlines()])
-            base = BertForSequenceClassification.from_pretrained(TINY, num_labels=ours.shape[1],
-                                                                 ignore_mismatched_sizes=True,
-                                                                 attn_implementation="eager")
-            model = PeftModel.from_pretrained(base, adapter).eval()
-            theirs = []
-            with torch.no_grad():
-                for t in TEXTS:
-                    enc = tok(t, truncation=True, max_length=32, return_tensors="pt")
-                    theirs.append(model(**enc).logits[0])
-            diff = (ours - torch.stack(theirs)).abs().max().item()
-            ok = diff < 1e-5
-            failures += not ok
-            print(f"| {name} | {len(TEXTS)} | {diff:.2e}{'' if ok else ' FAIL'} |")
+        if args.families:
+            for family in ["tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra"]:
+                model_dir = os.path.join(ROOT, "tests", "fixtures", "encoders", family)
+                for name in FAMILY_VARIANTS:
+                    failures += not check(args.finetune, d, family, model_dir, name, FAMILY_VARIANTS,
+                                          AutoModelForSequenceClassification)
+        else:
+            for name in VARIANTS:
+                failures += not check(args.finetune, d, "tiny-bert", TINY, name, VARIANTS,
+                                      BertForSequenceClassification)
     sys.exit(1 if failures else 0)
 
 

@@ -120,9 +120,9 @@ impl FinetunedClassifier {
             (Some(n), _, _) => n.labels.clone(),
             (None, Some(l), _) => l.clone(),
             (None, None, Some(files)) => {
-                let head = ["base_model.model.classifier.weight", "base_model.classifier.weight"]
+                let head = ["model.classifier", "classifier", "model.classifier.out_proj", "classifier.out_proj"]
                     .iter()
-                    .find_map(|k| files.tensors.get(*k))
+                    .find_map(|m| files.tensors.get(&format!("base_model.{m}.weight")))
                     .context("the adapter has no classifier and the base model has no id2label")?;
                 (0..head.shape[0]).map(|i| format!("LABEL_{i}")).collect()
             }
@@ -137,10 +137,13 @@ impl FinetunedClassifier {
             None => base.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?,
         };
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
-        let positions = crate::models::bert::BertConfig::read(&base)?.max_position_embeddings;
+        let positions = crate::models::bert::BertConfig::read(&base)?.max_positions();
         let max_len = match max_length {
             Some(n) if n > positions => {
-                bail!("max_length {n} exceeds {}'s max_position_embeddings ({positions})", base.dir.display())
+                bail!(
+                    "max_length {n} exceeds the {positions} positions {}'s position table has room for",
+                    base.dir.display()
+                )
             }
             Some(n) => n,
             None => meta.as_ref().map_or(512, |m| m.max_length).min(positions),
@@ -162,8 +165,10 @@ impl FinetunedClassifier {
             }
             None => (model, None),
         };
-        let head_from_adapter =
-            adapter_files.as_ref().is_some_and(|f| f.tensors.keys().any(|k| k.ends_with("classifier.weight")));
+        let head_from_adapter = adapter_files.as_ref().is_some_and(|f| {
+            let classifier = format!("{}.weight", model.bert.family.classifier_module());
+            f.tensors.keys().any(|k| k.ends_with(&classifier))
+        });
         if !head_from_base && !head_from_adapter {
             bail!("{}: no trained classifier head in the model or the adapter", base.dir.display());
         }

@@ -107,18 +107,20 @@ pub enum Tuner {
 }
 
 impl Tuner {
-    /// `method` with its sections. `head_module` is the task's classifier module, if it has
-    /// one: adapter methods train it in full and save it with the adapter (as peft does for
-    /// sequence classification).
-    pub fn new(method: Method, sections: Sections<'_>, head_module: Option<&str>) -> Result<Self> {
+    /// `method` with its sections. `head_modules` are the task's head modules, if it has a
+    /// head: adapter methods train them in full and save them with the adapter (as peft does
+    /// with the classifier for sequence classification).
+    pub fn new(method: Method, sections: Sections<'_>, head_modules: &[String]) -> Result<Self> {
         Ok(match method {
             Method::Full | Method::Transfer => {
                 Self::Unfreezing { method, transfer: sections.transfer.clone(), batch_norm: sections.batch_norm }
             }
             Method::Lora => {
                 let mut cfg = sections.lora.context("method = \"lora\" needs a [lora] section")?.clone();
-                if let Some(head) = head_module.filter(|h| !cfg.saves(h)) {
-                    cfg.modules_to_save.push(head.to_string());
+                for head in head_modules {
+                    if !cfg.saves(head) {
+                        cfg.modules_to_save.push(head.clone());
+                    }
                 }
                 Self::Lora { cfg: Box::new(cfg), quantization: sections.quantization.cloned() }
             }
@@ -127,8 +129,10 @@ impl Tuner {
                     .prompt_tuning
                     .context("method = \"prompt-tuning\" needs a [prompt_tuning] section")?
                     .clone();
-                if let Some(head) = head_module.filter(|h| !lora::in_modules(h, &cfg.modules_to_save)) {
-                    cfg.modules_to_save.push(head.to_string());
+                for head in head_modules {
+                    if !lora::in_modules(head, &cfg.modules_to_save) {
+                        cfg.modules_to_save.push(head.clone());
+                    }
                 }
                 Self::PromptTuning(cfg)
             }

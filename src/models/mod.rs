@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod decoder;
 pub mod efficientnet_lite;
+pub mod encoder_family;
 pub mod generation;
 pub mod gguf_llama;
 pub mod gpt2;
@@ -154,7 +155,8 @@ pub fn describe_config(path: &std::path::Path) -> Result<String> {
         _ => {
             let c = BertConfig::read(&files)?;
             format!(
-                "BERT config: {} layers, hidden {}, {} heads, vocab {} ({} parameters)",
+                "{} encoder config: {} layers, hidden {}, {} heads, vocab {} ({} parameters)",
+                c.family.class_stem(),
                 c.num_hidden_layers,
                 c.hidden_size,
                 c.num_attention_heads,
@@ -226,11 +228,14 @@ pub fn load_text_classifier(
         if head == Head::New && info.path.starts_with("head.") {
             return (Vec::new(), true);
         }
-        let key = text_classifier::checkpoint_key(&info.path);
+        let key = text_classifier::checkpoint_key(cfg.family, &info.path);
         let mut candidates = vec![key.clone()];
-        if let Some(bare) = key.strip_prefix("bert.") {
+        // A bare encoder (`BertModel.save_pretrained`) has its keys without the prefix.
+        if let Some(bare) = key.strip_prefix(cfg.family.prefix()).and_then(|k| k.strip_prefix('.')) {
             candidates.push(bare.to_string());
-            if let Some(legacy) = bert::legacy_checkpoint_key(bare) {
+            if let Some(legacy) =
+                bert::legacy_checkpoint_key(bare).filter(|_| cfg.family == encoder_family::Family::Bert)
+            {
                 candidates.push(format!("bert.{legacy}"));
                 candidates.push(legacy);
             }

@@ -1,7 +1,9 @@
-//! A BERT encoder with a pooling step and a classification head
-//! (`BertForSequenceClassification` in Hugging Face terms, plus CLS and mean pooling).
+//! A BERT-family encoder with a pooling step and a classification head
+//! (`BertForSequenceClassification`, `RobertaForSequenceClassification`, ... in Hugging Face
+//! terms, plus CLS and mean pooling).
 
 use super::bert::{BertConfig, BertModel};
+use super::encoder_family::Family;
 use crate::data::batch::EncoderInput;
 use crate::nn::classification_head::{ClassificationHead, Pooling};
 use crate::nn::dense::Dense;
@@ -96,18 +98,22 @@ pub fn pool(bert: &BertModel, hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooli
     }
 }
 
-/// Hugging Face key for a parameter path of [`TextClassifier`] (`BertForSequenceClassification`
-/// names: `bert.…` for the encoder, `classifier.…` for the head).
-pub fn checkpoint_key(path: &str) -> String {
-    match path.strip_prefix("head.") {
-        Some(rest) => rest.to_string(),
-        None => super::bert::checkpoint_key(path),
+/// Hugging Face key for a parameter path of [`TextClassifier`] in the family's
+/// `*ForSequenceClassification` names: `bert.…`/`roberta.…`/... for the encoder, the family's
+/// classifier (`classifier`, `classifier.out_proj`) for the head.
+pub fn checkpoint_key(family: Family, path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("head.classifier") {
+        return format!("{}{rest}", family.classifier_module());
+    }
+    match path.strip_prefix("bert.") {
+        Some(rest) => family.key(rest),
+        None => path.to_string(),
     }
 }
 
 impl super::Adaptable for TextClassifier {
     fn checkpoint_key(&self, path: &str) -> String {
-        checkpoint_key(path)
+        checkpoint_key(self.bert.family, path)
     }
 
     fn layer_groups(&self) -> Vec<LayerGroup> {
@@ -128,18 +134,17 @@ impl super::Adaptable for TextClassifier {
     }
 
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
-        let mut out: Vec<(String, &Dense)> =
-            self.bert.dense_layers().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();
-        out.push(("classifier".into(), &self.head.classifier));
+        let mut out = self.bert.dense_layers();
+        out.push((self.bert.family.classifier_module().into(), &self.head.classifier));
         out
     }
     fn output_layer(&self) -> Option<String> {
-        Some("classifier".into())
+        Some(self.bert.family.classifier_module().into())
     }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
-        let mut out: Vec<(String, &mut Dense)> =
-            self.bert.dense_layers_mut().into_iter().map(|(n, d)| (format!("bert.{n}"), d)).collect();
-        out.push(("classifier".into(), &mut self.head.classifier));
+        let classifier = self.bert.family.classifier_module();
+        let mut out = self.bert.dense_layers_mut();
+        out.push((classifier.into(), &mut self.head.classifier));
         out
     }
 }
@@ -170,8 +175,8 @@ pub struct FinetuneMeta {
     pub quantization: Option<crate::quant::QuantConfig>,
 }
 
-/// Write a fine-tuned model directory: `model.safetensors` with `BertForSequenceClassification`
-/// keys, `config.json` with `id2label`/`label2id` (and our pooling under `"finetune"`), and the
+/// Write a fine-tuned model directory: `model.safetensors` with the family's
+/// `*ForSequenceClassification` keys, `config.json` with `id2label`/`label2id` (and our pooling under `"finetune"`), and the
 /// tokenizer files of the base model.
 ///
 /// With the pooler (`BertForSequenceClassification`'s own pooling) `transformers` computes our
@@ -189,7 +194,8 @@ pub fn save_model(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let tensors = super::checkpoint_tensors(model, checkpoint_key, |_| true);
+    let family = model.bert.family;
+    let tensors = super::checkpoint_tensors(model, |p| checkpoint_key(family, p), |_| true);
     let mut config = base.raw_config()?;
     let obj = config.as_object_mut().context("config.json is not an object")?;
     let id2label: serde_json::Map<String, serde_json::Value> =
@@ -197,7 +203,8 @@ pub fn save_model(
     let label2id: serde_json::Map<String, serde_json::Value> =
         labels.names().iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
     let pooler = model.pooling == crate::nn::classification_head::Pooling::Pooler;
-    let architecture = if pooler { "BertForSequenceClassification" } else { "BertModel" };
+    let stem = family.class_stem();
+    let architecture = if pooler { format!("{stem}ForSequenceClassification") } else { format!("{stem}Model") };
     obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("id2label".into(), id2label.into());
     obj.insert("label2id".into(), label2id.into());
@@ -215,7 +222,7 @@ pub fn save_model(
             }
         }
         if !pooler {
-            write_sentence_transformers(dir, model.pooling, &tensors, meta.max_length)?;
+            write_sentence_transformers(dir, model.pooling, &tensors, family.classifier_module(), meta.max_length)?;
         }
         Ok(())
     })
@@ -226,13 +233,14 @@ fn write_sentence_transformers(
     dir: &std::path::Path,
     pooling: crate::nn::classification_head::Pooling,
     tensors: &[(String, crate::io::safetensors::HostTensor)],
+    classifier: &str,
     max_length: usize,
 ) -> anyhow::Result<()> {
     use crate::nn::classification_head::Pooling;
     use anyhow::Context;
     let find =
         |k: &str| tensors.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).with_context(|| format!("no {k}"));
-    let (w, b) = (find("classifier.weight")?, find("classifier.bias")?);
+    let (w, b) = (find(&format!("{classifier}.weight"))?, find(&format!("{classifier}.bias"))?);
     let (labels, hidden) = (w.shape[0], w.shape[1]);
     let json = |path: std::path::PathBuf, v: serde_json::Value| -> anyhow::Result<()> {
         std::fs::create_dir_all(path.parent().expect("inside the directory"))?;

@@ -60,9 +60,10 @@ pub trait Task {
     fn skipped_rows(&self) -> usize {
         0
     }
-    /// The classifier's checkpoint module, which adapter methods train in full and save.
-    fn head_module(&self) -> Option<&'static str> {
-        None
+    /// The head's checkpoint modules (the classifier, and a new dense layer before it), which
+    /// adapter methods train in full and save.
+    fn head_modules(&self) -> Vec<String> {
+        Vec::new()
     }
     /// peft's `task_type` for this task's adapters (`SEQ_CLS`, `CAUSAL_LM`), if peft has one.
     fn peft_task_type(&self) -> Option<&'static str> {
@@ -194,7 +195,7 @@ pub fn run<T: Task>(
                 quantization: recipe.quantization.as_ref(),
                 batch_norm: recipe.image.batch_norm,
             };
-            let mut t = Tuner::new(method, sections, task.head_module())?;
+            let mut t = Tuner::new(method, sections, &task.head_modules())?;
             let mut model = task.load_model(&devices.train)?;
             t.quantize(&mut model)?;
             task.before_training(&model)?;

@@ -123,8 +123,8 @@ impl Task for AudioClassification {
     fn train_len(&self) -> usize {
         self.data.len(0)
     }
-    fn head_module(&self) -> Option<&'static str> {
-        Some("classifier")
+    fn head_modules(&self) -> Vec<String> {
+        vec!["classifier".into()]
     }
 
     fn load_model(&mut self, device: &Device) -> Result<WhisperAudioClassifier> {

@@ -147,8 +147,8 @@ impl<M: ImageBackbone + Clone + 'static> Task for ImageClassification<M> {
     fn train_len(&self) -> usize {
         self.data.len(0)
     }
-    fn head_module(&self) -> Option<&'static str> {
-        Some(M::CLASSIFIER_MODULE)
+    fn head_modules(&self) -> Vec<String> {
+        vec![M::CLASSIFIER_MODULE.into()]
     }
 
     fn load_model(&mut self, device: &Device) -> Result<M> {

@@ -10,9 +10,10 @@ use crate::inference::text::{MODEL_FILES, TokenExamples};
 use crate::io::hub::{self, RepoKind, sha256_file};
 use crate::io::safetensors::HostTensor;
 use crate::methods::Method;
+use crate::models::encoder_family::Family;
 use crate::models::text_classifier::{FinetuneMeta, TextClassifier, save_model};
 use crate::models::{Head, ModelDir, load_text_classifier};
-use crate::nn::classification_head::ClassificationHead;
+use crate::nn::classification_head::{ClassificationHead, Pooling};
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
 use crate::training::trainer::Examples;
@@ -34,6 +35,7 @@ pub struct TextClassification {
     data: TextData,
     /// The checkpoint's head if it was trained for exactly these labels, else a new one.
     head: Head,
+    family: Family,
     /// What `config.json` / `finetune.json` record; `method` is filled in when saving.
     meta: FinetuneMeta,
     head_dropout: f64,
@@ -46,7 +48,8 @@ impl TextClassification {
         let model_dir = ModelDir::open(&hub::resolve(&recipe.model, RepoKind::Model, &recipe.revision, &MODEL_FILES)?)?;
         let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer_path(), recipe.data.max_length)?;
         let prompt = recipe.prompt_tuning.as_ref().filter(|_| recipe.method == Method::PromptTuning);
-        check_fits(&model_dir, &tokenizer, recipe.data.max_length + prompt.map_or(0, |p| p.num_virtual_tokens))?;
+        let family =
+            check_fits(&model_dir, &tokenizer, recipe.data.max_length + prompt.map_or(0, |p| p.num_virtual_tokens))?;
         let data = load_text_data(&recipe.data, None, &tokenizer)?;
         tracing::info!(
             "{} labels {:?}; {} train / {} validation / {} test examples",
@@ -70,6 +73,7 @@ impl TextClassification {
             tokenizer,
             data,
             head,
+            family,
             meta,
             head_dropout: recipe.head.dropout,
             eval_batch_size: recipe.training.eval_batch_size,
@@ -93,13 +97,15 @@ impl TextClassification {
 
 /// The recipe's sequences fit the model's position table (`data.max_length`, plus a soft prompt's
 /// tokens) and the tokenizer's ids fit its embedding table; checked before anything is written.
-fn check_fits(model_dir: &ModelDir, tokenizer: &TextTokenizer, positions: usize) -> Result<()> {
+/// The model's family.
+fn check_fits(model_dir: &ModelDir, tokenizer: &TextTokenizer, positions: usize) -> Result<Family> {
     let cfg = crate::models::bert::BertConfig::read(model_dir)?;
     anyhow::ensure!(
-        positions <= cfg.max_position_embeddings,
-        "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has max_position_embeddings = {}: \
-         lower data.max_length",
+        positions <= cfg.max_positions(),
+        "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has room for {} \
+         (max_position_embeddings = {}): lower data.max_length",
         model_dir.config_path().display(),
+        cfg.max_positions(),
         cfg.max_position_embeddings
     );
     anyhow::ensure!(
@@ -109,7 +115,7 @@ fn check_fits(model_dir: &ModelDir, tokenizer: &TextTokenizer, positions: usize)
         tokenizer.vocab_size(),
         cfg.vocab_size
     );
-    Ok(())
+    Ok(cfg.family)
 }
 
 impl Task for TextClassification {
@@ -131,8 +137,14 @@ impl Task for TextClassification {
     fn skipped_rows(&self) -> usize {
         self.present().iter().map(|s| s.skipped).sum()
     }
-    fn head_module(&self) -> Option<&'static str> {
-        Some("classifier")
+    fn head_modules(&self) -> Vec<String> {
+        // peft's SEQ_CLS default saves "classifier"; DistilBERT's pre_classifier is a new layer
+        // of the head too (random in a base checkpoint), so it trains and travels with it.
+        let mut modules = vec!["classifier".to_string()];
+        if self.family == Family::DistilBert && self.meta.pooling == Pooling::Pooler {
+            modules.insert(0, Family::DistilBert.pooler_module().into());
+        }
+        modules
     }
     fn peft_task_type(&self) -> Option<&'static str> {
         Some("SEQ_CLS")
@@ -169,7 +181,6 @@ impl Task for TextClassification {
         Some(serde_json::json!({ "labels": self.data.labels.names(), "finetune": self.meta(method) }))
     }
     fn adapter_files(&self) -> Vec<(&'static str, String)> {
-        use crate::nn::classification_head::Pooling;
         let pooling = self.meta.pooling;
         if pooling == Pooling::Pooler {
             return Vec::new();

@@ -147,20 +147,39 @@ const TRAINING: &str = "[training]\nepochs = 1\nbatch_size = 4\neval_batch_size 
 
 #[test]
 fn text_classification_row() {
+    text_classification_row_for(&tiny_bert(), "mean", "[\"query\", \"value\"]", |k| {
+        k.starts_with("classifier.") || k.starts_with("bert.pooler.")
+    });
+}
+
+/// The other encoder families, with their own classification heads (`head.pooling = "pooler"`:
+/// RoBERTa's and ELECTRA's `classifier.dense`, DistilBERT's `pre_classifier`, new layers that
+/// every method trains with the classifier).
+#[test]
+fn text_classification_row_other_families() {
+    let families = fixtures().join("encoders");
+    let targets = "[\"query\", \"value\", \"q_lin\", \"v_lin\"]";
+    for name in ["tiny-roberta", "tiny-distilbert", "tiny-electra"] {
+        text_classification_row_for(&families.join(name), "pooler", targets, |k| {
+            k.starts_with("classifier.") || k.starts_with("pre_classifier.")
+        });
+    }
+}
+
+fn text_classification_row_for(model: &Path, pooling: &str, targets: &str, is_head: fn(&str) -> bool) {
     let tmp = tempfile::tempdir().unwrap();
     let data = uci_splits(tmp.path());
-    let model = tiny_bert();
     let recipe = format!(
         "model = \"{}\"\n[data]\ndataset = \"{}\"\ntrain = \"train.csv\"\nvalidation = \"validation.csv\"\ntest = \"test.csv\"\nmax_length = 32\n\
-         [feature_extraction]\ncache_dir = \"{}\"\n{TRAINING}\
-         [lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"query\", \"value\"]\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
+         [head]\npooling = \"{pooling}\"\n[feature_extraction]\ncache_dir = \"{}\"\n{TRAINING}\
+         [lora]\nr = 4\nlora_alpha = 8\ntarget_modules = {targets}\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
         model.display(),
         data.display(),
         tmp.path().join("features").display()
     );
     let test_file = data.join("test.csv");
+    let base = model.display().to_string();
     let reload = move |out: &Path, method: Method| {
-        let base = tiny_bert().display().to_string();
         let m = if method.is_peft() {
             finetune::inference::text::FinetunedClassifier::load(Some(&base), Some(&out.join("adapter")), "cpu", None)
         } else {
@@ -171,7 +190,7 @@ fn text_classification_row() {
                 None,
             )
         }
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{base} × {method:?}: {e:#}"));
         let cols = finetune::data::text::Columns { text: "text".into(), label: "label".into() };
         let metrics = m.evaluate_file(&test_file, &cols, 16, false).unwrap();
         assert!(metrics.loss.is_finite() && metrics.examples == 40, "{metrics:?}");
@@ -182,12 +201,15 @@ fn text_classification_row() {
             recipe,
             base: tensors(&model.join("model.safetensors")),
             base_key: |k| k.to_string(),
-            is_head: |k| k.starts_with("classifier.") || k.starts_with("bert.pooler."),
+            is_head,
             trains: |method, p| match method {
                 Method::FeatureExtraction => p.starts_with("classifier."),
                 Method::Transfer => p.starts_with("head.") || p.starts_with("bert.pooler."),
-                Method::Lora => p.contains(".lora.") || p.starts_with("head."),
-                Method::PromptTuning => p.starts_with("prompt.") || p.starts_with("head."),
+                // The pooler of a family whose head holds it is saved with the classifier.
+                Method::Lora => p.contains(".lora.") || p.starts_with("head.") || p.starts_with("bert.pooler."),
+                Method::PromptTuning => {
+                    p.starts_with("prompt.") || p.starts_with("head.") || p.starts_with("bert.pooler.")
+                }
                 _ => true,
             },
             reload: Box::new(reload),

@@ -77,6 +77,61 @@ fn tiny_bert_gradients_match_pytorch() {
     assert!(d < 1e-5, "embeddings LayerNorm gradient differs by {d}");
 }
 
+/// The reference batch of one of the other encoder families' fixtures, and the reference file.
+pub fn encoder_reference_input(name: &str, device: &Device) -> EncoderInput {
+    let refs = encoder_references();
+    let r = |k: &str| refs.tensor(&format!("{name}.{k}")).unwrap();
+    let ids = r("input_ids");
+    let [b, l] = [ids.shape[0], ids.shape[1]];
+    let int = |t: HostTensor| {
+        let v: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+        Tensor::<2, Int>::from_data(TensorData::new(v, [b, l]), device)
+    };
+    EncoderInput {
+        input_ids: int(ids),
+        token_type_ids: int(r("token_type_ids")),
+        attention_mask: Tensor::from_data(TensorData::new(r("attention_mask").data, [b, l]), device),
+    }
+}
+
+pub fn encoder_references() -> SafetensorsFile {
+    SafetensorsFile::open(&fixtures().join("encoders/encoders-reference.safetensors")).unwrap()
+}
+
+/// The other encoder families (tests/fixtures/encoders, made by scripts/make_encoder_fixtures.py
+/// with transformers' own classes): RoBERTa's offset positions (padding included), XLM-RoBERTa's
+/// names, DistilBERT's layer names and missing token types, ELECTRA's projected embeddings, and
+/// each family's classification head give transformers' hidden states and logits (1e-4), its
+/// loss and one attention weight's gradient (1e-5).
+#[test]
+fn encoder_families_match_transformers() {
+    let refs = encoder_references();
+    for name in ["tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra"] {
+        let r = |k: &str| refs.tensor(&format!("{name}.{k}")).unwrap();
+        let device = Device::flex().autodiff();
+        let dir = ModelDir::open(&fixtures().join("encoders").join(name)).unwrap();
+        let (model, report) = load_text_classifier(&dir, 3, Pooling::Pooler, 0.0, Head::FromCheckpoint, &device)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");
+        let model = model.without_dropout();
+        let input = encoder_reference_input(name, &device);
+        let b = input.input_ids.dims()[0];
+        let d = max_abs_diff(&values(model.bert.forward(&input)), &r("last_hidden_state").data);
+        assert!(d < 1e-4, "{name}: last_hidden_state differs by {d}");
+        let logits = model.forward(&input);
+        let d = max_abs_diff(&values(logits.clone()), &r("logits").data);
+        assert!(d < 1e-4, "{name}: logits differ by {d}");
+        let labels: Vec<i64> = r("labels").data.iter().map(|&v| v as i64).collect();
+        let loss = cross_entropy(logits, Tensor::from_data(TensorData::new(labels, [b]), &device));
+        let value: f32 = loss.clone().into_scalar();
+        assert!((value - r("loss").data[0]).abs() < 1e-5, "{name}: loss {value} vs {}", r("loss").data[0]);
+        let grads = loss.backward();
+        let q = model.bert.encoder.layer[0].attention.self_attn.query.weight.val().grad(&grads).unwrap();
+        let d = max_abs_diff(&values(q), &r("grad").transpose2().data);
+        assert!(d < 1e-5, "{name}: query gradient differs by {d}");
+    }
+}
+
 /// A checkpoint with bare keys (`embeddings.…`, as sentence-transformers saves) loads the same
 /// encoder as one with `bert.`-prefixed keys.
 #[test]

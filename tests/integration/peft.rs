@@ -37,6 +37,25 @@ fn peft_adapters_give_peft_logits() {
     }
 }
 
+/// peft LoRA adapters (SEQ_CLS, peft's default modules_to_save) on the RoBERTa, XLM-RoBERTa,
+/// DistilBERT and ELECTRA fixtures (scripts/make_encoder_fixtures.py) load over their base and
+/// give peft's logits (1e-5); the head comes from the adapter's `classifier` (RoBERTa's and
+/// ELECTRA's `classifier.dense` + `classifier.out_proj`).
+#[test]
+fn peft_adapters_of_other_encoder_families_give_peft_logits() {
+    let refs = super::numerics::encoder_references();
+    for name in ["tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra"] {
+        let base = fixtures().join("encoders").join(name).display().to_string();
+        let adapter = fixtures().join("encoders").join(format!("peft-{name}"));
+        let m = finetune::inference::text::FinetunedClassifier::load(Some(&base), Some(&adapter), "cpu", None)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let input = super::numerics::encoder_reference_input(name, &Device::flex());
+        let logits = values(m.model.forward(&input));
+        let d = max_abs_diff(&logits, &refs.tensor(&format!("{name}.peft_logits")).unwrap().data);
+        assert!(d < 1e-5, "{name}: logits differ from peft by {d}");
+    }
+}
+
 /// The number of trainable parameters equals peft's `print_trainable_parameters` for each config.
 #[test]
 fn trainable_parameter_counts_match_peft() {
@@ -208,7 +227,7 @@ fn method_setup_leaves_adapters_uninitialized() {
         quantization: None,
         batch_norm: Default::default(),
     };
-    let mut tuner = Tuner::new(Method::Lora, sections, Some("classifier")).unwrap();
+    let mut tuner = Tuner::new(Method::Lora, sections, &["classifier".to_string()]).unwrap();
     let model = tuner.attach(tiny(&device), &|_| unreachable!(), &device).unwrap();
     let hooks = tuner.hooks(&model);
     let (model, _) = hooks.set_trainable(model, 0, 0);
