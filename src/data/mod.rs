@@ -73,6 +73,23 @@ pub struct TokenizedSplit {
 }
 
 impl TokenizedSplit {
+    /// Tokenize a labelled split (texts, or text pairs with the second text as segment B).
+    pub fn new(name: &'static str, split: LabeledSplit, tokenizer: &TextTokenizer) -> Result<Self> {
+        let texts: Vec<&str> = split.texts.iter().map(String::as_str).collect();
+        let encoded = match &split.pairs {
+            Some(pairs) => tokenizer.encode_pairs(&texts, &pairs.iter().map(String::as_str).collect::<Vec<_>>())?,
+            None => tokenizer.encode_all(&texts)?,
+        };
+        Ok(Self {
+            name,
+            path: split.path,
+            encoded,
+            labels: split.labels,
+            skipped: split.skipped.len(),
+            texts: split.texts,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.encoded.len()
     }
@@ -110,19 +127,10 @@ pub fn load_text_data(cfg: &DataConfig, labels: Option<LabelSet>, tokenizer: &Te
         (None, None) => LabelSet::infer(&raw_train.rows)?,
     };
     let tokenize = |name: &'static str, split: LabeledSplit| -> Result<TokenizedSplit> {
-        let texts: Vec<&str> = split.texts.iter().map(String::as_str).collect();
-        let encoded = tokenizer.encode_all(&texts)?;
         if !split.skipped.is_empty() {
             tracing::warn!("{}: skipped {} bad row(s)", split.path.display(), split.skipped.len());
         }
-        Ok(TokenizedSplit {
-            name,
-            path: split.path,
-            encoded,
-            labels: split.labels,
-            skipped: split.skipped.len(),
-            texts: split.texts,
-        })
+        TokenizedSplit::new(name, split, tokenizer)
     };
     let train = tokenize("train", label_rows(raw_train, &labels, cfg.skip_bad_rows)?)?;
     if let Some(w) = class_imbalance(&train.labels, labels.names(), &train.path) {
@@ -174,6 +182,11 @@ pub struct DataConfig {
     pub text_column: String,
     #[serde(default = "default_label_column")]
     pub label_column: String,
+    /// Sentence-pair classification (NLI, paraphrase): the column of the second text, encoded
+    /// as the tokenizer's second segment (`[SEP]` between, token type 1 where the model has
+    /// token types).
+    #[serde(default)]
+    pub text_pair_column: Option<String>,
     /// Label names in id order; inferred (sorted) from the training split when absent.
     pub labels: Option<Vec<String>>,
     #[serde(default = "default_max_length")]
@@ -217,7 +230,11 @@ impl DataConfig {
     }
 
     pub fn columns(&self) -> Columns {
-        Columns { text: self.text_column.clone(), label: self.label_column.clone() }
+        Columns {
+            text: self.text_column.clone(),
+            label: self.label_column.clone(),
+            pair: self.text_pair_column.clone(),
+        }
     }
 }
 

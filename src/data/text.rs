@@ -1,4 +1,5 @@
-//! Text-classification datasets in CSV/TSV and JSON Lines, with named text and label columns.
+//! Text-classification datasets in CSV/TSV and JSON Lines, with named text and label columns (and
+//! a second text column for sentence pairs).
 //!
 //! A bad row (a malformed CSV line, a missing column, an empty text, a label outside the label
 //! set) is an error naming the file and line, unless the user asked to skip such rows; then it
@@ -14,11 +15,14 @@ use std::path::{Path, PathBuf};
 pub struct Columns {
     pub text: String,
     pub label: String,
+    /// The second text of a sentence pair (NLI, paraphrase), if the task has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
 }
 
 impl Default for Columns {
     fn default() -> Self {
-        Self { text: "text".into(), label: "label".into() }
+        Self { text: "text".into(), label: "label".into(), pair: None }
     }
 }
 
@@ -26,6 +30,8 @@ impl Default for Columns {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub text: String,
+    /// The second text, when the columns name a pair column.
+    pub pair: Option<String>,
     pub label: String,
     /// 1-based line number in the source file.
     pub line: usize,
@@ -51,6 +57,8 @@ pub struct RawSplit {
 pub struct LabeledSplit {
     pub path: PathBuf,
     pub texts: Vec<String>,
+    /// Second texts, one per text, for sentence-pair data.
+    pub pairs: Option<Vec<String>>,
     pub labels: Vec<usize>,
     pub skipped: Vec<BadRow>,
 }
@@ -151,6 +159,7 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
                 })
             };
             let (ti, li) = (find(&columns.text)?, find(&columns.label)?);
+            let pi = columns.pair.as_deref().map(find).transpose()?;
             // Lines from byte offsets: after CRLF endings the csv crate starts a record at the `\n`
             // of the line before, and counts lines one short.
             let line_starts: Vec<usize> =
@@ -168,7 +177,8 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
                     }
                     Ok(r) => {
                         let line = r.position().map(line_of).unwrap_or(0);
-                        match row_from_fields(r.get(ti), r.get(li), columns, line) {
+                        let pair = pi.map(|i| r.get(i));
+                        match row_from_fields(r.get(ti), pair, r.get(li), columns, line) {
                             Ok(row) => rows.push(row),
                             Err(reason) => bad(line, reason)?,
                         }
@@ -197,7 +207,9 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
                     }
                 };
                 let (t, l) = (field(&columns.text), field(&columns.label));
-                match row_from_fields(t.as_deref(), l.as_deref(), columns, line) {
+                let p = columns.pair.as_deref().map(field);
+                let p = p.as_ref().map(|p| p.as_deref());
+                match row_from_fields(t.as_deref(), p, l.as_deref(), columns, line) {
                     Ok(row) => rows.push(row),
                     Err(reason) => bad(line, reason)?,
                 }
@@ -219,25 +231,49 @@ fn csv_error_reason(e: &csv::Error) -> String {
     }
 }
 
-fn row_from_fields(text: Option<&str>, label: Option<&str>, cols: &Columns, line: usize) -> Result<Row, String> {
+/// `pair` is `None` without a pair column, `Some(None)` when the row lacks it.
+fn row_from_fields(
+    text: Option<&str>,
+    pair: Option<Option<&str>>,
+    label: Option<&str>,
+    cols: &Columns,
+    line: usize,
+) -> Result<Row, String> {
     let text = text.ok_or_else(|| format!("missing column '{}'", cols.text))?;
     let label = label.ok_or_else(|| format!("missing column '{}'", cols.label))?;
     if text.trim().is_empty() {
         return Err(format!("empty text in column '{}'", cols.text));
     }
+    let pair_column = cols.pair.as_deref().unwrap_or_default();
+    let pair = match pair {
+        None => None,
+        Some(None) => return Err(format!("missing column '{pair_column}'")),
+        Some(Some(p)) if p.trim().is_empty() => return Err(format!("empty text in column '{pair_column}'")),
+        Some(Some(p)) => Some(p.to_string()),
+    };
     if label.trim().is_empty() {
         return Err(format!("empty label in column '{}'", cols.label));
     }
-    Ok(Row { text: text.to_string(), label: label.trim().to_string(), line })
+    Ok(Row { text: text.to_string(), pair, label: label.trim().to_string(), line })
 }
 
 /// Map labels to ids; a label outside `labels` is a bad row.
 pub fn label_rows(raw: RawSplit, labels: &LabelSet, skip_bad_rows: bool) -> Result<LabeledSplit> {
-    let mut out = LabeledSplit { path: raw.path, texts: Vec::new(), labels: Vec::new(), skipped: raw.skipped };
+    let with_pairs = raw.rows.first().is_some_and(|r| r.pair.is_some());
+    let mut out = LabeledSplit {
+        path: raw.path,
+        texts: Vec::new(),
+        pairs: with_pairs.then(Vec::new),
+        labels: Vec::new(),
+        skipped: raw.skipped,
+    };
     for row in raw.rows {
         match labels.id(&row.label) {
             Some(id) => {
                 out.texts.push(row.text);
+                if let (Some(pairs), Some(p)) = (out.pairs.as_mut(), row.pair) {
+                    pairs.push(p);
+                }
                 out.labels.push(id);
             }
             None if skip_bad_rows => {
@@ -323,6 +359,30 @@ mod tests {
         assert!(err.contains("x.jsonl:5") && err.contains("unknown label '7'"), "{err}");
         let s = label_rows(raw, &labels, true).unwrap();
         assert_eq!((s.len(), s.skipped.len()), (1, 4));
+    }
+
+    #[test]
+    fn pair_column_is_read_and_its_absence_named() {
+        let d = tempfile::tempdir().unwrap();
+        let cols = Columns { text: "premise".into(), label: "label".into(), pair: Some("hypothesis".into()) };
+        let p = write(
+            d.path(),
+            "p.csv",
+            "premise,hypothesis,label\nA dog runs.,An animal moves.,entailment\nA cat.,,neutral\n",
+        );
+        let err = read_rows(&p, &cols, false).unwrap_err().to_string();
+        assert!(err.contains("p.csv:3") && err.contains("empty text in column 'hypothesis'"), "{err}");
+        let raw = read_rows(&p, &cols, true).unwrap();
+        assert_eq!(raw.rows[0].pair.as_deref(), Some("An animal moves."));
+        let labels = LabelSet::new(vec!["entailment".into(), "neutral".into()]).unwrap();
+        let split = label_rows(raw, &labels, false).unwrap();
+        assert_eq!(split.pairs, Some(vec!["An animal moves.".to_string()]));
+        let p = write(d.path(), "p.jsonl", "{\"premise\":\"A dog.\",\"label\":\"neutral\"}\n");
+        let err = read_rows(&p, &cols, false).unwrap_err().to_string();
+        assert!(err.contains("p.jsonl:1") && err.contains("missing column 'hypothesis'"), "{err}");
+        let p = write(d.path(), "h.csv", "premise,label\na,1\n");
+        let err = read_rows(&p, &cols, false).unwrap_err().to_string();
+        assert!(err.contains("no column 'hypothesis'"), "{err}");
     }
 
     #[test]

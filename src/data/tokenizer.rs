@@ -78,6 +78,19 @@ impl TextTokenizer {
         Ok(e.get_ids().to_vec())
     }
 
+    /// Tokenize text pairs (`firsts[i]`, `seconds[i]`): the tokenizer's pair template, truncation
+    /// from the longer text first.
+    pub fn encode_pairs(&self, firsts: &[&str], seconds: &[&str]) -> Result<Vec<Encoded>> {
+        anyhow::ensure!(firsts.len() == seconds.len(), "{} texts but {} second texts", firsts.len(), seconds.len());
+        let inputs: Vec<tokenizers::EncodeInput> =
+            firsts.iter().zip(seconds).map(|(a, b)| ((*a).to_string(), (*b).to_string()).into()).collect();
+        let encodings = self.inner.encode_batch(inputs, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
+            .collect())
+    }
+
     /// Tokenize many texts (in parallel inside the tokenizers crate).
     pub fn encode_all(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
         let inputs: Vec<tokenizers::EncodeInput> = texts.iter().map(|t| (*t).into()).collect();

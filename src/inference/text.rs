@@ -75,6 +75,8 @@ pub struct FinetunedClassifier {
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub text: String,
+    /// The second text, for a sentence-pair model.
+    pub text_pair: Option<String>,
     pub label: String,
     pub probabilities: Vec<(String, f32)>,
     pub logits: Vec<f32>,
@@ -218,6 +220,7 @@ impl FinetunedClassifier {
         let mut meta = self.meta.clone().unwrap_or(FinetuneMeta {
             pooling: self.model.pooling,
             max_length: 512,
+            text_pair: false,
             method: "merged".into(),
             base_model: self.base.dir.display().to_string(),
             quantization: None,
@@ -227,9 +230,27 @@ impl FinetunedClassifier {
         save_model(&self.model, &self.base, &self.labels, &meta, out)
     }
 
-    pub fn predict(&self, texts: &[String], batch_size: usize) -> Result<Vec<Prediction>> {
+    /// Whether the model classifies text pairs.
+    pub fn takes_pairs(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.text_pair)
+    }
+
+    /// Classify texts, or text pairs (`pairs[i]` the second text of `texts[i]`) for a
+    /// sentence-pair model.
+    pub fn predict(&self, texts: &[String], pairs: Option<&[String]>, batch_size: usize) -> Result<Vec<Prediction>> {
+        match (self.takes_pairs(), pairs) {
+            (true, None) => {
+                bail!("this model classifies text pairs: give the second texts (--pair, or tab-separated lines)")
+            }
+            (false, Some(_)) => bail!("this model classifies single texts, not pairs"),
+            (true, Some(p)) if p.len() != texts.len() => bail!("{} texts but {} second texts", texts.len(), p.len()),
+            _ => {}
+        }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encoded = self.tokenizer.encode_all(&refs)?;
+        let encoded = match pairs {
+            Some(p) => self.tokenizer.encode_pairs(&refs, &p.iter().map(String::as_str).collect::<Vec<_>>())?,
+            None => self.tokenizer.encode_all(&refs)?,
+        };
         let mut out = Vec::with_capacity(texts.len());
         let order: Vec<usize> = (0..texts.len()).collect();
         for batch in crate::data::batch::chunk(&order, batch_size) {
@@ -244,6 +265,7 @@ impl FinetunedClassifier {
                 let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
                 out.push(Prediction {
                     text: texts[i].clone(),
+                    text_pair: pairs.map(|p| p[i].clone()),
                     label: self.labels.names()[best].clone(),
                     probabilities: self.labels.names().iter().cloned().zip(p.iter().copied()).collect(),
                     logits: raw[row * k..(row + 1) * k].to_vec(),
@@ -263,16 +285,7 @@ impl FinetunedClassifier {
     ) -> Result<EvalMetrics> {
         let raw = crate::data::text::read_rows(path, columns, skip_bad_rows)?;
         let split = crate::data::text::label_rows(raw, &self.labels, skip_bad_rows)?;
-        let refs: Vec<&str> = split.texts.iter().map(String::as_str).collect();
-        let encoded = self.tokenizer.encode_all(&refs)?;
-        let tokenized = TokenizedSplit {
-            name: "test",
-            path: split.path,
-            texts: split.texts.clone(),
-            encoded,
-            labels: split.labels,
-            skipped: split.skipped.len(),
-        };
+        let tokenized = TokenizedSplit::new("test", split, &self.tokenizer)?;
         let data =
             TextData { labels: self.labels.clone(), train: tokenized.clone(), validation: None, test: Some(tokenized) };
         let examples = TokenExamples { data: &data, pad_id: self.tokenizer.pad_id(), device: self.device.clone() };

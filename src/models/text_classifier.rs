@@ -167,6 +167,9 @@ pub fn layer_group(path: &str) -> LayerGroup {
 pub struct FinetuneMeta {
     pub pooling: Pooling,
     pub max_length: usize,
+    /// The model classifies text pairs (`data.text_pair_column`): inputs are two texts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_pair: bool,
     pub method: String,
     pub base_model: String,
     /// The base's linear weights were 4-bit quantized during training (QLoRA); loading the

@@ -64,6 +64,7 @@ impl TextClassification {
         let meta = FinetuneMeta {
             pooling: recipe.head.pooling,
             max_length: recipe.data.max_length,
+            text_pair: recipe.data.text_pair_column.is_some(),
             method: String::new(),
             base_model: recipe.model.clone(),
             quantization: recipe.quantization.clone(),

@@ -191,7 +191,7 @@ fn text_classification_row_for(model: &Path, pooling: &str, targets: &str, is_he
             )
         }
         .unwrap_or_else(|e| panic!("{base} × {method:?}: {e:#}"));
-        let cols = finetune::data::text::Columns { text: "text".into(), label: "label".into() };
+        let cols = finetune::data::text::Columns::default();
         let metrics = m.evaluate_file(&test_file, &cols, 16, false).unwrap();
         assert!(metrics.loss.is_finite() && metrics.examples == 40, "{metrics:?}");
     };

@@ -383,3 +383,98 @@ fn exported_model_evaluates_and_predicts() {
         assert!(p.contains_key(l["label"].as_str().unwrap()));
     }
 }
+
+/// Sentence pairs (`data.text_pair_column`) on pairs of the real sentences (same or different
+/// sentiment): the second text is the tokenizer's segment B (token type 1 after the first
+/// `[SEP]`); the exported model records that it takes pairs, `eval` with the pair column gives
+/// the run's test metrics, and `predict` takes `--pair` or tab-separated lines and refuses single
+/// texts.
+#[test]
+fn sentence_pairs_train_evaluate_and_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = finetune::data::tokenizer::TextTokenizer::from_file(&tiny_bert().join("tokenizer.json"), 32).unwrap();
+    let e = &tok.encode_pairs(&["a great phone"], &["it broke"]).unwrap()[0];
+    let sep = e.ids.iter().position(|&i| i == 3).unwrap();
+    assert_eq!(e.ids.iter().filter(|&&i| i == 3).count(), 2, "{e:?}");
+    assert!(e.type_ids[..=sep].iter().all(|&t| t == 0) && e.type_ids[sep + 1..].iter().all(|&t| t == 1), "{e:?}");
+
+    let text = std::fs::read_to_string(fixtures().join("uci-sample.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let rows: Vec<(String, String)> =
+        reader.records().map(|r| r.unwrap()).map(|r| (r[0].into(), r[1].into())).collect();
+    let data = dir.path().join("pairs");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, range) in [("train", 0..120), ("validation", 120..160), ("test", 160..200)] {
+        let lines: Vec<String> = range
+            .map(|i| {
+                let (a, b) = (&rows[i], &rows[(i * 37 + i / 3) % rows.len()]);
+                let label = if a.1 == b.1 { "same" } else { "different" };
+                serde_json::json!({"premise": a.0, "hypothesis": b.0, "label": label}).to_string()
+            })
+            .collect();
+        std::fs::write(data.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+    let recipe = dir.path().join("pairs.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "method = \"full\"\nmodel = \"{}\"\nseed = 3\noutput_dir = \"{}\"\n[data]\ndataset = \"{}\"\n\
+             train = \"train.jsonl\"\nvalidation = \"validation.jsonl\"\ntest = \"test.jsonl\"\n\
+             text_column = \"premise\"\ntext_pair_column = \"hypothesis\"\nmax_length = 48\n\
+             [training]\nepochs = 1\nbatch_size = 8\nlearning_rate = 1e-3\n",
+            tiny_bert().display(),
+            dir.path().join("run").display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let report = train(&recipe, &[]);
+    let model = report.model_dir.display().to_string();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.model_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["finetune"]["text_pair"], true);
+
+    let finetune = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_finetune"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let test = data.join("test.jsonl").display().to_string();
+    let out = finetune(
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            &test,
+            "--text-column",
+            "premise",
+            "--text-pair-column",
+            "hypothesis",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy).abs() < 1e-9, "{metrics}");
+
+    let out = finetune(&["predict", "--model", &model, "--json", "Great phone.", "--pair", "It broke."], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_flag: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(by_flag["text_pair"], "It broke.");
+    let out = finetune(&["predict", "--model", &model, "--json"], "Great phone.\tIt broke.\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_stdin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(by_stdin["logits"], by_flag["logits"]);
+    let out = finetune(&["predict", "--model", &model, "Great phone."], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("classifies text pairs"), "{err}");
+}
