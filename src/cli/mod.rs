@@ -374,6 +374,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 (texts, (!pair.is_empty()).then_some(pair))
             };
             for p in m.predict(&texts, pairs.as_deref(), 32)? {
+                if let Some(score) = p.score {
+                    if json {
+                        println!("{}", serde_json::json!({"text": p.text, "text_pair": p.text_pair, "score": score}));
+                    } else {
+                        println!("{score:.4}\t{}", p.text);
+                    }
+                    continue;
+                }
                 if json {
                     let probs: serde_json::Map<String, serde_json::Value> =
                         p.probabilities.iter().map(|(l, v)| (l.clone(), (*v as f64).into())).collect();
@@ -530,10 +538,7 @@ fn print_eval(metrics: &crate::training::metrics::EvalMetrics, json: bool) -> Re
     if json {
         println!("{}", serde_json::to_string_pretty(metrics)?);
     } else {
-        println!(
-            "examples: {}\naccuracy: {:.4}\nmacro-F1: {:.4}\nloss:     {:.4}",
-            metrics.examples, metrics.accuracy, metrics.macro_f1, metrics.loss
-        );
+        println!("examples: {}\n{}\nloss:     {:.4}", metrics.examples, metrics.scores(), metrics.loss);
     }
     Ok(())
 }

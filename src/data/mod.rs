@@ -61,6 +61,35 @@ pub fn class_imbalance(labels: &[usize], names: &[String], source: &std::path::P
     ))
 }
 
+/// The targets of one split, in example order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// A class id per example.
+    Classes(Vec<usize>),
+    /// A value per example (regression).
+    Values(Vec<f32>),
+}
+
+impl Targets {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Classes(c) => c.len(),
+            Self::Values(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The classes, for a classification split.
+    pub fn classes(&self) -> Option<&[usize]> {
+        match self {
+            Self::Classes(c) => Some(c),
+            Self::Values(_) => None,
+        }
+    }
+}
+
 /// A tokenized split ready for batching.
 #[derive(Debug, Clone)]
 pub struct TokenizedSplit {
@@ -68,7 +97,7 @@ pub struct TokenizedSplit {
     pub path: PathBuf,
     pub texts: Vec<String>,
     pub encoded: Vec<Encoded>,
-    pub labels: Vec<usize>,
+    pub targets: Targets,
     pub skipped: usize,
 }
 
@@ -84,7 +113,7 @@ impl TokenizedSplit {
             name,
             path: split.path,
             encoded,
-            labels: split.labels,
+            targets: split.targets,
             skipped: split.skipped.len(),
             texts: split.texts,
         })
@@ -133,7 +162,7 @@ pub fn load_text_data(cfg: &DataConfig, labels: Option<LabelSet>, tokenizer: &Te
         TokenizedSplit::new(name, split, tokenizer)
     };
     let train = tokenize("train", label_rows(raw_train, &labels, cfg.skip_bad_rows)?)?;
-    if let Some(w) = class_imbalance(&train.labels, labels.names(), &train.path) {
+    if let Some(w) = train.targets.classes().and_then(|c| class_imbalance(c, labels.names(), &train.path)) {
         tracing::warn!("{w}");
     }
     let other = |file: &Option<String>, name: &'static str| -> Result<Option<TokenizedSplit>> {

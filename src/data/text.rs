@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::Targets;
+
 /// Which columns hold the text and the label.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Columns {
@@ -52,14 +54,14 @@ pub struct RawSplit {
     pub skipped: Vec<BadRow>,
 }
 
-/// A split with labels mapped to ids.
+/// A split with labels mapped to ids (or read as values, for a regression).
 #[derive(Debug, Clone)]
 pub struct LabeledSplit {
     pub path: PathBuf,
     pub texts: Vec<String>,
     /// Second texts, one per text, for sentence-pair data.
     pub pairs: Option<Vec<String>>,
-    pub labels: Vec<usize>,
+    pub targets: Targets,
     pub skipped: Vec<BadRow>,
 }
 
@@ -72,11 +74,13 @@ impl LabeledSplit {
     }
 }
 
-/// The label vocabulary: names in id order.
+/// The label vocabulary: names in id order. A regression's is one output, `LABEL_0`
+/// (transformers' name for it), and its labels are numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelSet {
     names: Vec<String>,
     index: HashMap<String, usize>,
+    values: bool,
 }
 
 impl LabelSet {
@@ -90,7 +94,17 @@ impl LabelSet {
         if names.len() < 2 {
             bail!("a classification task needs at least 2 labels, found {:?}", names);
         }
-        Ok(Self { names, index })
+        Ok(Self { names, index, values: false })
+    }
+
+    /// A regression's single output: the labels are numbers.
+    pub fn regression() -> Self {
+        Self { names: vec!["LABEL_0".into()], index: HashMap::from([("LABEL_0".to_string(), 0)]), values: true }
+    }
+
+    /// Whether the labels are numbers (a regression) rather than class names.
+    pub fn is_regression(&self) -> bool {
+        self.values
     }
 
     /// All labels seen in `rows`, sorted (numerically when every label is an integer).
@@ -257,40 +271,51 @@ fn row_from_fields(
     Ok(Row { text: text.to_string(), pair, label: label.trim().to_string(), line })
 }
 
-/// Map labels to ids; a label outside `labels` is a bad row.
+/// Map labels to ids (a label outside `labels` is a bad row), or, for a regression, read them
+/// as numbers (one that is not a finite number is a bad row).
 pub fn label_rows(raw: RawSplit, labels: &LabelSet, skip_bad_rows: bool) -> Result<LabeledSplit> {
     let with_pairs = raw.rows.first().is_some_and(|r| r.pair.is_some());
+    let (mut classes, mut values) = (Vec::new(), Vec::new());
     let mut out = LabeledSplit {
         path: raw.path,
         texts: Vec::new(),
         pairs: with_pairs.then(Vec::new),
-        labels: Vec::new(),
+        targets: Targets::Classes(Vec::new()),
         skipped: raw.skipped,
     };
     for row in raw.rows {
-        match labels.id(&row.label) {
-            Some(id) => {
+        let target = if labels.is_regression() {
+            row.label
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(|v| values.push(v))
+                .ok_or_else(|| format!("label '{}' is not a number (a regression's labels are numbers)", row.label))
+        } else {
+            labels
+                .id(&row.label)
+                .map(|id| classes.push(id))
+                .ok_or_else(|| format!("unknown label '{}' (labels: {})", row.label, labels.names().join(", ")))
+        };
+        match target {
+            Ok(()) => {
                 out.texts.push(row.text);
                 if let (Some(pairs), Some(p)) = (out.pairs.as_mut(), row.pair) {
                     pairs.push(p);
                 }
-                out.labels.push(id);
             }
-            None if skip_bad_rows => {
-                out.skipped.push(BadRow { line: row.line, reason: format!("unknown label '{}'", row.label) })
-            }
-            None => bail!(
-                "{}:{}: unknown label '{}' (labels: {}) (set skip_bad_rows = true to skip and count such rows)",
+            Err(reason) if skip_bad_rows => out.skipped.push(BadRow { line: row.line, reason }),
+            Err(reason) => bail!(
+                "{}:{}: {reason} (set skip_bad_rows = true to skip and count such rows)",
                 out.path.display(),
                 row.line,
-                row.label,
-                labels.names().join(", ")
             ),
         }
     }
     if out.texts.is_empty() {
         bail!("{}: no usable rows after label mapping", out.path.display());
     }
+    out.targets = if labels.is_regression() { Targets::Values(values) } else { Targets::Classes(classes) };
     Ok(out)
 }
 
@@ -314,7 +339,7 @@ mod tests {
         let labels = LabelSet::infer(&raw.rows).unwrap();
         assert_eq!(labels.names(), ["neg", "pos"]);
         let s = label_rows(raw, &labels, false).unwrap();
-        assert_eq!(s.labels, vec![1, 0]);
+        assert_eq!(s.targets, Targets::Classes(vec![1, 0]));
     }
 
     #[test]

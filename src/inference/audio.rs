@@ -6,8 +6,10 @@ use crate::data::audio_set::{AudioAugment, AudioData, AudioSplit, prepare_mel, r
 use crate::data::log_mel::SAMPLE_RATE;
 use crate::models::ModelDir;
 use crate::models::whisper::{WhisperAudioClassifier, WhisperConfig};
+use crate::training::loss::Scored;
+use crate::training::loss::classification_loss;
 use crate::training::metrics::EvalMetrics;
-use crate::training::trainer::{Examples, Split, classification_loss, evaluate};
+use crate::training::trainer::{Examples, Split, evaluate};
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
@@ -40,12 +42,7 @@ impl Examples<WhisperAudioClassifier> for AudioExamples<'_> {
     fn len(&self, split: Split) -> usize {
         self.data.len(split.slot())
     }
-    fn loss(
-        &self,
-        model: &WhisperAudioClassifier,
-        split: Split,
-        indices: &[usize],
-    ) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &WhisperAudioClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         classification_loss(model.forward(self.batch(split, indices)), self.labels(split), indices)
     }
 }

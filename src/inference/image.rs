@@ -8,8 +8,10 @@ use crate::methods::lora;
 use crate::models::Head;
 use crate::models::ModelDir;
 use crate::models::image_classifier::{AnyImageClassifier, ImageBackbone, ImageConfig, load_image_classifier};
+use crate::training::loss::Scored;
+use crate::training::loss::classification_loss;
 use crate::training::metrics::EvalMetrics;
-use crate::training::trainer::{Examples, Split, classification_loss, evaluate};
+use crate::training::trainer::{Examples, Split, evaluate};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,7 @@ impl<M: ImageBackbone> Examples<M> for ImageExamples<'_> {
     fn len(&self, split: Split) -> usize {
         ImageExamples::len(self, split)
     }
-    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         classification_loss(model.forward(self.batch(split, indices)), self.labels(split), indices)
     }
     fn prefetch(&self, split: Split, indices: &[usize]) {
@@ -100,7 +102,7 @@ impl Examples<AnyImageClassifier> for ImageExamples<'_> {
     fn len(&self, split: Split) -> usize {
         ImageExamples::len(self, split)
     }
-    fn loss(&self, model: &AnyImageClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &AnyImageClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         classification_loss(model.forward(self.batch(split, indices)), self.labels(split), indices)
     }
 }

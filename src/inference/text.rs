@@ -12,9 +12,10 @@ use crate::io::peft::{AdapterFiles, NOTES_FILE};
 use crate::methods::{Tuner, lora};
 use crate::models::text_classifier::{FinetuneMeta, TextClassifier, save_model};
 use crate::models::{Head, ModelDir, load_text_classifier};
-use crate::nn::classification_head::Pooling;
+use crate::nn::classification_head::{Pooling, ProblemType};
+use crate::training::loss::{self, Scored};
 use crate::training::metrics::EvalMetrics;
-use crate::training::trainer::{Examples, Split, classification_loss, evaluate};
+use crate::training::trainer::{Examples, Split, evaluate};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
@@ -45,10 +46,10 @@ impl Examples<TextClassifier> for TokenExamples<'_> {
     fn len(&self, split: Split) -> usize {
         self.split(split).map_or(0, TokenizedSplit::len)
     }
-    fn loss(&self, model: &TextClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &TextClassifier, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         let s = self.split(split).expect("split present");
         let logits = model.forward(&collate(&s.encoded, indices, self.pad_id, &self.device));
-        classification_loss(logits, &s.labels, indices)
+        loss::loss(&s.targets, logits, indices)
     }
     fn lengths(&self, split: Split) -> Option<Vec<usize>> {
         self.split(split).map(|s| s.encoded.iter().map(|e| e.ids.len()).collect())
@@ -77,6 +78,8 @@ pub struct Prediction {
     pub text: String,
     /// The second text, for a sentence-pair model.
     pub text_pair: Option<String>,
+    /// A regression's prediction (its one output); `label` and `probabilities` are then empty.
+    pub score: Option<f32>,
     pub label: String,
     pub probabilities: Vec<(String, f32)>,
     pub logits: Vec<f32>,
@@ -133,11 +136,13 @@ impl FinetunedClassifier {
                 base.dir.display()
             ),
         };
-        let labels = LabelSet::new(names)?;
         let meta: Option<FinetuneMeta> = match &notes {
             Some(n) => Some(n.finetune.clone()),
             None => base.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?,
         };
+        let regression = meta.as_ref().is_some_and(|m| m.problem_type == ProblemType::Regression)
+            || base.raw_config()?.get("problem_type").and_then(|p| p.as_str()) == Some("regression");
+        let labels = if regression { LabelSet::regression() } else { LabelSet::new(names)? };
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
         let positions = crate::models::bert::BertConfig::read(&base)?.max_positions();
         let max_len = match max_length {
@@ -221,6 +226,7 @@ impl FinetunedClassifier {
             pooling: self.model.pooling,
             max_length: 512,
             text_pair: false,
+            problem_type: Default::default(),
             method: "merged".into(),
             base_model: self.base.dir.display().to_string(),
             quantization: None,
@@ -228,6 +234,11 @@ impl FinetunedClassifier {
         // A merged model is plain f32, whatever the adapter was trained over.
         meta.quantization = None;
         save_model(&self.model, &self.base, &self.labels, &meta, out)
+    }
+
+    /// Whether the model predicts a number (a regression) rather than a class.
+    pub fn is_regression(&self) -> bool {
+        self.labels.is_regression()
     }
 
     /// Whether the model classifies text pairs.
@@ -261,14 +272,29 @@ impl FinetunedClassifier {
             let values: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec().expect("f32");
             let k = self.labels.len();
             for (row, &i) in batch.iter().enumerate() {
+                let logits = raw[row * k..(row + 1) * k].to_vec();
+                let (text, text_pair) = (texts[i].clone(), pairs.map(|p| p[i].clone()));
+                if self.is_regression() {
+                    let score = Some(logits[0]);
+                    out.push(Prediction {
+                        text,
+                        text_pair,
+                        score,
+                        label: String::new(),
+                        probabilities: Vec::new(),
+                        logits,
+                    });
+                    continue;
+                }
                 let p = &values[row * k..(row + 1) * k];
                 let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
                 out.push(Prediction {
-                    text: texts[i].clone(),
-                    text_pair: pairs.map(|p| p[i].clone()),
+                    text,
+                    text_pair,
+                    score: None,
                     label: self.labels.names()[best].clone(),
                     probabilities: self.labels.names().iter().cloned().zip(p.iter().copied()).collect(),
-                    logits: raw[row * k..(row + 1) * k].to_vec(),
+                    logits,
                 });
             }
         }

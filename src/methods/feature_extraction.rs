@@ -3,9 +3,11 @@
 //! task computes the key and the features; `pipeline::features` runs the method), so head
 //! training (and a rerun) never runs the backbone again.
 
+use crate::data::Targets;
 use crate::io::safetensors::{HostTensor, SafetensorsFile, write_safetensors};
 use crate::nn::classification_head::ClassificationHead;
-use crate::training::trainer::{Examples, Split, classification_loss};
+use crate::training::loss::{self, Scored};
+use crate::training::trainer::{Examples, Split};
 use anyhow::Result;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -82,19 +84,19 @@ pub fn load_or_compute_with(
 /// Cached features of a head trained alone, for the trainer.
 pub struct FeatureExamples {
     pub features: [Option<Tensor<2>>; 3],
-    pub labels: [Vec<usize>; 3],
+    pub targets: [Targets; 3],
 }
 
 impl Examples<ClassificationHead> for FeatureExamples {
     fn len(&self, split: Split) -> usize {
-        self.labels[split.slot()].len()
+        self.targets[split.slot()].len()
     }
-    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         let features = self.features[split.slot()].as_ref().expect("split present");
         let device = features.device();
         let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [indices.len()]), &device);
-        classification_loss(head.forward(features.clone().select(0, idx)), &self.labels[split.slot()], indices)
+        loss::loss(&self.targets[split.slot()], head.forward(features.clone().select(0, idx)), indices)
     }
 }
 

@@ -5,7 +5,7 @@
 use super::bert::{BertConfig, BertModel};
 use super::encoder_family::Family;
 use crate::data::batch::EncoderInput;
-use crate::nn::classification_head::{ClassificationHead, Pooling};
+use crate::nn::classification_head::{ClassificationHead, Pooling, ProblemType};
 use crate::nn::dense::Dense;
 use crate::nn::layer_group::LayerGroup;
 use crate::nn::soft_prompt::SoftPrompt;
@@ -162,6 +162,10 @@ pub fn layer_group(path: &str) -> LayerGroup {
     }
 }
 
+fn is_classification(p: &ProblemType) -> bool {
+    *p == ProblemType::SingleLabelClassification
+}
+
 /// Settings that finetune stores in a fine-tuned model's `config.json` under `"finetune"`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FinetuneMeta {
@@ -170,6 +174,9 @@ pub struct FinetuneMeta {
     /// The model classifies text pairs (`data.text_pair_column`): inputs are two texts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub text_pair: bool,
+    /// A regression (one output, its value the prediction) or a classifier.
+    #[serde(default, skip_serializing_if = "is_classification")]
+    pub problem_type: ProblemType,
     pub method: String,
     pub base_model: String,
     /// The base's linear weights were 4-bit quantized during training (QLoRA); loading the
@@ -212,6 +219,8 @@ pub fn save_model(
     obj.insert("id2label".into(), id2label.into());
     obj.insert("label2id".into(), label2id.into());
     obj.insert("num_labels".into(), labels.len().into());
+    // transformers' loss follows `problem_type` (MSE for "regression", as trained here).
+    obj.insert("problem_type".into(), meta.problem_type.name().into());
     obj.insert("finetune".into(), serde_json::to_value(meta)?);
     crate::io::atomic::replace_dir_atomic(out, |dir| {
         let mut metadata = std::collections::HashMap::new();

@@ -65,6 +65,28 @@ pub struct HeadConfig {
     /// Dropout before the classifier (HF: `classifier_dropout`, else `hidden_dropout_prob`).
     #[serde(default = "default_head_dropout")]
     pub dropout: f64,
+    /// transformers' `problem_type`: one class per example (cross-entropy), or a number
+    /// (`"regression"`: one output, mean squared error; labels are numbers).
+    #[serde(default)]
+    pub problem_type: ProblemType,
+}
+
+/// What a head predicts, with transformers' names (`config.json`'s `problem_type`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    #[default]
+    SingleLabelClassification,
+    Regression,
+}
+
+impl ProblemType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SingleLabelClassification => "single_label_classification",
+            Self::Regression => "regression",
+        }
+    }
 }
 
 fn default_pooling() -> Pooling {
@@ -83,6 +105,6 @@ impl HeadConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { pooling: default_pooling(), dropout: default_head_dropout() }
+        Self { pooling: default_pooling(), dropout: default_head_dropout(), problem_type: ProblemType::default() }
     }
 }

@@ -5,6 +5,7 @@
 //! augmented batch instead (still without autodiff).
 
 use super::{Devices, Task};
+use crate::data::Targets;
 use crate::io::params::list_params;
 use crate::methods::feature_extraction::{FeatureExamples, load_or_compute_with, to_tensor};
 use crate::methods::is_buffer;
@@ -72,12 +73,12 @@ pub fn train_head<T: Task>(
                 task.compute_features(&model, i, progress)
             })?;
             let mut computed = cached.splits.iter();
-            let labels = [0, 1, 2].map(|slot| task.split_labels(slot));
+            let targets = [0, 1, 2].map(|slot| task.split_targets(slot));
             let examples = FeatureExamples {
-                features: labels
+                features: targets
                     .each_ref()
                     .map(|l| l.as_ref().map(|_| to_tensor(computed.next().expect("one per split"), &devices.base))),
-                labels: labels.map(Option::unwrap_or_default),
+                targets: targets.map(|t| t.unwrap_or(Targets::Classes(Vec::new()))),
             };
             let outcome = train(fresh, &examples, cfg, &HeadOnly, run, resume, &devices.train)?;
             let head = outcome.best_model.valid();

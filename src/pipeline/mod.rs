@@ -129,8 +129,8 @@ pub trait Task {
     fn feature_splits(&self) -> Vec<(&'static str, usize)> {
         Vec::new()
     }
-    /// The labels of split `slot` (0 train, 1 validation, 2 test).
-    fn split_labels(&self, _slot: usize) -> Option<Vec<usize>> {
+    /// The targets of split `slot` (0 train, 1 validation, 2 test).
+    fn split_targets(&self, _slot: usize) -> Option<crate::data::Targets> {
         None
     }
     /// What the cached features depend on (weights, preprocessing, every example).
@@ -215,7 +215,7 @@ pub fn run<T: Task>(
         }
     };
     if let Some(t) = &test {
-        tracing::info!("test: loss {:.4} accuracy {:.4} macro-F1 {:.4}", t.loss, t.accuracy, t.macro_f1);
+        tracing::info!("test: loss {:.4} {}", t.loss, t.scores());
     }
 
     let model_dir = match &tuner {

@@ -76,20 +76,14 @@ impl<E: ReportExtra> TrainReport<E> {
             out.push(format!("features:      {s:.1} s ({how})"));
         }
         match &self.best {
-            Some(b) if self.extra.classifies() => out.push(format!(
-                "best epoch:    {} (validation accuracy {:.4}, macro-F1 {:.4})",
-                b.epoch + 1,
-                b.metrics.accuracy,
-                b.metrics.macro_f1
-            )),
+            Some(b) if self.extra.classifies() => {
+                out.push(format!("best epoch:    {} (validation {})", b.epoch + 1, b.metrics.scores()))
+            }
             Some(b) => out.push(format!("best epoch:    {} (validation loss {:.4})", b.epoch + 1, b.metrics.loss)),
             None => {}
         }
         if let Some(t) = self.test.as_ref().filter(|_| self.extra.classifies()) {
-            out.push(format!(
-                "test accuracy: {:.4} (macro-F1 {:.4}, loss {:.4}, {} examples)",
-                t.accuracy, t.macro_f1, t.loss, t.examples
-            ));
+            out.push(format!("test:          {} (loss {:.4}, {} examples)", t.scores(), t.loss, t.examples));
         }
         out.extend(self.extra.summary());
         out.push(format!("saved:         {}", self.model_dir.display()));

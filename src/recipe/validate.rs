@@ -43,6 +43,32 @@ impl Task {
 }
 
 impl Recipe {
+    /// A regression (text classification only) selects checkpoints on loss or a correlation, a
+    /// classifier on accuracy, macro-F1 or loss.
+    fn check_problem_type(&self) -> Result<()> {
+        use crate::nn::classification_head::ProblemType;
+        use crate::training::config::Metric;
+        let regression = self.head.problem_type == ProblemType::Regression;
+        if regression && self.task != Task::TextClassification {
+            bail!("head.problem_type = \"regression\" is available for task = \"text-classification\" only");
+        }
+        let metric = self.training.metric;
+        let fits = match metric {
+            Metric::Loss => true,
+            Metric::Pearson | Metric::Spearman => regression,
+            Metric::Accuracy | Metric::MacroF1 => !regression,
+        };
+        if !fits {
+            let choices = if regression { "pearson, spearman, loss" } else { "accuracy, macro_f1, loss" };
+            bail!(
+                "training.metric = \"{}\" does not apply to head.problem_type = \"{}\"; choose one of: {choices}",
+                metric.name(),
+                self.head.problem_type.name()
+            );
+        }
+        Ok(())
+    }
+
     /// Check the recipe as far as that is possible without reading a file.
     pub fn validate(&self) -> Result<()> {
         let task = self.task;
@@ -95,6 +121,7 @@ impl Recipe {
         }
         if task.has_head() {
             self.head.validate()?;
+            self.check_problem_type()?;
         }
         match task {
             Task::AudioClassification => self.audio.validate()?,

@@ -4,6 +4,7 @@
 //! full fine-tuning. Clips are placed in a window of `audio.seconds` (Whisper's 30 s, or shorter
 //! for short clips) and turned into Whisper's log-Mel features.
 
+use crate::data::Targets;
 use crate::data::audio_set::{AudioData, AudioSplit, load_audio_data, prepare_mel, window_frames};
 use crate::inference::audio::AudioExamples;
 use crate::io::hub::{self, RepoKind};
@@ -14,7 +15,9 @@ use crate::models::whisper::{WhisperAudioClassifier, WhisperConfig, save_classif
 use crate::nn::classification_head::ClassificationHead;
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
-use crate::training::trainer::{Examples, Split, classification_loss};
+use crate::training::loss::Scored;
+use crate::training::loss::classification_loss;
+use crate::training::trainer::{Examples, Split};
 use anyhow::Result;
 use burn::prelude::*;
 use sha2::{Digest, Sha256};
@@ -101,7 +104,7 @@ impl Examples<ClassificationHead> for FrozenEncoderExamples<'_> {
     fn len(&self, split: Split) -> usize {
         self.clips.data.len(split.slot())
     }
-    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         let features = self.encoder.features(self.clips.batch(split, indices));
         classification_loss(head.forward(features), self.clips.labels(split), indices)
     }
@@ -165,8 +168,8 @@ impl Task for AudioClassification {
     fn feature_splits(&self) -> Vec<(&'static str, usize)> {
         self.present().iter().map(|s| (s.name, s.len())).collect()
     }
-    fn split_labels(&self, slot: usize) -> Option<Vec<usize>> {
-        self.data.split(slot).map(|s| s.labels.clone())
+    fn split_targets(&self, slot: usize) -> Option<Targets> {
+        self.data.split(slot).map(|s| Targets::Classes(s.labels.clone()))
     }
 
     /// The weights, config, window, and every split's samples and labels.

@@ -18,8 +18,10 @@ use crate::pipeline::{self, Devices, ReportExtra, Task, TrainReport};
 use crate::quant::QuantConfig;
 use crate::recipe::{Recipe, Task as TaskKind};
 use crate::training::checkpoint::{RunDir, TrainState};
+use crate::training::loss::Scored;
+use crate::training::loss::cross_entropy;
 use crate::training::metrics::EvalMetrics;
-use crate::training::trainer::{Examples, Split, TrainerConfig, cross_entropy, evaluate};
+use crate::training::trainer::{Examples, Split, TrainerConfig, evaluate};
 use anyhow::Result;
 use burn::module::Module;
 use burn::prelude::*;
@@ -78,7 +80,7 @@ impl Examples<LlamaForCausalLM> for LmExamples {
     /// 49k-wide product on SmolLM2, 262k on Gemma 3) runs only on the positions that have a
     /// target, and with a tied head fused with the loss a chunk of rows at a time
     /// (`ops::head_loss`: the whole `[targets, vocab]` logits never exist).
-    fn loss(&self, model: &LlamaForCausalLM, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &LlamaForCausalLM, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         let s = &self.splits[split.slot()];
         let batch: Vec<&SftExample> = indices.iter().map(|&i| &s[i]).collect();
         let len = batch.iter().map(|e| e.ids.len()).max().unwrap_or(1);
@@ -123,7 +125,12 @@ pub struct LmMetrics {
 
 impl From<EvalMetrics> for LmMetrics {
     fn from(m: EvalMetrics) -> Self {
-        Self { loss: m.loss, perplexity: m.loss.exp(), token_accuracy: m.accuracy, examples: m.examples }
+        Self {
+            loss: m.loss,
+            perplexity: m.loss.exp(),
+            token_accuracy: m.accuracy.unwrap_or_default(),
+            examples: m.examples,
+        }
     }
 }
 

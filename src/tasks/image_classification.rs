@@ -5,6 +5,7 @@
 //! convolutions (adapter plus the merged model). The model is saved under the base checkpoint's
 //! keys with the new classes in `config.json`.
 
+use crate::data::Targets;
 use crate::data::image::{AugmentConfig, ImageData, ImageSplit, Transform, load_image_data, prepare_pixels};
 use crate::inference::image::ImageExamples;
 use crate::io::hub::{self, RepoKind};
@@ -19,7 +20,9 @@ use crate::models::resnet::ResNet;
 use crate::nn::classification_head::ClassificationHead;
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
-use crate::training::trainer::{Examples, Split, classification_loss};
+use crate::training::loss::Scored;
+use crate::training::loss::classification_loss;
+use crate::training::trainer::{Examples, Split};
 use anyhow::Result;
 use burn::prelude::*;
 use sha2::{Digest, Sha256};
@@ -122,7 +125,7 @@ impl<M: ImageBackbone> Examples<ClassificationHead> for FrozenBackboneExamples<'
     fn len(&self, split: Split) -> usize {
         self.images.len(split)
     }
-    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, head: &ClassificationHead, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         let features = self.backbone.features(self.images.batch(split, indices));
         classification_loss(head.forward(features), self.images.labels(split), indices)
     }
@@ -194,8 +197,8 @@ impl<M: ImageBackbone + Clone + 'static> Task for ImageClassification<M> {
     fn feature_splits(&self) -> Vec<(&'static str, usize)> {
         self.present().iter().map(|s| (s.name, s.len())).collect()
     }
-    fn split_labels(&self, slot: usize) -> Option<Vec<usize>> {
-        self.data.split(slot).map(|s| s.labels.clone())
+    fn split_targets(&self, slot: usize) -> Option<Targets> {
+        self.data.split(slot).map(|s| Targets::Classes(s.labels.clone()))
     }
 
     /// The weights, config and transform, and every split's pixels and labels.

@@ -3,7 +3,9 @@
 //! features, full, transfer, LoRA/QLoRA, prompt tuning). The model is saved with
 //! `BertForSequenceClassification` keys; adapters as peft's `SEQ_CLS` adapters.
 
+use crate::data::Targets;
 use crate::data::batch::{chunk, collate, length_sorted};
+use crate::data::text::LabelSet;
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::{TextData, TokenizedSplit, load_text_data};
 use crate::inference::text::{MODEL_FILES, TokenExamples};
@@ -13,7 +15,7 @@ use crate::methods::Method;
 use crate::models::encoder_family::Family;
 use crate::models::text_classifier::{FinetuneMeta, TextClassifier, save_model};
 use crate::models::{Head, ModelDir, load_text_classifier};
-use crate::nn::classification_head::{ClassificationHead, Pooling};
+use crate::nn::classification_head::{ClassificationHead, Pooling, ProblemType};
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
 use crate::training::trainer::Examples;
@@ -50,11 +52,15 @@ impl TextClassification {
         let prompt = recipe.prompt_tuning.as_ref().filter(|_| recipe.method == Method::PromptTuning);
         let family =
             check_fits(&model_dir, &tokenizer, recipe.data.max_length + prompt.map_or(0, |p| p.num_virtual_tokens))?;
-        let data = load_text_data(&recipe.data, None, &tokenizer)?;
+        let regression = recipe.head.problem_type == ProblemType::Regression;
+        let data = load_text_data(&recipe.data, regression.then(LabelSet::regression), &tokenizer)?;
         tracing::info!(
-            "{} labels {:?}; {} train / {} validation / {} test examples",
-            data.labels.len(),
-            data.labels.names(),
+            "{}; {} train / {} validation / {} test examples",
+            if regression {
+                "regression (labels are numbers)".to_string()
+            } else {
+                format!("{} labels {:?}", data.labels.len(), data.labels.names())
+            },
             data.train.len(),
             data.validation.as_ref().map_or(0, TokenizedSplit::len),
             data.test.as_ref().map_or(0, TokenizedSplit::len)
@@ -65,6 +71,7 @@ impl TextClassification {
             pooling: recipe.head.pooling,
             max_length: recipe.data.max_length,
             text_pair: recipe.data.text_pair_column.is_some(),
+            problem_type: recipe.head.problem_type,
             method: String::new(),
             base_model: recipe.model.clone(),
             quantization: recipe.quantization.clone(),
@@ -215,8 +222,8 @@ impl Task for TextClassification {
     fn feature_splits(&self) -> Vec<(&'static str, usize)> {
         self.present().iter().map(|s| (s.name, s.len())).collect()
     }
-    fn split_labels(&self, slot: usize) -> Option<Vec<usize>> {
-        self.split(slot).map(|s| s.labels.clone())
+    fn split_targets(&self, slot: usize) -> Option<Targets> {
+        self.split(slot).map(|s| s.targets.clone())
     }
 
     /// The weights and config, the pooling and length, and the exact token ids of every split.

@@ -14,8 +14,10 @@ use crate::models::whisper::{Whisper, WhisperConfig, save_model};
 use crate::pipeline::{self, Devices, ReportExtra, Task, TrainReport};
 use crate::recipe::{Recipe, Task as TaskKind};
 use crate::training::checkpoint::{RunDir, TrainState};
+use crate::training::loss::Scored;
+use crate::training::loss::cross_entropy;
 use crate::training::metrics::EvalMetrics;
-use crate::training::trainer::{Examples, Split, cross_entropy};
+use crate::training::trainer::{Examples, Split};
 use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
 use rayon::prelude::*;
@@ -78,7 +80,7 @@ impl Examples<Whisper> for TranscriptExamples<'_> {
         indices.iter().map(|&i| s[i].tokens.len() - self.prefix_len).sum::<usize>() as f64
     }
 
-    fn loss(&self, model: &Whisper, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &Whisper, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         let s = &self.splits[split.slot()];
         let batch: Vec<&Utterance> = indices.iter().map(|&i| &s[i]).collect();
         let encoded = match self.encoded {

@@ -94,6 +94,10 @@ pub enum Metric {
     Accuracy,
     MacroF1,
     Loss,
+    /// Regression: Pearson's correlation of predictions and targets.
+    Pearson,
+    /// Regression: Spearman's rank correlation.
+    Spearman,
 }
 
 impl Metric {
@@ -105,6 +109,8 @@ impl Metric {
             Self::Accuracy => "accuracy",
             Self::MacroF1 => "macro_f1",
             Self::Loss => "loss",
+            Self::Pearson => "pearson",
+            Self::Spearman => "spearman",
         }
     }
 }

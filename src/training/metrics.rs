@@ -1,27 +1,121 @@
-//! Classification metrics and the JSON-lines metrics log.
+//! Classification and regression metrics and the JSON-lines metrics log.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Metrics of one evaluation pass.
+/// Metrics of one evaluation pass: the loss, and accuracy and macro-F1 for classes, or Pearson and
+/// Spearman correlations for values (regression).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct EvalMetrics {
     pub loss: f64,
-    pub accuracy: f64,
-    pub macro_f1: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pearson: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spearman: Option<f64>,
     pub examples: usize,
 }
 
 impl EvalMetrics {
-    pub fn get(&self, metric: crate::training::config::Metric) -> f64 {
-        match metric {
-            crate::training::config::Metric::Accuracy => self.accuracy,
-            crate::training::config::Metric::MacroF1 => self.macro_f1,
-            crate::training::config::Metric::Loss => self.loss,
+    /// Metrics of classes: accuracy and macro-F1 of (predicted, actual) pairs.
+    pub fn of_classes(loss: f64, pairs: &[(usize, usize)], num_labels: usize) -> Self {
+        let (predicted, actual): (Vec<usize>, Vec<usize>) = pairs.iter().copied().unzip();
+        let (accuracy, macro_f1) = accuracy_and_macro_f1(&predicted, &actual, num_labels);
+        Self {
+            loss,
+            accuracy: Some(accuracy),
+            macro_f1: Some(macro_f1),
+            pearson: None,
+            spearman: None,
+            examples: pairs.len(),
         }
     }
+
+    /// Metrics of values: Pearson and Spearman correlations of (predicted, actual) pairs.
+    pub fn of_values(loss: f64, pairs: &[(f32, f32)]) -> Self {
+        let (p, a): (Vec<f64>, Vec<f64>) = pairs.iter().map(|&(p, a)| (p as f64, a as f64)).unzip();
+        Self {
+            loss,
+            accuracy: None,
+            macro_f1: None,
+            pearson: Some(pearson(&p, &a)),
+            spearman: Some(spearman(&p, &a)),
+            examples: pairs.len(),
+        }
+    }
+
+    /// The value of `metric` (NaN when this evaluation has no such metric; the recipe's checks
+    /// keep a run from selecting on one).
+    pub fn get(&self, metric: crate::training::config::Metric) -> f64 {
+        use crate::training::config::Metric;
+        match metric {
+            Metric::Accuracy => self.accuracy,
+            Metric::MacroF1 => self.macro_f1,
+            Metric::Pearson => self.pearson,
+            Metric::Spearman => self.spearman,
+            Metric::Loss => Some(self.loss),
+        }
+        .unwrap_or(f64::NAN)
+    }
+
+    /// The metrics besides the loss, for a log line: `accuracy 0.8312 macro-F1 0.8301` or
+    /// `Pearson 0.8120 Spearman 0.8034`.
+    pub fn scores(&self) -> String {
+        let named = [
+            ("accuracy", self.accuracy),
+            ("macro-F1", self.macro_f1),
+            ("Pearson", self.pearson),
+            ("Spearman", self.spearman),
+        ];
+        named.iter().filter_map(|(n, v)| v.map(|v| format!("{n} {v:.4}"))).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Pearson's correlation coefficient (0 when either side is constant).
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return 0.0;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 { 0.0 } else { sxy / (sxx * syy).sqrt() }
+}
+
+/// Spearman's rank correlation: Pearson's of the ranks, ties given their mean rank (as SciPy's
+/// `spearmanr`).
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    pearson(&ranks(x), &ranks(y))
+}
+
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut out = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            out[k] = mean_rank;
+        }
+        i = j + 1;
+    }
+    out
 }
 
 /// Accuracy and macro-averaged F1 of `predicted` against `actual` over `num_labels` classes.
@@ -165,6 +259,16 @@ mod tests {
         assert!((f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         let (_, f1_3) = accuracy_and_macro_f1(&[0, 0, 0, 1], &[0, 0, 1, 1], 3);
         assert!((f1_3 - (0.8 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn correlations_match_scipy() {
+        // scipy.stats.pearsonr / spearmanr (1.16) of these vectors; y has a tie.
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let y = [2.0, 1.0, 4.0, 4.0, 7.0, 5.5];
+        assert!((pearson(&x, &y) - 0.862_376_449_067_670_9).abs() < 1e-12, "{}", pearson(&x, &y));
+        assert!((spearman(&x, &y) - 0.869_656_553_478_672_7).abs() < 1e-12, "{}", spearman(&x, &y));
+        assert_eq!(pearson(&x, &[3.0; 6]), 0.0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod loss;
 pub mod metrics;
 pub mod optimizer;
 pub mod plot;

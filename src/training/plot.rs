@@ -1,4 +1,5 @@
-//! Training curves as SVG: loss per step (train and validation), validation accuracy and F1.
+//! Training curves as SVG: loss per step (train and validation), and the validation scores
+//! (accuracy and macro-F1, or Pearson and Spearman for a regression).
 
 use crate::training::metrics::LogRecord;
 use anyhow::{Result, anyhow};
@@ -10,13 +11,21 @@ pub fn plot_curves(records: &[LogRecord], path: &Path) -> Result<()> {
     let mut val_loss = Vec::new();
     let mut val_acc = Vec::new();
     let mut val_f1 = Vec::new();
+    let mut names = ("accuracy", "macro-F1");
     for r in records {
         match r {
             LogRecord::Train { step, loss, .. } => train.push((*step as f64, *loss)),
             LogRecord::Eval { step, metrics, .. } => {
                 val_loss.push((*step as f64, metrics.loss));
-                val_acc.push((*step as f64, metrics.accuracy));
-                val_f1.push((*step as f64, metrics.macro_f1));
+                let (a, b) = match (metrics.pearson, metrics.spearman) {
+                    (Some(p), Some(s)) => {
+                        names = ("Pearson", "Spearman");
+                        (p, s)
+                    }
+                    _ => (metrics.accuracy.unwrap_or(f64::NAN), metrics.macro_f1.unwrap_or(f64::NAN)),
+                };
+                val_acc.push((*step as f64, a));
+                val_f1.push((*step as f64, b));
             }
             LogRecord::Unfreeze { .. } => {}
         }
@@ -49,7 +58,7 @@ pub fn plot_curves(records: &[LogRecord], path: &Path) -> Result<()> {
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(e)?;
 
-    let lo = val_acc.iter().chain(&val_f1).map(|p| p.1).fold(1.0, f64::min).min(0.5);
+    let lo = val_acc.iter().chain(&val_f1).map(|p| p.1).filter(|v| v.is_finite()).fold(1.0, f64::min).min(0.5);
     let mut chart = ChartBuilder::on(&right)
         .caption("validation", ("sans-serif", 18))
         .margin(10)
@@ -61,12 +70,12 @@ pub fn plot_curves(records: &[LogRecord], path: &Path) -> Result<()> {
     chart
         .draw_series(LineSeries::new(val_acc.iter().copied(), &GREEN).point_size(3))
         .map_err(e)?
-        .label("accuracy")
+        .label(names.0)
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], GREEN));
     chart
         .draw_series(LineSeries::new(val_f1.iter().copied(), &MAGENTA).point_size(3))
         .map_err(e)?
-        .label("macro-F1")
+        .label(names.1)
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], MAGENTA));
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(e)?;
     root.present().map_err(e)?;

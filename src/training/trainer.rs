@@ -7,13 +7,13 @@
 use super::config::{EarlyStopping, Metric};
 use crate::data::batch::{chunk, epoch_order, length_grouped};
 use crate::training::checkpoint::{BestSoFar, RunDir, TrainState};
-use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog, accuracy_and_macro_f1};
+use crate::training::loss::Scored;
+use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog};
 use crate::training::optimizer::{AdamW, AdamWConfig, GradStore};
 use crate::training::schedule::LrSchedule;
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +46,10 @@ impl Split {
 pub trait Examples<M> {
     /// Number of examples in `split` (0 when the split is absent).
     fn len(&self, split: Split) -> usize;
-    /// The mean loss of a batch (over its [`weight`](Self::weight)), and (predicted, actual)
-    /// class pairs for accuracy: one per example for a classifier, one per target token for a
-    /// language model.
-    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>);
+    /// The mean loss of a batch (over its [`weight`](Self::weight)), and its (predicted, actual)
+    /// pairs for the metrics: a class per example for a classifier, per target token for a
+    /// language model, a value per example for a regression.
+    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Scored);
     /// What a batch weighs in a mean: its examples, or its target tokens for a language model.
     fn weight(&self, _split: Split, indices: &[usize]) -> f64 {
         indices.len() as f64
@@ -72,7 +72,7 @@ impl<M, E: Examples<M> + ?Sized> Examples<M> for &E {
     fn len(&self, split: Split) -> usize {
         (**self).len(split)
     }
-    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
+    fn loss(&self, model: &M, split: Split, indices: &[usize]) -> (Tensor<1>, Scored) {
         (**self).loss(model, split, indices)
     }
     fn weight(&self, split: Split, indices: &[usize]) -> f64 {
@@ -87,16 +87,6 @@ impl<M, E: Examples<M> + ?Sized> Examples<M> for &E {
     fn eval_order(&self, split: Split) -> Vec<usize> {
         (**self).eval_order(split)
     }
-}
-
-/// [`Examples::loss`] of a classifier: cross-entropy of `logits [b, c]` against the labels of
-/// the examples `indices`, and their argmax predictions.
-pub fn classification_loss(logits: Tensor<2>, labels: &[usize], indices: &[usize]) -> (Tensor<1>, Vec<(usize, usize)>) {
-    let device = logits.device();
-    let y = crate::data::batch::label_tensor(labels, indices, &device);
-    let argmax: Vec<i64> = logits.clone().argmax(1).into_data().convert::<i64>().try_into_vec().expect("int data");
-    let pairs = indices.iter().zip(argmax).map(|(&i, p)| (p as usize, labels[i])).collect();
-    (cross_entropy(logits, y), pairs)
 }
 
 #[derive(Debug, Clone)]
@@ -142,13 +132,6 @@ pub struct TrainOutcome<M> {
     pub state: TrainState,
 }
 
-/// Mean cross-entropy of `logits [b, c]` against `labels [b]`.
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    let logp = log_softmax(logits, 1);
-    logp.gather(1, labels.reshape([b, 1])).neg().mean()
-}
-
 fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
     let mut rng = crate::ops::rng::SplitMix64::new(seed ^ ((step as u64) << 16) ^ micro as u64);
     rng.next_u64()
@@ -164,20 +147,26 @@ pub fn evaluate<M, E: Examples<M> + ?Sized>(
 ) -> EvalMetrics {
     let order = data.eval_order(split);
     let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
-    let (mut predicted, mut actual) = (Vec::new(), Vec::new());
+    let (mut classes, mut values) = (Vec::new(), Vec::new());
     for batch in chunk(&order, batch_size) {
         let weight = data.weight(split, &batch);
-        let (loss, pairs) = data.loss(model, split, &batch);
+        let (loss, scored) = data.loss(model, split, &batch);
         let loss: f32 = loss.into_scalar();
         loss_sum += loss as f64 * weight;
         weight_sum += weight;
-        for (p, a) in pairs {
-            predicted.push(p);
-            actual.push(a);
+        match scored {
+            Scored::Classes(pairs) => classes.extend(pairs),
+            Scored::Values(pairs) => values.extend(pairs),
         }
     }
-    let (accuracy, macro_f1) = accuracy_and_macro_f1(&predicted, &actual, num_labels);
-    EvalMetrics { loss: loss_sum / weight_sum.max(1e-12), accuracy, macro_f1, examples: order.len() }
+    let loss = loss_sum / weight_sum.max(1e-12);
+    let mut metrics = if values.is_empty() {
+        EvalMetrics::of_classes(loss, &classes, num_labels)
+    } else {
+        EvalMetrics::of_values(loss, &values)
+    };
+    metrics.examples = order.len();
+    metrics
 }
 
 /// Train `model` on `data`. With `resume`, continue from the run directory's latest checkpoint.
@@ -357,13 +346,7 @@ where
         return Ok(false);
     }
     let metrics = evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels);
-    tracing::info!(
-        "epoch {}: validation loss {:.4} accuracy {:.4} macro-F1 {:.4}",
-        epoch + 1,
-        metrics.loss,
-        metrics.accuracy,
-        metrics.macro_f1
-    );
+    tracing::info!("epoch {}: validation loss {:.4} {}", epoch + 1, metrics.loss, metrics.scores());
     log.append(&LogRecord::Eval { step: state.step, epoch, split: "validation".into(), metrics })?;
     let value = metrics.get(cfg.metric);
     let min_delta = cfg.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);

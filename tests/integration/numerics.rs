@@ -8,7 +8,7 @@ use finetune::io::safetensors::{HostTensor, SafetensorsFile, write_safetensors};
 use finetune::models::text_classifier::{TextClassifier, pool};
 use finetune::models::{Head, ModelDir, load_text_classifier};
 use finetune::nn::classification_head::Pooling;
-use finetune::training::trainer::cross_entropy;
+use finetune::training::loss::cross_entropy;
 
 pub fn reference_input(device: &Device) -> EncoderInput {
     let ids = reference("input_ids");

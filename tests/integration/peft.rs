@@ -160,7 +160,7 @@ fn lora_training_updates_only_adapters_and_head() {
     }
     assert_eq!(report.trainable_params, 2 * 2 * (32 * 4 + 4 * 32) + 32 * 2 + 2);
     let metrics = eval_adapter_cli(&tiny_bert(), &report.model_dir, &dir.path().join("data/test.csv"));
-    assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy).abs() < 1e-9);
+    assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy.unwrap()).abs() < 1e-9);
 }
 
 /// Prompt tuning trains the prompt (initialised from a text's embeddings) and the head only.

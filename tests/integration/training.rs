@@ -365,7 +365,7 @@ fn exported_model_evaluates_and_predicts() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let test = report.test.unwrap();
-    assert!((metrics["accuracy"].as_f64().unwrap() - test.accuracy).abs() < 1e-9);
+    assert!((metrics["accuracy"].as_f64().unwrap() - test.accuracy.unwrap()).abs() < 1e-9);
     assert!((metrics["loss"].as_f64().unwrap() - test.loss).abs() < 1e-4);
 
     let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
@@ -464,7 +464,7 @@ fn sentence_pairs_train_evaluate_and_predict() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy).abs() < 1e-9, "{metrics}");
+    assert!((metrics["accuracy"].as_f64().unwrap() - report.test.unwrap().accuracy.unwrap()).abs() < 1e-9, "{metrics}");
 
     let out = finetune(&["predict", "--model", &model, "--json", "Great phone.", "--pair", "It broke."], "");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -477,4 +477,72 @@ fn sentence_pairs_train_evaluate_and_predict() {
     let out = finetune(&["predict", "--model", &model, "Great phone."], "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("classifies text pairs"), "{err}");
+}
+
+/// Regression (`head.problem_type = "regression"`) on the real sentences with their polarity as a
+/// number (+1 / -1): one output trained on mean squared error, validation and test scored by
+/// Pearson and Spearman correlations; the exported model says `problem_type = "regression"` (what
+/// transformers' loss follows), `eval` reproduces the test metrics and `predict` prints scores; a
+/// label that is not a number is an error naming file and line, and a classification metric is
+/// refused before anything runs.
+#[test]
+fn regression_trains_on_numbers_and_reports_correlations() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = uci_splits(dir.path());
+    for name in ["train", "validation", "test"] {
+        let path = data.join(format!("{name}.csv"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let mut w = csv::Writer::from_path(&path).unwrap();
+        w.write_record(["text", "label"]).unwrap();
+        for r in reader.records().map(|r| r.unwrap()) {
+            w.write_record([&r[0], if &r[1] == "positive" { "1.0" } else { "-1.0" }]).unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let recipe = dir.path().join("regression.toml");
+    let body = format!(
+        "method = \"full\"\nmodel = \"{}\"\nseed = 5\noutput_dir = \"{}\"\n[data]\ndataset = \"{}\"\n\
+         train = \"train.csv\"\nvalidation = \"validation.csv\"\ntest = \"test.csv\"\nmax_length = 32\n\
+         [head]\nproblem_type = \"regression\"\n[training]\nepochs = 2\nbatch_size = 8\nlearning_rate = 1e-3\nmetric = \"pearson\"\n",
+        tiny_bert().display(),
+        dir.path().join("run").display(),
+        data.display()
+    );
+    std::fs::write(&recipe, &body).unwrap();
+    let refused = Recipe::parse(&body.replace("metric = \"pearson\"", "metric = \"accuracy\""), &[]).unwrap_err();
+    assert!(format!("{refused:#}").contains("choose one of: pearson, spearman, loss"), "{refused:#}");
+
+    let report = train(&recipe, &[]);
+    let test = report.test.unwrap();
+    let (pearson, spearman) = (test.pearson.unwrap(), test.spearman.unwrap());
+    assert!(test.accuracy.is_none() && pearson.is_finite() && spearman.is_finite(), "{test:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.model_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["problem_type"].as_str(), config["num_labels"].as_u64()), (Some("regression"), Some(1)));
+
+    let model = report.model_dir.display().to_string();
+    let test_csv = data.join("test.csv").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["eval", "--model", &model, "--data", &test_csv, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((metrics["pearson"].as_f64().unwrap() - pearson).abs() < 1e-6, "{metrics}");
+    let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["predict", "--model", &model, "--json", "What a great phone."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(p["score"].as_f64().is_some_and(f64::is_finite), "{p}");
+
+    std::fs::write(data.join("test.csv"), "text,label\nfine,0.5\nbroken,very bad\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["eval", "--model", &model, "--data", &test_csv])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("test.csv:3") && err.contains("not a number"), "{err}");
 }

@@ -1,0 +1,84 @@
+//! The loss of a model's outputs against a split's [`Targets`], and what a batch scores.
+//!
+//! A classifier's examples each have a class (cross-entropy over the logits); a regression's
+//! each have a value (`num_labels = 1`, mean squared error of the one output, transformers'
+//! `problem_type = "regression"`). A batch's loss comes back with its [`Scored`] pairs, from which
+//! `trainer::evaluate` computes the split's metrics (accuracy and macro-F1, or Pearson and
+//! Spearman correlations).
+
+use crate::data::Targets;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+/// The (predicted, actual) pairs of a batch, for the split's metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scored {
+    /// A class per example (or per target token of a language model).
+    Classes(Vec<(usize, usize)>),
+    /// A value per example.
+    Values(Vec<(f32, f32)>),
+}
+
+impl FromIterator<(usize, usize)> for Scored {
+    fn from_iter<I: IntoIterator<Item = (usize, usize)>>(pairs: I) -> Self {
+        Self::Classes(pairs.into_iter().collect())
+    }
+}
+
+/// The loss of `outputs [b, c]` for the examples `indices`, and their scored pairs:
+/// cross-entropy and argmax against classes; against values, the mean squared error of the
+/// single output (`c = 1`).
+pub fn loss(targets: &Targets, outputs: Tensor<2>, indices: &[usize]) -> (Tensor<1>, Scored) {
+    let device = outputs.device();
+    match targets {
+        Targets::Classes(labels) => classification_loss(outputs, labels, indices),
+        Targets::Values(values) => {
+            let [b, c] = outputs.dims();
+            assert_eq!(c, 1, "a regression head has one output");
+            let t: Vec<f32> = indices.iter().map(|&i| values[i]).collect();
+            let y = Tensor::<1>::from_data(TensorData::new(t.clone(), [b]), &device);
+            let predicted = outputs.reshape([b]);
+            let p: Vec<f32> = predicted.clone().into_data().convert::<f32>().try_into_vec().expect("f32 data");
+            let loss = (predicted - y).powi_scalar(2).mean();
+            (loss, Scored::Values(p.into_iter().zip(t).collect()))
+        }
+    }
+}
+
+/// The loss of a classifier: cross-entropy of `logits [b, c]` against the labels of the
+/// examples `indices`, and their argmax predictions.
+pub fn classification_loss(logits: Tensor<2>, labels: &[usize], indices: &[usize]) -> (Tensor<1>, Scored) {
+    let device = logits.device();
+    let y = crate::data::batch::label_tensor(labels, indices, &device);
+    let argmax: Vec<i64> = logits.clone().argmax(1).into_data().convert::<i64>().try_into_vec().expect("int data");
+    let pairs = indices.iter().zip(argmax).map(|(&i, p)| (p as usize, labels[i])).collect();
+    (cross_entropy(logits, y), Scored::Classes(pairs))
+}
+
+/// Mean cross-entropy of `logits [b, c]` against `labels [b]`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    let logp = log_softmax(logits, 1);
+    logp.gather(1, labels.reshape([b, 1])).neg().mean()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_squared_error_and_its_gradient() {
+        let device = Device::flex().autodiff();
+        let outputs = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0], [3, 1]), &device).require_grad();
+        let targets = Targets::Values(vec![9.0, 1.0, 0.0, 2.5]);
+        let (loss, scored) = super::loss(&targets, outputs.clone(), &[1, 2, 3]);
+        // (0.5-1)^2 + (-1-0)^2 + (2-2.5)^2 = 1.5, mean 0.5; d/do = 2 (o - t) / 3.
+        assert!((loss.clone().into_scalar::<f32>() - 0.5).abs() < 1e-6);
+        assert_eq!(scored, Scored::Values(vec![(0.5, 1.0), (-1.0, 0.0), (2.0, 2.5)]));
+        let grads = loss.backward();
+        let g: Vec<f32> = outputs.grad(&grads).unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+        for (got, want) in g.iter().zip([-1.0 / 3.0, -2.0 / 3.0, -1.0 / 3.0]) {
+            assert!((got - want).abs() < 1e-6, "{g:?}");
+        }
+    }
+}
