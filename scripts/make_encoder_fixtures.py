@@ -14,11 +14,14 @@ Outputs (under tests/fixtures/encoders/):
                      types, pre_classifier + ReLU head), tiny-bert's WordPiece tokenizer
   tiny-electra/      ElectraForSequenceClassification with embedding_size 16 < hidden 32
                      (embeddings_project), GELU classification head, tiny-bert's tokenizer
+  tiny-{bert,roberta}-token/  BertForTokenClassification / RobertaForTokenClassification with the
+                     encoder of tiny-bert / tiny-roberta and a random 5-tag classifier
   peft-<model>/      a peft SEQ_CLS LoRA adapter per model on query/value (DistilBERT's q_lin/v_lin)
                      with peft's default modules_to_save, as if trained
   encoders-reference.safetensors   per model: input_ids, attention_mask, token_type_ids,
                      last_hidden_state, logits, cross-entropy loss against fixed labels, the
-                     gradient of one attention weight, and peft's logits with the adapter
+                     gradient of one attention weight, and peft's logits with the adapter; for the
+                     token classifiers, <name>.token_logits on the same batch
 """
 import json
 import os
@@ -27,7 +30,7 @@ import shutil
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (DistilBertConfig, DistilBertForSequenceClassification, ElectraConfig,
+from transformers import (AutoModelForTokenClassification, DistilBertConfig, DistilBertForSequenceClassification, ElectraConfig,
                           ElectraForSequenceClassification, RobertaConfig, RobertaForSequenceClassification,
                           XLMRobertaConfig, XLMRobertaForSequenceClassification)
 
@@ -137,6 +140,32 @@ def peft_adapter(name, model, kwargs):
         return peft_model(**kwargs).logits
 
 
+def token_classifier(name, source, tok, pad_id, with_types):
+    """A *ForTokenClassification with `source`'s encoder and a random 5-tag head, saved under
+    `name`; its logits on the reference batch."""
+    torch.manual_seed(1)
+    tags = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+    model = AutoModelForTokenClassification.from_pretrained(
+        source, num_labels=5, id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)},
+        ignore_mismatched_sizes=True, attn_implementation="eager").eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 0.3)
+        model.classifier.bias.normal_(0, 0.1)
+    out = os.path.join(OUT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(source, f), os.path.join(out, f))
+    ids, types, mask = batch(tok, pad_id, with_types)
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    if with_types:
+        kwargs["token_type_ids"] = types
+    with torch.no_grad():
+        logits = model(**kwargs).logits
+    return {f"{name}.input_ids": ids.float(), f"{name}.token_type_ids": types.float(),
+            f"{name}.attention_mask": mask.float(), f"{name}.token_logits": logits}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     wordpiece = Tokenizer.from_file(os.path.join(FIX, "tiny-bert", "tokenizer.json"))
@@ -174,6 +203,8 @@ def main():
     perturb(model, gen)
     ref.update(build("tiny-electra", model, wordpiece, bert_tok_cfg, 0, True,
                      "electra.encoder.layer.0.attention.self.query.weight"))
+    ref.update(token_classifier("tiny-bert-token", os.path.join(FIX, "tiny-bert"), wordpiece, 0, True))
+    ref.update(token_classifier("tiny-roberta-token", os.path.join(OUT, "tiny-roberta"), bpe, 1, False))
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(OUT, "encoders-reference.safetensors"))
 
 

@@ -7,6 +7,7 @@ use crate::inference::audio::FinetunedAudioClassifier;
 use crate::inference::image::FinetunedImageClassifier;
 use crate::inference::lm;
 use crate::inference::text::FinetunedClassifier;
+use crate::inference::tokens::{FinetunedTokenClassifier, is_token_classifier};
 use crate::models::generation::Sampling;
 use crate::recipe::Recipe;
 use anyhow::{Context, Result};
@@ -302,6 +303,25 @@ pub fn run(cli: Cli) -> Result<()> {
             data,
             text_column,
             label_column,
+            batch_size,
+            skip_bad_rows,
+            device,
+            json,
+            ..
+        } if is_token_classifier(model.as_deref(), &adapter) => {
+            anyhow::ensure!(adapter.len() <= 1, "a token classifier takes one adapter");
+            let m = FinetunedTokenClassifier::load(model.as_deref(), adapter.first().map(PathBuf::as_path), &device)?;
+            // A tagged JSONL file names its lists; CoNLL files have none.
+            let words = if text_column == "text" { "tokens" } else { &text_column };
+            let tags = if label_column == "label" { "ner_tags" } else { &label_column };
+            print_eval(&m.evaluate_file(&data, words, tags, batch_size, skip_bad_rows)?, json)?;
+        }
+        Command::Eval {
+            model,
+            adapter,
+            data,
+            text_column,
+            label_column,
             text_pair_column,
             batch_size,
             skip_bad_rows,
@@ -341,6 +361,27 @@ pub fn run(cli: Cli) -> Result<()> {
                 } else {
                     let top: Vec<String> = p.top.iter().map(|(l, v)| format!("{l}={v:.3}")).collect();
                     println!("{}\t{}\t{}", p.label, top.join(" "), p.audio.display());
+                }
+            }
+        }
+        Command::Predict { model, adapter, texts, device, json, .. }
+            if is_token_classifier(model.as_deref(), &adapter) =>
+        {
+            anyhow::ensure!(adapter.len() <= 1, "a token classifier takes one adapter");
+            let m = FinetunedTokenClassifier::load(model.as_deref(), adapter.first().map(PathBuf::as_path), &device)?;
+            let texts = if texts.is_empty() {
+                let lines =
+                    std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?;
+                lines.into_iter().filter(|l| !l.trim().is_empty()).collect()
+            } else {
+                texts
+            };
+            for t in m.predict(&texts)? {
+                if json {
+                    println!("{}", serde_json::to_string(&t)?);
+                } else {
+                    let found: Vec<String> = t.entities.iter().map(|e| format!("{}={}", e.kind, e.text)).collect();
+                    println!("{}\t{}", found.join(" "), t.text);
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod image;
 pub mod log_mel;
 pub mod sft;
+pub mod tagged;
 pub mod text;
 pub mod tokenizer;
 

@@ -78,6 +78,15 @@ impl TextTokenizer {
         Ok(e.get_ids().to_vec())
     }
 
+    /// Tokenize a sentence given as words (token classification): the tokens, and the index of
+    /// the word each token came from (`None` for special tokens).
+    pub fn encode_words(&self, words: &[String]) -> Result<(Encoded, Vec<Option<u32>>)> {
+        let input = tokenizers::EncodeInput::Single(words.into());
+        let e = self.inner.encode(input, true).map_err(|e| anyhow!("tokenizing {words:?}: {e}"))?;
+        let encoded = Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() };
+        Ok((encoded, e.get_word_ids().to_vec()))
+    }
+
     /// Tokenize text pairs (`firsts[i]`, `seconds[i]`): the tokenizer's pair template, truncation
     /// from the longer text first.
     pub fn encode_pairs(&self, firsts: &[&str], seconds: &[&str]) -> Result<Vec<Encoded>> {

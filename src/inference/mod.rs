@@ -8,6 +8,7 @@ pub mod gguf_export;
 pub mod image;
 pub mod lm;
 pub mod text;
+pub mod tokens;
 pub mod transcriber;
 
 /// The `k` most probable labels of one row of class probabilities, most probable first.

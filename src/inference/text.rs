@@ -227,6 +227,7 @@ impl FinetunedClassifier {
             max_length: 512,
             text_pair: false,
             problem_type: Default::default(),
+            per_token: false,
             method: "merged".into(),
             base_model: self.base.dir.display().to_string(),
             quantization: None,

@@ -218,17 +218,38 @@ pub fn load_text_classifier(
     head: Head,
     device: &Device,
 ) -> Result<(TextClassifier, LoadReport)> {
+    load_encoder_classifier(files, head, |cfg| TextClassifier::new(cfg, num_labels, pooling, head_dropout, device))
+}
+
+/// Build a token classifier (`*ForTokenClassification`: the head on every token) from a model
+/// directory, the head per `head`.
+pub fn load_token_classifier(
+    files: &ModelDir,
+    num_labels: usize,
+    head_dropout: f64,
+    head: Head,
+    device: &Device,
+) -> Result<(TextClassifier, LoadReport)> {
+    load_encoder_classifier(files, head, |cfg| TextClassifier::new_per_token(cfg, num_labels, head_dropout, device))
+}
+
+fn load_encoder_classifier(
+    files: &ModelDir,
+    head: Head,
+    build: impl FnOnce(&BertConfig) -> Result<TextClassifier>,
+) -> Result<(TextClassifier, LoadReport)> {
     let cfg = BertConfig::read(files)?;
     let path = files.weights_path();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     check_plausible(cfg.parameters(), size, &path)?;
     let weights = files.weights()?;
-    let model = TextClassifier::new(&cfg, num_labels, pooling, head_dropout, device)?;
+    let model = build(&cfg)?;
+    let per_token = model.per_token;
     load_weights(model, &weights, |info| {
         if head == Head::New && info.path.starts_with("head.") {
             return (Vec::new(), true);
         }
-        let key = text_classifier::checkpoint_key(cfg.family, &info.path);
+        let key = text_classifier::checkpoint_key(cfg.family, per_token, &info.path);
         let mut candidates = vec![key.clone()];
         // A bare encoder (`BertModel.save_pretrained`) has its keys without the prefix.
         if let Some(bare) = key.strip_prefix(cfg.family.prefix()).and_then(|k| k.strip_prefix('.')) {

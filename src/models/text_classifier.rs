@@ -1,6 +1,7 @@
-//! A BERT-family encoder with a pooling step and a classification head
+//! A BERT-family encoder with a classification head: over the pooled sequence
 //! (`BertForSequenceClassification`, `RobertaForSequenceClassification`, ... in Hugging Face
-//! terms, plus CLS and mean pooling).
+//! terms, plus CLS and mean pooling), or over every token (`*ForTokenClassification`,
+//! `per_token`: named entities).
 
 use super::bert::{BertConfig, BertModel};
 use super::encoder_family::Family;
@@ -20,6 +21,9 @@ pub struct TextClassifier {
     pub prompt: Option<SoftPrompt>,
     #[module(skip)]
     pub pooling: Pooling,
+    /// The head classifies every token (`*ForTokenClassification`) rather than the sequence.
+    #[module(skip)]
+    pub per_token: bool,
 }
 
 impl TextClassifier {
@@ -35,7 +39,28 @@ impl TextClassifier {
             head: ClassificationHead::new(cfg.hidden_size, num_labels, dropout, cfg.initializer_range, device),
             prompt: None,
             pooling,
+            per_token: false,
         })
+    }
+
+    /// A token classifier: the head on every token's hidden state (no pooling, no pooler).
+    pub fn new_per_token(cfg: &BertConfig, num_labels: usize, dropout: f64, device: &Device) -> anyhow::Result<Self> {
+        Ok(Self { per_token: true, ..Self::new(cfg, num_labels, Pooling::Mean, dropout, device)? })
+    }
+
+    /// Logits of every token `[batch, seq, labels]` (a token classifier).
+    pub fn token_logits(&self, input: &EncoderInput) -> Tensor<3> {
+        let hidden = self.bert.forward(input);
+        let [b, l, h] = hidden.dims();
+        let logits = self.head.forward(hidden.reshape([b * l, h]));
+        let c = logits.dims()[1];
+        logits.reshape([b, l, c])
+    }
+
+    /// The module of the output layer under transformers' names: the family's sequence
+    /// classifier (`classifier`, `classifier.out_proj`), or `classifier` for a token classifier.
+    pub fn classifier_module(&self) -> &'static str {
+        if self.per_token { "classifier" } else { self.bert.family.classifier_module() }
     }
 
     /// Pooled features `[batch, hidden]`: what feature extraction caches.
@@ -101,9 +126,9 @@ pub fn pool(bert: &BertModel, hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooli
 /// Hugging Face key for a parameter path of [`TextClassifier`] in the family's
 /// `*ForSequenceClassification` names: `bert.…`/`roberta.…`/... for the encoder, the family's
 /// classifier (`classifier`, `classifier.out_proj`) for the head.
-pub fn checkpoint_key(family: Family, path: &str) -> String {
+pub fn checkpoint_key(family: Family, per_token: bool, path: &str) -> String {
     if let Some(rest) = path.strip_prefix("head.classifier") {
-        return format!("{}{rest}", family.classifier_module());
+        return format!("{}{rest}", if per_token { "classifier" } else { family.classifier_module() });
     }
     match path.strip_prefix("bert.") {
         Some(rest) => family.key(rest),
@@ -113,7 +138,7 @@ pub fn checkpoint_key(family: Family, path: &str) -> String {
 
 impl super::Adaptable for TextClassifier {
     fn checkpoint_key(&self, path: &str) -> String {
-        checkpoint_key(self.bert.family, path)
+        checkpoint_key(self.bert.family, self.per_token, path)
     }
 
     fn layer_groups(&self) -> Vec<LayerGroup> {
@@ -135,14 +160,14 @@ impl super::Adaptable for TextClassifier {
 
     fn dense_layers(&self) -> Vec<(String, &Dense)> {
         let mut out = self.bert.dense_layers();
-        out.push((self.bert.family.classifier_module().into(), &self.head.classifier));
+        out.push((self.classifier_module().into(), &self.head.classifier));
         out
     }
     fn output_layer(&self) -> Option<String> {
-        Some(self.bert.family.classifier_module().into())
+        Some(self.classifier_module().into())
     }
     fn dense_layers_mut(&mut self) -> Vec<(String, &mut Dense)> {
-        let classifier = self.bert.family.classifier_module();
+        let classifier = self.classifier_module();
         let mut out = self.bert.dense_layers_mut();
         out.push((classifier.into(), &mut self.head.classifier));
         out
@@ -162,6 +187,33 @@ pub fn layer_group(path: &str) -> LayerGroup {
     }
 }
 
+/// The recipe's sequences fit the model's position table (`data.max_length`, plus a soft prompt's
+/// tokens) and the tokenizer's ids fit its embedding table; checked before anything is written.
+/// The model's family.
+pub fn check_fits(
+    model_dir: &super::ModelDir,
+    tokenizer: &crate::data::tokenizer::TextTokenizer,
+    positions: usize,
+) -> anyhow::Result<Family> {
+    let cfg = BertConfig::read(model_dir)?;
+    anyhow::ensure!(
+        positions <= cfg.max_positions(),
+        "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has room for {} \
+         (max_position_embeddings = {}): lower data.max_length",
+        model_dir.config_path().display(),
+        cfg.max_positions(),
+        cfg.max_position_embeddings
+    );
+    anyhow::ensure!(
+        tokenizer.vocab_size() <= cfg.vocab_size,
+        "{}: the tokenizer has {} tokens but the model's embedding table has {} (vocab_size): it does not belong to this model",
+        model_dir.tokenizer_path().display(),
+        tokenizer.vocab_size(),
+        cfg.vocab_size
+    );
+    Ok(cfg.family)
+}
+
 fn is_classification(p: &ProblemType) -> bool {
     *p == ProblemType::SingleLabelClassification
 }
@@ -177,6 +229,9 @@ pub struct FinetuneMeta {
     /// A regression (one output, its value the prediction) or a classifier.
     #[serde(default, skip_serializing_if = "is_classification")]
     pub problem_type: ProblemType,
+    /// A token classifier (`*ForTokenClassification`): a tag per word.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_token: bool,
     pub method: String,
     pub base_model: String,
     /// The base's linear weights were 4-bit quantized during training (QLoRA); loading the
@@ -204,8 +259,8 @@ pub fn save_model(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let family = model.bert.family;
-    let tensors = super::checkpoint_tensors(model, |p| checkpoint_key(family, p), |_| true);
+    let (family, per_token) = (model.bert.family, model.per_token);
+    let tensors = super::checkpoint_tensors(model, |p| checkpoint_key(family, per_token, p), |_| true);
     let mut config = base.raw_config()?;
     let obj = config.as_object_mut().context("config.json is not an object")?;
     let id2label: serde_json::Map<String, serde_json::Value> =
@@ -214,13 +269,19 @@ pub fn save_model(
         labels.names().iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
     let pooler = model.pooling == crate::nn::classification_head::Pooling::Pooler;
     let stem = family.class_stem();
-    let architecture = if pooler { format!("{stem}ForSequenceClassification") } else { format!("{stem}Model") };
+    let architecture = match (per_token, pooler) {
+        (true, _) => format!("{stem}ForTokenClassification"),
+        (false, true) => format!("{stem}ForSequenceClassification"),
+        (false, false) => format!("{stem}Model"),
+    };
     obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("id2label".into(), id2label.into());
     obj.insert("label2id".into(), label2id.into());
     obj.insert("num_labels".into(), labels.len().into());
     // transformers' loss follows `problem_type` (MSE for "regression", as trained here).
-    obj.insert("problem_type".into(), meta.problem_type.name().into());
+    if !per_token {
+        obj.insert("problem_type".into(), meta.problem_type.name().into());
+    }
     obj.insert("finetune".into(), serde_json::to_value(meta)?);
     crate::io::atomic::replace_dir_atomic(out, |dir| {
         let mut metadata = std::collections::HashMap::new();
@@ -233,7 +294,7 @@ pub fn save_model(
                 std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
             }
         }
-        if !pooler {
+        if !pooler && !per_token {
             write_sentence_transformers(dir, model.pooling, &tensors, family.classifier_module(), meta.max_length)?;
         }
         Ok(())

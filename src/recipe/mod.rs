@@ -41,6 +41,9 @@ pub enum Task {
     AudioClassification,
     /// Clips with transcripts and a pretrained Whisper model (`tasks::transcription`).
     Transcription,
+    /// Sentences of tagged words (named entities) and an encoder with a head on every token
+    /// (`tasks::token_classification`).
+    TokenClassification,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

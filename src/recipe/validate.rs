@@ -16,6 +16,7 @@ impl Task {
             Self::ImageClassification => "image-classification",
             Self::AudioClassification => "audio-classification",
             Self::Transcription => "transcription",
+            Self::TokenClassification => "token-classification",
         }
     }
 
@@ -28,23 +29,31 @@ impl Task {
             Self::ImageClassification => &[FeatureExtraction, Full, Transfer, Lora],
             Self::AudioClassification => &[FeatureExtraction, Full, Lora],
             Self::Transcription => &[Full, Lora],
+            Self::TokenClassification => &[Full, Transfer, Lora],
         }
     }
 
     /// Whether the task can hold its frozen base quantized under LoRA (QLoRA).
     pub fn quantizes(self) -> bool {
-        matches!(self, Self::TextClassification | Self::CausalLm)
+        matches!(self, Self::TextClassification | Self::TokenClassification | Self::CausalLm)
     }
 
     /// Whether the task ends in a classification head (`[head]` applies).
     fn has_head(self) -> bool {
-        matches!(self, Self::TextClassification | Self::ImageClassification | Self::AudioClassification)
+        matches!(
+            self,
+            Self::TextClassification
+                | Self::TokenClassification
+                | Self::ImageClassification
+                | Self::AudioClassification
+        )
     }
 }
 
 impl Recipe {
     /// A regression (text classification only) selects checkpoints on loss or a correlation, a
-    /// classifier on accuracy, macro-F1 or loss.
+    /// token classifier on entity F1, word accuracy or loss, a classifier on accuracy, macro-F1
+    /// or loss.
     fn check_problem_type(&self) -> Result<()> {
         use crate::nn::classification_head::ProblemType;
         use crate::training::config::Metric;
@@ -53,18 +62,21 @@ impl Recipe {
             bail!("head.problem_type = \"regression\" is available for task = \"text-classification\" only");
         }
         let metric = self.training.metric;
+        let tagging = self.task == Task::TokenClassification;
         let fits = match metric {
             Metric::Loss => true,
+            Metric::Accuracy => !regression,
             Metric::Pearson | Metric::Spearman => regression,
-            Metric::Accuracy | Metric::MacroF1 => !regression,
+            Metric::MacroF1 => !regression && !tagging,
+            Metric::F1 => tagging,
         };
         if !fits {
-            let choices = if regression { "pearson, spearman, loss" } else { "accuracy, macro_f1, loss" };
-            bail!(
-                "training.metric = \"{}\" does not apply to head.problem_type = \"{}\"; choose one of: {choices}",
-                metric.name(),
-                self.head.problem_type.name()
-            );
+            let (choices, what) = match (regression, tagging) {
+                (true, _) => ("pearson, spearman, loss", "head.problem_type = \"regression\""),
+                (_, true) => ("f1, accuracy, loss", "task = \"token-classification\""),
+                _ => ("accuracy, macro_f1, loss", "a classifier"),
+            };
+            bail!("training.metric = \"{}\" does not apply to {what}; choose one of: {choices}", metric.name());
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod audio_classification;
 pub mod causal_lm;
 pub mod image_classification;
 pub mod text_classification;
+pub mod token_classification;
 pub mod transcription;
 
 use crate::pipeline::{ReportExtra, TrainReport};
@@ -33,5 +34,6 @@ pub fn train(recipe: &Recipe, resume: bool, show_progress: bool) -> Result<Outco
         Task::ImageClassification => image_classification::run(recipe, resume, show_progress)?.try_into(),
         Task::AudioClassification => audio_classification::run(recipe, resume, show_progress)?.try_into(),
         Task::Transcription => transcription::run(recipe, resume, show_progress)?.try_into(),
+        Task::TokenClassification => token_classification::run(recipe, resume, show_progress)?.try_into(),
     }
 }

@@ -13,7 +13,7 @@ use crate::io::hub::{self, RepoKind, sha256_file};
 use crate::io::safetensors::HostTensor;
 use crate::methods::Method;
 use crate::models::encoder_family::Family;
-use crate::models::text_classifier::{FinetuneMeta, TextClassifier, save_model};
+use crate::models::text_classifier::{FinetuneMeta, TextClassifier, check_fits, save_model};
 use crate::models::{Head, ModelDir, load_text_classifier};
 use crate::nn::classification_head::{ClassificationHead, Pooling, ProblemType};
 use crate::pipeline::{self, Devices, NoExtra, Task, TrainReport};
@@ -72,6 +72,7 @@ impl TextClassification {
             max_length: recipe.data.max_length,
             text_pair: recipe.data.text_pair_column.is_some(),
             problem_type: recipe.head.problem_type,
+            per_token: false,
             method: String::new(),
             base_model: recipe.model.clone(),
             quantization: recipe.quantization.clone(),
@@ -101,29 +102,6 @@ impl TextClassification {
     fn split(&self, slot: usize) -> Option<&TokenizedSplit> {
         [Some(&self.data.train), self.data.validation.as_ref(), self.data.test.as_ref()][slot]
     }
-}
-
-/// The recipe's sequences fit the model's position table (`data.max_length`, plus a soft prompt's
-/// tokens) and the tokenizer's ids fit its embedding table; checked before anything is written.
-/// The model's family.
-fn check_fits(model_dir: &ModelDir, tokenizer: &TextTokenizer, positions: usize) -> Result<Family> {
-    let cfg = crate::models::bert::BertConfig::read(model_dir)?;
-    anyhow::ensure!(
-        positions <= cfg.max_positions(),
-        "data.max_length (with any soft-prompt tokens) needs {positions} positions but {} has room for {} \
-         (max_position_embeddings = {}): lower data.max_length",
-        model_dir.config_path().display(),
-        cfg.max_positions(),
-        cfg.max_position_embeddings
-    );
-    anyhow::ensure!(
-        tokenizer.vocab_size() <= cfg.vocab_size,
-        "{}: the tokenizer has {} tokens but the model's embedding table has {} (vocab_size): it does not belong to this model",
-        model_dir.tokenizer_path().display(),
-        tokenizer.vocab_size(),
-        cfg.vocab_size
-    );
-    Ok(cfg.family)
 }
 
 impl Task for TextClassification {

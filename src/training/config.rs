@@ -98,6 +98,8 @@ pub enum Metric {
     Pearson,
     /// Regression: Spearman's rank correlation.
     Spearman,
+    /// Token classification: entity-level F1 (seqeval's micro average).
+    F1,
 }
 
 impl Metric {
@@ -111,6 +113,7 @@ impl Metric {
             Self::Loss => "loss",
             Self::Pearson => "pearson",
             Self::Spearman => "spearman",
+            Self::F1 => "f1",
         }
     }
 }

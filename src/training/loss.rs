@@ -17,6 +17,38 @@ pub enum Scored {
     Classes(Vec<(usize, usize)>),
     /// A value per example.
     Values(Vec<(f32, f32)>),
+    /// Tagged words (token classification): (predicted, actual) tag per scored word, and the
+    /// entity counts of seqeval's micro average.
+    Tagged(TagScores),
+}
+
+/// Words and entities of tagged sentences, as seqeval counts them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TagScores {
+    pub words: Vec<(usize, usize)>,
+    pub predicted_entities: usize,
+    pub gold_entities: usize,
+    pub correct_entities: usize,
+}
+
+impl TagScores {
+    /// Add one sentence: the predicted and gold tags (names) of its scored words.
+    pub fn add(&mut self, predicted: &[usize], gold: &[usize], names: &[String]) {
+        self.words.extend(predicted.iter().copied().zip(gold.iter().copied()));
+        let tags = |ids: &[usize]| ids.iter().map(|&i| names[i].as_str()).collect::<Vec<_>>();
+        let p = crate::training::metrics::entities(&tags(predicted));
+        let g = crate::training::metrics::entities(&tags(gold));
+        self.correct_entities += p.iter().filter(|e| g.contains(e)).count();
+        self.predicted_entities += p.len();
+        self.gold_entities += g.len();
+    }
+
+    pub fn extend(&mut self, other: TagScores) {
+        self.words.extend(other.words);
+        self.predicted_entities += other.predicted_entities;
+        self.gold_entities += other.gold_entities;
+        self.correct_entities += other.correct_entities;
+    }
 }
 
 impl FromIterator<(usize, usize)> for Scored {

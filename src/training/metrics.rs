@@ -18,6 +18,13 @@ pub struct EvalMetrics {
     pub pearson: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spearman: Option<f64>,
+    /// Token classification: seqeval's micro-averaged entity precision, recall and F1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
     pub examples: usize,
 }
 
@@ -26,27 +33,44 @@ impl EvalMetrics {
     pub fn of_classes(loss: f64, pairs: &[(usize, usize)], num_labels: usize) -> Self {
         let (predicted, actual): (Vec<usize>, Vec<usize>) = pairs.iter().copied().unzip();
         let (accuracy, macro_f1) = accuracy_and_macro_f1(&predicted, &actual, num_labels);
+        Self { accuracy: Some(accuracy), macro_f1: Some(macro_f1), ..Self::empty(loss, pairs.len()) }
+    }
+
+    fn empty(loss: f64, examples: usize) -> Self {
         Self {
             loss,
-            accuracy: Some(accuracy),
-            macro_f1: Some(macro_f1),
+            accuracy: None,
+            macro_f1: None,
             pearson: None,
             spearman: None,
-            examples: pairs.len(),
+            precision: None,
+            recall: None,
+            f1: None,
+            examples,
+        }
+    }
+
+    /// Metrics of tagged words: word accuracy (seqeval's `accuracy_score`) and entity precision,
+    /// recall and F1 (seqeval's micro average; 0 where nothing was predicted or present).
+    pub fn of_tags(loss: f64, t: &crate::training::loss::TagScores, examples: usize) -> Self {
+        let correct = t.words.iter().filter(|(p, a)| p == a).count();
+        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let (precision, recall) =
+            (ratio(t.correct_entities, t.predicted_entities), ratio(t.correct_entities, t.gold_entities));
+        let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+        Self {
+            accuracy: Some(ratio(correct, t.words.len())),
+            precision: Some(precision),
+            recall: Some(recall),
+            f1: Some(f1),
+            ..Self::empty(loss, examples)
         }
     }
 
     /// Metrics of values: Pearson and Spearman correlations of (predicted, actual) pairs.
     pub fn of_values(loss: f64, pairs: &[(f32, f32)]) -> Self {
         let (p, a): (Vec<f64>, Vec<f64>) = pairs.iter().map(|&(p, a)| (p as f64, a as f64)).unzip();
-        Self {
-            loss,
-            accuracy: None,
-            macro_f1: None,
-            pearson: Some(pearson(&p, &a)),
-            spearman: Some(spearman(&p, &a)),
-            examples: pairs.len(),
-        }
+        Self { pearson: Some(pearson(&p, &a)), spearman: Some(spearman(&p, &a)), ..Self::empty(loss, pairs.len()) }
     }
 
     /// The value of `metric` (NaN when this evaluation has no such metric; the recipe's checks
@@ -58,6 +82,7 @@ impl EvalMetrics {
             Metric::MacroF1 => self.macro_f1,
             Metric::Pearson => self.pearson,
             Metric::Spearman => self.spearman,
+            Metric::F1 => self.f1,
             Metric::Loss => Some(self.loss),
         }
         .unwrap_or(f64::NAN)
@@ -71,9 +96,43 @@ impl EvalMetrics {
             ("macro-F1", self.macro_f1),
             ("Pearson", self.pearson),
             ("Spearman", self.spearman),
+            ("entity precision", self.precision),
+            ("recall", self.recall),
+            ("F1", self.f1),
         ];
         named.iter().filter_map(|(n, v)| v.map(|v| format!("{n} {v:.4}"))).collect::<Vec<_>>().join(" ")
     }
+}
+
+/// The entities of a tag sequence as seqeval finds them (its default, conlleval-compatible
+/// mode): (type, first word, last word). A chunk starts at `B-`, `S-`, or an `I-`/`E-` that does
+/// not continue a chunk of its type, and ends before `B-`, `S-`, `O` or another type.
+pub fn entities<'a>(tags: &[&'a str]) -> Vec<(&'a str, usize, usize)> {
+    let split = |t: &'a str| -> (char, &'a str) {
+        let kind = t.chars().next().unwrap_or('O');
+        let rest = t.get(1..).unwrap_or("");
+        let ty = rest.split_once('-').map_or(rest, |(_, ty)| ty);
+        (kind, if ty.is_empty() { "_" } else { ty })
+    };
+    let mut out = Vec::new();
+    let (mut prev_tag, mut prev_type, mut begin) = ('O', "", 0);
+    for (i, t) in tags.iter().copied().chain(std::iter::once("O")).enumerate() {
+        let (tag, ty) = split(t);
+        let end = matches!(prev_tag, 'E' | 'S')
+            || (matches!(prev_tag, 'B' | 'I') && matches!(tag, 'B' | 'S' | 'O'))
+            || (prev_tag != 'O' && prev_tag != '.' && prev_type != ty);
+        if end {
+            out.push((prev_type, begin, i - 1));
+        }
+        let start = matches!(tag, 'B' | 'S')
+            || (matches!(prev_tag, 'E' | 'S' | 'O') && matches!(tag, 'E' | 'I'))
+            || (tag != 'O' && tag != '.' && prev_type != ty);
+        if start {
+            begin = i;
+        }
+        (prev_tag, prev_type) = (tag, ty);
+    }
+    out
 }
 
 /// Pearson's correlation coefficient (0 when either side is constant).
@@ -259,6 +318,18 @@ mod tests {
         assert!((f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         let (_, f1_3) = accuracy_and_macro_f1(&[0, 0, 0, 1], &[0, 0, 1, 1], 3);
         assert!((f1_3 - (0.8 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn entities_match_seqeval() {
+        // seqeval 1.2.2 get_entities of the same sequences.
+        let tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-ORG", "B-ORG", "I-PER", "O", "B-MISC"];
+        assert_eq!(
+            entities(&tags),
+            vec![("PER", 0, 1), ("LOC", 3, 4), ("ORG", 5, 5), ("ORG", 6, 6), ("PER", 7, 7), ("MISC", 9, 9)]
+        );
+        assert_eq!(entities(&["O", "O"]), vec![]);
+        assert_eq!(entities(&["B-geo-loc", "I-geo-loc"]), vec![("geo-loc", 0, 1)]);
     }
 
     #[test]

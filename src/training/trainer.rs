@@ -7,7 +7,7 @@
 use super::config::{EarlyStopping, Metric};
 use crate::data::batch::{chunk, epoch_order, length_grouped};
 use crate::training::checkpoint::{BestSoFar, RunDir, TrainState};
-use crate::training::loss::Scored;
+use crate::training::loss::{Scored, TagScores};
 use crate::training::metrics::{EvalMetrics, LogRecord, MetricsLog};
 use crate::training::optimizer::{AdamW, AdamWConfig, GradStore};
 use crate::training::schedule::LrSchedule;
@@ -147,7 +147,7 @@ pub fn evaluate<M, E: Examples<M> + ?Sized>(
 ) -> EvalMetrics {
     let order = data.eval_order(split);
     let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
-    let (mut classes, mut values) = (Vec::new(), Vec::new());
+    let (mut classes, mut values, mut tags) = (Vec::new(), Vec::new(), None::<TagScores>);
     for batch in chunk(&order, batch_size) {
         let weight = data.weight(split, &batch);
         let (loss, scored) = data.loss(model, split, &batch);
@@ -157,13 +157,14 @@ pub fn evaluate<M, E: Examples<M> + ?Sized>(
         match scored {
             Scored::Classes(pairs) => classes.extend(pairs),
             Scored::Values(pairs) => values.extend(pairs),
+            Scored::Tagged(t) => tags.get_or_insert_default().extend(t),
         }
     }
     let loss = loss_sum / weight_sum.max(1e-12);
-    let mut metrics = if values.is_empty() {
-        EvalMetrics::of_classes(loss, &classes, num_labels)
-    } else {
-        EvalMetrics::of_values(loss, &values)
+    let mut metrics = match tags {
+        Some(t) => EvalMetrics::of_tags(loss, &t, order.len()),
+        None if !values.is_empty() => EvalMetrics::of_values(loss, &values),
+        None => EvalMetrics::of_classes(loss, &classes, num_labels),
     };
     metrics.examples = order.len();
     metrics

@@ -217,6 +217,62 @@ fn text_classification_row_for(model: &Path, pooling: &str, targets: &str, is_he
     );
 }
 
+/// Token classification (named entities) on the first 120 / 40 / 40 tweets of the real WNUT 2016
+/// training data with the tiny BERT: every method it supports trains the right parameters and
+/// its result reloads and scores entities; feature extraction and prompt tuning are refused by
+/// name.
+#[test]
+fn token_classification_row() {
+    let Some(wnut) = cached_asset("finetune/wnut16-ner", finetune::io::hub::RepoKind::Dataset, "train.conll", "wnut")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ner");
+    std::fs::create_dir_all(&data).unwrap();
+    let text = std::fs::read_to_string(wnut.join("train.conll")).unwrap();
+    let tweets: Vec<&str> = text.split("\n\n").filter(|t| !t.trim().is_empty()).collect();
+    for (name, range) in [("train", 0..120), ("validation", 120..160), ("test", 160..200)] {
+        std::fs::write(data.join(format!("{name}.conll")), tweets[range].join("\n\n") + "\n").unwrap();
+    }
+    let recipe = format!(
+        "model = \"{}\"\n[data]\ndataset = \"{}\"\ntrain = \"train.conll\"\nvalidation = \"validation.conll\"\ntest = \"test.conll\"\nmax_length = 48\n\
+         {TRAINING}[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = [\"query\", \"value\"]\n[prompt_tuning]\nnum_virtual_tokens = 4\n",
+        tiny_bert().display(),
+        data.display(),
+    );
+    let test_file = data.join("test.conll");
+    let reload = move |out: &Path, method: Method| {
+        use finetune::inference::tokens::FinetunedTokenClassifier;
+        let base = tiny_bert().display().to_string();
+        let m = if method.is_peft() {
+            FinetunedTokenClassifier::load(Some(&base), Some(&out.join("adapter")), "cpu")
+        } else {
+            FinetunedTokenClassifier::load(Some(&out.join("model").display().to_string()), None, "cpu")
+        }
+        .unwrap_or_else(|e| panic!("token classification × {method:?}: {e:#}"));
+        let metrics = m.evaluate_file(&test_file, "tokens", "ner_tags", 16, false).unwrap();
+        assert!(metrics.loss.is_finite() && metrics.f1.is_some() && metrics.examples == 40, "{metrics:?}");
+        let tagged = m.predict(&["Empire State Building = ESB".to_string()]).unwrap();
+        assert_eq!(tagged[0].words.len(), 5);
+    };
+    run_row(
+        Task::TokenClassification,
+        Some(Cell {
+            recipe,
+            base: tensors(&tiny_bert().join("model.safetensors")),
+            base_key: |k| k.to_string(),
+            is_head: |k| k.starts_with("classifier."),
+            trains: |method, p| match method {
+                Method::Transfer => p.starts_with("head."),
+                Method::Lora => p.contains(".lora.") || p.starts_with("head."),
+                _ => true,
+            },
+            reload: Box::new(reload),
+        }),
+    );
+}
+
 /// A character-level tokenizer for the tiny Llama's 96 ids: `<pad>`, `<s>`, `</s>`, then printable
 /// ASCII.
 fn char_tokenizer() -> Value {

@@ -132,6 +132,24 @@ fn encoder_families_match_transformers() {
     }
 }
 
+/// `BertForTokenClassification` and `RobertaForTokenClassification` checkpoints saved by
+/// transformers (tests/fixtures/encoders/tiny-*-token) load as token classifiers (the head under
+/// `classifier`, not RoBERTa's sequence head) and give transformers' logits on every token (1e-4).
+#[test]
+fn token_classifiers_match_transformers() {
+    let refs = encoder_references();
+    for name in ["tiny-bert-token", "tiny-roberta-token"] {
+        let device = Device::flex();
+        let dir = ModelDir::open(&fixtures().join("encoders").join(name)).unwrap();
+        let (model, report) =
+            finetune::models::load_token_classifier(&dir, 5, 0.0, Head::FromCheckpoint, &device).unwrap();
+        assert!(report.initialized.is_empty() && report.unused.is_empty(), "{name}: {report:?}");
+        let logits = model.valid().token_logits(&encoder_reference_input(name, &device));
+        let d = max_abs_diff(&values(logits), &refs.tensor(&format!("{name}.token_logits")).unwrap().data);
+        assert!(d < 1e-4, "{name}: token logits differ by {d}");
+    }
+}
+
 /// A checkpoint with bare keys (`embeddings.…`, as sentence-transformers saves) loads the same
 /// encoder as one with `bert.`-prefixed keys.
 #[test]
