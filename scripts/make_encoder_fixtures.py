@@ -15,7 +15,8 @@ Outputs (under tests/fixtures/encoders/):
   tiny-electra/      ElectraForSequenceClassification with embedding_size 16 < hidden 32
                      (embeddings_project), GELU classification head, tiny-bert's tokenizer
   tiny-{bert,roberta}-token/  BertForTokenClassification / RobertaForTokenClassification with the
-                     encoder of tiny-bert / tiny-roberta and a random 5-tag classifier
+                     encoder of tiny-bert / tiny-roberta and a random 5-tag classifier, and the ids
+                     transformers gives a list of words (is_split_into_words)
   peft-<model>/      a peft SEQ_CLS LoRA adapter per model on query/value (DistilBERT's q_lin/v_lin)
                      with peft's default modules_to_save, as if trained
   encoders-reference.safetensors   per model: input_ids, attention_mask, token_type_ids,
@@ -38,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 OUT = os.path.join(FIX, "encoders")
 LABELS = {"id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}, "num_labels": 3}
+WORDS = ["Empire", "State", "Building", "=", "ESB", ".", "Pretty", "bad", "storm", "here"]
 SENTENCES = ["I loved this film, truly wonderful.", "Terrible service and cold food!",
              "ok", "The plot was thin but the acting saved it; I would watch it again."]
 
@@ -162,8 +164,14 @@ def token_classifier(name, source, tok, pad_id, with_types):
         kwargs["token_type_ids"] = types
     with torch.no_grad():
         logits = model(**kwargs).logits
+    # Words given one by one, as transformers tokenizes them for token classification
+    # (RoBERTa's byte-level BPE needs add_prefix_space=True for is_split_into_words).
+    from transformers import AutoTokenizer
+    extra = {"add_prefix_space": True} if "roberta" in name else {}
+    words = AutoTokenizer.from_pretrained(out, **extra)(WORDS, is_split_into_words=True)["input_ids"]
     return {f"{name}.input_ids": ids.float(), f"{name}.token_type_ids": types.float(),
-            f"{name}.attention_mask": mask.float(), f"{name}.token_logits": logits}
+            f"{name}.attention_mask": mask.float(), f"{name}.token_logits": logits,
+            f"{name}.word_input_ids": torch.tensor(words).float()}
 
 
 def main():

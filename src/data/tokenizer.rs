@@ -33,6 +33,10 @@ pub struct Encoded {
 
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// For words given one by one (token classification): a byte-level BPE tokenizer (RoBERTa)
+    /// with `add_prefix_space = true`, as transformers requires for `is_split_into_words`, so a
+    /// word is tokenized as it is in running text (`Ġword`). `None`: `inner` as it is.
+    words: Option<Tokenizer>,
     pad_id: u32,
 }
 
@@ -56,7 +60,8 @@ impl TextTokenizer {
             }))
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let pad_id = ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
-        Ok(Self { inner, pad_id })
+        let words = with_prefix_space(&inner)?;
+        Ok(Self { inner, words, pad_id })
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -82,7 +87,8 @@ impl TextTokenizer {
     /// the word each token came from (`None` for special tokens).
     pub fn encode_words(&self, words: &[String]) -> Result<(Encoded, Vec<Option<u32>>)> {
         let input = tokenizers::EncodeInput::Single(words.into());
-        let e = self.inner.encode(input, true).map_err(|e| anyhow!("tokenizing {words:?}: {e}"))?;
+        let tokenizer = self.words.as_ref().unwrap_or(&self.inner);
+        let e = tokenizer.encode(input, true).map_err(|e| anyhow!("tokenizing {words:?}: {e}"))?;
         let encoded = Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() };
         Ok((encoded, e.get_word_ids().to_vec()))
     }
@@ -109,6 +115,30 @@ impl TextTokenizer {
             .map(|e| Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
             .collect())
     }
+}
+
+/// `tokenizer` with every byte-level pre-tokenizer set to `add_prefix_space = true`, if one was
+/// not (`None` when nothing changes).
+fn with_prefix_space(tokenizer: &Tokenizer) -> Result<Option<Tokenizer>> {
+    fn set(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(o) if o.get("type").and_then(|t| t.as_str()) == Some("ByteLevel") => {
+                let changed = o.get("add_prefix_space") != Some(&serde_json::Value::Bool(true));
+                o.insert("add_prefix_space".into(), true.into());
+                changed
+            }
+            serde_json::Value::Object(o) => o.get_mut("pretokenizers").is_some_and(set),
+            serde_json::Value::Array(a) => a.iter_mut().map(set).fold(false, |x, y| x | y),
+            _ => false,
+        }
+    }
+    let mut json: serde_json::Value =
+        serde_json::from_str(&tokenizer.to_string(false).map_err(|e| anyhow!("serializing the tokenizer: {e}"))?)?;
+    if !json.get_mut("pre_tokenizer").is_some_and(set) {
+        return Ok(None);
+    }
+    let text = json.to_string();
+    build("tokenizer.json (words)", || text.parse::<Tokenizer>()).map(Some)
 }
 
 /// A tokenizer for causal language models: no padding, no truncation, and decoding.

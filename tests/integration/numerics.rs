@@ -134,7 +134,9 @@ fn encoder_families_match_transformers() {
 
 /// `BertForTokenClassification` and `RobertaForTokenClassification` checkpoints saved by
 /// transformers (tests/fixtures/encoders/tiny-*-token) load as token classifiers (the head under
-/// `classifier`, not RoBERTa's sequence head) and give transformers' logits on every token (1e-4).
+/// `classifier`, not RoBERTa's sequence head) and give transformers' logits on every token (1e-4);
+/// words given one by one get transformers' ids (`is_split_into_words`; RoBERTa with
+/// `add_prefix_space`).
 #[test]
 fn token_classifiers_match_transformers() {
     let refs = encoder_references();
@@ -147,6 +149,12 @@ fn token_classifiers_match_transformers() {
         let logits = model.valid().token_logits(&encoder_reference_input(name, &device));
         let d = max_abs_diff(&values(logits), &refs.tensor(&format!("{name}.token_logits")).unwrap().data);
         assert!(d < 1e-4, "{name}: token logits differ by {d}");
+        // Words one by one: the ids transformers gives them (RoBERTa: add_prefix_space).
+        let tok = finetune::data::tokenizer::TextTokenizer::from_file(&dir.tokenizer_path(), 64).unwrap();
+        let words: Vec<String> =
+            ["Empire", "State", "Building", "=", "ESB", ".", "Pretty", "bad", "storm", "here"].map(String::from).into();
+        let ids: Vec<f32> = tok.encode_words(&words).unwrap().0.ids.iter().map(|&i| i as f32).collect();
+        assert_eq!(ids, refs.tensor(&format!("{name}.word_input_ids")).unwrap().data, "{name}: word ids");
     }
 }
 
