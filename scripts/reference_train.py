@@ -163,10 +163,12 @@ def main():
     tok.pad_token = "[PAD]"
     max_len = data.get("max_length", 128)
     if pair_col:
-        tokenized = {k: tok([t for (t, _), _ in v], [p for (_, p), _ in v], truncation=True, max_length=max_len)
+        tokenized = {k: tok([t for (t, _), _ in v], [p for (_, p), _ in v], truncation=True, max_length=max_len,
+                         return_token_type_ids=True)
                      for k, v in splits.items()}
     else:
-        tokenized = {k: tok([t for t, _ in v], truncation=True, max_length=max_len) for k, v in splits.items()}
+        tokenized = {k: tok([t for t, _ in v], truncation=True, max_length=max_len, return_token_type_ids=True)
+                     for k, v in splits.items()}
     enc = {k: v["input_ids"] for k, v in tokenized.items()}
     enc_types = {k: v["token_type_ids"] for k, v in tokenized.items()}
     if regression:
