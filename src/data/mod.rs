@@ -12,6 +12,7 @@ pub mod text;
 pub mod tokenizer;
 
 use crate::io::hub::{self, RepoKind};
+use crate::nn::classification_head::ProblemType;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub enum Targets {
     Classes(Vec<usize>),
     /// A value per example (regression).
     Values(Vec<f32>),
+    /// A set of classes per example (multi-label), as ids into the label set.
+    Sets { sets: Vec<Vec<usize>>, num_labels: usize },
 }
 
 impl Targets {
@@ -76,6 +79,7 @@ impl Targets {
         match self {
             Self::Classes(c) => c.len(),
             Self::Values(v) => v.len(),
+            Self::Sets { sets, .. } => sets.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -86,7 +90,7 @@ impl Targets {
     pub fn classes(&self) -> Option<&[usize]> {
         match self {
             Self::Classes(c) => Some(c),
-            Self::Values(_) => None,
+            Self::Values(_) | Self::Sets { .. } => None,
         }
     }
 }
@@ -145,16 +149,20 @@ pub fn dataset_dir(cfg: &DataConfig) -> Result<PathBuf> {
     hub::resolve(&cfg.dataset, RepoKind::Dataset, "main", &files)
 }
 
-/// Read, label and tokenize the splits named in `cfg`. `labels` fixes the label set (e.g. the
-/// one stored with a fine-tuned model); otherwise `cfg.labels` or the training split decides.
-pub fn load_text_data(cfg: &DataConfig, labels: Option<LabelSet>, tokenizer: &TextTokenizer) -> Result<TextData> {
+/// Read, label and tokenize the splits named in `cfg`: labels are classes (`cfg.labels`, else
+/// the training split's), sets of classes, or numbers, as `problem` says.
+pub fn load_text_data(cfg: &DataConfig, problem: ProblemType, tokenizer: &TextTokenizer) -> Result<TextData> {
     let dir = dataset_dir(cfg)?;
     let columns = cfg.columns();
     let raw_train = read_rows(&dir.join(&cfg.train), &columns, cfg.skip_bad_rows)?;
-    let labels = match (labels, &cfg.labels) {
-        (Some(l), _) => l,
-        (None, Some(names)) => LabelSet::new(names.clone())?,
-        (None, None) => LabelSet::infer(&raw_train.rows)?,
+    let labels = match (problem, &cfg.labels) {
+        (ProblemType::Regression, _) => LabelSet::regression(),
+        (ProblemType::MultiLabelClassification, Some(names)) => {
+            LabelSet::new(names.clone())?.multi_label(&cfg.label_separator)
+        }
+        (ProblemType::MultiLabelClassification, None) => LabelSet::infer_sets(&raw_train.rows, &cfg.label_separator)?,
+        (_, Some(names)) => LabelSet::new(names.clone())?,
+        (_, None) => LabelSet::infer(&raw_train.rows)?,
     };
     let tokenize = |name: &'static str, split: LabeledSplit| -> Result<TokenizedSplit> {
         if !split.skipped.is_empty() {
@@ -217,6 +225,10 @@ pub struct DataConfig {
     /// token types).
     #[serde(default)]
     pub text_pair_column: Option<String>,
+    /// Multi-label data: what separates the labels of one row in a CSV/TSV cell (a JSONL row
+    /// may hold a list instead).
+    #[serde(default = "default_label_separator")]
+    pub label_separator: String,
     /// Label names in id order; inferred (sorted) from the training split when absent.
     pub labels: Option<Vec<String>>,
     #[serde(default = "default_max_length")]
@@ -241,6 +253,9 @@ fn default_true() -> bool {
 
 fn default_text_column() -> String {
     "text".into()
+}
+fn default_label_separator() -> String {
+    ",".into()
 }
 fn default_label_column() -> String {
     "label".into()

@@ -81,6 +81,8 @@ pub struct LabelSet {
     names: Vec<String>,
     index: HashMap<String, usize>,
     values: bool,
+    /// Multi-label: a row's label cell holds any number of these names, split at this separator.
+    separator: Option<String>,
 }
 
 impl LabelSet {
@@ -94,12 +96,34 @@ impl LabelSet {
         if names.len() < 2 {
             bail!("a classification task needs at least 2 labels, found {:?}", names);
         }
-        Ok(Self { names, index, values: false })
+        Ok(Self { names, index, values: false, separator: None })
+    }
+
+    /// The same names for multi-label data: a row holds any number of them, split at `separator`
+    /// (a JSON list in a JSONL row is written joined with it).
+    pub fn multi_label(self, separator: &str) -> Self {
+        Self { separator: Some(separator.to_string()), ..self }
+    }
+
+    /// Every label of multi-label rows, sorted, each row's cell split at `separator`.
+    pub fn infer_sets(rows: &[Row], separator: &str) -> Result<Self> {
+        let set: BTreeSet<&str> = rows.iter().flat_map(|r| split_labels(&r.label, separator)).collect();
+        Ok(Self::new(set.into_iter().map(String::from).collect())?.multi_label(separator))
+    }
+
+    /// Whether a row holds a set of labels (multi-label classification).
+    pub fn is_multi_label(&self) -> bool {
+        self.separator.is_some()
     }
 
     /// A regression's single output: the labels are numbers.
     pub fn regression() -> Self {
-        Self { names: vec!["LABEL_0".into()], index: HashMap::from([("LABEL_0".to_string(), 0)]), values: true }
+        Self {
+            names: vec!["LABEL_0".into()],
+            index: HashMap::from([("LABEL_0".to_string(), 0)]),
+            values: true,
+            separator: None,
+        }
     }
 
     /// Whether the labels are numbers (a regression) rather than class names.
@@ -216,6 +240,14 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
                 let field = |name: &str| -> Option<String> {
                     match value.get(name)? {
                         serde_json::Value::String(s) => Some(s.clone()),
+                        // A list of labels (multi-label rows): joined with the default separator.
+                        serde_json::Value::Array(items) if name == columns.label => Some(
+                            items
+                                .iter()
+                                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                                .collect::<Vec<_>>()
+                                .join(LIST_SEPARATOR),
+                        ),
                         serde_json::Value::Null => None,
                         other => Some(other.to_string()),
                     }
@@ -234,6 +266,17 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
         bail!("{}: no usable rows (empty dataset)", path.display());
     }
     Ok(RawSplit { path: path.to_path_buf(), rows, skipped })
+}
+
+/// What a JSONL list of labels is joined with when read (a character no label holds).
+const LIST_SEPARATOR: &str = "\u{1f}";
+
+/// The labels of a multi-label cell: split at `separator` (or where a JSONL list was joined),
+/// trimmed, empty pieces dropped.
+fn split_labels<'a>(cell: &'a str, separator: &'a str) -> impl Iterator<Item = &'a str> {
+    cell.split(move |c: char| LIST_SEPARATOR.contains(c) || separator.contains(c))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
 }
 
 fn csv_error_reason(e: &csv::Error) -> String {
@@ -275,7 +318,7 @@ fn row_from_fields(
 /// as numbers (one that is not a finite number is a bad row).
 pub fn label_rows(raw: RawSplit, labels: &LabelSet, skip_bad_rows: bool) -> Result<LabeledSplit> {
     let with_pairs = raw.rows.first().is_some_and(|r| r.pair.is_some());
-    let (mut classes, mut values) = (Vec::new(), Vec::new());
+    let (mut classes, mut values, mut sets) = (Vec::new(), Vec::new(), Vec::new());
     let mut out = LabeledSplit {
         path: raw.path,
         texts: Vec::new(),
@@ -284,7 +327,14 @@ pub fn label_rows(raw: RawSplit, labels: &LabelSet, skip_bad_rows: bool) -> Resu
         skipped: raw.skipped,
     };
     for row in raw.rows {
-        let target = if labels.is_regression() {
+        let target = if let Some(sep) = &labels.separator {
+            split_labels(&row.label, sep)
+                .map(|l| {
+                    labels.id(l).ok_or_else(|| format!("unknown label '{l}' (labels: {})", labels.names().join(", ")))
+                })
+                .collect::<Result<Vec<usize>, String>>()
+                .map(|ids| sets.push(ids))
+        } else if labels.is_regression() {
             row.label
                 .parse::<f32>()
                 .ok()
@@ -315,7 +365,13 @@ pub fn label_rows(raw: RawSplit, labels: &LabelSet, skip_bad_rows: bool) -> Resu
     if out.texts.is_empty() {
         bail!("{}: no usable rows after label mapping", out.path.display());
     }
-    out.targets = if labels.is_regression() { Targets::Values(values) } else { Targets::Classes(classes) };
+    out.targets = if labels.is_multi_label() {
+        Targets::Sets { sets, num_labels: labels.len() }
+    } else if labels.is_regression() {
+        Targets::Values(values)
+    } else {
+        Targets::Classes(classes)
+    };
     Ok(out)
 }
 

@@ -80,6 +80,7 @@ pub struct Prediction {
     pub text_pair: Option<String>,
     /// A regression's prediction (its one output); `label` and `probabilities` are then empty.
     pub score: Option<f32>,
+    /// The predicted class (multi-label: every class above probability 0.5, joined with ",").
     pub label: String,
     pub probabilities: Vec<(String, f32)>,
     pub logits: Vec<f32>,
@@ -140,9 +141,17 @@ impl FinetunedClassifier {
             Some(n) => Some(n.finetune.clone()),
             None => base.raw_config()?.get("finetune").map(|v| serde_json::from_value(v.clone())).transpose()?,
         };
-        let regression = meta.as_ref().is_some_and(|m| m.problem_type == ProblemType::Regression)
-            || base.raw_config()?.get("problem_type").and_then(|p| p.as_str()) == Some("regression");
-        let labels = if regression { LabelSet::regression() } else { LabelSet::new(names)? };
+        let config_problem = base.raw_config()?.get("problem_type").and_then(|p| p.as_str()).map(str::to_string);
+        let problem = |p: ProblemType| {
+            meta.as_ref().is_some_and(|m| m.problem_type == p) || config_problem.as_deref() == Some(p.name())
+        };
+        let labels = if problem(ProblemType::Regression) {
+            LabelSet::regression()
+        } else if problem(ProblemType::MultiLabelClassification) {
+            LabelSet::new(names)?.multi_label(",")
+        } else {
+            LabelSet::new(names)?
+        };
         let pooling = meta.as_ref().map_or(Pooling::Pooler, |m| m.pooling);
         let positions = crate::models::bert::BertConfig::read(&base)?.max_positions();
         let max_len = match max_length {
@@ -269,7 +278,11 @@ impl FinetunedClassifier {
             let input = collate(&encoded, &batch, self.tokenizer.pad_id(), &self.device);
             let logits = self.model.forward(&input);
             let raw: Vec<f32> = logits.clone().into_data().convert::<f32>().try_into_vec().expect("f32");
-            let probs = burn::tensor::activation::softmax(logits, 1);
+            let probs = if self.labels.is_multi_label() {
+                burn::tensor::activation::sigmoid(logits)
+            } else {
+                burn::tensor::activation::softmax(logits, 1)
+            };
             let values: Vec<f32> = probs.into_data().convert::<f32>().try_into_vec().expect("f32");
             let k = self.labels.len();
             for (row, &i) in batch.iter().enumerate() {
@@ -289,11 +302,18 @@ impl FinetunedClassifier {
                 }
                 let p = &values[row * k..(row + 1) * k];
                 let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
+                let label = if self.labels.is_multi_label() {
+                    // Every label whose probability is above one half, joined with ",".
+                    let names = self.labels.names();
+                    (0..k).filter(|&j| p[j] > 0.5).map(|j| names[j].as_str()).collect::<Vec<_>>().join(",")
+                } else {
+                    self.labels.names()[best].clone()
+                };
                 out.push(Prediction {
                     text,
                     text_pair,
                     score: None,
-                    label: self.labels.names()[best].clone(),
+                    label,
                     probabilities: self.labels.names().iter().cloned().zip(p.iter().copied()).collect(),
                     logits,
                 });

@@ -78,6 +78,9 @@ pub enum ProblemType {
     #[default]
     SingleLabelClassification,
     Regression,
+    /// Any number of classes per example: one sigmoid per class, binary cross-entropy, a class
+    /// is predicted when its probability is above 0.5.
+    MultiLabelClassification,
 }
 
 impl ProblemType {
@@ -85,6 +88,7 @@ impl ProblemType {
         match self {
             Self::SingleLabelClassification => "single_label_classification",
             Self::Regression => "regression",
+            Self::MultiLabelClassification => "multi_label_classification",
         }
     }
 }

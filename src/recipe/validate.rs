@@ -51,16 +51,18 @@ impl Task {
 }
 
 impl Recipe {
-    /// A regression (text classification only) selects checkpoints on loss or a correlation, a
-    /// token classifier on entity F1, word accuracy or loss, a classifier on accuracy, macro-F1
-    /// or loss.
+    /// A regression or multi-label head (text classification only) selects checkpoints on loss or
+    /// a correlation / micro- or macro-F1 or exact-match accuracy, a token classifier on entity
+    /// F1, word accuracy or loss, a classifier on accuracy, macro-F1 or loss.
     fn check_problem_type(&self) -> Result<()> {
         use crate::nn::classification_head::ProblemType;
         use crate::training::config::Metric;
-        let regression = self.head.problem_type == ProblemType::Regression;
-        if regression && self.task != Task::TextClassification {
-            bail!("head.problem_type = \"regression\" is available for task = \"text-classification\" only");
+        let problem = self.head.problem_type;
+        if problem != ProblemType::SingleLabelClassification && self.task != Task::TextClassification {
+            bail!("head.problem_type = \"{}\" is available for task = \"text-classification\" only", problem.name());
         }
+        let regression = problem == ProblemType::Regression;
+        let sets = problem == ProblemType::MultiLabelClassification;
         let metric = self.training.metric;
         let tagging = self.task == Task::TokenClassification;
         let fits = match metric {
@@ -69,11 +71,16 @@ impl Recipe {
             Metric::Pearson | Metric::Spearman => regression,
             Metric::MacroF1 => !regression && !tagging,
             Metric::F1 => tagging,
+            Metric::MicroF1 => sets,
         };
         if !fits {
-            let (choices, what) = match (regression, tagging) {
-                (true, _) => ("pearson, spearman, loss", "head.problem_type = \"regression\""),
-                (_, true) => ("f1, accuracy, loss", "task = \"token-classification\""),
+            let (choices, what) = match (regression, sets, tagging) {
+                (true, ..) => ("pearson, spearman, loss", "head.problem_type = \"regression\""),
+                (_, true, _) => (
+                    "micro_f1, macro_f1, accuracy (exact match), loss",
+                    "head.problem_type = \"multi_label_classification\"",
+                ),
+                (.., true) => ("f1, accuracy, loss", "task = \"token-classification\""),
                 _ => ("accuracy, macro_f1, loss", "a classifier"),
             };
             bail!("training.metric = \"{}\" does not apply to {what}; choose one of: {choices}", metric.name());

@@ -5,7 +5,6 @@
 
 use crate::data::Targets;
 use crate::data::batch::{chunk, collate, length_sorted};
-use crate::data::text::LabelSet;
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::{TextData, TokenizedSplit, load_text_data};
 use crate::inference::text::{MODEL_FILES, TokenExamples};
@@ -53,13 +52,14 @@ impl TextClassification {
         let family =
             check_fits(&model_dir, &tokenizer, recipe.data.max_length + prompt.map_or(0, |p| p.num_virtual_tokens))?;
         let regression = recipe.head.problem_type == ProblemType::Regression;
-        let data = load_text_data(&recipe.data, regression.then(LabelSet::regression), &tokenizer)?;
+        let data = load_text_data(&recipe.data, recipe.head.problem_type, &tokenizer)?;
         tracing::info!(
             "{}; {} train / {} validation / {} test examples",
             if regression {
                 "regression (labels are numbers)".to_string()
             } else {
-                format!("{} labels {:?}", data.labels.len(), data.labels.names())
+                let sets = if data.labels.is_multi_label() { " (any number per example)" } else { "" };
+                format!("{} labels{sets} {:?}", data.labels.len(), data.labels.names())
             },
             data.train.len(),
             data.validation.as_ref().map_or(0, TokenizedSplit::len),

@@ -100,6 +100,8 @@ pub enum Metric {
     Spearman,
     /// Token classification: entity-level F1 (seqeval's micro average).
     F1,
+    /// Multi-label classification: F1 over every (example, label) decision.
+    MicroF1,
 }
 
 impl Metric {
@@ -114,6 +116,7 @@ impl Metric {
             Self::Pearson => "pearson",
             Self::Spearman => "spearman",
             Self::F1 => "f1",
+            Self::MicroF1 => "micro_f1",
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum Scored {
     Classes(Vec<(usize, usize)>),
     /// A value per example.
     Values(Vec<(f32, f32)>),
+    /// A set of classes per example (multi-label): (predicted, actual) class ids.
+    Sets(Vec<(Vec<usize>, Vec<usize>)>),
     /// Tagged words (token classification): (predicted, actual) tag per scored word, and the
     /// entity counts of seqeval's micro average.
     Tagged(TagScores),
@@ -64,6 +66,7 @@ pub fn loss(targets: &Targets, outputs: Tensor<2>, indices: &[usize]) -> (Tensor
     let device = outputs.device();
     match targets {
         Targets::Classes(labels) => classification_loss(outputs, labels, indices),
+        Targets::Sets { sets, num_labels } => multi_label_loss(outputs, sets, *num_labels, indices),
         Targets::Values(values) => {
             let [b, c] = outputs.dims();
             assert_eq!(c, 1, "a regression head has one output");
@@ -87,6 +90,35 @@ pub fn classification_loss(logits: Tensor<2>, labels: &[usize], indices: &[usize
     (cross_entropy(logits, y), Scored::Classes(pairs))
 }
 
+/// The loss of a multi-label classifier: binary cross-entropy of each of `logits [b, c]` against
+/// whether the class is in the example's set (mean over all b × c, PyTorch's
+/// `BCEWithLogitsLoss`), and the predicted sets (probability above 0.5: logit above 0).
+pub fn multi_label_loss(
+    logits: Tensor<2>,
+    sets: &[Vec<usize>],
+    num_labels: usize,
+    indices: &[usize],
+) -> (Tensor<1>, Scored) {
+    let [b, c] = logits.dims();
+    assert_eq!(c, num_labels, "one output per label");
+    let mut y = vec![0f32; b * c];
+    for (row, &i) in indices.iter().enumerate() {
+        for &k in &sets[i] {
+            y[row * c + k] = 1.0;
+        }
+    }
+    let values: Vec<f32> = logits.clone().into_data().convert::<f32>().try_into_vec().expect("f32 data");
+    let scored = indices
+        .iter()
+        .enumerate()
+        .map(|(row, &i)| ((0..c).filter(|&k| values[row * c + k] > 0.0).collect(), sets[i].clone()))
+        .collect();
+    let y = Tensor::<2>::from_data(TensorData::new(y, [b, c]), &logits.device());
+    // max(x, 0) - x y + log(1 + exp(-|x|)): the stable form of -[y log σ(x) + (1-y) log(1-σ(x))].
+    let loss = logits.clone().clamp_min(0.0) - logits.clone() * y + logits.abs().neg().exp().add_scalar(1.0).log();
+    (loss.mean(), Scored::Sets(scored))
+}
+
 /// Mean cross-entropy of `logits [b, c]` against `labels [b]`.
 pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let [b, _] = logits.dims();
@@ -97,6 +129,24 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_cross_entropy_matches_pytorch() {
+        // torch.nn.BCEWithLogitsLoss()(x, y) and its gradient (torch 2.15), for these values.
+        let device = Device::flex().autodiff();
+        let x = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, -1.0, 0.5, -3.0, 0.0, 1.5], [2, 3]), &device)
+            .require_grad();
+        let sets = vec![vec![0, 2], vec![1]];
+        let (loss, scored) = multi_label_loss(x.clone(), &sets, 3, &[0, 1]);
+        assert!((loss.clone().into_scalar::<f32>() - 0.559_569_06).abs() < 1e-6, "{}", loss.into_scalar::<f32>());
+        assert_eq!(scored, Scored::Sets(vec![(vec![0, 2], vec![0, 2]), (vec![2], vec![1])]));
+        let (loss, _) = multi_label_loss(x.clone(), &sets, 3, &[0, 1]);
+        let g: Vec<f32> = x.grad(&loss.backward()).unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+        let want = [-0.019_867_16, 0.044_823_57, -0.062_923_44, 0.007_904_31, -0.083_333_34, 0.136_262_4];
+        for (got, want) in g.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{g:?}");
+        }
+    }
 
     #[test]
     fn mean_squared_error_and_its_gradient() {

@@ -14,6 +14,9 @@ pub struct EvalMetrics {
     pub accuracy: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macro_f1: Option<f64>,
+    /// Multi-label: F1 over every (example, label) decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_f1: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pearson: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,12 +44,43 @@ impl EvalMetrics {
             loss,
             accuracy: None,
             macro_f1: None,
+            micro_f1: None,
             pearson: None,
             spearman: None,
             precision: None,
             recall: None,
             f1: None,
             examples,
+        }
+    }
+
+    /// Metrics of label sets (multi-label): exact-match accuracy (scikit-learn's subset
+    /// accuracy), micro-F1 over every decision, macro-F1 over labels (a label never predicted
+    /// nor present scores 0, as scikit-learn does).
+    pub fn of_sets(loss: f64, pairs: &[(Vec<usize>, Vec<usize>)], num_labels: usize) -> Self {
+        let exact = pairs.iter().filter(|(p, a)| p == a).count();
+        let (mut tp, mut fp, mut fn_) = (vec![0usize; num_labels], vec![0usize; num_labels], vec![0usize; num_labels]);
+        for (p, a) in pairs {
+            for k in 0..num_labels {
+                match (p.contains(&k), a.contains(&k)) {
+                    (true, true) => tp[k] += 1,
+                    (true, false) => fp[k] += 1,
+                    (false, true) => fn_[k] += 1,
+                    (false, false) => {}
+                }
+            }
+        }
+        let f1 = |tp: usize, fp: usize, fn_: usize| {
+            let d = 2 * tp + fp + fn_;
+            if d == 0 { 0.0 } else { 2.0 * tp as f64 / d as f64 }
+        };
+        let macro_f1 = (0..num_labels).map(|k| f1(tp[k], fp[k], fn_[k])).sum::<f64>() / num_labels.max(1) as f64;
+        let sum = |v: &[usize]| v.iter().sum::<usize>();
+        Self {
+            accuracy: Some(exact as f64 / pairs.len().max(1) as f64),
+            macro_f1: Some(macro_f1),
+            micro_f1: Some(f1(sum(&tp), sum(&fp), sum(&fn_))),
+            ..Self::empty(loss, pairs.len())
         }
     }
 
@@ -83,6 +117,7 @@ impl EvalMetrics {
             Metric::Pearson => self.pearson,
             Metric::Spearman => self.spearman,
             Metric::F1 => self.f1,
+            Metric::MicroF1 => self.micro_f1,
             Metric::Loss => Some(self.loss),
         }
         .unwrap_or(f64::NAN)
@@ -94,6 +129,7 @@ impl EvalMetrics {
         let named = [
             ("accuracy", self.accuracy),
             ("macro-F1", self.macro_f1),
+            ("micro-F1", self.micro_f1),
             ("Pearson", self.pearson),
             ("Spearman", self.spearman),
             ("entity precision", self.precision),
@@ -318,6 +354,17 @@ mod tests {
         assert!((f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         let (_, f1_3) = accuracy_and_macro_f1(&[0, 0, 0, 1], &[0, 0, 1, 1], 3);
         assert!((f1_3 - (0.8 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn label_set_metrics_match_scikit_learn() {
+        // scikit-learn: accuracy_score, f1_score(average="micro"/"macro", zero_division=0) of these
+        // rows as indicator matrices: 0.25, 0.5454..., 0.375.
+        let pairs = vec![(vec![0, 2], vec![0, 2]), (vec![2], vec![1]), (vec![], vec![1, 2]), (vec![0, 1], vec![0])];
+        let m = EvalMetrics::of_sets(0.0, &pairs, 4);
+        assert!((m.accuracy.unwrap() - 0.25).abs() < 1e-12);
+        assert!((m.micro_f1.unwrap() - 6.0 / 11.0).abs() < 1e-12, "{m:?}");
+        assert!((m.macro_f1.unwrap() - 0.375).abs() < 1e-12, "{m:?}");
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub fn evaluate<M, E: Examples<M> + ?Sized>(
 ) -> EvalMetrics {
     let order = data.eval_order(split);
     let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
-    let (mut classes, mut values, mut tags) = (Vec::new(), Vec::new(), None::<TagScores>);
+    let (mut classes, mut values, mut sets, mut tags) = (Vec::new(), Vec::new(), Vec::new(), None::<TagScores>);
     for batch in chunk(&order, batch_size) {
         let weight = data.weight(split, &batch);
         let (loss, scored) = data.loss(model, split, &batch);
@@ -157,6 +157,7 @@ pub fn evaluate<M, E: Examples<M> + ?Sized>(
         match scored {
             Scored::Classes(pairs) => classes.extend(pairs),
             Scored::Values(pairs) => values.extend(pairs),
+            Scored::Sets(pairs) => sets.extend(pairs),
             Scored::Tagged(t) => tags.get_or_insert_default().extend(t),
         }
     }
@@ -164,6 +165,7 @@ pub fn evaluate<M, E: Examples<M> + ?Sized>(
     let mut metrics = match tags {
         Some(t) => EvalMetrics::of_tags(loss, &t, order.len()),
         None if !values.is_empty() => EvalMetrics::of_values(loss, &values),
+        None if !sets.is_empty() => EvalMetrics::of_sets(loss, &sets, num_labels),
         None => EvalMetrics::of_classes(loss, &classes, num_labels),
     };
     metrics.examples = order.len();

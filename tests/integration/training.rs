@@ -546,3 +546,76 @@ fn regression_trains_on_numbers_and_reports_correlations() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("test.csv:3") && err.contains("not a number"), "{err}");
 }
+
+/// Multi-label classification (`head.problem_type = "multi_label_classification"`) on the real
+/// sentences labelled with their polarity and, for sentences of more than ten words, `long`:
+/// a sigmoid per label and binary cross-entropy, exact-match accuracy and micro-/macro-F1, the
+/// saved config says so, `predict` gives every label above one half and independent
+/// probabilities; feature extraction trains the same head on cached features.
+#[test]
+fn multi_label_trains_label_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = uci_splits(dir.path());
+    for name in ["train", "validation", "test"] {
+        let path = data.join(format!("{name}.csv"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let mut w = csv::Writer::from_path(&path).unwrap();
+        w.write_record(["text", "label"]).unwrap();
+        for r in reader.records().map(|r| r.unwrap()) {
+            let long = r[0].split_whitespace().count() > 10;
+            w.write_record([&r[0], &if long { format!("{}; long", &r[1]) } else { r[1].to_string() }]).unwrap();
+        }
+        w.flush().unwrap();
+    }
+    for method in ["full", "feature-extraction"] {
+        let recipe = dir.path().join(format!("{method}.toml"));
+        let body = format!(
+            "method = \"{method}\"\nmodel = \"{}\"\nseed = 5\noutput_dir = \"{}\"\n[data]\ndataset = \"{}\"\n\
+             train = \"train.csv\"\nvalidation = \"validation.csv\"\ntest = \"test.csv\"\nmax_length = 32\nlabel_separator = \";\"\n\
+             [feature_extraction]\ncache_dir = \"{}\"\n[head]\nproblem_type = \"multi_label_classification\"\n\
+             [training]\nepochs = 2\nbatch_size = 8\nlearning_rate = 1e-3\nmetric = \"micro_f1\"\n",
+            tiny_bert().display(),
+            dir.path().join(format!("run-{method}")).display(),
+            data.display(),
+            dir.path().join("features").display()
+        );
+        std::fs::write(&recipe, &body).unwrap();
+        let report = train(&recipe, &[]);
+        assert_eq!(report.labels, ["long", "negative", "positive"]);
+        let test = report.test.unwrap();
+        assert!(
+            test.micro_f1.is_some_and(f64::is_finite) && test.macro_f1.is_some() && test.pearson.is_none(),
+            "{test:?}"
+        );
+        if method != "full" {
+            continue;
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report.model_dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["problem_type"], "multi_label_classification");
+        let model = report.model_dir.display().to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+            .args([
+                "predict",
+                "--model",
+                &model,
+                "--json",
+                "What a great phone, it works well and the battery lasts for days.",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let probs: Vec<f64> = p["probabilities"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect();
+        let above: Vec<String> = p["probabilities"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.as_f64().unwrap() > 0.5)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(probs.len(), 3);
+        assert_eq!(p["label"].as_str().unwrap(), above.join(","), "{p}");
+    }
+}
