@@ -114,8 +114,9 @@ pub fn multi_label_loss(
         .map(|(row, &i)| ((0..c).filter(|&k| values[row * c + k] > 0.0).collect(), sets[i].clone()))
         .collect();
     let y = Tensor::<2>::from_data(TensorData::new(y, [b, c]), &logits.device());
-    // max(x, 0) - x y + log(1 + exp(-|x|)): the stable form of -[y log σ(x) + (1-y) log(1-σ(x))].
-    let loss = logits.clone().clamp_min(0.0) - logits.clone() * y + logits.abs().neg().exp().add_scalar(1.0).log();
+    // softplus(x) - x y = -[y log σ(x) + (1-y) log(1-σ(x))], its gradient σ(x) - y everywhere
+    // (max(x, 0) + log(1 + exp(-|x|)) is the same value but gives 1 - y at x = 0).
+    let loss = burn::tensor::activation::softplus(logits.clone(), 1.0) - logits * y;
     (loss.mean(), Scored::Sets(scored))
 }
 
