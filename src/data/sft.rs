@@ -199,6 +199,21 @@ pub fn sample_prompts(dir: &Path, file: Option<&String>, n: usize) -> Result<Vec
     Ok(out)
 }
 
+/// Next-token targets of a batch padded to `len`: (row · len + position) of each position that
+/// predicts a trained token, and the token it must predict.
+pub fn next_token_targets(batch: &[&SftExample], len: usize) -> (Vec<i64>, Vec<i64>) {
+    let (mut rows, mut ids) = (Vec::new(), Vec::new());
+    for (b, ex) in batch.iter().enumerate() {
+        for p in 1..ex.ids.len() {
+            if ex.trained[p] {
+                rows.push((b * len + p - 1) as i64);
+                ids.push(ex.ids[p] as i64);
+            }
+        }
+    }
+    (rows, ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! format (`task_type = "CAUSAL_LM"`) or the model in the Hugging Face layout.
 
 use crate::data::chat::{ChatTemplate, Message};
-use crate::data::sft::{SftEncoder, SftExample, load_jsonl, pack, sample_prompts};
+use crate::data::sft::{SftEncoder, SftExample, load_jsonl, next_token_targets, pack, sample_prompts};
 use crate::data::tokenizer::LmTokenizer;
 use crate::inference::lm::{eos_id, resolve_model};
 use crate::methods::Method;
@@ -18,8 +18,7 @@ use crate::pipeline::{self, Devices, ReportExtra, Task, TrainReport};
 use crate::quant::QuantConfig;
 use crate::recipe::{Recipe, Task as TaskKind};
 use crate::training::checkpoint::{RunDir, TrainState};
-use crate::training::loss::Scored;
-use crate::training::loss::cross_entropy;
+use crate::training::loss::{Scored, cross_entropy};
 use crate::training::metrics::EvalMetrics;
 use crate::training::trainer::{Examples, Split, TrainerConfig, evaluate};
 use anyhow::Result;
@@ -44,21 +43,6 @@ impl LmExamples {
     /// Train, validation and test examples; `pad_id` fills short rows (never a target).
     pub fn new(splits: [Option<Vec<SftExample>>; 3], pad_id: u32, device: &Device) -> Self {
         Self { splits: splits.map(Option::unwrap_or_default), pad_id, device: device.clone() }
-    }
-
-    /// Next-token targets of a batch: (row · len + position) of each predicting position, and
-    /// the token it must predict.
-    fn targets(batch: &[&SftExample], len: usize) -> (Vec<i64>, Vec<i64>) {
-        let (mut rows, mut ids) = (Vec::new(), Vec::new());
-        for (b, ex) in batch.iter().enumerate() {
-            for p in 1..ex.ids.len() {
-                if ex.trained[p] {
-                    rows.push((b * len + p - 1) as i64);
-                    ids.push(ex.ids[p] as i64);
-                }
-            }
-        }
-        (rows, ids)
     }
 }
 
@@ -89,7 +73,7 @@ impl Examples<LlamaForCausalLM> for LmExamples {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch.len(), len]), &self.device);
         let hidden = model.hidden(ids, None);
         let [b, l, h] = hidden.dims();
-        let (rows, targets) = Self::targets(&batch, len);
+        let (rows, targets) = next_token_targets(&batch, len);
         let n = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
         let hidden = hidden.reshape([b * l, h]).select(0, rows);
@@ -125,12 +109,8 @@ pub struct LmMetrics {
 
 impl From<EvalMetrics> for LmMetrics {
     fn from(m: EvalMetrics) -> Self {
-        Self {
-            loss: m.loss,
-            perplexity: m.loss.exp(),
-            token_accuracy: m.accuracy.unwrap_or_default(),
-            examples: m.examples,
-        }
+        let token_accuracy = m.accuracy.unwrap_or_default();
+        Self { loss: m.loss, perplexity: m.loss.exp(), token_accuracy, examples: m.examples }
     }
 }
 
