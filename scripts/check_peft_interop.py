@@ -11,6 +11,9 @@ and compare logits (tolerance 1e-5). The recipes use `pooling = "pooler"`, the p
     python scripts/check_peft_interop.py --families   # the RoBERTa, XLM-RoBERTa, DistilBERT and
         # ELECTRA fixtures (tests/fixtures/encoders): LoRA and prompt tuning through each family's
         # own *ForSequenceClassification head (AutoModelForSequenceClassification)
+    python scripts/check_peft_interop.py --tasks      # regression and multi-label (saved model and
+        # LoRA adapter in transformers/peft: the same logits) and token classification (saved
+        # model and TOKEN_CLS adapter: the same tag for every word)
 
 Needs torch, transformers and peft. Exits non-zero on a mismatch.
 """
@@ -131,17 +134,115 @@ def check(finetune, d, label, model_dir, name, variants, model_class):
     return ok
 
 
+def task_data(d):
+    """The committed sentences as regression (+1/-1), multi-label (polarity; `long` above ten
+    words) and tagged-word (capitalised words as B-CAP/I-CAP) training files."""
+    with open(os.path.join(ROOT, "tests", "fixtures", "uci-sample.csv"), newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    for name, part in [("train", rows[:160]), ("validation", rows[160:])]:
+        with open(os.path.join(d, f"{name}-regression.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([["text", "label"]] + [[t, "1.0" if l == "positive" else "-1.0"] for t, l in part])
+        with open(os.path.join(d, f"{name}-sets.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([["text", "label"]] + [[t, l + (";long" if len(t.split()) > 10 else "")]
+                                                           for t, l in part])
+        with open(os.path.join(d, f"{name}.conll"), "w") as f:
+            for t, _ in part:
+                words, prev = t.split(), False
+                for w in words:
+                    cap = w[:1].isupper()
+                    f.write(f"{w}\t{('I-CAP' if prev else 'B-CAP') if cap else 'O'}\n")
+                    prev = cap
+                f.write("\n")
+
+
+TASKS = {
+    "regression": ('', "-regression.csv", '[head]\npooling = "pooler"\nproblem_type = "regression"\n', "pearson"),
+    "multi-label": ('', "-sets.csv", '[head]\npooling = "pooler"\nproblem_type = "multi_label_classification"\n',
+                    "micro_f1"),
+    "token": ('task = "token-classification"\n', ".conll", "", "f1"),
+}
+
+
+def check_task(finetune, d, task, method):
+    """Train `task` with `method` on tiny-bert; compare finetune's outputs with transformers'
+    (full) or peft's (lora)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    head, suffix, extra, metric = TASKS[task]
+    run = os.path.join(d, f"run-{task}-{method}")
+    lora = '[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = ["query", "value"]\n' if method == "lora" else ""
+    sep = 'label_separator = ";"\n' if task == "multi-label" else ""
+    text = (f'{head}method = "{method}"\nmodel = "{TINY}"\nseed = 3\noutput_dir = "{run}"\n[data]\ndataset = "{d}"\n'
+            f'train = "train{suffix}"\nvalidation = "validation{suffix}"\nmax_length = 32\n{sep}{extra}'
+            f'[training]\nepochs = 2\nbatch_size = 16\nlearning_rate = 5e-3\nmetric = "{metric}"\n{lora}')
+    path = os.path.join(d, f"{task}-{method}.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    subprocess.run([finetune, "train", path, "--no-progress"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    args = ["--model", os.path.join(run, "model")] if method == "full" else \
+        ["--model", TINY, "--adapter", os.path.join(run, "adapter")]
+    out = subprocess.run([finetune, "predict", *args, "--json", *TEXTS], check=True, capture_output=True,
+                         text=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    cls = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+    if method == "full":
+        model = cls.from_pretrained(os.path.join(run, "model"), attn_implementation="eager").eval()
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    else:
+        notes = json.load(open(os.path.join(run, "adapter", "finetune.json")))
+        labels = notes["labels"]
+        base = cls.from_pretrained(TINY, num_labels=len(labels), ignore_mismatched_sizes=True,
+                                   attn_implementation="eager")
+        model = PeftModel.from_pretrained(base, os.path.join(run, "adapter")).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(TINY, "tokenizer.json"))
+    tok.backend_tokenizer.no_padding()
+    tok.backend_tokenizer.no_truncation()
+    if task == "token":
+        same = True
+        for t, r in zip(TEXTS, rows):
+            words = t.split()
+            enc = tok(words, is_split_into_words=True, return_tensors="pt")
+            with torch.no_grad():
+                best = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0].argmax(-1)
+            tags, prev = ["O"] * len(words), None
+            for i, w in enumerate(enc.word_ids()):
+                if w is not None and w != prev:
+                    tags[w] = labels[best[i].item()]
+                prev = w
+            same &= tags == [tag for _, tag in r["words"]]
+        print(f"| {task} {method} | {len(TEXTS)} | {'same tags' if same else 'tags differ FAIL'} |")
+        return same
+    with torch.no_grad():
+        theirs = torch.stack([model(**tok(t, truncation=True, max_length=32, return_tensors="pt")).logits[0]
+                              for t in TEXTS])
+    if task == "regression":
+        ours = torch.tensor([[r["score"]] for r in rows])
+    else:
+        # multi-label: finetune prints sigmoid probabilities; compare them with transformers' sigmoid
+        ours = torch.tensor([[r["probabilities"][l] for l in labels] for r in rows])
+        theirs = torch.sigmoid(theirs)
+    diff = (ours - theirs).abs().max().item()
+    print(f"| {task} {method} | {len(TEXTS)} | {diff:.2e}{'' if diff < 1e-5 else ' FAIL'} |")
+    return diff < 1e-5
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--finetune", default=os.path.join(ROOT, "target", "release", "finetune"))
     ap.add_argument("--families", action="store_true", help="the other encoder families' fixtures")
+    ap.add_argument("--tasks", action="store_true", help="regression, multi-label and token classification")
     args = ap.parse_args()
     failures = 0
     with tempfile.TemporaryDirectory() as d:
         write_data(d)
         print("| adapter | texts | max abs logit difference (finetune vs peft) |")
         print("|---|---|---|")
-        if args.families:
+        if args.tasks:
+            task_data(d)
+            for task in TASKS:
+                for method in ["full", "lora"]:
+                    failures += not check_task(args.finetune, d, task, method)
+        elif args.families:
             for family in ["tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra"]:
                 model_dir = os.path.join(ROOT, "tests", "fixtures", "encoders", family)
                 for name in FAMILY_VARIANTS:
