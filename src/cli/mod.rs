@@ -311,9 +311,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } if is_token_classifier(model.as_deref(), &adapter) => {
             anyhow::ensure!(adapter.len() <= 1, "a token classifier takes one adapter");
             let m = FinetunedTokenClassifier::load(model.as_deref(), adapter.first().map(PathBuf::as_path), &device)?;
-            // A tagged JSONL file names its lists; CoNLL files have none.
-            let words = if text_column == "text" { "tokens" } else { &text_column };
-            let tags = if label_column == "label" { "ner_tags" } else { &label_column };
+            let (words, tags) = crate::data::tagged::fields(&text_column, &label_column);
             print_eval(&m.evaluate_file(&data, words, tags, batch_size, skip_bad_rows)?, json)?;
         }
         Command::Eval {
@@ -369,13 +367,7 @@ pub fn run(cli: Cli) -> Result<()> {
         {
             anyhow::ensure!(adapter.len() <= 1, "a token classifier takes one adapter");
             let m = FinetunedTokenClassifier::load(model.as_deref(), adapter.first().map(PathBuf::as_path), &device)?;
-            let texts = if texts.is_empty() {
-                let lines =
-                    std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?;
-                lines.into_iter().filter(|l| !l.trim().is_empty()).collect()
-            } else {
-                texts
-            };
+            let texts = if texts.is_empty() { stdin_lines()? } else { texts };
             for t in m.predict(&texts)? {
                 if json {
                     println!("{}", serde_json::to_string(&t)?);
@@ -388,14 +380,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict { model, adapter, texts, pair, device, json } => {
             let m = FinetunedClassifier::load_combined(model.as_deref(), &adapter, &device, None)?;
             let (texts, pairs) = if texts.is_empty() {
-                let lines: Vec<String> = std::io::stdin()
-                    .lock()
-                    .lines()
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .context("reading stdin")?
-                    .into_iter()
-                    .filter(|l| !l.trim().is_empty())
-                    .collect();
+                let lines = stdin_lines()?;
                 if m.takes_pairs() {
                     let split: Vec<(String, String)> = lines
                         .iter()
@@ -571,6 +556,12 @@ fn is_image_model(model: &str) -> bool {
 }
 
 /// A model directory, or a hub id resolved in the cache (any model with a `config.json`).
+/// The non-empty lines of standard input (texts to predict when none are given as arguments).
+fn stdin_lines() -> Result<Vec<String>> {
+    let lines = std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?;
+    Ok(lines.into_iter().filter(|l| !l.trim().is_empty()).collect())
+}
+
 fn resolve_model_dir(model: &str) -> Result<PathBuf> {
     crate::io::hub::resolve(model, crate::io::hub::RepoKind::Model, "main", &["config.json"])
 }

@@ -24,6 +24,16 @@ pub struct TaggedSentence {
     pub line: usize,
 }
 
+/// The JSONL fields of a tagged file's words and tags: the recipe's `text_column` and
+/// `label_column`, with their defaults (`text`, `label`) read as `tokens` and `ner_tags`, the
+/// names Hugging Face datasets give them. (CoNLL files have no field names.)
+pub fn fields<'a>(text_column: &'a str, label_column: &'a str) -> (&'a str, &'a str) {
+    (
+        if text_column == "text" { "tokens" } else { text_column },
+        if label_column == "label" { "ner_tags" } else { label_column },
+    )
+}
+
 /// The sentences of one file.
 #[derive(Debug, Clone)]
 pub struct TaggedFile {

@@ -5,7 +5,7 @@
 //! LoRA/QLoRA. The model is saved with `*ForTokenClassification` keys and `id2label`; adapters as
 //! peft's `TOKEN_CLS` adapters.
 
-use crate::data::tagged::{TaggedSplit, infer_tags, read_tagged};
+use crate::data::tagged::{TaggedSplit, fields, infer_tags, read_tagged};
 use crate::data::text::LabelSet;
 use crate::data::tokenizer::TextTokenizer;
 use crate::inference::text::MODEL_FILES;
@@ -45,7 +45,8 @@ impl TokenClassification {
         let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer_path(), recipe.data.max_length)?;
         check_fits(&model_dir, &tokenizer, recipe.data.max_length)?;
         let (cfg, dir) = (&recipe.data, crate::data::dataset_dir(&recipe.data)?);
-        let read = |file: &str| read_tagged(&dir.join(file), &cfg.text_column, &cfg.label_column, cfg.skip_bad_rows);
+        let (words, tags) = fields(&cfg.text_column, &cfg.label_column);
+        let read = |file: &str| read_tagged(&dir.join(file), words, tags, cfg.skip_bad_rows);
         let train = read(&cfg.train)?;
         let labels = match &cfg.labels {
             Some(names) => LabelSet::new(names.clone())?,

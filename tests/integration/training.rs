@@ -479,6 +479,23 @@ fn sentence_pairs_train_evaluate_and_predict() {
     assert!(!out.status.success() && err.contains("classifies text pairs"), "{err}");
 }
 
+/// The UCI splits (`uci_splits`) with each row's label replaced by `label(text, polarity)`.
+fn relabelled_uci_splits(dir: &Path, label: impl Fn(&str, &str) -> String) -> std::path::PathBuf {
+    let data = uci_splits(dir);
+    for name in ["train", "validation", "test"] {
+        let path = data.join(format!("{name}.csv"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let mut w = csv::Writer::from_path(&path).unwrap();
+        w.write_record(["text", "label"]).unwrap();
+        for r in reader.records().map(|r| r.unwrap()) {
+            w.write_record([&r[0], &label(&r[0], &r[1])]).unwrap();
+        }
+        w.flush().unwrap();
+    }
+    data
+}
+
 /// Regression (`head.problem_type = "regression"`) on the real sentences with their polarity as a
 /// number (+1 / -1): one output trained on mean squared error, validation and test scored by
 /// Pearson and Spearman correlations; the exported model says `problem_type = "regression"` (what
@@ -488,18 +505,7 @@ fn sentence_pairs_train_evaluate_and_predict() {
 #[test]
 fn regression_trains_on_numbers_and_reports_correlations() {
     let dir = tempfile::tempdir().unwrap();
-    let data = uci_splits(dir.path());
-    for name in ["train", "validation", "test"] {
-        let path = data.join(format!("{name}.csv"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut reader = csv::Reader::from_reader(text.as_bytes());
-        let mut w = csv::Writer::from_path(&path).unwrap();
-        w.write_record(["text", "label"]).unwrap();
-        for r in reader.records().map(|r| r.unwrap()) {
-            w.write_record([&r[0], if &r[1] == "positive" { "1.0" } else { "-1.0" }]).unwrap();
-        }
-        w.flush().unwrap();
-    }
+    let data = relabelled_uci_splits(dir.path(), |_, label| if label == "positive" { "1.0" } else { "-1.0" }.into());
     let recipe = dir.path().join("regression.toml");
     let body = format!(
         "method = \"full\"\nmodel = \"{}\"\nseed = 5\noutput_dir = \"{}\"\n[data]\ndataset = \"{}\"\n\
@@ -555,19 +561,9 @@ fn regression_trains_on_numbers_and_reports_correlations() {
 #[test]
 fn multi_label_trains_label_sets() {
     let dir = tempfile::tempdir().unwrap();
-    let data = uci_splits(dir.path());
-    for name in ["train", "validation", "test"] {
-        let path = data.join(format!("{name}.csv"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut reader = csv::Reader::from_reader(text.as_bytes());
-        let mut w = csv::Writer::from_path(&path).unwrap();
-        w.write_record(["text", "label"]).unwrap();
-        for r in reader.records().map(|r| r.unwrap()) {
-            let long = r[0].split_whitespace().count() > 10;
-            w.write_record([&r[0], &if long { format!("{}; long", &r[1]) } else { r[1].to_string() }]).unwrap();
-        }
-        w.flush().unwrap();
-    }
+    let data = relabelled_uci_splits(dir.path(), |text, label| {
+        if text.split_whitespace().count() > 10 { format!("{label}; long") } else { label.to_string() }
+    });
     for method in ["full", "feature-extraction"] {
         let recipe = dir.path().join(format!("{method}.toml"));
         let body = format!(
