@@ -327,7 +327,12 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let m = FinetunedClassifier::load_combined(model.as_deref(), &adapter, &device, None)?;
-            let cols = crate::data::text::Columns { text: text_column, label: label_column, pair: text_pair_column };
+            let cols = crate::data::text::Columns {
+                text: text_column,
+                label: label_column,
+                pair: text_pair_column,
+                label_may_be_empty: false,
+            };
             let metrics = m.evaluate_file(&data, &cols, batch_size, skip_bad_rows)?;
             print_eval(&metrics, json)?;
         }
@@ -532,7 +537,12 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Check { files, kind, text_column, label_column, text_pair_column, json } => {
-            let columns = crate::data::text::Columns { text: text_column, label: label_column, pair: text_pair_column };
+            let columns = crate::data::text::Columns {
+                text: text_column,
+                label: label_column,
+                pair: text_pair_column,
+                label_may_be_empty: false,
+            };
             let status = check::run(&files, kind, &columns, json);
             if status != 0 {
                 std::process::exit(status);

@@ -153,7 +153,7 @@ pub fn dataset_dir(cfg: &DataConfig) -> Result<PathBuf> {
 /// the training split's), sets of classes, or numbers, as `problem` says.
 pub fn load_text_data(cfg: &DataConfig, problem: ProblemType, tokenizer: &TextTokenizer) -> Result<TextData> {
     let dir = dataset_dir(cfg)?;
-    let columns = cfg.columns();
+    let columns = Columns { label_may_be_empty: problem == ProblemType::MultiLabelClassification, ..cfg.columns() };
     let raw_train = read_rows(&dir.join(&cfg.train), &columns, cfg.skip_bad_rows)?;
     let labels = match (problem, &cfg.labels) {
         (ProblemType::Regression, _) => LabelSet::regression(),
@@ -279,6 +279,7 @@ impl DataConfig {
             text: self.text_column.clone(),
             label: self.label_column.clone(),
             pair: self.text_pair_column.clone(),
+            label_may_be_empty: false,
         }
     }
 }

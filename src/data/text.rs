@@ -20,11 +20,14 @@ pub struct Columns {
     /// The second text of a sentence pair (NLI, paraphrase), if the task has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<String>,
+    /// An empty label cell is a row without labels (multi-label data), not a bad row.
+    #[serde(default, skip)]
+    pub label_may_be_empty: bool,
 }
 
 impl Default for Columns {
     fn default() -> Self {
-        Self { text: "text".into(), label: "label".into(), pair: None }
+        Self { text: "text".into(), label: "label".into(), pair: None, label_may_be_empty: false }
     }
 }
 
@@ -308,7 +311,7 @@ fn row_from_fields(
         Some(Some(p)) if p.trim().is_empty() => return Err(format!("empty text in column '{pair_column}'")),
         Some(Some(p)) => Some(p.to_string()),
     };
-    if label.trim().is_empty() {
+    if label.trim().is_empty() && !cols.label_may_be_empty {
         return Err(format!("empty label in column '{}'", cols.label));
     }
     Ok(Row { text: text.to_string(), pair, label: label.trim().to_string(), line })
@@ -445,7 +448,7 @@ mod tests {
     #[test]
     fn pair_column_is_read_and_its_absence_named() {
         let d = tempfile::tempdir().unwrap();
-        let cols = Columns { text: "premise".into(), label: "label".into(), pair: Some("hypothesis".into()) };
+        let cols = Columns { text: "premise".into(), pair: Some("hypothesis".into()), ..Columns::default() };
         let p = write(
             d.path(),
             "p.csv",

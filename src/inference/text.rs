@@ -330,7 +330,10 @@ impl FinetunedClassifier {
         batch_size: usize,
         skip_bad_rows: bool,
     ) -> Result<EvalMetrics> {
-        let raw = crate::data::text::read_rows(path, columns, skip_bad_rows)?;
+        // Multi-label rows may have no label.
+        let columns =
+            crate::data::text::Columns { label_may_be_empty: self.labels.is_multi_label(), ..columns.clone() };
+        let raw = crate::data::text::read_rows(path, &columns, skip_bad_rows)?;
         let split = crate::data::text::label_rows(raw, &self.labels, skip_bad_rows)?;
         let tokenized = TokenizedSplit::new("test", split, &self.tokenizer)?;
         let data =

@@ -554,15 +554,19 @@ fn regression_trains_on_numbers_and_reports_correlations() {
 }
 
 /// Multi-label classification (`head.problem_type = "multi_label_classification"`) on the real
-/// sentences labelled with their polarity and, for sentences of more than ten words, `long`:
+/// sentences labelled with their polarity and, for sentences of more than ten words, `long`
+/// (sentences of four words or fewer have no label: an empty cell):
 /// a sigmoid per label and binary cross-entropy, exact-match accuracy and micro-/macro-F1, the
 /// saved config says so, `predict` gives every label above one half and independent
 /// probabilities; feature extraction trains the same head on cached features.
 #[test]
 fn multi_label_trains_label_sets() {
     let dir = tempfile::tempdir().unwrap();
-    let data = relabelled_uci_splits(dir.path(), |text, label| {
-        if text.split_whitespace().count() > 10 { format!("{label}; long") } else { label.to_string() }
+    // Sentences of four words or fewer have no label at all (an empty cell).
+    let data = relabelled_uci_splits(dir.path(), |text, label| match text.split_whitespace().count() {
+        0..=4 => String::new(),
+        5..=10 => label.to_string(),
+        _ => format!("{label}; long"),
     });
     for method in ["full", "feature-extraction"] {
         let recipe = dir.path().join(format!("{method}.toml"));
@@ -584,6 +588,7 @@ fn multi_label_trains_label_sets() {
             test.micro_f1.is_some_and(f64::is_finite) && test.macro_f1.is_some() && test.pearson.is_none(),
             "{test:?}"
         );
+        assert_eq!((test.examples, report.skipped_rows), (40, 0), "rows without labels are examples");
         if method != "full" {
             continue;
         }
