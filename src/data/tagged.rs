@@ -57,15 +57,11 @@ pub fn read_tagged(path: &Path, words_field: &str, tags_field: &str, skip_bad_ro
     let mut sentences = Vec::new();
     let is_jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "ndjson"));
     if is_jsonl {
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let value: serde_json::Value = match serde_json::from_str(raw) {
+        for (line, value) in super::text::json_lines(&text) {
+            let value = match value {
                 Ok(v) => v,
-                Err(e) => {
-                    bad(line, format!("malformed JSON: {e}"))?;
+                Err(reason) => {
+                    bad(line, reason)?;
                     continue;
                 }
             };

@@ -228,15 +228,11 @@ pub fn read_rows(path: &Path, columns: &Columns, skip_bad_rows: bool) -> Result<
             }
         }
         Format::JsonLines => {
-            for (i, raw) in text.lines().enumerate() {
-                let line = i + 1;
-                if raw.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value = match serde_json::from_str(raw) {
+            for (line, value) in json_lines(&text) {
+                let value = match value {
                     Ok(v) => v,
-                    Err(e) => {
-                        bad(line, format!("malformed JSON: {e}"))?;
+                    Err(reason) => {
+                        bad(line, reason)?;
                         continue;
                     }
                 };
@@ -280,6 +276,15 @@ fn split_labels<'a>(cell: &'a str, separator: &'a str) -> impl Iterator<Item = &
     cell.split(move |c: char| LIST_SEPARATOR.contains(c) || separator.contains(c))
         .map(str::trim)
         .filter(|l| !l.is_empty())
+}
+
+/// The JSON values of a JSON Lines text with their 1-based line numbers, blank lines skipped; a
+/// line that is not JSON gives the reason to report.
+pub fn json_lines(text: &str) -> impl Iterator<Item = (usize, Result<serde_json::Value, String>)> + '_ {
+    text.lines()
+        .enumerate()
+        .filter(|(_, raw)| !raw.trim().is_empty())
+        .map(|(i, raw)| (i + 1, serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))))
 }
 
 fn csv_error_reason(e: &csv::Error) -> String {
