@@ -31,10 +31,12 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::nn::dense::Dense;
 use crate::nn::soft_prompt::SoftPrompt;
 use crate::ops::attention_softmax::scaled_masked_softmax;
+use crate::ops::checkpoint::{BlockFn, checkpoint};
 use crate::ops::matmul::matmul;
 
 /// Mirrors the fields of a Llama `config.json` that the architecture needs.
@@ -500,6 +502,9 @@ pub struct LlamaForCausalLM {
     pub final_softcap: Option<f64>,
     /// GPT-2: checkpoint keys are GPT-2's (`gpt2::checkpoint_key`), its linear layers `Conv1D`s.
     pub gpt2: bool,
+    /// Training: each decoder layer keeps only its input and is computed again in the backward
+    /// pass (`ops::checkpoint`; `[training] gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
 }
 
 /// Keys and values of the positions seen so far, per layer (`[batch, kv_heads, t, head_dim]`).
@@ -521,6 +526,7 @@ impl KvCache {
 
 /// cos/sin tables `[1, 1, len, head_dim]` for positions `start..start + len`, as transformers
 /// builds them (`inv_freq = θ^(-2i/d)`, the two halves repeated).
+#[derive(Clone)]
 struct Rope {
     cos: Tensor<4>,
     sin: Tensor<4>,
@@ -696,6 +702,7 @@ impl LlamaForCausalLM {
             local_inv_freq: cfg.local_inv_freq(),
             final_softcap: cfg.final_logit_softcapping,
             gpt2,
+            gradient_checkpointing: false,
         })
     }
 
@@ -786,6 +793,14 @@ impl LlamaForCausalLM {
                 cache.layers.resize_with(self.model.layers.len(), || None);
                 for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
                     x = layer.forward(x, rope_of(layer), mask(layer.window), Some(kv));
+                }
+            }
+            None if self.gradient_checkpointing => {
+                for layer in &self.model.layers {
+                    let (rope, mask) = (rope_of(layer).cloned(), mask(layer.window).clone());
+                    let f: BlockFn<LlamaDecoderLayer> =
+                        Arc::new(move |layer, x| layer.forward(x, rope.as_ref(), &mask, None));
+                    x = checkpoint(layer, x, f);
                 }
             }
             None => {

@@ -77,6 +77,21 @@ pub fn seed_dropout(seed: u64) {
     DROPOUT.with_borrow_mut(|d| *d = Some(SplitMix64::new(seed)));
 }
 
+/// Where the dropout generator stands (opaque), for a pass that must draw the same masks again
+/// later ([`restore_dropout`]; `ops::checkpoint` recomputes a block in the backward pass).
+#[derive(Debug, Clone)]
+pub struct DropoutState(Option<SplitMix64>);
+
+/// The dropout generator's current state.
+pub fn dropout_state() -> DropoutState {
+    DropoutState(DROPOUT.with_borrow(Clone::clone))
+}
+
+/// Put the dropout generator back to `state`, returning where it stood.
+pub fn restore_dropout(state: DropoutState) -> DropoutState {
+    DropoutState(DROPOUT.with_borrow_mut(|d| std::mem::replace(d, state.0)))
+}
+
 /// The next draw of the dropout generator (a mask's seed).
 pub fn next_dropout_seed() -> u64 {
     DROPOUT.with_borrow_mut(|d| d.get_or_insert_with(|| SplitMix64::new(0x5EED)).next_u64())

@@ -8,6 +8,7 @@
 //! - [`attention_softmax`], [`layer_norm`]: fused CPU training passes (burn recorded 5-10 ops).
 //! - [`head_loss`]: the causal-LM loss fused with a tied output projection, in chunks of rows
 //!   (never the whole `[targets, vocab]` logits).
+//! - [`checkpoint`]: gradient checkpointing of a block (recomputed in the backward pass).
 //! - [`adamw`]: the optimizer's update in one pass; [`dropout_mask`]: the mask generator.
 //! - [`context`]: the run's precision and dropout generator; [`device`]: device names and access
 //!   to the CPU backend's buffers; [`rng`], [`simd`], [`simd_math`]: shared helpers.
@@ -16,6 +17,7 @@ pub mod adamw;
 pub mod attention_softmax;
 mod bf16_gemm;
 mod bf16_matmul;
+pub mod checkpoint;
 pub mod context;
 pub mod device;
 pub mod dropout_mask;

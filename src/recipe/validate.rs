@@ -101,6 +101,13 @@ impl Recipe {
             );
         }
         self.training.validate()?;
+        if self.training.gradient_checkpointing == Some(true) && task != Task::CausalLm {
+            bail!(
+                "training.gradient_checkpointing recomputes decoder layers (task = \"causal-lm\"); task = \"{}\" has \
+                 none: remove the setting",
+                task.name()
+            );
+        }
         self.data.validate()?;
         Precision::parse(&self.precision)?;
         match self.method {
@@ -223,6 +230,10 @@ num_virtual_tokens = 4
         assert!(with("text-classification", "image.validation_split=1.5").is_ok());
         assert!(with("text-classification", "head.dropout=1.0").is_err());
         assert!(with("causal-lm", "head.dropout=1.0").is_ok());
+        let gc = "training.gradient_checkpointing=true";
+        assert!(with("causal-lm", gc).is_ok());
+        assert!(with("text-classification", gc).unwrap_err().to_string().contains("training.gradient_checkpointing"));
+        assert!(with("text-classification", "training.gradient_checkpointing=false").is_ok());
         let q = "quantization.type=nf4";
         assert!(with("text-classification", q).unwrap_err().to_string().contains("needs method = \"lora\""));
         let lora = |task: &str| recipe(task, "lora").map(|r| r.to_toml()).and_then(|t| Recipe::parse(&t, &[q.into()]));

@@ -179,6 +179,8 @@ pub struct CausalLm {
     skipped_rows: usize,
     eval_batch_size: usize,
     batch: (usize, usize),
+    /// `[training] gradient_checkpointing`, resolved: decoder layers recomputed in backward.
+    gradient_checkpointing: bool,
     /// Held-out scores and sample answers of the base, before training.
     before: (Option<LmMetrics>, Option<LmMetrics>, Vec<String>),
 }
@@ -254,6 +256,10 @@ impl CausalLm {
             skipped_rows,
             eval_batch_size: t.eval_batch_size,
             batch: (t.batch_size, t.grad_accum_steps),
+            // On the CPU the recomputation costs less time than the memory it saves (docs/llm.md).
+            gradient_checkpointing: t
+                .gradient_checkpointing
+                .unwrap_or_else(|| crate::ops::device::is_host(&devices.base)),
             before: (None, None, Vec::new()),
         })
     }
@@ -313,7 +319,7 @@ impl Task for CausalLm {
             (model, cfg)
         };
         self.cfg = cfg;
-        Ok(model)
+        Ok(LlamaForCausalLM { gradient_checkpointing: self.gradient_checkpointing, ..model })
     }
 
     /// The base (as trained over: quantized for QLoRA) on the held-out splits and the samples.

@@ -54,6 +54,11 @@ pub struct TrainingConfig {
     /// `group_by_length`): less padding, so less work per epoch; batches stay shuffled.
     #[serde(default)]
     pub group_by_length: bool,
+    /// Keep only each decoder layer's input during the forward pass and compute the layer again
+    /// in backward (`ops::checkpoint`): a fraction of the activation memory for one more forward
+    /// pass. Unset: on for causal-LM training on the CPU, where activations are most of a step's
+    /// memory; other tasks have no checkpointed blocks.
+    pub gradient_checkpointing: Option<bool>,
 }
 
 fn default_eval_batch() -> usize {

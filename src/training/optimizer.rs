@@ -71,6 +71,11 @@ impl GradStore {
         self.grads.len()
     }
 
+    /// The accumulated gradient of the parameter at `path` (flattened).
+    pub fn get(&self, path: &str) -> Option<&Tensor<1>> {
+        self.grads.get(path)
+    }
+
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.grads.keys().map(String::as_str)
     }

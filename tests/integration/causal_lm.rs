@@ -513,3 +513,76 @@ fn qwen2_and_llama3_gguf_pre_tokenizers_match_transformers() {
     }
     assert_ne!(reference["qwen2"][0]["ids"], reference["llama-bpe"][0]["ids"], "the fixture tells them apart");
 }
+
+/// Gradient checkpointing changes no number: on tiny decoders of several families (GQA, Gemma 3's
+/// sliding windows and local RoPE, GPT-2's learned positions, Phi-3's fused projections), a
+/// forward and backward pass with every decoder layer recomputed in backward gives the same loss
+/// and the same gradient for every trainable parameter as the plain pass, for LoRA (dropout on,
+/// so the recomputation must draw the same masks; base frozen: no base weight gets a gradient)
+/// and for full fine-tuning.
+#[test]
+fn gradient_checkpointing_changes_no_gradient() {
+    use finetune::training::optimizer::GradStore;
+    let device = Device::flex().autodiff();
+    let lora: finetune::methods::lora::LoraConfig = serde_json::from_value(serde_json::json!({
+        "r": 4, "lora_alpha": 8, "lora_dropout": 0.2,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
+                           "gate_up_proj", "down_proj", "c_attn", "c_proj", "c_fc"]
+    }))
+    .unwrap();
+    for name in ["tiny-gemma3", "tiny-gpt2", "tiny-phi3", "tiny-qwen2"] {
+        for full in [false, true] {
+            let files = ModelDir::open(&fixtures().join("decoders").join(name)).unwrap();
+            let (mut model, _, _) = decoder::load(&files, &device).unwrap();
+            if !full {
+                finetune::methods::lora::inject(&mut model, &lora, &device).unwrap();
+                model = finetune::io::params::set_trainable(model, |p| p.within("LoraAdapter"));
+                // B starts at zero, which would leave A without a gradient: give it values.
+                model = finetune::io::params::import_params(model, |p| {
+                    Ok(p.path.ends_with("lora.b").then(|| finetune::io::safetensors::HostTensor {
+                        shape: p.shape.clone(),
+                        data: (0..p.numel()).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect(),
+                    }))
+                })
+                .unwrap();
+            }
+            let t = decoders_reference(&format!("{name}.input_ids"));
+            let ids: Vec<i64> = t.data.iter().map(|&v| v as i64).collect();
+            let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [t.shape[0], t.shape[1]]), &device);
+            let run = |checkpointing: bool| {
+                let model = finetune::models::llama::LlamaForCausalLM {
+                    gradient_checkpointing: checkpointing,
+                    ..model.clone()
+                };
+                finetune::ops::context::seed_dropout(5);
+                let logits = model.forward(input.clone(), None);
+                let weights = Tensor::<3>::from_data(
+                    TensorData::new(
+                        (0..logits.shape().num_elements()).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect(),
+                        logits.shape(),
+                    ),
+                    &device,
+                );
+                let loss = (logits * weights).sum();
+                let value: f32 = loss.clone().into_scalar();
+                let mut grads = GradStore::default();
+                grads.accumulate(&model, loss.backward());
+                (value, grads)
+            };
+            let (l1, g1) = run(false);
+            let (l2, g2) = run(true);
+            let what = format!("{name} {}", if full { "full" } else { "LoRA" });
+            assert!((l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0), "{what}: loss {l1} vs {l2}");
+            let paths: Vec<&str> = g1.paths().collect();
+            assert_eq!(paths, g2.paths().collect::<Vec<_>>(), "{what}: the same parameters get gradients");
+            assert!(paths.len() > 10, "{what}: {paths:?}");
+            assert_eq!(paths.iter().all(|p| p.contains(".lora.")), !full, "{what}: {paths:?}");
+            for p in paths {
+                let (a, b) = (values(g1.get(p).unwrap().clone()), values(g2.get(p).unwrap().clone()));
+                let scale = a.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+                let d = max_abs_diff(&a, &b);
+                assert!(d <= 1e-4 * scale, "{what}: {p} differs by {d} (largest {scale})");
+            }
+        }
+    }
+}
