@@ -94,8 +94,11 @@ fn first_trainable<M: Module>(block: &M) -> Option<HostAutodiffTensor> {
 /// Trainable parameters replaced by fresh leaves (same buffers, new nodes), each remembered with
 /// the node of the parameter it stands for.
 struct Fresh {
-    leaves: Vec<(NodeId, Box<dyn Fn(&burn::tensor::Gradients) -> Option<FlexTensor>>)>,
+    leaves: Vec<(NodeId, ReadGrad)>,
 }
+
+/// A fresh leaf's gradient out of the inner backward pass.
+type ReadGrad = Box<dyn Fn(&burn::tensor::Gradients) -> Option<FlexTensor>>;
 
 impl ModuleMapper for Fresh {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
