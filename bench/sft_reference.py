@@ -41,6 +41,9 @@ ap.add_argument("--max-steps", type=int)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--seed", type=int, default=42)
 ap.add_argument("--skip-eval", action="store_true")
+ap.add_argument("--bf16", action="store_true", help="forward and backward under torch.autocast(bfloat16)")
+ap.add_argument("--gradient-checkpointing", action="store_true",
+                help="transformers' gradient_checkpointing_enable() (each decoder layer recomputed in backward)")
 ap.add_argument("--chat-template")
 ap.add_argument("--adapter-out", help="save the trained adapter here (peft's save_pretrained)")
 ap.add_argument("--out")
@@ -127,12 +130,14 @@ before = {} if args.skip_eval else {"validation": evaluate(model, validation), "
 cfg = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, task_type="CAUSAL_LM",
                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 model = get_peft_model(model, cfg)
+if args.gradient_checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 steps_per_epoch = math.ceil(len(train) / args.batch)
 total = steps_per_epoch * args.epochs if args.max_steps is None else min(args.max_steps, steps_per_epoch * args.epochs)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
 sched = get_cosine_schedule_with_warmup(opt, math.ceil(0.05 * total), total)
-step, times, tokens_done = 0, [], 0
+step, times, tokens_done, losses = 0, [], 0, []
 t_train = time.perf_counter()
 for epoch in range(args.epochs):
     order = torch.randperm(len(train)).tolist()
@@ -143,13 +148,15 @@ for epoch in range(args.epochs):
         batch = [train[i] for i in order[s : s + args.batch]]
         ids, mask, labels = collate(batch)
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         tokens_done += sum(len(i) for i, _ in batch)
         step += 1
+        losses.append(loss.item())
         print(f"step {step}/{total} loss {loss.item():.4f} {times[-1]*1000:.0f} ms", file=sys.stderr)
 train_seconds = time.perf_counter() - t_train
 after = {} if args.skip_eval else {"validation": evaluate(model, validation), "test": evaluate(model, test)}
@@ -158,7 +165,7 @@ result = {
     "torch": torch.__version__, "threads": args.threads, "train_rows": len(train), "trainable_params": trainable,
     "steps": step, "train_seconds": train_seconds, "tokens_per_second": tokens_done / train_seconds,
     "median_step_ms": steady[len(steady) // 2] * 1000, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "before": before, "after": after,
+    "losses": losses, "before": before, "after": after,
 }
 print(json.dumps(result, indent=1))
 if args.adapter_out:
