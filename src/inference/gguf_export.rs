@@ -21,7 +21,6 @@ use crate::models::ModelDir;
 use crate::models::decoder;
 use crate::models::gguf_llama::{LoraLayer, file_type, write_config, write_lora, write_tensors};
 use anyhow::{Context, Result, bail, ensure};
-use burn::module::Param;
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -67,12 +66,7 @@ pub fn export_model(base: &Path, adapters: &[PathBuf], out: &Path, weights: Ggml
         }
     }
     // Layers held in a quantized format (a GGUF base kept as stored) become float again.
-    for (_, dense) in crate::models::Adaptable::dense_layers_mut(&mut lm.model) {
-        if dense.quantized.is_some() {
-            dense.weight = Param::initialized(dense.weight.id, dense.effective_weight());
-            dense.quantized = None;
-        }
-    }
+    crate::methods::lora::qlora::dequantize_model(&mut lm.model);
     let files = ModelDir::open(base)?;
     let mut w = GgufWriter::new();
     match files.gguf() {

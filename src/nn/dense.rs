@@ -63,6 +63,17 @@ impl Dense {
         q.to_tensor(&self.weight.lazy_device().inner())
     }
 
+    /// Hold the weight in f32 again (a quantized layer's dequantized values); returns whether the
+    /// layer was quantized.
+    pub fn dequantize(&mut self) -> bool {
+        if self.quantized.is_none() {
+            return false;
+        }
+        self.weight = Param::initialized(self.weight.id, self.effective_weight());
+        self.quantized = None;
+        true
+    }
+
     /// Replace the float weight by its 4-bit quantization (the layer becomes frozen).
     pub fn quantize(&mut self, quant_type: crate::quant::nf4::QuantType, blocksize: usize, double: bool) {
         let w = self.weight.val().transpose();

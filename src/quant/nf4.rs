@@ -206,12 +206,18 @@ impl Quantized4bit {
             return (0..self.len()).map(|i| code[self.index(i) as usize] * absmax[i / blocksize]).collect();
         }
         const BLOCKS_PER_TASK: usize = 64;
+        let simd = simd::available();
         let mut out = vec![0f32; self.len()];
         out.par_chunks_mut(blocksize * BLOCKS_PER_TASK).enumerate().for_each(|(task, dst)| {
             for (j, block) in dst.chunks_mut(blocksize).enumerate() {
                 let b = task * BLOCKS_PER_TASK + j;
                 let scale = absmax[b];
                 let bytes = &self.packed[b * blocksize / 2..];
+                if simd && block.len().is_multiple_of(16) {
+                    // SAFETY: `available()` checked the CPU; `bytes` holds block.len() / 2 bytes.
+                    unsafe { simd::dequantize_block(code, &bytes[..block.len() / 2], scale, block) };
+                    continue;
+                }
                 let last_byte = bytes.get(block.len() / 2).copied();
                 let mut pairs = block.chunks_exact_mut(2);
                 for (pair, &byte) in (&mut pairs).zip(bytes) {
@@ -235,6 +241,57 @@ impl Quantized4bit {
     /// Bits per quantized parameter, statistics included.
     pub fn bits_per_parameter(&self) -> f64 {
         8.0 * self.bytes() as f64 / self.len() as f64
+    }
+}
+
+/// The block decoder with AVX-512: sixteen 4-bit indices become sixteen code values in one
+/// `vpermps` against the 16-entry code held in a register. Dequantizing runs on every forward
+/// and backward pass of a quantized layer (three times per layer and step with gradient
+/// checkpointing), where the scalar table lookups cost SmolLM2's QLoRA recipe about 1 s per step
+/// (docs/BENCHMARKS.md "LLM memory"). The scalar loop above is the fallback and the reference
+/// (`blockwise_dequantize_equals_the_elementwise_definition` runs both where AVX-512 exists).
+mod simd {
+    /// Whether this CPU runs [`dequantize_block`].
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// `out[i] = code[index i] · scale` for the indices packed in `bytes` (high nibble first);
+    /// `out.len()` is a multiple of 16 and `bytes.len() == out.len() / 2`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F ([`available`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,sse4.1")]
+    pub unsafe fn dequantize_block(code: &[f32; 16], bytes: &[u8], scale: f32, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        assert!(out.len().is_multiple_of(16) && bytes.len() * 2 == out.len());
+        let table = unsafe { _mm512_loadu_ps(code.as_ptr()) };
+        let scale = _mm512_set1_ps(scale);
+        let low = _mm_set1_epi16(0x0F);
+        for (dst, src) in out.chunks_exact_mut(16).zip(bytes.chunks_exact(8)) {
+            // SAFETY: `src` has 8 bytes, `dst` 16 floats (chunks_exact).
+            unsafe {
+                let packed = _mm_loadl_epi64(src.as_ptr() as *const __m128i);
+                let wide = _mm_cvtepu8_epi16(packed);
+                // Byte 2k holds byte k's high nibble, byte 2k + 1 its low nibble.
+                let pairs = _mm_or_si128(_mm_srli_epi16(wide, 4), _mm_slli_epi16(_mm_and_si128(wide, low), 8));
+                let values = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(pairs), table);
+                _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_mul_ps(values, scale));
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn dequantize_block(_: &[f32; 16], _: &[u8], _: f32, _: &mut [f32]) {
+        unreachable!("available() is false off x86-64")
     }
 }
 
@@ -371,14 +428,21 @@ fn ceil_log2(x: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// The block-at-a-time dequantization equals the element-by-element definition, for
-    /// partial last blocks, odd lengths, odd block sizes and double-quantized statistics.
+    /// The block-at-a-time dequantization (with AVX-512, the `vpermps` decoder for whole blocks of
+    /// 16k values) equals the element-by-element definition bit for bit, for partial last blocks,
+    /// odd lengths, odd block sizes, double-quantized statistics and both codes.
     #[test]
     fn blockwise_dequantize_equals_the_elementwise_definition() {
-        for (len, blocksize, double) in [(64 * 300 + 7, 64, true), (1001, 16, false), (99, 3, false), (4096, 64, false)]
-        {
+        for (len, blocksize, double, ty) in [
+            (64 * 300 + 7, 64, true, QuantType::Nf4),
+            (1001, 16, false, QuantType::Nf4),
+            (99, 3, false, QuantType::Nf4),
+            (4096, 64, false, QuantType::Nf4),
+            (128 * 40, 128, true, QuantType::Fp4),
+            (32 * 33 + 16, 32, false, QuantType::Fp4),
+        ] {
             let values: Vec<f32> = (0..len).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
-            let q = Quantized4bit::quantize(&values, [1, len], QuantType::Nf4, blocksize, double);
+            let q = Quantized4bit::quantize(&values, [1, len], ty, blocksize, double);
             let (code, absmax) = (q.quant_type.code(), q.absmax.values());
             let expected: Vec<f32> = (0..len).map(|i| code[q.index(i) as usize] * absmax[i / blocksize]).collect();
             assert_eq!(q.dequantize(), expected, "len {len}, blocksize {blocksize}");

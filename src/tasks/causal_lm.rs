@@ -274,6 +274,9 @@ impl CausalLm {
         let stop_ids = crate::inference::lm::stop_ids(&self.cfg, &self.tokenizer, self.template.as_ref())?;
         let s = Sampling { max_new_tokens: 48, stop_ids, ..Default::default() };
         let template = self.template.as_ref();
+        // A quantized base answers through a float copy (freed afterwards): see `float_copy`.
+        let float = crate::methods::lora::qlora::float_copy(model);
+        let model = float.as_ref().unwrap_or(model);
         self.samples
             .iter()
             .map(|(q, _)| {

@@ -80,7 +80,8 @@ fn nf4_matches_bitsandbytes_bit_for_bit() {
 
 /// The quantized linear layer (its own autodiff node, `ops::frozen_matmul`): the forward equals the
 /// product with the dequantized weight, its input gradient equals the one through that weight
-/// (analytic), finite differences agree, and the weight gets no gradient.
+/// (analytic), finite differences agree, the weight gets no gradient, and `Dense::dequantize`
+/// (generation's float copy) keeps the function.
 #[test]
 fn quantized_linear_gradient_is_the_dequantized_weights() {
     use burn::prelude::*;
@@ -105,6 +106,11 @@ fn quantized_linear_gradient_is_the_dequantized_weights() {
     let d = max_abs_diff(&gx, &analytic);
     assert!(d < 1e-5, "input gradient differs from r·Wᵀ by {d}");
     assert!(dense.weight.val().grad(&grads).is_none(), "the quantized weight must get no gradient");
+    // Held in f32 again (generation's float copy), the layer computes the same function.
+    let mut float = dense.clone();
+    assert!(float.dequantize() && float.quantized.is_none() && !float.dequantize());
+    let d = max_abs_diff(&values(float.forward(x.clone()).inner()), &plain);
+    assert!(d < 1e-5, "the dequantized layer differs by {d}");
     // Central finite differences in f64 on the dequantized function.
     let xs: Vec<f32> = values(x.clone().inner());
     let (wv, rv) = (values(w), values(r.inner()));

@@ -31,6 +31,24 @@ pub fn quantize_model<M: Adaptable>(
     Ok(report)
 }
 
+/// Hold every quantized linear layer in f32 again; returns how many were quantized.
+pub fn dequantize_model<M: Adaptable>(model: &mut M) -> usize {
+    model.dense_layers_mut().into_iter().filter_map(|(_, dense)| dense.dequantize().then_some(())).count()
+}
+
+/// A copy of `model` with its quantized layers in f32, or `None` when none is quantized. For
+/// token-by-token generation: each step is a product with one or a few rows, for which
+/// dequantizing every layer again (what a quantized layer does per forward pass) costs more than
+/// the product itself.
+pub fn float_copy<M: Adaptable + Clone>(model: &M) -> Option<M> {
+    if model.dense_layers().iter().all(|(_, d)| d.quantized.is_none()) {
+        return None;
+    }
+    let mut copy = model.clone();
+    dequantize_model(&mut copy);
+    Some(copy)
+}
+
 /// Log what quantizing did (`what`: e.g. "QLoRA: quantized to nf4").
 pub fn log_report(what: &str, r: &QuantReport) {
     tracing::info!(
