@@ -33,7 +33,7 @@ pub fn quantize_model<M: Adaptable>(
 
 /// Hold every quantized linear layer in f32 again; returns how many were quantized.
 pub fn dequantize_model<M: Adaptable>(model: &mut M) -> usize {
-    model.dense_layers_mut().into_iter().filter_map(|(_, dense)| dense.dequantize().then_some(())).count()
+    model.dense_layers_mut().into_iter().map(|(_, dense)| dense.dequantize()).filter(|&was| was).count()
 }
 
 /// A copy of `model` with its quantized layers in f32, or `None` when none is quantized. For
