@@ -1,11 +1,15 @@
 //! The unit every CNN backbone here is built from: a convolution without bias, BatchNorm, and
 //! an optional activation, with an optional LoRA adapter on the convolution.
 
-use crate::nn::conv_lora::ConvLoraAdapter;
+use crate::nn::conv_lora::{ConvLoraAdapter, same_padding};
+use crate::ops::batch_norm::{Statistics, batch_norm};
+use crate::ops::conv2d::conv2d;
+use crate::ops::relu::relu_capped;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,10 +24,43 @@ impl Activation {
     pub fn apply(self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Self::None => x,
-            Self::Relu => burn::tensor::activation::relu(x),
-            Self::Relu6 => x.clamp(0.0, 6.0),
+            Self::Relu => relu_capped(x, f32::INFINITY),
+            Self::Relu6 => relu_capped(x, 6.0),
         }
     }
+
+    /// The activation as a clamp `(lo, hi)` of its input.
+    pub fn clamp(self) -> (f32, f32) {
+        match self {
+            Self::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Self::Relu => (0.0, f32::INFINITY),
+            Self::Relu6 => (0.0, 6.0),
+        }
+    }
+}
+
+/// `activation(bn(x))` through `ops::batch_norm` (one fused op), behaving as burn's
+/// `BatchNorm::forward`: batch statistics when the layer trains on an autodiff device, the running
+/// ones otherwise. The running averages are updated as PyTorch does (`momentum` is the new
+/// batch's weight; the variance entering the average is the unbiased one).
+pub fn batch_norm_activation(bn: &BatchNorm, x: Tensor<4>, activation: Activation) -> Tensor<4> {
+    let device = x.device();
+    let [n, _, h, w] = x.dims();
+    let statistics = if device.is_autodiff() && bn.training.is_enabled() {
+        Statistics::Batch
+    } else {
+        Statistics::Running(bn.running_mean.value().to_device(&device), bn.running_var.value().to_device(&device))
+    };
+    let out = batch_norm(x, bn.gamma.val(), bn.beta.val(), statistics, bn.epsilon, activation.clamp());
+    if let Some((mean, var)) = out.batch_stats {
+        let count = (n * h * w) as f64;
+        let unbiased = var.mul_scalar(count / (count - 1.0).max(1.0));
+        let m = bn.momentum;
+        let average = |old: Tensor<1>, new: Tensor<1>| old.to_device(&device).mul_scalar(1.0 - m).add(new.mul_scalar(m)).detach();
+        bn.running_mean.update(average(bn.running_mean.value_sync(), mean));
+        bn.running_var.update(average(bn.running_var.value_sync(), unbiased));
+    }
+    out.output
 }
 
 /// How a convolution pads its input.
@@ -106,10 +143,10 @@ pub struct ConvBn {
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let z = match &self.lora {
-            Some(lora) => self.conv.forward(x.clone()) + lora.forward(x),
-            None => self.conv.forward(x),
+            Some(lora) => conv_forward(&self.conv, x.clone()) + lora.forward(x),
+            None => conv_forward(&self.conv, x),
         };
-        self.activation.apply(self.bn.forward(z))
+        batch_norm_activation(&self.bn, z, self.activation)
     }
 
     /// Batch statistics in training (`train` true) or the stored running statistics.
@@ -117,6 +154,20 @@ impl ConvBn {
         self.bn.training = burn::module::Param::from_bool(train);
         self
     }
+}
+
+/// `conv.forward(x)` for a convolution without bias, through `ops::conv2d` (its own backward
+/// pass for pointwise and depthwise convolutions).
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    debug_assert!(conv.bias.is_none(), "conv_forward: ConvBn convolutions have no bias");
+    let [_, _, h, w] = x.dims();
+    let [kh, kw] = conv.kernel_size;
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Same => [same_padding(kh, conv.stride[0], h), same_padding(kw, conv.stride[1], w)],
+    };
+    conv2d(x, conv.weight.val(), ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups))
 }
 
 /// A PyTorch BatchNorm key for burn's parameter name (`gamma` is PyTorch's `weight`, `beta` its

@@ -5,11 +5,11 @@
 
 use super::dropout::dropout;
 use super::lora::LoraInit;
+use crate::ops::conv2d::conv2d;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 #[derive(Module, Debug)]
@@ -62,8 +62,8 @@ impl ConvLoraAdapter {
             Some([ph, pw]) => [(ph, ph), (pw, pw)],
             None => [same_padding(kh, self.stride[0], h), same_padding(kw, self.stride[1], w)],
         };
-        let h = conv2d(x, self.a.val(), None, ConvOptions::new_with_padding(self.stride, pads, [1, 1], 1));
-        conv2d(h, self.b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)).mul_scalar(self.scale)
+        let h = conv2d(x, self.a.val(), ConvOptions::new_with_padding(self.stride, pads, [1, 1], 1));
+        conv2d(h, self.b.val(), ConvOptions::new([1, 1], [0, 0], [1, 1], 1)).mul_scalar(self.scale)
     }
 
     /// `scale · B·A` as a kernel `[out, in, kh, kw]`: what merging adds to the base weight.
@@ -77,7 +77,7 @@ impl ConvLoraAdapter {
 }
 
 /// TensorFlow "SAME" padding (before, after) of one dimension, as the base convolution pads.
-fn same_padding(kernel: usize, stride: usize, size: usize) -> (usize, usize) {
+pub(crate) fn same_padding(kernel: usize, stride: usize, size: usize) -> (usize, usize) {
     let total = ((size.div_ceil(stride) - 1) * stride + kernel).saturating_sub(size);
     (total / 2, total - total / 2)
 }

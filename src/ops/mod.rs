@@ -6,6 +6,10 @@
 //!   AVX512-BF16 kernel and its autodiff node; [`frozen_matmul`] multiplies by a quantized frozen
 //!   weight without keeping its dequantized copy for the backward pass.
 //! - [`attention_softmax`], [`layer_norm`]: fused CPU training passes (burn recorded 5-10 ops).
+//! - [`conv2d`]: the backward pass of pointwise and depthwise convolutions (GEMMs on the NCHW
+//!   buffers, direct depthwise loops); [`batch_norm`]: BatchNorm with its activation, two passes
+//!   each way on the NCHW buffer; [`relu`]: ReLU / ReLU6 in one pass each way; [`transpose`]:
+//!   batched 2-D transposes (8×8 AVX blocks) for layout changes.
 //! - [`head_loss`]: the causal-LM loss fused with a tied output projection, in chunks of rows
 //!   (never the whole `[targets, vocab]` logits).
 //! - [`checkpoint`]: gradient checkpointing of a block (recomputed in the backward pass).
@@ -15,16 +19,20 @@
 
 pub mod adamw;
 pub mod attention_softmax;
+pub mod batch_norm;
 mod bf16_gemm;
 mod bf16_matmul;
 pub mod checkpoint;
 pub mod context;
+pub mod conv2d;
 pub mod device;
 pub mod dropout_mask;
 pub mod frozen_matmul;
 pub mod head_loss;
 pub mod layer_norm;
 pub mod matmul;
+pub mod relu;
 pub mod rng;
 pub mod simd;
 pub mod simd_math;
+pub mod transpose;
