@@ -16,6 +16,7 @@
 //! all three gradients equal burn's BatchNorm + clamp (`tests`, relative error ≤ 1e-4).
 
 use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor, is_host};
+use crate::ops::buffer::for_overwrite;
 use crate::ops::simd::with_avx512;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -121,7 +122,7 @@ fn host(
     };
     let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32).collect();
     let channels = Channels { mean: mean.clone(), inv_std, gamma: gamma_values };
-    let mut y = vec![0f32; xs.len()];
+    let mut y = for_overwrite(xs.len());
     y.par_chunks_mut(plane.max(1)).zip(xs.par_chunks(plane.max(1))).enumerate().for_each(|(nc, (y, x))| {
         let ch = nc % c;
         let a = channels.gamma[ch] * channels.inv_std[ch];
@@ -340,7 +341,7 @@ impl Backward<Flex, 3> for BatchNormBackward {
             .unzip();
         if let Some(node) = x_node {
             let count = (n * plane).max(1) as f32;
-            let mut dx = vec![0f32; xs.len()];
+            let mut dx = for_overwrite(xs.len());
             dx.par_chunks_mut(plane.max(1)).enumerate().for_each(|(nc, dx)| {
                 let (ch, r) = (nc % c, nc * plane..(nc + 1) * plane);
                 let inv_std = channels.inv_std[ch];

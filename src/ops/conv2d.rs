@@ -24,6 +24,7 @@
 //! relative error ≤ 1e-5).
 
 use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor, is_host};
+use crate::ops::buffer::for_overwrite;
 use crate::ops::simd::with_avx512;
 use crate::ops::transpose::transpose_batched;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -294,7 +295,7 @@ fn gemm(
 
 /// `[n, c, p] → [c, n·p]`.
 fn channel_major(t: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
-    let mut out = vec![0f32; t.len()];
+    let mut out = for_overwrite(t.len());
     out.par_chunks_mut(n * p).enumerate().for_each(|(ch, row)| {
         for (img, dst) in row.chunks_exact_mut(p).enumerate() {
             dst.copy_from_slice(&t[(img * c + ch) * p..][..p]);
@@ -305,7 +306,7 @@ fn channel_major(t: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
 
 /// `[c, n·p] → [n, c, p]`.
 fn image_major(t: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
-    let mut out = vec![0f32; t.len()];
+    let mut out = for_overwrite(t.len());
     out.par_chunks_mut(c * p).enumerate().for_each(|(img, image)| {
         for (ch, dst) in image.chunks_exact_mut(p).enumerate() {
             dst.copy_from_slice(&t[(ch * n + img) * p..][..p]);
@@ -319,14 +320,14 @@ fn pointwise_input_grad(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let (n, ci, co, p) = (g.n, g.c_in, g.c_out, g.h * g.w);
     let w_t = (1, ci); // Wᵀ [ci, co]: element (i, o) at o·ci + i
     if p >= PER_IMAGE_MIN_PIXELS {
-        let mut dx = vec![0f32; n * ci * p];
+        let mut dx = for_overwrite(n * ci * p);
         dx.par_chunks_mut(ci * p).zip(dy.par_chunks(co * p)).for_each(|(dx, dy)| {
             gemm((ci, p, co), dx, (p, 1), false, w, w_t, dy, (p, 1), false);
         });
         return dx;
     }
     let dy = channel_major(dy, n, co, p);
-    let mut dx = vec![0f32; n * ci * p];
+    let mut dx = for_overwrite(n * ci * p);
     gemm((ci, n * p, co), &mut dx, (n * p, 1), false, w, w_t, &dy, (n * p, 1), true);
     image_major(&dx, n, ci, p)
 }

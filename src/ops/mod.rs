@@ -9,7 +9,8 @@
 //! - [`conv2d`]: the backward pass of pointwise and depthwise convolutions (GEMMs on the NCHW
 //!   buffers, direct depthwise loops); [`batch_norm`]: BatchNorm with its activation, two passes
 //!   each way on the NCHW buffer; [`relu`]: ReLU / ReLU6 in one pass each way; [`transpose`]:
-//!   batched 2-D transposes (8×8 AVX blocks) for layout changes.
+//!   batched 2-D transposes (8×8 AVX blocks) for layout changes; [`buffer`]: output buffers
+//!   without zero-filling for kernels that assign every element.
 //! - [`head_loss`]: the causal-LM loss fused with a tied output projection, in chunks of rows
 //!   (never the whole `[targets, vocab]` logits).
 //! - [`checkpoint`]: gradient checkpointing of a block (recomputed in the backward pass).
@@ -20,6 +21,7 @@
 pub mod adamw;
 pub mod attention_softmax;
 pub mod batch_norm;
+pub mod buffer;
 mod bf16_gemm;
 mod bf16_matmul;
 pub mod checkpoint;

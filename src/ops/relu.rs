@@ -41,7 +41,7 @@ fn forward(x: &FlexTensor, cap: f32) -> FlexTensor {
     let shape = x.layout().shape().clone();
     let start = x.layout().start_offset();
     let input = &x.storage::<f32>()[start..start + x.layout().num_elements()];
-    let mut y = vec![0f32; input.len()];
+    let mut y = crate::ops::buffer::for_overwrite(input.len());
     y.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| clamp(x, cap, y));
     FlexTensor::from_data(TensorData::new(y, shape))
 }
@@ -70,7 +70,7 @@ impl Backward<Flex, 1> for ReluCapped {
             let (ys, gs) = (y.storage::<f32>(), grad.storage::<f32>());
             let (ys, gs) = (&ys[y.layout().start_offset()..], &gs[grad.layout().start_offset()..]);
             let n = shape.num_elements();
-            let mut dx = vec![0f32; n];
+            let mut dx = crate::ops::buffer::for_overwrite(n);
             dx.par_chunks_mut(CHUNK)
                 .zip(ys[..n].par_chunks(CHUNK).zip(gs[..n].par_chunks(CHUNK)))
                 .for_each(|(dx, (y, g))| pass_gradient(y, g, cap, dx));

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 pub fn transpose_batched(src: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f32> {
     let size = rows * cols;
     assert_eq!(src.len(), n * size, "transpose: {} values for {n} matrices of {rows}×{cols}", src.len());
-    let mut out = vec![0f32; n * size];
+    let mut out = crate::ops::buffer::for_overwrite(n * size);
     if size == 0 {
         return out;
     }
