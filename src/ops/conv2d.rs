@@ -9,10 +9,11 @@
 //! each channel's plane row by row, which on this network's 8×8 to 2×2 maps was 18% of the step
 //! after the backward passes were replaced. Here:
 //!
-//! - pointwise: forward is burn-flex's (a GEMM per image on NCHW); the input gradient is
-//!   `Wᵀ · dY[n]` and the weight gradient `Σₙ dY[n] · X[n]ᵀ`, GEMMs straight on the NCHW buffers
-//!   (transposes are strides, no copies); small maps (fewer than [`PER_IMAGE_MIN_PIXELS`] pixels)
-//!   are first laid out channel-major so that the batch is one product instead of 64 skinny ones;
+//! - pointwise: `Y[n] = W · X[n]`, the input gradient `Wᵀ · dY[n]` and the weight gradient
+//!   `Σₙ dY[n] · X[n]ᵀ` are GEMMs straight on the NCHW buffers (transposes are strides, no
+//!   copies); small maps (fewer than [`PER_IMAGE_MIN_PIXELS`] pixels) are first laid out
+//!   channel-major so that the batch is one product instead of 64 skinny ones (burn-flex's own
+//!   forward runs one GEMM per image, with 4 columns on a 2×2 map);
 //! - depthwise: forward, input gradient and weight gradient run channels-last (the input and the
 //!   gradient are transposed to `[n, h, w, c]`, the result back): every tap is then a vector
 //!   multiply-add over the channels, whatever the map's size.
@@ -34,7 +35,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::backend::ops::ModuleOps;
 use burn::tensor::ops::ConvOptions;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -44,8 +44,8 @@ use std::sync::Arc;
 /// channel-major and runs one GEMM (64 images of a 4×4 map are 64 products with k = 16 otherwise).
 pub const PER_IMAGE_MIN_PIXELS: usize = 64;
 
-/// `conv2d(x, weight)` without bias. On the CPU in f32, pointwise convolutions in training and
-/// depthwise ones always take this module's passes; everything else is burn's.
+/// `conv2d(x, weight)` without bias. On the CPU in f32, pointwise and depthwise convolutions take
+/// this module's passes (with or without autodiff); everything else is burn's.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
     let device = x.device();
     if is_host(&device) && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
@@ -56,10 +56,13 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tenso
             let y = forward_tracked(host_autodiff_tensor(x), host_autodiff_tensor(weight), options, kind);
             return Tensor::from_primitive::<Autodiff<Flex>>(y);
         }
-        if kind == Some(Kind::Depthwise) {
-            let (x, weight) = (host_tensor(x), host_tensor(weight));
+        if let Some(kind) = kind {
+            let (x, weight) = (host_tensor(x).to_contiguous(), host_tensor(weight).to_contiguous());
             let g = Geometry::new(dims(&x), dims(&weight), &options);
-            let y = depthwise_forward(&channels_last(values(&x.to_contiguous()), &g, false), &taps_major(&weight, &g), &g);
+            let y = match kind {
+                Kind::Pointwise => pointwise_forward(values(&x), values(&weight), &g),
+                Kind::Depthwise => depthwise_forward(&channels_last(values(&x), &g, false), &taps_major(&weight, &g), &g),
+            };
             return Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [g.n, g.c_out, g.ho, g.wo])));
         }
     }
@@ -157,7 +160,9 @@ fn forward_tracked(
     let g = Geometry::new(dims(&x), dims(&weight), &options);
     let (y, saved) = match kind {
         Kind::Pointwise => {
-            let y = <Flex as ModuleOps<Flex>>::conv2d(x.clone(), weight.clone(), None, options);
+            let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+            let y = pointwise_forward(values(&x), values(&weight), &g);
+            let y = FlexTensor::from_data(TensorData::new(y, [g.n, g.c_out, g.ho, g.wo]));
             (y, Saved::Pointwise { x: weight_tracked.then_some(x), weight: x_tracked.then_some(weight) })
         }
         Kind::Depthwise => {
@@ -313,6 +318,31 @@ fn image_major(t: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
         }
     });
     out
+}
+
+/// `Y[n] = W · X[n]` with `W [c_out, c_in]`.
+fn pointwise_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (n, ci, co, p) = (g.n, g.c_in, g.c_out, g.h * g.w);
+    let mut y = for_overwrite(n * co * p);
+    if y.is_empty() {
+        return y;
+    }
+    if p >= PER_IMAGE_MIN_PIXELS {
+        if n < rayon::current_num_threads() {
+            // Fewer images than threads (predicting one image): each product in parallel.
+            for (y, x) in y.chunks_mut(co * p).zip(x.chunks(ci * p)) {
+                gemm((co, p, ci), y, (p, 1), false, w, (ci, 1), x, (p, 1), true);
+            }
+        } else {
+            y.par_chunks_mut(co * p).zip(x.par_chunks(ci * p)).for_each(|(y, x)| {
+                gemm((co, p, ci), y, (p, 1), false, w, (ci, 1), x, (p, 1), false);
+            });
+        }
+        return y;
+    }
+    let x = channel_major(x, n, ci, p);
+    gemm((co, n * p, ci), &mut y, (n * p, 1), false, w, (ci, 1), &x, (n * p, 1), true);
+    image_major(&y, n, co, p)
 }
 
 /// `dX[n] = Wᵀ · dY[n]` with `W [c_out, c_in]`.
