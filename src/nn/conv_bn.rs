@@ -4,7 +4,6 @@
 use crate::nn::conv_lora::{ConvLoraAdapter, same_padding};
 use crate::ops::batch_norm::{Statistics, batch_norm};
 use crate::ops::conv2d::conv2d;
-use crate::ops::relu::relu_capped;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -21,14 +20,6 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn apply(self, x: Tensor<4>) -> Tensor<4> {
-        match self {
-            Self::None => x,
-            Self::Relu => relu_capped(x, f32::INFINITY),
-            Self::Relu6 => relu_capped(x, 6.0),
-        }
-    }
-
     /// The activation as a clamp `(lo, hi)` of its input.
     pub fn clamp(self) -> (f32, f32) {
         match self {
@@ -56,7 +47,8 @@ pub fn batch_norm_activation(bn: &BatchNorm, x: Tensor<4>, activation: Activatio
         let count = (n * h * w) as f64;
         let unbiased = var.mul_scalar(count / (count - 1.0).max(1.0));
         let m = bn.momentum;
-        let average = |old: Tensor<1>, new: Tensor<1>| old.to_device(&device).mul_scalar(1.0 - m).add(new.mul_scalar(m)).detach();
+        let average =
+            |old: Tensor<1>, new: Tensor<1>| old.to_device(&device).mul_scalar(1.0 - m).add(new.mul_scalar(m)).detach();
         bn.running_mean.update(average(bn.running_mean.value_sync(), mean));
         bn.running_var.update(average(bn.running_var.value_sync(), unbiased));
     }

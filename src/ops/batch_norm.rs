@@ -15,8 +15,8 @@
 //! CPU backend, f32; elsewhere burn's ops compute the same thing. Reference test: values and
 //! all three gradients equal burn's BatchNorm + clamp (`tests`, relative error ≤ 1e-4).
 
-use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor, is_host};
 use crate::ops::buffer::for_overwrite;
+use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor, is_host};
 use crate::ops::simd::with_avx512;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -29,6 +29,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 /// Which statistics normalise the input.
+#[allow(clippy::large_enum_variant)] // one per call, moved once
 pub enum Statistics {
     /// The batch's own (training): mean and biased variance over batch and pixels per channel.
     Batch,
@@ -122,35 +123,35 @@ fn host(
     };
     let inv_std: Vec<f32> = var.iter().map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32).collect();
     let channels = Channels { mean: mean.clone(), inv_std, gamma: gamma_values };
-    let mut y = for_overwrite(xs.len());
-    y.par_chunks_mut(plane.max(1)).zip(xs.par_chunks(plane.max(1))).enumerate().for_each(|(nc, (y, x))| {
-        let ch = nc % c;
-        let a = channels.gamma[ch] * channels.inv_std[ch];
-        let b = beta_values[ch] - channels.mean[ch] * a;
-        affine_clamp(x, a, b, clamp, y);
+    let y = for_overwrite(xs.len(), |y| {
+        y.par_chunks_mut(plane.max(1)).zip(xs.par_chunks(plane.max(1))).enumerate().for_each(|(nc, (y, x))| {
+            let ch = nc % c;
+            let a = channels.gamma[ch] * channels.inv_std[ch];
+            let b = beta_values[ch] - channels.mean[ch] * a;
+            affine_clamp(x, a, b, clamp, y);
+        })
     });
     let y = FlexTensor::from_data(TensorData::new(y, [n, c, h, w]));
     let batch_stats = batch.then(|| {
         let stats_device = device.clone();
-        (Tensor::from_data(TensorData::new(mean, [c]), &stats_device), Tensor::from_data(TensorData::new(var, [c]), &stats_device))
+        (
+            Tensor::from_data(TensorData::new(mean, [c]), &stats_device),
+            Tensor::from_data(TensorData::new(var, [c]), &stats_device),
+        )
     });
     let output = match x_node {
         None => Tensor::from_primitive::<Flex>(y),
         Some(x_ad) => {
             let (gamma, beta) = (host_autodiff_tensor(gamma), host_autodiff_tensor(beta));
-            let prep =
-                BatchNormBackward.prepare::<NoCheckpointing>([x_ad.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+            let prep = BatchNormBackward
+                .prepare::<NoCheckpointing>([x_ad.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful();
             let activation = clamp.0.is_finite() || clamp.1.is_finite();
             let y: HostAutodiffTensor = match prep {
                 OpsKind::Tracked(prep) => {
-                    let state = State {
-                        x,
-                        y: activation.then(|| y.clone()),
-                        channels,
-                        clamp,
-                        batch,
-                        dims: [n, c, h, w],
-                    };
+                    let state =
+                        State { x, y: activation.then(|| y.clone()), channels, clamp, batch, dims: [n, c, h, w] };
                     prep.finish(state, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(y),
@@ -341,17 +342,23 @@ impl Backward<Flex, 3> for BatchNormBackward {
             .unzip();
         if let Some(node) = x_node {
             let count = (n * plane).max(1) as f32;
-            let mut dx = for_overwrite(xs.len());
-            dx.par_chunks_mut(plane.max(1)).enumerate().for_each(|(nc, dx)| {
-                let (ch, r) = (nc % c, nc * plane..(nc + 1) * plane);
-                let inv_std = channels.inv_std[ch];
-                let k = if batch {
-                    // mean(g·x̂)·inv_std multiplies (x − mean): x̂ = (x − mean)·inv_std.
-                    [channels.gamma[ch] * inv_std, sum_g[ch] / count, sum_gx[ch] / count * inv_std * inv_std, channels.mean[ch]]
-                } else {
-                    [channels.gamma[ch] * inv_std, 0.0, 0.0, channels.mean[ch]]
-                };
-                input_gradient(&xs[r.clone()], ys.map(|y| &y[r.clone()]), &dys[r], k, clamp, dx);
+            let dx = for_overwrite(xs.len(), |dx| {
+                dx.par_chunks_mut(plane.max(1)).enumerate().for_each(|(nc, dx)| {
+                    let (ch, r) = (nc % c, nc * plane..(nc + 1) * plane);
+                    let inv_std = channels.inv_std[ch];
+                    let k = if batch {
+                        // mean(g·x̂)·inv_std multiplies (x − mean): x̂ = (x − mean)·inv_std.
+                        [
+                            channels.gamma[ch] * inv_std,
+                            sum_g[ch] / count,
+                            sum_gx[ch] / count * inv_std * inv_std,
+                            channels.mean[ch],
+                        ]
+                    } else {
+                        [channels.gamma[ch] * inv_std, 0.0, 0.0, channels.mean[ch]]
+                    };
+                    input_gradient(&xs[r.clone()], ys.map(|y| &y[r.clone()]), &dys[r], k, clamp, dx);
+                })
             });
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, c, h, w])));
         }

@@ -5,12 +5,32 @@
 //! of the time, most of them for buffers that a transpose, a normalisation or a GEMM then
 //! overwrote completely. Kernels that accumulate (`+=`) keep zeroed buffers.
 
-/// `n` f32 with unspecified values, for a kernel that writes every element before anything reads
-/// it. Callers assign each element exactly as a copy would (no `+=`, no reads).
-pub fn for_overwrite(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: the capacity is `n`; f32 has no invalid bit patterns, and every caller writes all `n`
-    // elements before any is read (the same contract burn-flex's own kernels use for outputs).
-    unsafe { v.set_len(n) };
-    v
+use std::mem::{ManuallyDrop, MaybeUninit};
+
+/// `n` f32 written by `write`, which must assign every element before reading any (as a copy,
+/// a transpose or a GEMM that does not read its destination does). The buffer is not
+/// zero-filled first. If `write` panics the allocation leaks.
+pub fn for_overwrite(n: usize, write: impl FnOnce(&mut [f32])) -> Vec<f32> {
+    let mut buffer: Vec<MaybeUninit<f32>> = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` needs no initialisation; the capacity is `n`.
+    unsafe { buffer.set_len(n) };
+    let mut buffer = ManuallyDrop::new(buffer);
+    let (ptr, len, capacity) = (buffer.as_mut_ptr().cast::<f32>(), buffer.len(), buffer.capacity());
+    // SAFETY: the slice covers exactly the allocation (`MaybeUninit<f32>` has f32's layout) and
+    // nothing else refers to it; `write` assigns before it reads (its contract).
+    write(unsafe { std::slice::from_raw_parts_mut(ptr, len) });
+    // SAFETY: same allocation, length and capacity, with f32's layout; every element is now
+    // initialised by `write`.
+    unsafe { Vec::from_raw_parts(ptr, len, capacity) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn returns_what_was_written() {
+        let v = super::for_overwrite(1000, |out| out.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32));
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32));
+        assert!(super::for_overwrite(0, |out| assert!(out.is_empty())).is_empty());
+    }
 }

@@ -24,8 +24,8 @@
 //! `conv2d`. Reference test: outputs and gradients equal burn's generic path (`tests` below,
 //! relative error ≤ 1e-5).
 
-use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor, is_host};
 use crate::ops::buffer::for_overwrite;
+use crate::ops::device::{HostAutodiffTensor, host_autodiff_tensor, host_tensor, is_host};
 use crate::ops::simd::with_avx512;
 use crate::ops::transpose::transpose_batched;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -61,9 +61,14 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tenso
             let g = Geometry::new(dims(&x), dims(&weight), &options);
             let y = match kind {
                 Kind::Pointwise => pointwise_forward(values(&x), values(&weight), &g),
-                Kind::Depthwise => depthwise_forward(&channels_last(values(&x), &g, false), &taps_major(&weight, &g), &g),
+                Kind::Depthwise => {
+                    depthwise_forward(&channels_last(values(&x), &g, false), &taps_major(&weight, &g), &g)
+                }
             };
-            return Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [g.n, g.c_out, g.ho, g.wo])));
+            return Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(
+                y,
+                [g.n, g.c_out, g.ho, g.wo],
+            )));
         }
     }
     burn::tensor::module::conv2d(x, weight, None, options)
@@ -193,6 +198,7 @@ fn values(t: &FlexTensor) -> &[f32] {
 
 /// What the backward pass needs, per kind.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per node
 enum Saved {
     /// The NCHW input (kept when the weight trains) and the weight (when the input needs a gradient).
     Pointwise { x: Option<FlexTensor>, weight: Option<FlexTensor> },
@@ -300,48 +306,52 @@ fn gemm(
 
 /// `[n, c, p] → [c, n·p]`.
 fn channel_major(t: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
-    let mut out = for_overwrite(t.len());
-    out.par_chunks_mut(n * p).enumerate().for_each(|(ch, row)| {
-        for (img, dst) in row.chunks_exact_mut(p).enumerate() {
-            dst.copy_from_slice(&t[(img * c + ch) * p..][..p]);
-        }
-    });
-    out
+    for_overwrite(t.len(), |out| {
+        out.par_chunks_mut((n * p).max(1)).enumerate().for_each(|(ch, row)| {
+            for (img, dst) in row.chunks_exact_mut(p.max(1)).enumerate() {
+                dst.copy_from_slice(&t[(img * c + ch) * p..][..dst.len()]);
+            }
+        })
+    })
 }
 
 /// `[c, n·p] → [n, c, p]`.
 fn image_major(t: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
-    let mut out = for_overwrite(t.len());
-    out.par_chunks_mut(c * p).enumerate().for_each(|(img, image)| {
-        for (ch, dst) in image.chunks_exact_mut(p).enumerate() {
-            dst.copy_from_slice(&t[(ch * n + img) * p..][..p]);
-        }
-    });
-    out
+    for_overwrite(t.len(), |out| {
+        out.par_chunks_mut((c * p).max(1)).enumerate().for_each(|(img, image)| {
+            for (ch, dst) in image.chunks_exact_mut(p.max(1)).enumerate() {
+                dst.copy_from_slice(&t[(ch * n + img) * p..][..dst.len()]);
+            }
+        })
+    })
 }
 
 /// `Y[n] = W · X[n]` with `W [c_out, c_in]`.
 fn pointwise_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let (n, ci, co, p) = (g.n, g.c_in, g.c_out, g.h * g.w);
-    let mut y = for_overwrite(n * co * p);
-    if y.is_empty() {
-        return y;
+    if n * co * p == 0 {
+        return Vec::new();
+    }
+    if ci == 0 {
+        return vec![0f32; n * co * p];
     }
     if p >= PER_IMAGE_MIN_PIXELS {
-        if n < rayon::current_num_threads() {
-            // Fewer images than threads (predicting one image): each product in parallel.
-            for (y, x) in y.chunks_mut(co * p).zip(x.chunks(ci * p)) {
-                gemm((co, p, ci), y, (p, 1), false, w, (ci, 1), x, (p, 1), true);
+        return for_overwrite(n * co * p, |y| {
+            if n < rayon::current_num_threads() {
+                // Fewer images than threads (predicting one image): each product in parallel.
+                for (y, x) in y.chunks_mut(co * p).zip(x.chunks(ci * p)) {
+                    gemm((co, p, ci), y, (p, 1), false, w, (ci, 1), x, (p, 1), true);
+                }
+            } else {
+                y.par_chunks_mut(co * p).zip(x.par_chunks(ci * p)).for_each(|(y, x)| {
+                    gemm((co, p, ci), y, (p, 1), false, w, (ci, 1), x, (p, 1), false);
+                });
             }
-        } else {
-            y.par_chunks_mut(co * p).zip(x.par_chunks(ci * p)).for_each(|(y, x)| {
-                gemm((co, p, ci), y, (p, 1), false, w, (ci, 1), x, (p, 1), false);
-            });
-        }
-        return y;
+        });
     }
     let x = channel_major(x, n, ci, p);
-    gemm((co, n * p, ci), &mut y, (n * p, 1), false, w, (ci, 1), &x, (n * p, 1), true);
+    let y =
+        for_overwrite(n * co * p, |y| gemm((co, n * p, ci), y, (n * p, 1), false, w, (ci, 1), &x, (n * p, 1), true));
     image_major(&y, n, co, p)
 }
 
@@ -350,15 +360,15 @@ fn pointwise_input_grad(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let (n, ci, co, p) = (g.n, g.c_in, g.c_out, g.h * g.w);
     let w_t = (1, ci); // Wᵀ [ci, co]: element (i, o) at o·ci + i
     if p >= PER_IMAGE_MIN_PIXELS {
-        let mut dx = for_overwrite(n * ci * p);
-        dx.par_chunks_mut(ci * p).zip(dy.par_chunks(co * p)).for_each(|(dx, dy)| {
-            gemm((ci, p, co), dx, (p, 1), false, w, w_t, dy, (p, 1), false);
+        return for_overwrite(n * ci * p, |dx| {
+            dx.par_chunks_mut(ci * p).zip(dy.par_chunks(co * p)).for_each(|(dx, dy)| {
+                gemm((ci, p, co), dx, (p, 1), false, w, w_t, dy, (p, 1), false);
+            })
         });
-        return dx;
     }
     let dy = channel_major(dy, n, co, p);
-    let mut dx = for_overwrite(n * ci * p);
-    gemm((ci, n * p, co), &mut dx, (n * p, 1), false, w, w_t, &dy, (n * p, 1), true);
+    let dx =
+        for_overwrite(n * ci * p, |dx| gemm((ci, n * p, co), dx, (n * p, 1), false, w, w_t, &dy, (n * p, 1), true));
     image_major(&dx, n, ci, p)
 }
 
@@ -552,7 +562,8 @@ mod tests {
     fn gradients_equal_burns_generic_convolution() {
         let device = Device::flex().autodiff();
         // (x dims, weight dims, stride, padding ((top, bottom), (left, right)), groups)
-        let cases: [([usize; 4], [usize; 4], usize, [(usize, usize); 2], usize); 7] = [
+        type Case = ([usize; 4], [usize; 4], usize, [(usize, usize); 2], usize);
+        let cases: [Case; 7] = [
             ([3, 8, 9, 10], [12, 8, 1, 1], 1, [(0, 0), (0, 0)], 1),
             ([5, 16, 3, 3], [8, 16, 1, 1], 1, [(0, 0), (0, 0)], 1),
             ([2, 6, 9, 11], [6, 1, 3, 3], 1, [(1, 1), (1, 1)], 6),

@@ -21,9 +21,9 @@
 pub mod adamw;
 pub mod attention_softmax;
 pub mod batch_norm;
-pub mod buffer;
 mod bf16_gemm;
 mod bf16_matmul;
+pub mod buffer;
 pub mod checkpoint;
 pub mod context;
 pub mod conv2d;

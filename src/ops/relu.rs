@@ -41,8 +41,9 @@ fn forward(x: &FlexTensor, cap: f32) -> FlexTensor {
     let shape = x.layout().shape().clone();
     let start = x.layout().start_offset();
     let input = &x.storage::<f32>()[start..start + x.layout().num_elements()];
-    let mut y = crate::ops::buffer::for_overwrite(input.len());
-    y.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| clamp(x, cap, y));
+    let y = crate::ops::buffer::for_overwrite(input.len(), |y| {
+        y.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| clamp(x, cap, y))
+    });
     FlexTensor::from_data(TensorData::new(y, shape))
 }
 
@@ -70,10 +71,11 @@ impl Backward<Flex, 1> for ReluCapped {
             let (ys, gs) = (y.storage::<f32>(), grad.storage::<f32>());
             let (ys, gs) = (&ys[y.layout().start_offset()..], &gs[grad.layout().start_offset()..]);
             let n = shape.num_elements();
-            let mut dx = crate::ops::buffer::for_overwrite(n);
-            dx.par_chunks_mut(CHUNK)
-                .zip(ys[..n].par_chunks(CHUNK).zip(gs[..n].par_chunks(CHUNK)))
-                .for_each(|(dx, (y, g))| pass_gradient(y, g, cap, dx));
+            let dx = crate::ops::buffer::for_overwrite(n, |dx| {
+                dx.par_chunks_mut(CHUNK)
+                    .zip(ys[..n].par_chunks(CHUNK).zip(gs[..n].par_chunks(CHUNK)))
+                    .for_each(|(dx, (y, g))| pass_gradient(y, g, cap, dx))
+            });
             FlexTensor::from_data(TensorData::new(dx, shape))
         });
     }
@@ -115,8 +117,9 @@ mod tests {
         let values = [-2.0f32, -0.5, 0.5, 3.0, 5.999, 6.5, 7.5, 1e9, f32::NAN, 0.25, -1e-9, 2.0];
         for cap in [6.0f32, f32::INFINITY] {
             let x = Tensor::<1>::from_floats(values, &device).reshape([3, 4]).transpose().require_grad();
-            let weights = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0], &device)
-                .reshape([4, 3]);
+            let weights =
+                Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0], &device)
+                    .reshape([4, 3]);
             let ours = relu_capped(x.clone(), cap);
             let reference =
                 if cap.is_infinite() { burn::tensor::activation::relu(x.clone()) } else { x.clone().clamp(0.0, cap) };

@@ -13,12 +13,12 @@ use rayon::prelude::*;
 pub fn transpose_batched(src: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f32> {
     let size = rows * cols;
     assert_eq!(src.len(), n * size, "transpose: {} values for {n} matrices of {rows}×{cols}", src.len());
-    let mut out = crate::ops::buffer::for_overwrite(n * size);
     if size == 0 {
-        return out;
+        return Vec::new();
     }
-    out.par_chunks_mut(size).zip(src.par_chunks(size)).for_each(|(dst, src)| transpose(src, rows, cols, dst));
-    out
+    crate::ops::buffer::for_overwrite(n * size, |out| {
+        out.par_chunks_mut(size).zip(src.par_chunks(size)).for_each(|(dst, src)| transpose(src, rows, cols, dst))
+    })
 }
 
 /// `dst [cols, rows] = srcᵀ` for `src [rows, cols]`.
