@@ -501,6 +501,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Transcribe { model, adapter, data, files, device, json } => {
             anyhow::ensure!(!files.is_empty() || data.is_some(), "no audio files given (or --data MANIFEST)");
+            let started = std::time::Instant::now();
             let t = crate::inference::transcriber::Transcriber::load(
                 &resolve_model_dir(&model)?,
                 adapter.as_deref(),
@@ -517,13 +518,23 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("WER {wer:.4} over {} clips", pairs.len());
                 }
             }
+            let loaded = started.elapsed().as_secs_f64();
+            let (started, mut audio_seconds) = (std::time::Instant::now(), 0.0);
             for f in &files {
                 let r = t.transcribe_file(f)?;
+                audio_seconds += r.seconds;
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!("{}\t{}", r.audio.display(), r.text);
                 }
+            }
+            if !files.is_empty() {
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    "model loaded in {loaded:.2} s; {} files ({audio_seconds:.1} s of audio) transcribed in {seconds:.2} s",
+                    files.len()
+                );
             }
         }
         Command::Convert { from, out, json } => {
