@@ -550,3 +550,70 @@ fn efficientnet_lora_with_same_padding_matches_merged_model() {
     ]);
     assert!((m["accuracy"].as_f64().unwrap() - report["test"]["accuracy"].as_f64().unwrap()).abs() < 1e-9);
 }
+
+/// The CNN kernels against PyTorch (`scripts/make_cnn_kernel_fixtures.py`): outputs and every
+/// gradient of pointwise convolutions (a 9×10 map and a 2×2 one, which takes the channel-major
+/// path), depthwise 3×3 and 5×5 convolutions at stride 2 (the 5×5 with TensorFlow's asymmetric
+/// "SAME" padding), BatchNorm + ReLU6 with batch statistics (and the running averages after the
+/// step: PyTorch's unbiased variance) and BatchNorm + ReLU with running statistics. Relative
+/// error (max |diff| / max |reference|) ≤ 1e-5.
+#[test]
+fn cnn_kernels_match_pytorch() {
+    use burn::module::{Param, RunningState};
+    use burn::tensor::ops::ConvOptions;
+    use finetune::nn::conv_bn::{Activation, batch_norm_activation};
+
+    let st = SafetensorsFile::open(&fixtures().join("cnn-kernels-reference.safetensors")).unwrap();
+    let device = Device::flex().autodiff();
+    let tensor = |name: &str| {
+        let t = st.tensor(name).unwrap();
+        Tensor::<4>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]), &device)
+    };
+    let vector = |name: &str| {
+        let t = st.tensor(name).unwrap();
+        Tensor::<1>::from_data(TensorData::new(t.data, [t.shape[0]]), &device)
+    };
+    let check = |ours: Vec<f32>, name: &str| {
+        let reference = st.tensor(name).unwrap().data;
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(&ours, &reference) / scale;
+        assert!(err <= 1e-5, "{name}: relative error {err}");
+    };
+    let values = |t: Tensor<4>| t.into_data().try_into_vec::<f32>().unwrap();
+
+    for (case, stride, padding, groups) in [
+        ("pw", 1, [(0, 0), (0, 0)], 1),
+        ("pws", 1, [(0, 0), (0, 0)], 1),
+        ("dw3", 2, [(1, 1), (1, 1)], 6),
+        ("dw5", 2, [(1, 2), (1, 2)], 4),
+    ] {
+        let x = tensor(&format!("{case}.x")).require_grad();
+        let w = tensor(&format!("{case}.w")).require_grad();
+        let options = ConvOptions::new_with_padding([stride, stride], padding, [1, 1], groups);
+        let y = finetune::ops::conv2d::conv2d(x.clone(), w.clone(), options);
+        let grads = (y.clone() * tensor(&format!("{case}.g"))).sum().backward();
+        check(values(y), &format!("{case}.y"));
+        check(values(x.grad(&grads).unwrap()), &format!("{case}.dx"));
+        check(values(w.grad(&grads).unwrap()), &format!("{case}.dw"));
+    }
+
+    for (case, train, activation) in [("bn", true, Activation::Relu6), ("bne", false, Activation::Relu)] {
+        let mut bn = burn::nn::BatchNormConfig::new(5).with_epsilon(1e-3).with_momentum(0.1).init(&device);
+        bn.gamma = Param::from_tensor(vector(&format!("{case}.gamma")).require_grad());
+        bn.beta = Param::from_tensor(vector(&format!("{case}.beta")).require_grad());
+        bn.running_mean = RunningState::new(Tensor::<1>::full([5], 0.5, &device));
+        bn.running_var = RunningState::new(Tensor::<1>::full([5], 2.0, &device));
+        bn.training = Param::from_bool(train);
+        let x = tensor(&format!("{case}.x")).require_grad();
+        let y = batch_norm_activation(&bn, x.clone(), activation);
+        let grads = (y.clone() * tensor(&format!("{case}.g"))).sum().backward();
+        check(values(y), &format!("{case}.y"));
+        check(values(x.grad(&grads).unwrap()), &format!("{case}.dx"));
+        let grad_1d = |p: &Param<Tensor<1>>| p.grad(&grads).unwrap().into_data().try_into_vec::<f32>().unwrap();
+        check(grad_1d(&bn.gamma), &format!("{case}.dgamma"));
+        check(grad_1d(&bn.beta), &format!("{case}.dbeta"));
+        let running = |s: &RunningState<Tensor<1>>| s.value_sync().into_data().try_into_vec::<f32>().unwrap();
+        check(running(&bn.running_mean), &format!("{case}.running_mean"));
+        check(running(&bn.running_var), &format!("{case}.running_var"));
+    }
+}
