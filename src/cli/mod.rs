@@ -2,6 +2,7 @@
 
 mod check;
 mod inspect;
+mod sweep;
 
 use crate::inference::audio::FinetunedAudioClassifier;
 use crate::inference::image::FinetunedImageClassifier;
@@ -10,6 +11,7 @@ use crate::inference::text::FinetunedClassifier;
 use crate::inference::tokens::{FinetunedTokenClassifier, is_token_classifier};
 use crate::models::generation::Sampling;
 use crate::recipe::Recipe;
+use crate::training::trainer::Paused;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal};
@@ -69,6 +71,44 @@ pub enum Command {
         #[arg(long)]
         no_progress: bool,
         /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many epochs (0.3: 30% of the first epoch's steps), validate, save a
+        /// checkpoint and exit; `--resume` continues as if there had been no pause (what
+        /// `finetune sweep` uses to discard unpromising seeds early).
+        #[arg(long, value_name = "EPOCHS")]
+        pause_at: Option<f64>,
+    },
+    /// Run a recipe over several seeds and a grid of settings (each trial an ordinary run under
+    /// one sweep directory), optionally discarding unpromising seeds early (Dodge et al. 2020);
+    /// prints mean ± std per setting and writes the best trial's recipe. Run it again with the
+    /// same arguments to continue a killed sweep.
+    Sweep {
+        recipe: PathBuf,
+        /// Overrides for every trial.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Seeds per setting: the recipe's seed, seed + 1, ...
+        #[arg(long, default_value_t = 5)]
+        seeds: usize,
+        /// A setting to vary: `--grid training.learning_rate=1e-4,5e-4` (repeat it for a
+        /// product of several; a value may be a TOML list).
+        #[arg(long, value_name = "KEY=V1,V2,...")]
+        grid: Vec<String>,
+        /// Train every trial for this fraction of the first epoch, then keep only the best
+        /// `--keep` of each setting by the validation metric and finish those.
+        #[arg(long, value_name = "FRACTION", requires = "keep")]
+        discard_after: Option<f64>,
+        /// Trials per setting that survive early discarding.
+        #[arg(long, value_name = "K", requires = "discard_after")]
+        keep: Option<usize>,
+        /// Trials run at once; the cores are split between them, and each holds its own model.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// The sweep directory (default: the recipe's output_dir followed by `-sweep`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -278,14 +318,37 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { recipe, overrides, resume, no_progress, json } => {
-            let r = Recipe::load(&recipe, &overrides)?;
+        Command::Train { recipe, overrides, resume, no_progress, json, pause_at } => {
+            let mut r = Recipe::load(&recipe, &overrides)?;
+            r.training.pause_at_epoch = pause_at;
+            r.training.validate()?;
             let show = !no_progress && std::io::stderr().is_terminal();
-            let outcome = crate::tasks::train(&r, resume, show)?;
+            let outcome = match crate::tasks::train(&r, resume, show) {
+                Err(e) if e.downcast_ref::<Paused>().is_some() => {
+                    let paused = e.downcast::<Paused>().expect("checked above");
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "paused": paused }))?);
+                    } else {
+                        let scores = paused.validation.map(|m| format!(": validation {}", m.scores()));
+                        println!("{paused}{}", scores.unwrap_or_default());
+                    }
+                    return Ok(());
+                }
+                other => other?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome.json)?);
             } else {
                 println!("{}", outcome.summary.join("\n"));
+            }
+        }
+        Command::Sweep { recipe, overrides, seeds, grid, discard_after, keep, parallel, out, json } => {
+            let args = sweep::SweepArgs { recipe, overrides, seeds, grid, discard_after, keep, parallel, out };
+            let summary = sweep::run(&args)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{}", summary.table().join("\n"));
             }
         }
         Command::Eval { model: Some(model), data, batch_size, device, json, .. } if is_image_model(&model) => {

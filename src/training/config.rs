@@ -59,6 +59,13 @@ pub struct TrainingConfig {
     /// pass. Unset: on for causal-LM training on the CPU, where activations are most of a step's
     /// memory; other tasks have no checkpointed blocks.
     pub gradient_checkpointing: Option<bool>,
+    /// Stop after this many epochs (a fraction: `0.3` is 30% of the first epoch's steps),
+    /// validate, save a resumable checkpoint and end with [`Paused`](super::trainer::Paused);
+    /// `--resume` then continues exactly as if there had been no pause. Set by
+    /// `finetune train --pause-at` (a sweep's early discarding), never part of a recipe: a paused
+    /// run resumes under the same recipe.
+    #[serde(skip)]
+    pub pause_at_epoch: Option<f64>,
 }
 
 fn default_eval_batch() -> usize {
@@ -185,6 +192,12 @@ impl TrainingConfig {
         if let Some(m) = t.max_steps {
             ensure!(m >= 1, "training.max_steps = {m}: must be at least 1");
         }
+        if let Some(p) = t.pause_at_epoch {
+            ensure!(
+                p > 0.0 && p.is_finite(),
+                "--pause-at {p}: must be a positive number of epochs (0.3: 30% of the first)"
+            );
+        }
         if let Some(e) = &t.early_stopping {
             ensure!(e.patience >= 1, "training.early_stopping.patience = {}: must be at least 1", e.patience);
             ensure!(
@@ -220,6 +233,7 @@ impl TrainerConfig {
             seed,
             checkpoint_every_steps: t.checkpoint_every_steps,
             max_steps: t.max_steps,
+            pause_at_step: t.pause_at_epoch.map(|e| ((e * per_epoch as f64).ceil() as usize).max(1)),
             metric: t.metric,
             early_stopping: t.early_stopping.clone(),
             group_by_length: t.group_by_length,

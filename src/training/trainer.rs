@@ -101,6 +101,8 @@ pub struct TrainerConfig {
     pub seed: u64,
     pub checkpoint_every_steps: Option<usize>,
     pub max_steps: Option<usize>,
+    /// Pause after this optimizer step (see `TrainingConfig::pause_at_epoch`).
+    pub pause_at_step: Option<usize>,
     pub metric: Metric,
     pub early_stopping: Option<EarlyStopping>,
     /// Batch training examples of similar length together (see `data::batch::length_grouped`).
@@ -126,6 +128,25 @@ pub trait MethodHooks<M> {
         1.0
     }
 }
+
+/// A run that stopped where `--pause-at` asked: validated, checkpointed, resumable. Not a
+/// failure: `train` returns it as its error so that every caller between the trainer and the
+/// command line passes it up unchanged, and `finetune train` reports it and exits with 0.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Paused {
+    pub epoch: usize,
+    pub step: usize,
+    /// The validation metrics at the pause (`None` without a validation split).
+    pub validation: Option<EvalMetrics>,
+}
+
+impl std::fmt::Display for Paused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "paused after step {} (epoch {}); --resume continues", self.step, self.epoch + 1)
+    }
+}
+
+impl std::error::Error for Paused {}
 
 pub struct TrainOutcome<M> {
     pub best_model: M,
@@ -285,8 +306,10 @@ where
             progress.set_message(format!("epoch {} loss {:.4}", epoch + 1, group_loss));
             let at_max = cfg.max_steps.is_some_and(|m| state.step >= m);
             let end_of_epoch_step = state.step_in_epoch == steps.len();
-            let checkpoint_now =
-                cfg.checkpoint_every_steps.is_some_and(|k| state.step % k == 0) && !at_max && !end_of_epoch_step;
+            let pause_now = cfg.pause_at_step == Some(state.step) && !at_max && !end_of_epoch_step;
+            let checkpoint_now = (cfg.checkpoint_every_steps.is_some_and(|k| state.step % k == 0) || pause_now)
+                && !at_max
+                && !end_of_epoch_step;
             // Windows also close at checkpoints, so a resumed run logs exactly the same records.
             if state.step % 10 == 0 || end_of_epoch_step || checkpoint_now || at_max {
                 let secs = window_start.elapsed().as_secs_f64();
@@ -299,6 +322,23 @@ where
                     examples_per_s: window_examples as f64 / secs.max(1e-9),
                 })?;
                 (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
+            }
+            if pause_now {
+                // Validate first: the checkpoint then holds everything a resumed run needs.
+                let validation = (data.len(Split::Validation) > 0)
+                    .then(|| evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels));
+                if let Some(metrics) = &validation {
+                    tracing::info!("paused at step {}: validation {}", state.step, metrics.scores());
+                    log.append(&LogRecord::Eval {
+                        step: state.step,
+                        epoch,
+                        split: "validation".into(),
+                        metrics: *metrics,
+                    })?;
+                }
+                run.save_checkpoint(&model, &optim, &state)?;
+                progress.finish_and_clear();
+                return Err(Paused { epoch, step: state.step, validation }.into());
             }
             if checkpoint_now {
                 run.save_checkpoint(&model, &optim, &state)?;
@@ -318,6 +358,15 @@ where
         }
         if epoch + 1 < cfg.epochs {
             run.save_checkpoint(&model, &optim, &state)?;
+            if cfg.pause_at_step == Some(state.step) {
+                progress.finish_and_clear();
+                let validation = state.best.as_ref().filter(|b| b.step == state.step).map(|b| b.metrics);
+                let validation = validation.or_else(|| {
+                    (data.len(Split::Validation) > 0)
+                        .then(|| evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels))
+                });
+                return Err(Paused { epoch, step: state.step, validation }.into());
+            }
         }
     }
     progress.finish_and_clear();

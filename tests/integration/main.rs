@@ -12,5 +12,6 @@ mod numerics;
 mod peft;
 mod quant;
 mod speech;
+mod sweep;
 mod training;
 mod vision;
