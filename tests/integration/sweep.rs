@@ -5,6 +5,7 @@
 
 use super::common::*;
 use finetune::recipe::Recipe;
+use finetune::training::metrics::{LogRecord, read_log};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -45,8 +46,12 @@ fn paused_run_resumes_to_the_uninterrupted_result() {
         assert!((0.0..=1.0).contains(&acc));
         let run = dir.path().join(out);
         assert!(!run.join("results.json").exists(), "a paused run is not finished");
-        let evals = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-        assert!(evals.contains(&format!("\"step\":{step},")), "the pause's evaluation is logged");
+        let logged = read_log(&run.join("metrics.jsonl")).unwrap();
+        let at_pause = logged.iter().find_map(|r| match r {
+            LogRecord::Eval { step: s, metrics, .. } if *s == step => metrics.accuracy,
+            _ => None,
+        });
+        assert_eq!(at_pause, Some(acc), "--pause-at {pause}: the pause's validation is in metrics.jsonl");
         let mut resume = base(out);
         resume.push("--resume".into());
         let resumed = ok_json(&resume);
