@@ -3,10 +3,11 @@
 # bench/vision_reference.py), one after the other on this machine, each printing one JSON line:
 # test accuracy, seconds per epoch (training steps only), feature seconds, peak RSS.
 #
-#   bench/vision_compare.sh [SIZE] [TRAIN_EXAMPLES] [mobilenet|efficientnet]   (defaults: 64 5000 mobilenet)
+#   bench/vision_compare.sh [SIZE] [TRAIN_EXAMPLES] [mobilenet|efficientnet|efficientnet-more]   (defaults: 64 5000 mobilenet)
 #
 # `efficientnet` runs EfficientNet-Lite0 instead: feature extraction and one epoch of full
-# fine-tuning (with augmentation), against the reference implementation in PyTorch.
+# fine-tuning (with augmentation), gradual unfreezing and LoRA on the pointwise convolutions, against
+# the reference implementation in PyTorch; `efficientnet-more` only the last two.
 #
 # Every run uses the first TRAIN_EXAMPLES training images (after holding out every 10th image of
 # the 60,000 for validation: 6,000), the whole validation split and the whole test split (10,000).
@@ -51,6 +52,16 @@ theirs() { # name args...
     python3 -c "import json,sys,time; r=json.load(sys.stdin); r['run']='$name'; r['wall_seconds']=time.time()-$start; print(json.dumps(r))"
 }
 
+# EfficientNet-Lite0 gradual unfreezing (no augmentation) and LoRA on its pointwise convolutions.
+lite_tail() {
+  ours lite-transfer recipes/mobilenet-fashion-transfer.toml --set model=finetune/efficientnet_lite0.imagenet \
+    --set training.epochs=1 --set transfer.unfreeze_every_steps=5 --set image.augment=null
+  theirs lite-transfer transfer --arch efficientnet_lite0 --epochs 1 --unfreeze-every-steps 5
+  ours lite-lora-aug recipes/mobilenet-fashion-lora.toml --set model=finetune/efficientnet_lite0.imagenet \
+    --set training.epochs=1 --set 'lora.target_modules=_blocks\.\d+\._(expand|project)_conv|_conv_head'
+  theirs lite-lora-aug lora --arch efficientnet_lite0 --epochs 1 --augment --lr 2e-3
+}
+
 if [ "$MODELS" = efficientnet ]; then
   ours lite-fe recipes/efficientnet-fashion-feature-extraction.toml
   theirs lite-fe feature-extraction --arch efficientnet_lite0 --epochs 10 --batch 128 --lr 3e-3 --warmup-ratio 0.02 \
@@ -58,6 +69,11 @@ if [ "$MODELS" = efficientnet ]; then
   ours lite-full-aug recipes/mobilenet-fashion-full.toml --set model=finetune/efficientnet_lite0.imagenet \
     --set training.epochs=1
   theirs lite-full-aug full --arch efficientnet_lite0 --epochs 1 --augment
+  lite_tail
+  exit 0
+fi
+if [ "$MODELS" = efficientnet-more ]; then
+  lite_tail
   exit 0
 fi
 

@@ -14,7 +14,8 @@ per epoch (training steps only), feature-extraction seconds and peak RSS.
 METHOD: feature-extraction | full | transfer | lora (peft LoRA r=8, alpha 16 on every 1x1 conv, the
 head in modules_to_save, BatchNorm kept in eval mode, as recipes/mobilenet-fashion-lora.toml)
 
---arch efficientnet_lite0 (feature-extraction and full only) runs the reference implementation,
+--arch efficientnet_lite0 runs the reference implementation (LoRA on its expand/project convolutions
+and final conv, the same modules as finetune's `_blocks.N._expand_conv` ... targets),
 PyPI efficientnet_lite_pytorch==0.1.0 (pip download --no-deps into a temporary directory), with
 the real weights from scripts/fetch-assets.sh efficientnet, drop-connect off as in finetune.
 """
@@ -108,9 +109,26 @@ def model(num_classes, dropout, arch="mobilenet_v2"):
     return m
 
 
+def module_groups(m):
+    """Top-down unfreezing groups of modules, as finetune's: the head, then MobileNetV2's
+    features.18, features.17 ... features.0, or EfficientNet-Lite0's final conv (+ BatchNorm),
+    blocks 15 ... 0 and the stem."""
+    if isinstance(m, EfficientNetLite):
+        n = m.net
+        return ([[m.classifier], [n._conv_head, n._bn1]] + [[n._blocks[i]] for i in range(len(n._blocks) - 1, -1, -1)]
+                + [[n._conv_stem, n._bn0]])
+    return [[m.classifier]] + [[m.features[i]] for i in range(18, -1, -1)]
+
+
 def groups(m):
-    """Top-down unfreezing groups, as finetune's: head, features.18, features.17 ... features.0."""
-    return [list(m.classifier.parameters())] + [list(m.features[i].parameters()) for i in range(18, -1, -1)]
+    return [[p for mod in g for p in mod.parameters()] for g in module_groups(m)]
+
+
+# LoRA targets (peft regex over module names): every pointwise convolution, as the finetune recipes.
+LORA_TARGETS = {
+    "mobilenet_v2": r"features\.([2-9]|1[0-7])\.conv\.(0\.0|2)|features\.18\.0",
+    "efficientnet_lite0": r"net\._blocks\.\d+\._(expand|project)_conv|net\._conv_head",
+}
 
 
 def optimizer(named, lr, wd, scales):
@@ -160,8 +178,6 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--arch", default="mobilenet_v2", choices=["mobilenet_v2", "efficientnet_lite0"])
     a = ap.parse_args()
-    if a.arch != "mobilenet_v2" and a.method in ("transfer", "lora"):
-        ap.error(f"--arch {a.arch} supports feature-extraction and full")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed); np.random.seed(a.seed)
     (x, y), (xv, yv), (xt, yt) = load_data(a.max_train)
@@ -198,7 +214,21 @@ def main():
     elif a.method == "lora":
         from peft import LoraConfig, get_peft_model
         cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, modules_to_save=["classifier"],
-                         target_modules=r"features\.([2-9]|1[0-7])\.conv\.(0\.0|2)|features\.18\.0")
+                         target_modules=LORA_TARGETS[a.arch])
+        # lukemelas' static-same-padding convolutions need an image size to be built, which peft
+        # cannot give when it copies the layer type for lora_B; a 1x1, stride-1 one pads nothing,
+        # so a plain Conv2d with the same weights computes the same.
+        import re
+        for name, mod in list(m.named_modules()):
+            if (re.fullmatch(LORA_TARGETS[a.arch], name) and type(mod) is not torch.nn.Conv2d
+                    and isinstance(mod, torch.nn.Conv2d)):
+                assert mod.kernel_size == (1, 1) and mod.stride == (1, 1), name
+                plain = torch.nn.Conv2d(mod.in_channels, mod.out_channels, 1, bias=mod.bias is not None,
+                                        groups=mod.groups)
+                # strict=False only for the padding module's (empty) keys: every weight must load.
+                assert not plain.load_state_dict(mod.state_dict(), strict=False).missing_keys, name
+                parent, _, leaf = name.rpartition(".")
+                setattr(m.get_submodule(parent), leaf, plain)
         pm = get_peft_model(m, cfg)
         named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
         opt = optimizer([(str(id(p)), p) for _, p in named], a.lr, a.wd, {})
@@ -231,12 +261,11 @@ def main():
         for i, g in enumerate(gs):
             for p in g:
                 p.requires_grad_(i < k)
-        # Frozen layers keep ImageNet's BatchNorm statistics (features[i] is group 19 - i).
+        # Frozen layers keep ImageNet's BatchNorm statistics.
         m.train()
-        for i in range(19):
-            group = 19 - i
+        for group, mods in enumerate(module_groups(m)):
             if group >= k:
-                for mod in m.features[i].modules():
+                for mod in (sub for top in mods for sub in top.modules()):
                     if isinstance(mod, torch.nn.BatchNorm2d):
                         mod.eval()
 
