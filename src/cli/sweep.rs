@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// What `finetune sweep` was asked (its command-line arguments).
@@ -82,6 +83,9 @@ struct Trial {
     at_pause: Option<f64>,
     /// Wall time of its processes, every phase (loading, training, evaluation, saving).
     wall_seconds: f64,
+    /// The largest peak resident memory of its processes, in GB.
+    #[serde(default)]
+    peak_rss_gb: Option<f64>,
     result: Option<TrialResult>,
     error: Option<String>,
 }
@@ -118,6 +122,8 @@ pub struct PointSummary {
     pub best_validation: Option<f64>,
     pub best_test: Option<f64>,
     pub wall_seconds: f64,
+    /// The largest peak memory of its trials' processes, in GB.
+    pub peak_rss_gb: Option<f64>,
 }
 
 /// What a sweep found.
@@ -199,6 +205,37 @@ enum Ended {
     Finished(TrialResult),
 }
 
+/// Wait for `child` and return whether it succeeded and its peak resident memory in GB
+/// (`wait4`'s `ru_maxrss`, which `std::process` does not expose).
+fn wait_with_peak(child: &std::process::Child) -> Result<(bool, f64)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own child, not yet waited for; both pointers are to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            bail!("waiting for a trial process: {e}");
+        }
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    // Linux reports ru_maxrss in KiB.
+    Ok((ok, usage.ru_maxrss as f64 * 1024.0 / 1e9))
+}
+
+/// MemAvailable from /proc/meminfo, in GB (`None` where there is none).
+fn memory_available_gb() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0 / 1e9)
+}
+
 fn read_result(json: &serde_json::Value, metric: Metric) -> Result<TrialResult> {
     let metrics = |v: &serde_json::Value| serde_json::from_value::<EvalMetrics>(v.clone()).ok();
     Ok(TrialResult {
@@ -211,11 +248,12 @@ fn read_result(json: &serde_json::Value, metric: Metric) -> Result<TrialResult> 
 }
 
 /// Run one trial to its pause (`pause_at`) or to its end, resuming its run directory when it
-/// holds a checkpoint. The child's log goes to `logs/ID.log` under the sweep directory.
+/// holds a checkpoint. The child's log goes to `logs/ID.log` under the sweep directory; its peak
+/// memory into `t.peak_rss_gb`.
 fn run_trial(
     args: &SweepArgs,
     overrides: &[String],
-    t: &Trial,
+    t: &mut Trial,
     log: &Path,
     pause_at: Option<f64>,
     threads: usize,
@@ -245,14 +283,19 @@ fn run_trial(
         cmd.arg("--pause-at").arg(p.to_string());
     }
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    cmd.env("RAYON_NUM_THREADS", threads.to_string()).stderr(log_file);
-    let out = cmd.output().with_context(|| format!("starting trial {}", t.id))?;
-    if !out.status.success() {
+    cmd.env("RAYON_NUM_THREADS", threads.to_string()).stderr(log_file).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting trial {}", t.id))?;
+    let mut stdout = Vec::new();
+    use std::io::Read;
+    child.stdout.take().expect("stdout is piped").read_to_end(&mut stdout)?;
+    let (ok, peak) = wait_with_peak(&child)?;
+    t.peak_rss_gb = Some(t.peak_rss_gb.map_or(peak, |p| p.max(peak)));
+    if !ok {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let last = text.lines().rev().find(|l| l.starts_with("error:")).unwrap_or("(no error line)");
         bail!("{last} (log: {})", log.display());
     }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let json: serde_json::Value = serde_json::from_slice(&stdout)
         .with_context(|| format!("trial {}: its report is not JSON (log: {})", t.id, log.display()))?;
     match json.get("paused") {
         Some(p) => Ok(Ended::Paused(p.get("validation").and_then(|v| serde_json::from_value(v.clone()).ok()))),
@@ -318,6 +361,7 @@ pub fn run(args: &SweepArgs) -> Result<SweepSummary> {
                     status: Status::Pending,
                     at_pause: None,
                     wall_seconds: 0.0,
+                    peak_rss_gb: None,
                     result: None,
                     error: None,
                 }
@@ -344,19 +388,24 @@ pub fn run(args: &SweepArgs) -> Result<SweepSummary> {
         let total = queue.len();
         let queue = Mutex::new(queue.into_iter().collect::<VecDeque<_>>());
         let done = Mutex::new(0usize);
+        let running = AtomicUsize::new(0);
         std::thread::scope(|scope| -> Result<()> {
             let workers: Vec<_> = (0..args.parallel.min(total.max(1)))
                 .map(|_| {
                     scope.spawn(|| -> Result<()> {
                         while let Some(i) = queue.lock().expect("no worker panicked").pop_front() {
-                            let trial = state.lock().expect("no worker panicked").trials[i].clone();
+                            let mut trial = state.lock().expect("no worker panicked").trials[i].clone();
                             let overrides = trial_overrides(&plan, &points, &trial);
                             let log = out.join("logs").join(format!("{}.log", trial.id));
+                            wait_for_memory(&state, &running);
+                            running.fetch_add(1, Ordering::SeqCst);
                             let start = Instant::now();
-                            let ended = run_trial(args, &overrides, &trial, &log, pause_at, threads, metric);
+                            let ended = run_trial(args, &overrides, &mut trial, &log, pause_at, threads, metric);
+                            running.fetch_sub(1, Ordering::SeqCst);
                             let mut s = state.lock().expect("no worker panicked");
                             let t = &mut s.trials[i];
                             t.wall_seconds += start.elapsed().as_secs_f64();
+                            t.peak_rss_gb = trial.peak_rss_gb;
                             let what = match ended {
                                 Ok(Ended::Paused(m)) => {
                                     t.status = Status::Paused;
@@ -405,30 +454,9 @@ pub fn run(args: &SweepArgs) -> Result<SweepSummary> {
     if let (Some(fraction), Some(keep)) = (args.discard_after, args.keep) {
         phase(Status::Pending, Some(fraction))?;
         let mut s = state.lock().expect("no worker panicked");
-        for point in 0..points.len() {
-            let mut ranked: Vec<usize> = (0..s.trials.len())
-                .filter(|&i| {
-                    s.trials[i].point == point && matches!(s.trials[i].status, Status::Paused | Status::Finished)
-                })
-                .collect();
-            if let Some(t) = ranked.iter().map(|&i| &s.trials[i]).find(|t| t.at_pause.is_none()) {
-                bail!(
-                    "trial {}: no validation metric at the discard point; early discarding needs a validation split \
-                     (data.validation in the recipe)",
-                    t.id
-                );
-            }
-            let sign = if metric.higher_is_better() { -1.0 } else { 1.0 };
-            ranked.sort_by(|&a, &b| {
-                (sign * s.trials[a].at_pause.unwrap()).total_cmp(&(sign * s.trials[b].at_pause.unwrap()))
-            });
-            for &i in ranked.iter().skip(keep) {
-                if s.trials[i].status == Status::Paused {
-                    s.trials[i].status = Status::Discarded;
-                    // Its checkpoint will never be resumed; its metrics and log stay.
-                    let _ = std::fs::remove_dir_all(RunDir { root: s.trials[i].dir.clone() }.checkpoints());
-                }
-            }
+        for i in discard(&mut s.trials, keep, metric)? {
+            // Its checkpoint will never be resumed; its metrics and log stay.
+            let _ = std::fs::remove_dir_all(RunDir { root: s.trials[i].dir.clone() }.checkpoints());
         }
         save(&s)?;
         drop(s);
@@ -438,6 +466,63 @@ pub fn run(args: &SweepArgs) -> Result<SweepSummary> {
     }
     let s = state.into_inner().expect("no worker panicked");
     summarise(&s, &points, &out, metric, &args.recipe, &args.overrides)
+}
+
+/// Parallel trials only where memory allows: while other trials run, wait until the memory
+/// available holds one more trial as large as the largest seen so far (plus 10%). The first
+/// trials start at once (nothing is known of their size yet).
+fn wait_for_memory(state: &Mutex<SweepState>, running: &AtomicUsize) {
+    let largest = || {
+        let s = state.lock().expect("no worker panicked");
+        s.trials.iter().filter_map(|t| t.peak_rss_gb).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))))
+    };
+    let mut warned = false;
+    while running.load(Ordering::SeqCst) > 0 {
+        let (Some(need), Some(free)) = (largest(), memory_available_gb()) else { return };
+        if free >= need * 1.1 {
+            return;
+        }
+        if !warned {
+            tracing::warn!(
+                "{free:.1} GB available, a trial takes up to {need:.1} GB: waiting for a running trial to end"
+            );
+            warned = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Dodge et al.'s cut: per grid point, rank the paused and finished trials by the validation
+/// metric at the pause and mark the paused ones below the best `keep` discarded. Returns the
+/// trials it discarded. Deterministic, so a resumed sweep that cuts again changes nothing.
+fn discard(trials: &mut [Trial], keep: usize, metric: Metric) -> Result<Vec<usize>> {
+    let mut discarded = Vec::new();
+    let points: std::collections::BTreeSet<usize> = trials.iter().map(|t| t.point).collect();
+    for point in points {
+        let mut ranked: Vec<usize> = (0..trials.len())
+            .filter(|&i| trials[i].point == point && matches!(trials[i].status, Status::Paused | Status::Finished))
+            .collect();
+        if let Some(t) = ranked.iter().map(|&i| &trials[i]).find(|t| t.at_pause.is_none()) {
+            bail!(
+                "trial {}: no validation metric at the discard point; early discarding needs validation data \
+                 (data.validation, or image.validation_split for images)",
+                t.id
+            );
+        }
+        let key = |i: usize| {
+            let v = trials[i].at_pause.expect("checked above");
+            if metric.higher_is_better() { -v } else { v }
+        };
+        // Stable: among equal values the earlier seed stays.
+        ranked.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
+        for &i in ranked.iter().skip(keep) {
+            if trials[i].status == Status::Paused {
+                trials[i].status = Status::Discarded;
+                discarded.push(i);
+            }
+        }
+    }
+    Ok(discarded)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -487,6 +572,7 @@ fn summarise(
             best_test: best.as_ref().and_then(|b| b.result.as_ref()?.test),
             best_trial: best.map(|b| b.id),
             wall_seconds: trials.iter().map(|t| t.wall_seconds).sum(),
+            peak_rss_gb: trials.iter().filter_map(|t| t.peak_rss_gb).reduce(f64::max),
         });
     }
     let best = best_of(&mut s.trials.iter());
@@ -566,15 +652,15 @@ impl SweepSummary {
             (Some(m), Some(s)) => format!("{m:.4} ± {s:.4}"),
             _ => "-".into(),
         };
-        let mut lines = vec![format!(
-            "{:<32} {:>20} {:>17} {:>17} {:>28} {:>9}",
-            "setting",
-            "trials",
+        let mut rows: Vec<Vec<String>> = vec![vec![
+            "setting".into(),
+            "trials".into(),
             format!("validation {}", self.metric),
             format!("test {}", self.metric),
-            "best trial (validation/test)",
-            "compute"
-        )];
+            "best trial (validation/test)".into(),
+            "compute".into(),
+            "peak RSS".into(),
+        ]];
         for p in &self.points {
             let label = if p.settings.is_empty() { "(recipe)".into() } else { p.settings.join(" ") };
             let mut trials = format!("{} finished", p.finished);
@@ -588,13 +674,29 @@ impl SweepSummary {
                 Some(id) => format!("{id} ({}/{})", fmt_opt(p.best_validation), fmt_opt(p.best_test)),
                 None => "-".into(),
             };
-            lines.push(format!(
-                "{label:<32} {trials:>20} {:>17} {:>17} {best:>28} {:>7.0} s",
+            rows.push(vec![
+                label,
+                trials,
                 pm(p.validation_mean, p.validation_std),
                 pm(p.test_mean, p.test_std),
-                p.wall_seconds
-            ));
+                best,
+                format!("{:.0} s", p.wall_seconds),
+                p.peak_rss_gb.map_or("-".into(), |g| format!("{g:.2} GB")),
+            ]);
         }
+        // Columns as wide as their widest cell; the settings left-aligned, numbers right.
+        let widths: Vec<usize> =
+            (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        let mut lines: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let cells = r.iter().enumerate().map(|(c, cell)| {
+                    let pad = " ".repeat(widths[c] - cell.chars().count());
+                    if c == 0 { format!("{cell}{pad}") } else { format!("{pad}{cell}") }
+                });
+                cells.collect::<Vec<_>>().join("  ")
+            })
+            .collect();
         lines.push(format!(
             "{} trials, {:.0} s of compute (trial processes' wall time added up); ± is the standard deviation over seeds",
             self.trials, self.total_wall_seconds
@@ -637,6 +739,49 @@ mod tests {
         assert_eq!(points[0], vec!["a=1", "b=x"]);
         assert_eq!(points[5], vec!["a=2", "b=z"]);
         assert_eq!(grid_points(&[]), vec![Vec::<String>::new()]);
+    }
+
+    fn trial(point: usize, seed: u64, status: Status, at_pause: Option<f64>) -> Trial {
+        Trial {
+            id: format!("g{point}-seed{seed}"),
+            point,
+            seed,
+            dir: PathBuf::new(),
+            status,
+            at_pause,
+            wall_seconds: 0.0,
+            peak_rss_gb: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn discarding_keeps_the_best_per_point_in_the_metric_direction() {
+        use Status::*;
+        let mut trials = vec![
+            trial(0, 1, Paused, Some(0.80)),
+            trial(0, 2, Paused, Some(0.85)),
+            trial(0, 3, Finished, Some(0.90)),
+            trial(0, 4, Failed, None),
+            trial(1, 1, Paused, Some(0.70)),
+            trial(1, 2, Paused, Some(0.70)),
+            trial(1, 3, Paused, Some(0.75)),
+        ];
+        let gone = discard(&mut trials, 2, Metric::Accuracy).unwrap();
+        // Point 0: the finished 0.90 and the paused 0.85 stay; point 1: 0.75, then of the tied 0.70s
+        // the earlier seed.
+        assert_eq!(gone, vec![0, 5]);
+        let statuses: Vec<Status> = trials.iter().map(|t| t.status).collect();
+        assert_eq!(statuses, vec![Discarded, Paused, Finished, Failed, Paused, Discarded, Paused]);
+        // Again: nothing changes.
+        assert!(discard(&mut trials, 2, Metric::Accuracy).unwrap().is_empty());
+        // A loss: lower is better.
+        let mut trials = vec![trial(0, 1, Paused, Some(0.4)), trial(0, 2, Paused, Some(0.3))];
+        assert_eq!(discard(&mut trials, 1, Metric::Loss).unwrap(), vec![0]);
+        // Without a validation metric there is nothing to rank by.
+        let mut trials = vec![trial(0, 1, Paused, None)];
+        assert!(format!("{:#}", discard(&mut trials, 1, Metric::Accuracy).unwrap_err()).contains("validation"));
     }
 
     #[test]

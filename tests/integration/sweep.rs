@@ -133,6 +133,8 @@ fn sweep_discards_early_and_keeps_the_best() {
         assert_eq!(p["test_mean"], result["test"]);
         assert_eq!(p["test_std"].as_f64(), Some(0.0));
         assert_eq!(p["best_trial"], finished[0]["id"]);
+        let peak = p["peak_rss_gb"].as_f64().expect("the trials' peak memory");
+        assert!(peak > 0.01 && peak < 8.0, "{peak} GB");
     }
     // The winner over both settings, by validation, as a recipe.
     let best_id = summary["best_trial"].as_str().unwrap();
