@@ -348,7 +348,7 @@ where
                 break 'epochs;
             }
         }
-        let stop = end_of_epoch(&model, &mut best_model, data, cfg, &mut state, run, &log, epoch)?;
+        let (stop, validation) = end_of_epoch(&model, &mut best_model, data, cfg, &mut state, run, &log, epoch)?;
         state.epoch = epoch + 1;
         state.step_in_epoch = 0;
         if stop {
@@ -360,11 +360,6 @@ where
             run.save_checkpoint(&model, &optim, &state)?;
             if cfg.pause_at_step == Some(state.step) {
                 progress.finish_and_clear();
-                let validation = state.best.as_ref().filter(|b| b.step == state.step).map(|b| b.metrics);
-                let validation = validation.or_else(|| {
-                    (data.len(Split::Validation) > 0)
-                        .then(|| evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels))
-                });
                 return Err(Paused { epoch, step: state.step, validation }.into());
             }
         }
@@ -375,7 +370,8 @@ where
     Ok(TrainOutcome { best_model, state })
 }
 
-/// Validate, keep the best model, decide on early stopping. Returns whether to stop.
+/// Validate, keep the best model, decide on early stopping. Returns whether to stop, and the
+/// validation metrics (`None` without a validation split).
 #[allow(clippy::too_many_arguments)]
 fn end_of_epoch<M, E>(
     model: &M,
@@ -386,7 +382,7 @@ fn end_of_epoch<M, E>(
     run: &RunDir,
     log: &MetricsLog,
     epoch: usize,
-) -> Result<bool>
+) -> Result<(bool, Option<EvalMetrics>)>
 where
     M: Module,
     E: Examples<M> + ?Sized,
@@ -395,7 +391,7 @@ where
         // Without validation data the last model is the one we keep.
         *best_model = model.clone();
         run.save_best(model)?;
-        return Ok(false);
+        return Ok((false, None));
     }
     let metrics = evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels);
     tracing::info!("epoch {}: validation loss {:.4} {}", epoch + 1, metrics.loss, metrics.scores());
@@ -415,7 +411,8 @@ where
     } else {
         state.evals_without_improvement += 1;
     }
-    Ok(cfg.early_stopping.as_ref().is_some_and(|e| state.evals_without_improvement >= e.patience))
+    let stop = cfg.early_stopping.as_ref().is_some_and(|e| state.evals_without_improvement >= e.patience);
+    Ok((stop, Some(metrics)))
 }
 
 fn progress_bar(show: bool, total: u64, position: u64) -> indicatif::ProgressBar {
