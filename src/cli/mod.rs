@@ -1,5 +1,6 @@
 //! The `finetune` command line.
 
+mod advise;
 mod check;
 mod inspect;
 mod sweep;
@@ -109,6 +110,34 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recommend a method for a model and a dataset on this machine: inspects the model, the data
+    /// and the machine, measures a few real steps of each candidate method (time per epoch, peak
+    /// memory), applies the rules of thumb to the numbers and the budgets, and writes a recipe.
+    Advise {
+        /// A model directory or hub id (a GGUF repository: its one .gguf file, or --gguf-file).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        gguf_file: Option<String>,
+        /// A dataset directory or hub id; split files are found by name (train, validation/dev, test).
+        #[arg(long)]
+        data: String,
+        /// Memory budget in GB (default: the memory available now).
+        #[arg(long, value_name = "GB")]
+        memory: Option<f64>,
+        /// Time budget for the whole run: 90s, 45m, 2h, 1h30m.
+        #[arg(long, value_name = "DURATION")]
+        time: Option<String>,
+        /// Where to write the recommended recipe.
+        #[arg(long, default_value = "advised-recipe.toml")]
+        out: PathBuf,
+        /// Optimizer steps each candidate is measured for (default 20; 4 for decoders).
+        #[arg(long)]
+        probe_steps: Option<usize>,
+        /// Print everything as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -621,6 +650,18 @@ pub fn run(cli: Cli) -> Result<()> {
             if status != 0 {
                 std::process::exit(status);
             }
+        }
+        Command::Advise { model, gguf_file, data, memory, time, out, probe_steps, json } => {
+            advise::run(&advise::AdviseArgs {
+                model,
+                gguf_file,
+                data,
+                memory_gb: memory,
+                time,
+                out,
+                probe_steps,
+                json,
+            })?
         }
         Command::Inspect { model, gguf_file, method, trainable_layers, quantize, json } => {
             inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref(), json)?

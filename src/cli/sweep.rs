@@ -207,7 +207,7 @@ enum Ended {
 
 /// Wait for `child` and return whether it succeeded and its peak resident memory in GB
 /// (`wait4`'s `ru_maxrss`, which `std::process` does not expose).
-fn wait_with_peak(child: &std::process::Child) -> Result<(bool, f64)> {
+pub(super) fn wait_with_peak(child: &std::process::Child) -> Result<(bool, f64)> {
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: a zeroed rusage is a valid value for wait4 to overwrite.

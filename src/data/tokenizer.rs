@@ -68,6 +68,11 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// The id of a token of the vocabulary (`[UNK]`), if it has one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -38,3 +38,6 @@ pub mod rng;
 pub mod simd;
 pub mod simd_math;
 pub mod transpose;
+
+/// Whether this CPU runs the AVX512-BF16 GEMM (`precision = "bf16"` pays off).
+pub use bf16_gemm::available as bf16_gemm_available;

@@ -260,6 +260,7 @@ pub fn run<T: Task>(
         best: state.best.clone(),
         test,
         train_seconds: state.train_seconds,
+        validation_seconds: state.validation_seconds,
         feature_seconds: features.map(|f| f.seconds),
         feature_cache_hit: features.map(|f| f.cache_hit),
         run_dir: run.root.clone(),

@@ -46,6 +46,9 @@ pub struct TrainReport<E = NoExtra> {
     pub test: Option<EvalMetrics>,
     /// Seconds of optimizer steps (forward, backward, update), excluding evaluation.
     pub train_seconds: f64,
+    /// Seconds of validation passes (every epoch's, and a pause's).
+    #[serde(default)]
+    pub validation_seconds: f64,
     /// Seconds spent computing (or loading) cached features; feature extraction only.
     pub feature_seconds: Option<f64>,
     pub feature_cache_hit: Option<bool>,

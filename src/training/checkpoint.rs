@@ -30,6 +30,9 @@ pub struct TrainState {
     pub stopped_early: bool,
     /// Seconds spent training before this checkpoint (excludes evaluation).
     pub train_seconds: f64,
+    /// Seconds spent on validation passes before this checkpoint.
+    #[serde(default)]
+    pub validation_seconds: f64,
     /// Per-parameter AdamW step counts.
     pub optimizer_steps: BTreeMap<String, u64>,
 }

@@ -325,8 +325,10 @@ where
             }
             if pause_now {
                 // Validate first: the checkpoint then holds everything a resumed run needs.
+                let started = Instant::now();
                 let validation = (data.len(Split::Validation) > 0)
                     .then(|| evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels));
+                state.validation_seconds += started.elapsed().as_secs_f64();
                 if let Some(metrics) = &validation {
                     tracing::info!("paused at step {}: validation {}", state.step, metrics.scores());
                     log.append(&LogRecord::Eval {
@@ -393,7 +395,9 @@ where
         run.save_best(model)?;
         return Ok((false, None));
     }
+    let started = Instant::now();
     let metrics = evaluate(&model.valid(), data, Split::Validation, cfg.eval_batch_size, cfg.num_labels);
+    state.validation_seconds += started.elapsed().as_secs_f64();
     tracing::info!("epoch {}: validation loss {:.4} {}", epoch + 1, metrics.loss, metrics.scores());
     log.append(&LogRecord::Eval { step: state.step, epoch, split: "validation".into(), metrics })?;
     let value = metrics.get(cfg.metric);

@@ -1,5 +1,6 @@
 //! Integration tests (one binary, to keep link time down).
 
+mod advise;
 mod architecture;
 mod causal_lm;
 mod common;
