@@ -302,11 +302,16 @@ pub fn decide(s: &Situation, estimates: &[Estimate]) -> Result<Decision> {
         epochs = estimates[chosen].epochs;
     }
     let name = estimates[chosen].method.as_str();
-    let next = order
-        .iter()
-        .skip_while(|m| **m != name)
-        .skip(1)
-        .find(|m| estimates.iter().any(|e| e.method == **m && fits_memory(e)))
+    // A decoder's alternatives are about memory, not quality: nothing to try "next".
+    let next = (s.task != Task::CausalLm)
+        .then_some(())
+        .and_then(|_| {
+            order
+                .iter()
+                .skip_while(|m| **m != name)
+                .skip(1)
+                .find(|m| estimates.iter().any(|e| e.method == **m && fits_memory(e)))
+        })
         .map(|m| format!("if validation plateaus, try {m} next"));
     Ok(Decision { chosen, epochs, max_steps, reasons, next })
 }
@@ -385,6 +390,7 @@ pub fn run(args: &AdviseArgs) -> Result<()> {
         Ok(())
     };
     probe_all(&templates, &mut estimates)?;
+    unfreezing_estimate(&mut estimates);
     if model.task == Task::TextClassification && !estimates.iter().any(|e| e.peak_gb <= memory_gb) {
         probe_all(&[&TEXT_QLORA], &mut estimates)?;
     }
@@ -433,6 +439,20 @@ pub fn run(args: &AdviseArgs) -> Result<()> {
         println!("recipe: {} (finetune train {})", args.out.display(), args.out.display());
     }
     Ok(())
+}
+
+/// Transfer learning with gradual unfreezing starts with the top layers only, so its first steps
+/// (what the probe measured) are its cheapest; by the end every layer trains, as in full
+/// fine-tuning. Its steps are estimated as the mean of the two (the shipped recipe unfreezes a
+/// block every 50 steps, so most of a first epoch runs with a growing backbone); without a
+/// full-fine-tuning probe the first steps' cost stays, a lower bound.
+fn unfreezing_estimate(estimates: &mut [Estimate]) {
+    let Some(full) = estimates.iter().find(|e| e.method == "full").map(|e| e.seconds_per_step) else { return };
+    for e in estimates.iter_mut().filter(|e| e.method == "transfer" && e.seconds_per_step < full) {
+        e.seconds_per_step = (e.seconds_per_step + full) / 2.0;
+        e.epoch_seconds = e.steps_per_epoch as f64 * e.seconds_per_step + e.validation_seconds;
+        e.run_seconds = e.fixed_seconds + e.epochs as f64 * e.epoch_seconds;
+    }
 }
 
 /// The probes' directory, removed however the advice ends.
