@@ -46,6 +46,8 @@ pub struct AdviseArgs {
     pub out: PathBuf,
     /// Optimizer steps per probe (default by task).
     pub probe_steps: Option<usize>,
+    /// Settings for every candidate's recipe (`data.text_column=sentence`).
+    pub overrides: Vec<String>,
     pub json: bool,
 }
 
@@ -485,6 +487,9 @@ fn adapt(t: &Template, args: &AdviseArgs, model: &ModelFacts, splits: &Splits) -
     set(&mut v, "output_dir", Some(&out))?;
     if model.task == Task::ImageClassification && splits.validation.is_some() {
         apply_override(&mut v, "image.validation_split=0.0")?;
+    }
+    for o in &args.overrides {
+        apply_override(&mut v, o).with_context(|| format!("--set {o}"))?;
     }
     Ok(v)
 }

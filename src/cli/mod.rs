@@ -137,6 +137,9 @@ pub enum Command {
         /// Optimizer steps each candidate is measured for (default 20; 4 for decoders).
         #[arg(long)]
         probe_steps: Option<usize>,
+        /// A setting for every candidate's recipe, e.g. `--set data.text_column=sentence`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
         /// Print everything as one JSON object.
         #[arg(long)]
         json: bool,
@@ -651,8 +654,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 std::process::exit(status);
             }
         }
-        Command::Advise { model, gguf_file, data, memory, time, out, probe_steps, json } => {
-            advise::run(&advise::AdviseArgs {
+        Command::Advise { model, gguf_file, data, memory, time, out, probe_steps, overrides, json } => {
+            let args = advise::AdviseArgs {
                 model,
                 gguf_file,
                 data,
@@ -660,8 +663,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 time,
                 out,
                 probe_steps,
+                overrides,
                 json,
-            })?
+            };
+            advise::run(&args)?
         }
         Command::Inspect { model, gguf_file, method, trainable_layers, quantize, json } => {
             inspect::run(&model, gguf_file.as_deref(), &method, trainable_layers, quantize.as_deref(), json)?

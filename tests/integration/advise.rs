@@ -71,6 +71,10 @@ fn advise_measures_candidates_and_writes_a_recipe_that_trains() {
     assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
     assert!(run.join("results.json").exists());
 
+    // Settings for every candidate reach the written recipe.
+    let a = advice(&tiny_bert(), &data, &out, &["--set", "training.epochs=2"]);
+    assert!(a["estimates"].as_array().unwrap().iter().all(|e| e["epochs"] == 2), "{}", a["estimates"]);
+    assert_eq!(Recipe::load(&out, &[]).unwrap().training.epochs, 2);
     // A memory budget nothing fits: the leanest, and how to lower it.
     let a = advice(&tiny_bert(), &data, &out, &["--memory", "0.001"]);
     let reasons = a["decision"]["reasons"].to_string();
@@ -88,6 +92,7 @@ fn advise_refuses_bad_arguments_before_writing() {
     for (model, data, extra, says) in [
         (tiny_bert(), data.clone(), &["--time", "90"][..], "45m"),
         (tiny_bert(), data.clone(), &["--memory=-1"][..], "--memory"),
+        (tiny_bert(), data.clone(), &["--set", "training.nonsense=1"][..], "nonsense"),
         (tiny_bert(), dir.path().join("no-such-data"), &[][..], "no-such-data"),
         (tiny_bert(), dir.path().to_path_buf(), &[][..], "no training file"),
         (dir.path().join("no-such-model"), data.clone(), &[][..], "no-such-model"),
