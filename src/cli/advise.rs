@@ -670,15 +670,11 @@ fn report_facts(json: bool, model: &ModelFacts, data: &DataFacts, machine: &Mach
 }
 
 fn machine() -> MachineFacts {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| -> Option<f64> {
-        let line = meminfo.lines().find(|l| l.starts_with(name))?;
-        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0 / 1e9)
-    };
+    use super::sweep::meminfo_gb;
     MachineFacts {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        memory_total_gb: field("MemTotal:"),
-        memory_available_gb: field("MemAvailable:"),
+        memory_total_gb: meminfo_gb("MemTotal"),
+        memory_available_gb: meminfo_gb("MemAvailable"),
         avx512_bf16: crate::ops::bf16_gemm_available(),
         cuda_build: cfg!(feature = "cuda"),
     }

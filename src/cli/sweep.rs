@@ -228,10 +228,10 @@ pub(super) fn wait_with_peak(child: &std::process::Child) -> Result<(bool, f64)>
     Ok((ok, usage.ru_maxrss as f64 * 1024.0 / 1e9))
 }
 
-/// MemAvailable from /proc/meminfo, in GB (`None` where there is none).
-fn memory_available_gb() -> Option<f64> {
+/// A field of /proc/meminfo (`MemAvailable`, `MemTotal`), in GB (`None` where there is none).
+pub(super) fn meminfo_gb(field: &str) -> Option<f64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = text.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024.0 / 1e9)
 }
@@ -478,7 +478,7 @@ fn wait_for_memory(state: &Mutex<SweepState>, running: &AtomicUsize) {
     };
     let mut warned = false;
     while running.load(Ordering::SeqCst) > 0 {
-        let (Some(need), Some(free)) = (largest(), memory_available_gb()) else { return };
+        let (Some(need), Some(free)) = (largest(), meminfo_gb("MemAvailable")) else { return };
         if free >= need * 1.1 {
             return;
         }
